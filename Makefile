@@ -1,0 +1,31 @@
+# The two commands of the README: `make serve` and `make test`.
+# Both run set-up first; set-up is skipped once it is done.
+SHELL := /bin/bash
+PORT ?= 8080
+SETUP_STAMP := .venv/.setup-done
+
+.PHONY: setup serve test lint bench
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml build/setup.sh build/examples/train_ncf.py
+	bash build/setup.sh
+	touch $@
+
+# Serve the bundled example repository on port $(PORT) with a real Triton,
+# laid out as SageMaker lays out /opt/ml (the folder is linked, never copied).
+serve: setup
+	mkdir -p .opt_ml && ln -sfn ../model_repository .opt_ml/model
+	OPT_ML=$(CURDIR)/.opt_ml SAGEMAKER_BIND_TO_PORT=$(PORT) \
+	SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=$${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME:-ncf_food} \
+	.venv/bin/serve
+
+test: setup lint
+	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check serve tests build
+	.venv/bin/ruff format --check serve tests build
+
+bench: setup
+	.venv/bin/python build/bench/invocations.py

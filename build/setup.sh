@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh checkout: Debian packages, the virtual
+# environment with a local Triton, and the example models' weights.
+# Safe to run again: every step skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(nginx-light wrk)
+PYTHON=${PYTHON:-python3}
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+echo "setup: installing Python packages"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[local,tools,dev]'
+
+echo "setup: training the example NCF models"
+.venv/bin/python build/examples/train_ncf.py --repository model_repository
+echo "setup: done"

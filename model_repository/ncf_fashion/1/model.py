@@ -1,0 +1,1 @@
+../../ncf_food/1/model.py
