@@ -1,0 +1,89 @@
+"""The public front: nginx on the SageMaker port, configured per run.
+
+nginx (a C proxy) forwards native payloads to Triton at a cost of a few
+percent, where a Python hop per request costs most of the throughput on small
+models (shared/real-triton-here.md has the figures). Python is reached only
+for the routes that need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import quote
+
+import jinja2
+
+from serve.errors import ConfigError
+from serve.settings import Settings
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("serve", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
+# Workers never need root; Debian and Ubuntu name the unprivileged group nogroup.
+UNPRIVILEGED_USER = "nobody nogroup"
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontConfig:
+    settings: Settings
+    workdir: Path
+    triton_port: int
+    control_socket: Path
+    default_model: str
+    worker_processes: int = 1
+
+    def invocation_path(self) -> str:
+        api = {"infer": "infer", "generate": "generate", "generate_stream": "generate_stream"}
+        return (
+            f"/v2/models/{quote(self.default_model, safe='')}/{api[self.settings.inference_type]}"
+        )
+
+    def ping_path(self) -> str:
+        if self.settings.ping_mode == "live":
+            return "/v2/health/live"
+        return f"/v2/models/{quote(self.default_model, safe='')}/ready"
+
+    def render(self) -> str:
+        return _TEMPLATES.get_template("nginx.conf.j2").render(
+            worker_user=UNPRIVILEGED_USER if os.geteuid() == 0 else "",
+            worker_processes=self.worker_processes,
+            workdir=self.workdir,
+            error_log_level="warn",
+            max_body_bytes=self.settings.max_body_bytes,
+            triton_port=self.triton_port,
+            control_socket=self.control_socket,
+            listen_address="0.0.0.0",
+            port=self.settings.port,
+            ping_path=self.ping_path(),
+            invocation_path=self.invocation_path(),
+            streaming=self.settings.inference_type == "generate_stream",
+        )
+
+    def write(self) -> Path:
+        """Write the config where nginx keeps its run files; returns its path."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # nginx's unprivileged workers must reach the control socket.
+            self.workdir.chmod(0o755)
+        path = self.workdir / "nginx.conf"
+        path.write_text(self.render(), encoding="utf-8")
+        return path
+
+
+def nginx_binary() -> Path:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise ConfigError(
+            "nginx was not found; install it (apt-get install nginx-light) - the image "
+            "has it, and `make setup` installs it for local runs"
+        )
+    return Path(found)
+
+
+def nginx_argv(config_path: Path) -> list[str]:
+    return [str(nginx_binary()), "-c", str(config_path), "-p", str(config_path.parent)]

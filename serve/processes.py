@@ -1,0 +1,105 @@
+"""Starting and watching external processes (Triton, nginx): the one place.
+
+Every child runs in its own process group with a parent-death signal, so it
+never outlives `serve`, even when `serve` is killed with SIGKILL. Its output
+is streamed line by line to our stdout (CloudWatch reads it), and the last
+lines are kept so a crash can be explained.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_TAIL_LINES = 40
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The parent may have died between fork and prctl.
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+class ManagedProcess:
+    """One child process, its output relayed to stdout as it comes."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None):
+        self.name = name
+        self.argv = list(argv)
+        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        log.info("starting %s: %s", name, " ".join(self.argv))
+        self._process = subprocess.Popen(
+            self.argv,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self._relay = threading.Thread(
+            target=self._relay_output, name=f"{name}-output", daemon=True
+        )
+        self._relay.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def _relay_output(self) -> None:
+        assert self._process.stdout is not None
+        for raw in self._process.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            self._tail.append(line)
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def poll(self) -> int | None:
+        return self._process.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def signal(self, signum: int) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(signum)
+
+    def stop(self, signum: int, deadline: float) -> int:
+        """Send `signum`, wait until `deadline` (monotonic), then kill the group."""
+        self.signal(signum)
+        code = self.wait(max(0.0, deadline - time.monotonic()))
+        if code is None:
+            log.warning("%s did not stop in time; killing it", self.name)
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            code = self._process.wait()
+        self._relay.join(timeout=2)
+        return code
+
+    def describe_exit(self) -> str:
+        """How the process ended, with its last output lines."""
+        code = self._process.poll()
+        if code is None:
+            return f"{self.name} is still running"
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        self._relay.join(timeout=2)
+        tail = "\n".join(self._tail)
+        return f"{self.name} exited ({how}); its last output:\n{tail}"

@@ -1,0 +1,185 @@
+"""One run of `serve`: prepare, start the front and Triton, supervise, stop.
+
+Order matters. The front (nginx and the control app) starts before Triton so
+that SageMaker's first pings get a quick "not ready" instead of a refused
+connection while models load. Stopping runs the other way: nginx stops
+taking new requests and finishes the ones in flight, then Triton stops,
+all inside SageMaker's 30 s SIGTERM-to-SIGKILL window.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from waitress.server import create_server
+
+from serve import host
+from serve.control_app import create_control_app
+from serve.errors import ConfigError
+from serve.front import FrontConfig, nginx_argv
+from serve.ports import free_loopback_port
+from serve.processes import ManagedProcess
+from serve.repository import PreparedRepository, prepare_single_model_repository
+from serve.settings import Settings
+from serve.state import Phase, ServerState
+from serve.triton_client import TritonClient
+from serve.triton_command import TritonCommand
+from serve.triton_install import TritonInstall, locate_triton
+from serve.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1
+READINESS_POLL_SECONDS = 0.5
+
+
+class ControlServer:
+    """The control app under waitress, on a unix socket, in a thread of ours."""
+
+    def __init__(self, app: object, socket_path: Path):
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self._server = create_server(
+            app, unix_socket=str(socket_path), unix_socket_perms="666", threads=4
+        )
+        self._thread = threading.Thread(target=self._server.run, name="control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.close()
+
+
+class Server:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state = ServerState()
+        self._stop_requested = threading.Event()
+        self._stop_signal: int | None = None
+
+    def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        self._stop_signal = signum
+        self._stop_requested.set()
+
+    def run(self) -> int:
+        """Serve until stopped or until a child fails; returns the exit code."""
+        if self.settings.multi_model:
+            raise ConfigError(
+                "SAGEMAKER_MULTI_MODEL=true is not supported by this version of serve yet; "
+                "unset it to serve /opt/ml/model as a single-model endpoint"
+            )
+        install = locate_triton(self.settings.triton_bin)
+        gpus = host.gpu_count()
+        log.info("Triton %s; %d GPU(s) visible", install.binary, gpus)
+        with Workspace(self.settings.workdir) as workspace:
+            repository = prepare_single_model_repository(
+                self.settings.model_dir,
+                workspace.repository,
+                self.settings.default_model_name,
+                gpus,
+            )
+            log.info(
+                "serving %s; /invocations runs %r",
+                ", ".join(m.name for m in repository.models),
+                repository.default_model,
+            )
+            return self._serve(install, repository, workspace, gpus)
+
+    def _serve(
+        self, install: TritonInstall, repository: PreparedRepository, ws: Workspace, gpus: int
+    ) -> int:
+        settings = self.settings
+        shm = host.plan_python_shm(
+            [m.config for m in repository.models if m.config is not None],
+            settings.shm_default_byte_size,
+            gpus,
+        )
+        taken = {settings.port, settings.grpc_port, settings.metrics_port}
+        triton_port = free_loopback_port(settings.safe_port_range, taken)
+        front = FrontConfig(
+            settings=settings,
+            workdir=ws.front,
+            triton_port=triton_port,
+            control_socket=ws.control_socket,
+            default_model=repository.default_model,
+        )
+        triton_client = TritonClient(triton_port)
+        command = TritonCommand(
+            binary=install.binary,
+            repository=repository.path,
+            backends_dir=install.backends_with_stub(ws.backends),
+            http_port=triton_port,
+            load_models=("*",),
+            settings=settings,
+            shm_default_byte_size=shm.region_bytes,
+            gpu_count=gpus,
+        )
+        control = ControlServer(
+            create_control_app(self.state, triton_client, front.invocation_path()),
+            ws.control_socket,
+        )
+        control.start()
+        nginx = ManagedProcess("nginx", nginx_argv(front.write()))
+        triton = ManagedProcess("tritonserver", command.argv(), env=_triton_environment())
+        try:
+            return self._supervise(triton, nginx, triton_client, front.ping_path())
+        finally:
+            self._stop(triton, nginx)
+            control.stop()
+
+    def _supervise(
+        self, triton: ManagedProcess, nginx: ManagedProcess, client: TritonClient, ping: str
+    ) -> int:
+        started = time.monotonic()
+        next_check = started
+        while not self._stop_requested.wait(POLL_SECONDS):
+            for child in (triton, nginx):
+                code = child.poll()
+                if code is not None:
+                    reason = child.describe_exit()
+                    self.state.set(Phase.FAILED, reason)
+                    log.error("%s; stopping", reason)
+                    return code if code > 0 else 128 - code if code < 0 else 1
+            phase, _ = self.state.snapshot()
+            now = time.monotonic()
+            if phase is Phase.STARTING and now >= next_check:
+                next_check = now + READINESS_POLL_SECONDS
+                if client.is_ready(ping):
+                    self.state.set(Phase.READY, "serving")
+                    log.info("ready after %.1f s", now - started)
+                elif now - started > self.settings.startup_timeout:
+                    reason = (
+                        f"Triton was not ready after {self.settings.startup_timeout:.0f} s "
+                        "(SERVE_STARTUP_TIMEOUT)"
+                    )
+                    self.state.set(Phase.FAILED, reason)
+                    log.error("%s; stopping", reason)
+                    return 1
+        return 0
+
+    def _stop(self, triton: ManagedProcess, nginx: ManagedProcess) -> None:
+        """nginx drains in-flight requests first, then Triton stops, within the deadline."""
+        self.state.set(Phase.STOPPING, "shutting down")
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        nginx.stop(signal.SIGQUIT, deadline - 2)
+        triton.stop(signal.SIGTERM, deadline)
+        log.info("stopped")
+
+
+def _triton_environment() -> dict[str, str]:
+    """Triton's environment: the Python-backend stub must find our interpreter first.
+
+    The stub embeds Python and locates its prefix through `python3` on PATH, so
+    the interpreter running `serve` (a virtual environment's, locally) goes first.
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env

@@ -1,0 +1,254 @@
+"""Every environment variable `serve` honours, read once at start-up.
+
+SageMaker configures a container only through its environment, so this module
+is the one place that knows each variable by name. `Settings.from_environ`
+validates everything up front: a bad value stops `serve` before any process
+starts, with a message naming the variable and what it accepts.
+
+The `SAGEMAKER_TRITON_*` variables keep the meaning and defaults of NVIDIA's
+`docker/sagemaker/serve` script, so an endpoint configured for the official
+image behaves the same here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from serve.errors import ConfigError
+
+PingMode = Literal["ready", "live"]
+InferenceType = Literal["infer", "generate", "generate_stream"]
+
+MEBIBYTE = 1024 * 1024
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PortRange:
+    """`SAGEMAKER_SAFE_PORT_RANGE`: where every listener but the public one must be."""
+
+    low: int
+    high: int
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The container's configuration; field comments name the variable behind each."""
+
+    # OPT_ML: root of SageMaker's paths (/opt/ml); tests and local runs move it.
+    opt_ml: Path = Path("/opt/ml")
+    # SAGEMAKER_MULTI_MODEL=true: serve a multi-model endpoint from opt_ml/models.
+    multi_model: bool = False
+    # SAGEMAKER_BIND_TO_PORT: the public port (inference pipelines move it).
+    port: int = 8080
+    # SAGEMAKER_SAFE_PORT_RANGE: "LOW-HIGH" for every other listener.
+    safe_port_range: PortRange | None = None
+    # SAGEMAKER_TRITON_DEFAULT_MODEL_NAME: the model /invocations runs.
+    default_model_name: str | None = None
+    # SAGEMAKER_TRITON_OVERRIDE_PING_MODE (alias SAGEMAKER_TRITON_PING_MODE):
+    # "ready" (the default model is ready) or "live" (the server is up).
+    # Defaults to ready for single-model and live for multi-model endpoints.
+    ping_mode: PingMode = "ready"
+    # SAGEMAKER_TRITON_INFERENCE_TYPE: which Triton API /invocations calls.
+    inference_type: InferenceType = "infer"
+    # SAGEMAKER_TRITON_ALLOW_GRPC / _GRPC_PORT: Triton's gRPC endpoint, public when on.
+    allow_grpc: bool = False
+    grpc_port: int = 8001
+    # SAGEMAKER_TRITON_ALLOW_METRICS / _METRICS_PORT: Prometheus metrics, public when on.
+    allow_metrics: bool = False
+    metrics_port: int = 8002
+    # SAGEMAKER_TRITON_LOG_VERBOSE / _LOG_INFO / _LOG_WARNING / _LOG_ERROR,
+    # passed to Triton as given (verbose logging is on by default, as in NVIDIA's image).
+    log_verbose: str = "true"
+    log_info: str | None = None
+    log_warning: str | None = None
+    log_error: str | None = None
+    # SAGEMAKER_TRITON_THREAD_COUNT: threads of the HTTP frontend that serves
+    # /invocations (Triton's --http-thread-count here; --sagemaker-thread-count there).
+    thread_count: int | None = None
+    # SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT: Triton's --buffer-manager-thread-count.
+    buffer_manager_thread_count: int | None = None
+    # SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE / _SHM_GROWTH_BYTE_SIZE: the Python
+    # backend's shared-memory region per model instance, and its growth step.
+    shm_default_byte_size: int = 16 * MEBIBYTE
+    shm_growth_byte_size: int = MEBIBYTE
+    # SAGEMAKER_TRITON_MODEL_LOAD_GPU_LIMIT: fraction of each GPU's memory loads may use.
+    model_load_gpu_limit: str | None = None
+    # SAGEMAKER_TRITON_TENSORFLOW_VERSION: the TensorFlow backend's version.
+    tensorflow_version: str | None = None
+    # SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING: passed to --model-namespacing
+    # as given, exactly as NVIDIA's script does (so "false" turns namespacing off).
+    model_namespacing: str = "true"
+    # SAGEMAKER_TRITON_ADDITIONAL_ARGS: extra tritonserver flags, shell-quoted.
+    additional_args: tuple[str, ...] = ()
+    # TRITONSERVER_BIN: the server binary, when not in a standard place.
+    triton_bin: Path | None = None
+    # SERVE_MAX_BODY_BYTES: largest request body (SageMaker's own cap is 6 MB).
+    max_body_bytes: int = 6 * MEBIBYTE
+    # SERVE_WORKDIR: where the prepared repository and the front's files live.
+    workdir: Path | None = None
+    # SERVE_STARTUP_TIMEOUT: seconds Triton may take to load the models.
+    startup_timeout: float = 1800.0
+    # SERVE_SHUTDOWN_TIMEOUT: seconds between SIGTERM and exit; SageMaker
+    # sends SIGKILL 30 s after SIGTERM.
+    shutdown_timeout: float = 25.0
+
+    @property
+    def model_dir(self) -> Path:
+        """Single-model artifacts (SageMaker unpacks ModelDataUrl here)."""
+        return self.opt_ml / "model"
+
+    @property
+    def models_dir(self) -> Path:
+        """Multi-model artifacts, one folder per loaded model."""
+        return self.opt_ml / "models"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from an environment; `ConfigError` names any bad variable."""
+        env = _Reader(environ)
+        multi_model = env.boolean("SAGEMAKER_MULTI_MODEL", False)
+        ping_mode = env.choice(
+            "SAGEMAKER_TRITON_OVERRIDE_PING_MODE",
+            ("ready", "live"),
+            env.choice("SAGEMAKER_TRITON_PING_MODE", ("ready", "live"), None),
+        ) or ("live" if multi_model else "ready")
+        return cls(
+            opt_ml=Path(env.text("OPT_ML") or "/opt/ml"),
+            multi_model=multi_model,
+            port=env.port("SAGEMAKER_BIND_TO_PORT", 8080),
+            safe_port_range=env.port_range("SAGEMAKER_SAFE_PORT_RANGE"),
+            default_model_name=env.text("SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"),
+            ping_mode=ping_mode,  # type: ignore[arg-type]
+            inference_type=env.choice(  # type: ignore[arg-type]
+                "SAGEMAKER_TRITON_INFERENCE_TYPE", ("infer", "generate", "generate_stream"), "infer"
+            ),
+            allow_grpc=env.boolean("SAGEMAKER_TRITON_ALLOW_GRPC", False),
+            grpc_port=env.port("SAGEMAKER_TRITON_GRPC_PORT", 8001),
+            allow_metrics=env.boolean("SAGEMAKER_TRITON_ALLOW_METRICS", False),
+            metrics_port=env.port("SAGEMAKER_TRITON_METRICS_PORT", 8002),
+            log_verbose=env.text("SAGEMAKER_TRITON_LOG_VERBOSE") or "true",
+            log_info=env.text("SAGEMAKER_TRITON_LOG_INFO"),
+            log_warning=env.text("SAGEMAKER_TRITON_LOG_WARNING"),
+            log_error=env.text("SAGEMAKER_TRITON_LOG_ERROR"),
+            thread_count=env.positive_int("SAGEMAKER_TRITON_THREAD_COUNT"),
+            buffer_manager_thread_count=env.positive_int(
+                "SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT"
+            ),
+            shm_default_byte_size=env.positive_int("SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE")
+            or 16 * MEBIBYTE,
+            shm_growth_byte_size=env.positive_int("SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE")
+            or MEBIBYTE,
+            model_load_gpu_limit=env.text("SAGEMAKER_TRITON_MODEL_LOAD_GPU_LIMIT"),
+            tensorflow_version=env.text("SAGEMAKER_TRITON_TENSORFLOW_VERSION"),
+            model_namespacing=env.text("SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING") or "true",
+            additional_args=env.shell_words("SAGEMAKER_TRITON_ADDITIONAL_ARGS"),
+            triton_bin=env.path("TRITONSERVER_BIN"),
+            max_body_bytes=env.positive_int("SERVE_MAX_BODY_BYTES") or 6 * MEBIBYTE,
+            workdir=env.path("SERVE_WORKDIR"),
+            startup_timeout=env.positive_float("SERVE_STARTUP_TIMEOUT") or 1800.0,
+            shutdown_timeout=env.positive_float("SERVE_SHUTDOWN_TIMEOUT") or 25.0,
+        ).validated()
+
+    def validated(self) -> Settings:
+        """Check rules that span several variables."""
+        if self.safe_port_range is not None:
+            public = {"SAGEMAKER_TRITON_GRPC_PORT": (self.allow_grpc, self.grpc_port)}
+            public["SAGEMAKER_TRITON_METRICS_PORT"] = (self.allow_metrics, self.metrics_port)
+            for name, (enabled, port) in public.items():
+                if enabled and port not in self.safe_port_range:
+                    raise ConfigError(
+                        f"{name}={port} is outside SAGEMAKER_SAFE_PORT_RANGE="
+                        f"{self.safe_port_range}; pick a port inside that range"
+                    )
+        return self
+
+
+class _Reader:
+    """Typed access to an environment; every parse error names the variable."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = environ
+
+    def text(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def path(self, name: str) -> Path | None:
+        value = self.text(name)
+        return Path(value) if value else None
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{name}={value!r} is not a boolean; use true or false")
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+        return value
+
+    def positive_int(self, name: str) -> int | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        if not value.isdigit() or int(value) <= 0:
+            raise ConfigError(f"{name}={value!r} must be a positive whole number")
+        return int(value)
+
+    def positive_float(self, name: str) -> float | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not number > 0:
+            raise ConfigError(f"{name}={value!r} must be a positive number of seconds")
+        return number
+
+    def port(self, name: str, default: int) -> int:
+        value = self.positive_int(name)
+        if value is None:
+            return default
+        if value > 65535:
+            raise ConfigError(f"{name}={value} is not a TCP port (1-65535)")
+        return value
+
+    def port_range(self, name: str) -> PortRange | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        low, _, high = value.partition("-")
+        if not (low.isdigit() and high.isdigit()) or not 0 < int(low) <= int(high) <= 65535:
+            raise ConfigError(f"{name}={value!r} must be LOW-HIGH, two ports with LOW <= HIGH")
+        return PortRange(int(low), int(high))
+
+    def shell_words(self, name: str) -> tuple[str, ...]:
+        value = self.text(name)
+        if value is None:
+            return ()
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise ConfigError(f"{name} cannot be split into arguments: {exc}") from exc

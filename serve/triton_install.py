@@ -1,0 +1,117 @@
+"""Finding the Triton server, its backends and Python-backend stubs.
+
+The image has Triton at /opt/tritonserver; a workstation or CI run uses the
+full server shipped in the `nvidia-pytriton` wheel. That wheel keeps its
+Python-backend stubs per Python version outside `backends/python`, so when
+the backend folder lacks a stub for the interpreter, `serve` builds an overlay
+backends folder (links, nothing copied or modified) that has one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from serve.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+IMAGE_BINARY = Path("/opt/tritonserver/bin/tritonserver")
+STUB_NAME = "triton_python_backend_stub"
+# Extra stubs for other Python versions: <dir>/<major.minor>/triton_python_backend_stub.
+STUB_DIR_NAMES = ("python_backend_stubs",)
+_LIBPYTHON = re.compile(rb"libpython(3\.\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonInstall:
+    """Where one Triton installation keeps its parts."""
+
+    binary: Path
+    backends_dir: Path
+    # Python "major.minor" -> stub binary built for that version.
+    python_stubs: dict[str, Path]
+
+    @property
+    def python_version(self) -> str:
+        """The interpreter `serve` runs under, which models use by default."""
+        return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+    def backends_with_stub(self, overlay: Path) -> Path:
+        """A backends folder whose python backend has a stub for this interpreter.
+
+        Returns the installation's own folder when it already has one; otherwise
+        fills `overlay` with links to every backend plus the matching stub.
+        """
+        python_dir = self.backends_dir / "python"
+        stub = self.python_stubs.get(self.python_version)
+        if not python_dir.is_dir() or (python_dir / STUB_NAME).exists() or stub is None:
+            return self.backends_dir
+        overlay.mkdir(parents=True, exist_ok=True)
+        for backend in self.backends_dir.iterdir():
+            if backend.name != "python":
+                (overlay / backend.name).symlink_to(backend)
+        (overlay / "python").mkdir()
+        for item in python_dir.iterdir():
+            (overlay / "python" / item.name).symlink_to(item)
+        (overlay / "python" / STUB_NAME).symlink_to(stub)
+        log.info("using the Python %s backend stub %s", self.python_version, stub)
+        return overlay
+
+
+def locate_triton(configured: Path | None) -> TritonInstall:
+    """Find tritonserver: TRITONSERVER_BIN, the image's path, PATH, then nvidia-pytriton."""
+    binary = _find_binary(configured)
+    root = binary.parent.parent
+    backends_dir = root / "backends"
+    if not backends_dir.is_dir():
+        raise ConfigError(
+            f"Triton's backends folder {backends_dir} does not exist next to {binary}; "
+            "point TRITONSERVER_BIN at a complete Triton installation"
+        )
+    stubs: dict[str, Path] = {}
+    for folder in [root / name for name in STUB_DIR_NAMES]:
+        if folder.is_dir():
+            for candidate in sorted(folder.glob(f"*/{STUB_NAME}")):
+                stubs[candidate.parent.name] = candidate
+    default_stub = backends_dir / "python" / STUB_NAME
+    if default_stub.is_file():
+        version = stub_python_version(default_stub)
+        if version:
+            stubs.setdefault(version, default_stub)
+    return TritonInstall(binary=binary, backends_dir=backends_dir, python_stubs=stubs)
+
+
+def stub_python_version(stub: Path) -> str | None:
+    """The Python major.minor a stub links against (its libpython dependency)."""
+    with stub.open("rb") as handle:
+        match = _LIBPYTHON.search(handle.read())
+    return match.group(1).decode() if match else None
+
+
+def _find_binary(configured: Path | None) -> Path:
+    if configured is not None:
+        if not (configured.is_file() and os.access(configured, os.X_OK)):
+            raise ConfigError(f"TRITONSERVER_BIN={configured} is not an executable file")
+        return configured.resolve()
+    candidates = [IMAGE_BINARY]
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        candidates.append(Path(on_path))
+    spec = importlib.util.find_spec("pytriton")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidates.append(Path(location) / "tritonserver" / "bin" / "tritonserver")
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate.resolve()
+    raise ConfigError(
+        "tritonserver was not found: set TRITONSERVER_BIN, install Triton at "
+        f"{IMAGE_BINARY}, put it on PATH, or `pip install nvidia-pytriton` for a local server"
+    )
