@@ -9,6 +9,7 @@ lines are kept so a crash can be explained.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import logging
 import os
@@ -86,10 +87,8 @@ class ManagedProcess:
         code = self.wait(max(0.0, deadline - time.monotonic()))
         if code is None:
             log.warning("%s did not stop in time; killing it", self.name)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             code = self._process.wait()
         self._relay.join(timeout=2)
         return code
