@@ -1,0 +1,247 @@
+"""Shared fixtures: `/opt/ml`-shaped trees and `serve` running as a real subprocess.
+
+Every server here is the real `serve` entrypoint with a real Triton behind
+it, started in its own session on a free port and torn down with killpg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO_ROOT / "model_repository"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+ADD_MODEL_PY = """
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(float(__import__("os").environ.get("TEST_LOAD_DELAY", "0")))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "A").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "B").as_numpy()
+            delay = pb_utils.get_input_tensor_by_name(request, "DELAY")
+            if delay is not None:
+                time.sleep(float(delay.as_numpy().reshape(-1)[0]))
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("C", a + b)]))
+        return responses
+"""
+
+
+def write_add_model(
+    repository: Path,
+    name: str = "add",
+    kind: str = "KIND_CPU",
+    count: int = 1,
+    model_py: str = ADD_MODEL_PY,
+) -> Path:
+    """A small Python-backend model: C = A + B (FP32, 4 wide), optional DELAY seconds."""
+    folder = repository / name
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.py").write_text(textwrap.dedent(model_py))
+    (folder / "config.pbtxt").write_text(
+        textwrap.dedent(
+            f"""
+            name: "{name}"
+            backend: "python"
+            max_batch_size: 8
+            input [
+              {{ name: "A", data_type: TYPE_FP32, dims: [ 4 ] }},
+              {{ name: "B", data_type: TYPE_FP32, dims: [ 4 ] }},
+              {{ name: "DELAY", data_type: TYPE_FP32, dims: [ 1 ], optional: true }}
+            ]
+            output [ {{ name: "C", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+            instance_group [ {{ kind: {kind}, count: {count} }} ]
+            """
+        )
+    )
+    return folder
+
+
+def add_request(a: list[float], b: list[float], delay: float | None = None) -> dict:
+    inputs = [
+        {"name": "A", "shape": [1, 4], "datatype": "FP32", "data": a},
+        {"name": "B", "shape": [1, 4], "datatype": "FP32", "data": b},
+    ]
+    if delay is not None:
+        inputs.append({"name": "DELAY", "shape": [1, 1], "datatype": "FP32", "data": [delay]})
+    return {"inputs": inputs}
+
+
+class ServeProcess:
+    """A running `serve` and what it printed."""
+
+    def __init__(self, env: Mapping[str, str], port: int, cwd: Path):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "serve", "serve"],
+            env=dict(env),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            with self._lock:
+                self._lines.append(raw.decode("utf-8", errors="replace"))
+
+    @property
+    def output(self) -> str:
+        with self._lock:
+            return "".join(self._lines)
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"serve exited ({self.process.returncode}) before {what}:\n"
+                    f"{self.output[-6000:]}"
+                )
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.output[-6000:]}")
+
+    def ping_status(self) -> int | None:
+        try:
+            return requests.get(f"{self.url}/ping", timeout=2).status_code
+        except requests.RequestException:
+            return None
+
+    def wait_ready(self, timeout: float = 120) -> ServeProcess:
+        self.wait_until(lambda: self.ping_status() == 200, timeout, "/ping to answer 200")
+        return self
+
+    def wait_exit(self, timeout: float) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def child_pids(self, name: str) -> list[int]:
+        """Processes named `name` in serve's process tree."""
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            with contextlib.suppress(OSError):
+                fields = dict(
+                    line.split(":\t", 1)
+                    for line in status.read_text().splitlines()
+                    if ":\t" in line
+                )
+                if fields.get("Name", "").strip() == name[:15] and self._descends(status.parent):
+                    found.append(int(status.parent.name))
+        return found
+
+    def _descends(self, proc: Path) -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                stat = (proc / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == self.process.pid:
+                    return True
+                if ppid <= 1:
+                    return False
+                proc = Path("/proc") / str(ppid)
+        return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(35)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        # Children are in their own sessions; none may outlive serve.
+        self._reader.join(timeout=5)
+
+
+@pytest.fixture
+def opt_ml(tmp_path: Path) -> Path:
+    """An empty /opt/ml-shaped tree."""
+    root = tmp_path / "opt_ml"
+    (root / "model").mkdir(parents=True)
+    (root / "models").mkdir()
+    return root
+
+
+def serve_env(opt_ml: Path, port: int, **overrides: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SAGEMAKER_", "SERVE_", "OPT_ML"))
+    }
+    env.update(
+        OPT_ML=str(opt_ml),
+        SAGEMAKER_BIND_TO_PORT=str(port),
+        SAGEMAKER_TRITON_LOG_VERBOSE="0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def start_serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Start `serve` on an /opt/ml tree with extra environment variables."""
+    started: list[ServeProcess] = []
+
+    def start(opt_ml: Path, **env: str) -> ServeProcess:
+        port = int(env.pop("SAGEMAKER_BIND_TO_PORT", 0)) or free_port()
+        server = ServeProcess(serve_env(opt_ml, port, **env), port, tmp_path)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def examples_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """One `serve` on the bundled NCF examples, shared by read-only tests."""
+    root = tmp_path_factory.mktemp("examples")
+    opt_ml = root / "opt_ml"
+    opt_ml.mkdir()
+    (opt_ml / "model").symlink_to(EXAMPLES)
+    port = free_port()
+    env = serve_env(opt_ml, port, SAGEMAKER_TRITON_DEFAULT_MODEL_NAME="ncf_food")
+    server = ServeProcess(env, port, root)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()

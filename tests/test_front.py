@@ -1,0 +1,232 @@
+"""What a client sees on the public port: routes, payloads, errors, exposure."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ServeProcess
+
+BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
+
+
+def ncf_request(users: list[int], items: list[int]) -> dict:
+    return {
+        "inputs": [
+            {"name": "user_id", "shape": [len(users), 1], "datatype": "INT64", "data": users},
+            {"name": "item_id", "shape": [len(items), 1], "datatype": "INT64", "data": items},
+        ]
+    }
+
+
+def binary_ncf_request(users: list[int], items: list[int]) -> tuple[bytes, int]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": [len(ids), 1],
+                    "datatype": "INT64",
+                    "parameters": {"binary_data_size": 8 * len(ids)},
+                }
+                for name, ids in (("user_id", users), ("item_id", items))
+            ],
+            "outputs": [{"name": "score", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    tensors = struct.pack(f"<{len(users)}q", *users) + struct.pack(f"<{len(items)}q", *items)
+    return header + tensors, len(header)
+
+
+def invoke(server: ServeProcess, body: bytes | str, content_type: str, **kw) -> requests.Response:
+    return requests.post(
+        f"{server.url}/invocations",
+        data=body,
+        headers={"Content-Type": content_type, **kw.pop("headers", {})},
+        timeout=30,
+        **kw,
+    )
+
+
+def test_ping_answers_200_with_empty_body_when_ready(examples_server: ServeProcess) -> None:
+    response = requests.get(f"{examples_server.url}/ping", timeout=2)
+    assert response.status_code == 200
+    assert response.content == b""
+
+
+def test_json_invocation_scores_user_items(examples_server: ServeProcess) -> None:
+    response = invoke(
+        examples_server, json.dumps(ncf_request([3, 3, 3], [10, 20, 30])), "application/json"
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert body["model_name"] == "ncf_food"
+    scores = body["outputs"][0]["data"]
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_binary_invocation_matches_json_scores(examples_server: ServeProcess) -> None:
+    users, items = [5, 6, 7], [1, 2, 3]
+    expected = invoke(
+        examples_server, json.dumps(ncf_request(users, items)), "application/json"
+    ).json()["outputs"][0]["data"]
+    body, size = binary_ncf_request(users, items)
+    response = invoke(examples_server, body, f"{BINARY_TYPE};json-header-size={size}")
+    assert response.status_code == 200, response.text
+    content_type = response.headers["Content-Type"]
+    assert content_type.startswith(f"{BINARY_TYPE};json-header-size=")
+    header_size = int(content_type.rsplit("=", 1)[1])
+    header = json.loads(response.content[:header_size])
+    assert header["outputs"][0]["parameters"]["binary_data_size"] == 12
+    scores = struct.unpack("<3f", response.content[header_size:])
+    assert scores == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        BINARY_TYPE,
+        f"{BINARY_TYPE};json-header-size=",
+        f"{BINARY_TYPE};json-header-size=abc",
+        f"{BINARY_TYPE};json-header-size=-5",
+        f"{BINARY_TYPE};json-header-size=12abc",
+        f"{BINARY_TYPE};json-header-size=99999999999999999999",
+        f"{BINARY_TYPE};json-header=12",
+        f"{BINARY_TYPE};json-header-size=100000",  # larger than the body
+    ],
+)
+def test_malformed_binary_header_is_400_with_json_error(
+    examples_server: ServeProcess, content_type: str
+) -> None:
+    body, _ = binary_ncf_request([1], [1])
+    response = invoke(examples_server, body, content_type)
+    assert response.status_code == 400, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["error"]
+
+
+def test_empty_body_is_400_with_json_error(examples_server: ServeProcess) -> None:
+    response = invoke(examples_server, b"", "application/json")
+    assert response.status_code == 400
+    assert "empty" in response.json()["error"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"inputs": [', b"\xff\xfe\x00garbage"])
+def test_invalid_json_is_400_not_500(examples_server: ServeProcess, body: bytes) -> None:
+    response = invoke(examples_server, body, "application/json")
+    assert response.status_code == 400, response.text
+    assert "not valid JSON" in response.json()["error"]
+
+
+def test_model_error_reaches_caller_with_reason(examples_server: ServeProcess) -> None:
+    response = invoke(examples_server, json.dumps(ncf_request([999999], [1])), "application/json")
+    assert response.status_code == 400
+    assert "user_id 999999 is outside the trained range" in response.json()["error"]
+
+
+def test_wrong_input_name_is_a_4xx_with_tritons_reason(examples_server: ServeProcess) -> None:
+    request = ncf_request([1], [1])
+    request["inputs"][0]["name"] = "nobody"
+    response = invoke(examples_server, json.dumps(request), "application/json")
+    assert 400 <= response.status_code < 500
+    assert "nobody" in response.json()["error"]
+
+
+def test_body_over_the_limit_is_413(examples_server: ServeProcess) -> None:
+    response = invoke(examples_server, b"0" * (6 * 1024 * 1024 + 1), "application/json")
+    assert response.status_code == 413
+    assert "larger than" in response.json()["error"]
+
+
+def test_get_invocations_is_405(examples_server: ServeProcess) -> None:
+    response = requests.get(f"{examples_server.url}/invocations", timeout=5)
+    assert response.status_code == 405
+    assert response.json()["error"]
+
+
+def test_custom_attributes_and_unknown_headers_are_ignored_safely(
+    examples_server: ServeProcess,
+) -> None:
+    response = invoke(
+        examples_server,
+        json.dumps(ncf_request([1], [2])),
+        "application/json",
+        headers={
+            "X-Amzn-SageMaker-Custom-Attributes": "trace=abc,debug=false",
+            "X-Something-Unknown": "x" * 2000,
+            "Accept": "application/json",
+        },
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/health/ready"),
+        ("GET", "/v2/models/ncf_food"),
+        ("POST", "/v2/models/ncf_food/infer"),
+        ("POST", "/v2/repository/index"),
+        ("POST", "/v2/repository/models/ncf_food/unload"),
+        ("GET", "/v2/systemsharedmemory/status"),
+        ("POST", "/v2/systemsharedmemory/region/x/register"),
+        ("GET", "/v2/cudasharedmemory/status"),
+        ("GET", "/v2/trace/setting"),
+        ("POST", "/v2/logging"),
+        ("GET", "/metrics"),
+        ("GET", "/models"),
+        ("POST", "/models"),
+        ("POST", "/models/ncf_food/invoke"),
+        ("GET", "/_serve/ping"),
+        ("POST", "/_serve/invocation-error"),
+    ],
+)
+def test_only_sagemaker_routes_are_public(
+    examples_server: ServeProcess, method: str, path: str
+) -> None:
+    response = requests.request(method, f"{examples_server.url}{path}", data=b"{}", timeout=5)
+    assert response.status_code == 404
+    assert "no such route" in response.json()["error"]
+    # The repository-control call above must not have touched the model.
+    assert examples_server.ping_status() == 200
+
+
+def listening_sockets(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the given processes listen on."""
+    inodes: set[str] = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = str(fd.readlink()) if fd.is_symlink() else ""
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                address, port = fields[1].split(":")
+                found.add((address if width == 32 else _ipv4(address), int(port, 16)))
+    return found
+
+
+def _ipv4(hex_address: str) -> str:
+    return ".".join(str(int(hex_address[i : i + 2], 16)) for i in (6, 4, 2, 0))
+
+
+def test_internal_listeners_bind_loopback_only(examples_server: ServeProcess) -> None:
+    triton = examples_server.child_pids("tritonserver")
+    nginx = examples_server.child_pids("nginx")
+    assert triton and nginx
+    triton_sockets = listening_sockets(triton)
+    assert triton_sockets, "Triton listens somewhere"
+    assert {address for address, _ in triton_sockets} == {"127.0.0.1"}
+    # The public port is the only one reachable from outside, and nginx owns it.
+    public = {port for address, port in listening_sockets(nginx) if address != "127.0.0.1"}
+    assert public == {examples_server.port}
+    serve_sockets = listening_sockets([examples_server.process.pid])
+    assert all(address == "127.0.0.1" for address, _ in serve_sockets)
