@@ -1,7 +1,9 @@
 """Starting and watching external processes (Triton, nginx): the one place.
 
 Every child runs in its own process group with a parent-death signal, so it
-never outlives `serve`, even when `serve` is killed with SIGKILL. Its output
+never outlives `serve`, even when `serve` is killed with SIGKILL. That signal
+is SIGTERM, not SIGKILL: nginx's master must live long enough to stop its
+workers, and Triton to remove its shared-memory regions. Its output
 is streamed line by line to our stdout (CloudWatch reads it), and the last
 lines are kept so a crash can be explained.
 """
@@ -26,9 +28,9 @@ _PR_SET_PDEATHSIG = 1
 _TAIL_LINES = 40
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def _stop_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     # The parent may have died between fork and prctl.
     if os.getppid() == 1:
         os._exit(1)
@@ -49,7 +51,7 @@ class ManagedProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_stop_with_parent,
         )
         self._relay = threading.Thread(
             target=self._relay_output, name=f"{name}-output", daemon=True

@@ -1,0 +1,102 @@
+"""Start-up, failure and shutdown as SageMaker drives them, with real processes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ServeProcess, add_request, write_add_model
+
+StartServe = Callable[..., ServeProcess]
+
+
+def test_ping_is_quick_and_not_200_while_models_load(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, TEST_LOAD_DELAY="4")
+    server.wait_until(lambda: server.ping_status() is not None, 10, "the port to answer")
+    started = time.monotonic()
+    response = requests.get(f"{server.url}/ping", timeout=2)
+    assert time.monotonic() - started < 2
+    assert response.status_code == 503
+    assert response.json()["status"] == "starting"
+    server.wait_ready()
+    # Triton's own log lines reach serve's output (CloudWatch reads it).
+    assert "successfully loaded" in server.output
+
+
+def test_triton_dying_fails_ping_at_once_and_exits_nonzero(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml).wait_ready()
+    (triton,) = server.child_pids("tritonserver")
+    os.kill(triton, signal.SIGKILL)
+    server.wait_until(lambda: server.ping_status() != 200, 2, "/ping to stop answering 200")
+    code = server.wait_exit(30)
+    assert code != 0
+    assert "tritonserver exited (killed by signal 9)" in server.output
+
+
+def test_sigterm_lets_requests_in_flight_finish(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model", count=4)
+    server = start_serve(opt_ml).wait_ready()
+
+    def slow_call() -> requests.Response:
+        return requests.post(
+            f"{server.url}/invocations",
+            json=add_request([1, 2, 3, 4], [1, 1, 1, 1], 3.0),
+            timeout=30,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        calls = [pool.submit(slow_call) for _ in range(4)]
+        time.sleep(1.0)
+        os.killpg(server.process.pid, signal.SIGTERM)
+        stopped = time.monotonic()
+        responses = [call.result() for call in calls]
+    assert [r.status_code for r in responses] == [200] * 4
+    assert all(r.json()["outputs"][0]["data"] == [2, 3, 4, 5] for r in responses)
+    assert server.wait_exit(30) == 0
+    assert time.monotonic() - stopped < 30
+    assert server.child_pids("tritonserver") == []
+
+
+def test_model_that_fails_to_load_ends_startup_with_tritons_error(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    write_add_model(
+        opt_ml / "model",
+        model_py="class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise RuntimeError('weights file is corrupt')\n",
+    )
+    server = start_serve(opt_ml)
+    assert server.wait_exit(60) != 0
+    assert "weights file is corrupt" in server.output
+
+
+def test_children_die_with_serve_even_on_sigkill(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml).wait_ready()
+    children = server.child_pids("tritonserver") + server.child_pids("nginx")
+    assert len(children) >= 2
+    server.process.send_signal(signal.SIGKILL)
+    server.wait_exit(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
