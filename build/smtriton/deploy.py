@@ -1,0 +1,426 @@
+"""`smtriton deploy`: a SageMaker real-time endpoint serving the image.
+
+Creates a model and an endpoint configuration, then creates the endpoint,
+or updates it in place when it exists (SageMaker swaps instances without
+downtime and rolls back on failure). Single-model endpoints take a
+model.tar.gz (ModelDataUrl); multi-model endpoints take an S3 prefix of
+tarballs (Mode=MultiModel), loaded on first use by TargetModel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from smtriton import autoscaling, endpoints
+from smtriton.autoscaling import ScalingConfig
+from smtriton.aws import AwsOptions, Client, add_aws_arguments, client, open_session
+from smtriton.endpoints import ENDPOINT_NAME_PATTERN, TAG_KEY, ResourceNames
+from smtriton.errors import ConfigError, SmtritonError
+from smtriton.image import parse_key_values
+from smtriton.s3 import parse_s3_uri
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"
+DEFAULT_VARIANT = "AllTraffic"
+# Startup and download limits (seconds) allowed by SageMaker; the defaults
+# leave room for large models, where SageMaker's own (shorter) defaults fail.
+TIMEOUT_RANGE = (60, 3600)
+DEFAULT_STARTUP_TIMEOUT_S = 600
+DEFAULT_DOWNLOAD_TIMEOUT_S = 600
+INSTANCE_TYPE_PATTERN = re.compile(r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
+ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
+ENV_NAME_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,1023}$")
+MAX_ENV_ENTRIES = 100
+MAX_ENV_VALUE = 1024
+DEFAULT_MODEL_VARIABLE = "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"
+MULTI_MODEL_VARIABLE = "SAGEMAKER_MULTI_MODEL"
+BUSY_STATES = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"})
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    aws: AwsOptions
+    endpoint_name: str
+    image: str
+    """Image URI in ECR, as `smtriton push` printed it."""
+    role_arn: str
+    """Execution role SageMaker assumes to pull the image and read S3."""
+    model_data: str | None = None
+    """s3://.../model.tar.gz for a single-model endpoint."""
+    multi_model_prefix: str | None = None
+    """s3://bucket/prefix/ holding the tarballs of a multi-model endpoint."""
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    instance_count: int = 1
+    environment: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: int = DEFAULT_STARTUP_TIMEOUT_S
+    download_timeout_s: int = DEFAULT_DOWNLOAD_TIMEOUT_S
+    variant_name: str = DEFAULT_VARIANT
+    scaling: ScalingConfig | None = None
+    wait: bool = True
+    wait_timeout_s: float = 3600.0
+    poll_interval_s: float = 15.0
+    keep_previous: bool = False
+    """Keep the model and configuration an update replaces (for a manual rollback)."""
+
+    def __post_init__(self) -> None:
+        if not ENDPOINT_NAME_PATTERN.match(self.endpoint_name):
+            raise ConfigError(
+                f"invalid endpoint name {self.endpoint_name!r}: up to 63 letters, digits "
+                "and '-', starting and ending with a letter or digit"
+            )
+        if not self.image or any(c.isspace() for c in self.image):
+            raise ConfigError(f"invalid image URI {self.image!r}")
+        if not ROLE_ARN_PATTERN.match(self.role_arn):
+            raise ConfigError(
+                f"--role {self.role_arn!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"
+            )
+        if self.model_data and self.multi_model_prefix:
+            raise ConfigError("give --model-data (one model) or --multi-model (a prefix), not both")
+        if self.model_data:
+            _, key = parse_s3_uri(self.model_data)
+            if not key or key.endswith("/"):
+                raise ConfigError(
+                    f"--model-data {self.model_data!r} must name a model.tar.gz object; "
+                    "for a prefix of tarballs use --multi-model"
+                )
+        if self.multi_model_prefix:
+            parse_s3_uri(self.multi_model_prefix)
+            if DEFAULT_MODEL_VARIABLE in self.environment:
+                raise ConfigError(
+                    "a multi-model endpoint picks the model per request (--target-model); "
+                    "drop --default-model"
+                )
+        if not INSTANCE_TYPE_PATTERN.match(self.instance_type):
+            raise ConfigError(f"--instance-type {self.instance_type!r} is not like ml.g5.xlarge")
+        if self.instance_count < 1:
+            raise ConfigError("--instance-count must be at least 1")
+        for what, value in (
+            ("--startup-timeout", self.startup_timeout_s),
+            ("--download-timeout", self.download_timeout_s),
+        ):
+            if not TIMEOUT_RANGE[0] <= value <= TIMEOUT_RANGE[1]:
+                raise ConfigError(
+                    f"{what} must be between {TIMEOUT_RANGE[0]} and {TIMEOUT_RANGE[1]}"
+                )
+        if len(self.environment) > MAX_ENV_ENTRIES:
+            raise ConfigError(f"at most {MAX_ENV_ENTRIES} environment variables")
+        for name, value in self.environment.items():
+            if not ENV_NAME_PATTERN.match(name) or len(value) > MAX_ENV_VALUE:
+                raise ConfigError(f"environment variable {name!r} has a bad name or is too long")
+        if self.scaling is not None and not self.wait:
+            raise ConfigError(
+                "auto scaling is attached once the endpoint is InService: drop --no-wait"
+            )
+        if self.wait_timeout_s <= 0 or self.poll_interval_s <= 0:
+            raise ConfigError("--wait-timeout and --poll-interval must be positive")
+
+    @property
+    def multi_model(self) -> bool:
+        return self.multi_model_prefix is not None
+
+    @property
+    def container_environment(self) -> dict[str, str]:
+        if self.multi_model:
+            # SageMaker sets it too; stating it keeps `docker run` tests and SageMaker alike.
+            return {MULTI_MODEL_VARIABLE: "true", **self.environment}
+        return dict(self.environment)
+
+    def model_request(self, model_name: str) -> dict[str, Any]:
+        container: dict[str, Any] = {
+            "Image": self.image,
+            "Mode": "MultiModel" if self.multi_model else "SingleModel",
+            "Environment": self.container_environment,
+        }
+        data_url = self.multi_model_prefix or self.model_data
+        if data_url:
+            container["ModelDataUrl"] = data_url
+        return {
+            "ModelName": model_name,
+            "ExecutionRoleArn": self.role_arn,
+            "PrimaryContainer": container,
+            "Tags": [{"Key": TAG_KEY, "Value": self.endpoint_name}],
+        }
+
+    def endpoint_config_request(self, config_name: str, model_name: str) -> dict[str, Any]:
+        return {
+            "EndpointConfigName": config_name,
+            "ProductionVariants": [
+                {
+                    "VariantName": self.variant_name,
+                    "ModelName": model_name,
+                    "InstanceType": self.instance_type,
+                    "InitialInstanceCount": self.instance_count,
+                    "ContainerStartupHealthCheckTimeoutInSeconds": self.startup_timeout_s,
+                    "ModelDataDownloadTimeoutInSeconds": self.download_timeout_s,
+                }
+            ],
+            "Tags": [{"Key": TAG_KEY, "Value": self.endpoint_name}],
+        }
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DeployConfig:
+        environment = parse_key_values(args.env, "--env")
+        if args.default_model:
+            environment[DEFAULT_MODEL_VARIABLE] = args.default_model
+        scaling = None
+        if args.max_instances is not None:
+            scaling = ScalingConfig(
+                min_instances=args.min_instances,
+                max_instances=args.max_instances,
+                target_invocations=args.target_invocations,
+                scale_in_cooldown_s=args.scale_in_cooldown,
+                scale_out_cooldown_s=args.scale_out_cooldown,
+            )
+        multi_model = args.multi_model
+        if multi_model and not multi_model.endswith("/"):
+            multi_model += "/"
+        return cls(
+            aws=AwsOptions.from_args(args),
+            endpoint_name=args.endpoint_name,
+            image=args.image,
+            role_arn=args.role,
+            model_data=args.model_data,
+            multi_model_prefix=multi_model,
+            instance_type=args.instance_type,
+            instance_count=args.instance_count,
+            environment=environment,
+            startup_timeout_s=args.startup_timeout,
+            download_timeout_s=args.download_timeout,
+            scaling=scaling,
+            wait=not args.no_wait,
+            wait_timeout_s=args.wait_timeout,
+            poll_interval_s=args.poll_interval,
+            keep_previous=args.keep_previous,
+        )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "deploy",
+        help="create or update a SageMaker endpoint",
+        description="Create (or update in place) a real-time endpoint for one model "
+        "(--model-data) or many (--multi-model), wait until it is InService, and "
+        "optionally attach target-tracking auto scaling.",
+    )
+    add_aws_arguments(parser)
+    parser.add_argument("--endpoint-name", "--name", required=True, help="endpoint name")
+    parser.add_argument("--image", required=True, help="image URI in ECR (from smtriton push)")
+    parser.add_argument("--role", required=True, help="SageMaker execution role ARN")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--model-data", help="s3://.../model.tar.gz (single-model endpoint)")
+    data.add_argument("--multi-model", metavar="S3_PREFIX", help="s3://bucket/prefix/ of tarballs")
+    parser.add_argument(
+        "--instance-type", default=DEFAULT_INSTANCE_TYPE, help="default: %(default)s"
+    )
+    parser.add_argument("--instance-count", type=int, default=1, help="default: %(default)s")
+    parser.add_argument(
+        "--env", action="append", metavar="NAME=VALUE", help="container environment variable"
+    )
+    parser.add_argument(
+        "--default-model",
+        help=f"model to serve when the repository holds several ({DEFAULT_MODEL_VARIABLE})",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=int,
+        default=DEFAULT_STARTUP_TIMEOUT_S,
+        help="seconds for the container to pass /ping (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--download-timeout",
+        type=int,
+        default=DEFAULT_DOWNLOAD_TIMEOUT_S,
+        help="seconds to download the model data (default: %(default)s)",
+    )
+    scaling = parser.add_argument_group("auto scaling (on when --max-instances is given)")
+    scaling.add_argument("--min-instances", type=int, default=1, help="default: %(default)s")
+    scaling.add_argument("--max-instances", type=int, help="upper bound of the instance count")
+    scaling.add_argument(
+        "--target-invocations",
+        type=float,
+        default=100.0,
+        help="invocations per instance per minute to hold (default: %(default)s)",
+    )
+    scaling.add_argument(
+        "--scale-in-cooldown", type=int, default=300, help="seconds (default: %(default)s)"
+    )
+    scaling.add_argument(
+        "--scale-out-cooldown", type=int, default=60, help="seconds (default: %(default)s)"
+    )
+    waiting = parser.add_argument_group("waiting")
+    waiting.add_argument(
+        "--no-wait", action="store_true", help="return once SageMaker accepted the request"
+    )
+    waiting.add_argument(
+        "--wait-timeout", type=float, default=3600.0, help="seconds (default: %(default)s)"
+    )
+    waiting.add_argument(
+        "--poll-interval", type=float, default=15.0, help="seconds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--keep-previous",
+        action="store_true",
+        help="keep the model and endpoint configuration an update replaces",
+    )
+    parser.set_defaults(run=run)
+
+
+def _variant(description: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((v for v in description["ProductionVariants"] if v["VariantName"] == name), None)
+
+
+def _create_or_update(
+    config: DeployConfig,
+    sagemaker: Client,
+    aas: Client,
+    existing: dict[str, Any] | None,
+    names: ResourceNames,
+) -> autoscaling.ScalingState | None:
+    """Create model and configuration, then create or update the endpoint.
+
+    Returns the auto scaling that had to be detached for the update, if any.
+    """
+    name = config.endpoint_name
+    sagemaker.create_model(**config.model_request(names.model))
+    log.info("created model %s", names.model)
+    sagemaker.create_endpoint_config(
+        **config.endpoint_config_request(names.endpoint_config, names.model)
+    )
+    log.info("created endpoint configuration %s", names.endpoint_config)
+    if existing is None:
+        sagemaker.create_endpoint(
+            EndpointName=name,
+            EndpointConfigName=names.endpoint_config,
+            Tags=[{"Key": TAG_KEY, "Value": name}],
+        )
+        log.info("creating endpoint %s", name)
+        return None
+    detached = None
+    scaling_now = autoscaling.read(aas, name, config.variant_name)
+    if scaling_now is not None:
+        previous = sagemaker.describe_endpoint_config(
+            EndpointConfigName=existing["EndpointConfigName"]
+        )
+        old_variant = _variant(previous, config.variant_name)
+        if old_variant is None or old_variant["InstanceType"] != config.instance_type:
+            # SageMaker refuses to change the instance type of a scaled variant.
+            autoscaling.detach(aas, name, config.variant_name)
+            detached = scaling_now
+    try:
+        sagemaker.update_endpoint(
+            EndpointName=name,
+            EndpointConfigName=names.endpoint_config,
+            # While auto scaling owns the instance count, keep the count it chose.
+            RetainAllVariantProperties=scaling_now is not None and detached is None,
+        )
+    except Exception:
+        if detached is not None:
+            autoscaling.restore(aas, name, config.variant_name, detached)
+        raise
+    log.info("updating endpoint %s (from %s)", name, existing["EndpointConfigName"])
+    return detached
+
+
+def _discard(sagemaker: Client, names: ResourceNames) -> None:
+    """Best-effort removal of a model and configuration that never went live."""
+    for delete, kwargs in (
+        (sagemaker.delete_endpoint_config, {"EndpointConfigName": names.endpoint_config}),
+        (sagemaker.delete_model, {"ModelName": names.model}),
+    ):
+        try:
+            delete(**kwargs)
+        except ClientError as error:
+            if not endpoints.is_not_found(error):
+                log.warning("could not clean up: %s", error)
+
+
+def deploy(config: DeployConfig) -> dict[str, Any] | None:
+    """Create or update the endpoint; return its description once InService.
+
+    Returns None with --no-wait, as soon as SageMaker has accepted the request.
+    """
+    session = open_session(config.aws)
+    sagemaker = client(session, "sagemaker")
+    aas = client(session, "application-autoscaling")
+    name = config.endpoint_name
+
+    existing = endpoints.describe_endpoint(sagemaker, name)
+    if existing is not None:
+        status = existing["EndpointStatus"]
+        if status in BUSY_STATES:
+            raise SmtritonError(
+                f"endpoint {name} is {status}: wait until it settles, then deploy again"
+            )
+        if status != "InService":
+            raise SmtritonError(
+                f"endpoint {name} is {status} ({existing.get('FailureReason', 'no reason given')}) "
+                f"and cannot be updated: run `smtriton delete --endpoint-name {name}` first"
+            )
+
+    names = ResourceNames.new(name)
+    try:
+        detached = _create_or_update(config, sagemaker, aas, existing, names)
+    except Exception:
+        # Nothing points at the new model and configuration yet: don't leave them behind.
+        _discard(sagemaker, names)
+        raise
+
+    if not config.wait:
+        log.info(
+            "not waiting: follow it with `aws sagemaker describe-endpoint --endpoint-name %s`", name
+        )
+        return None
+    try:
+        description = endpoints.wait_for_endpoint(
+            sagemaker,
+            name,
+            expected_config=names.endpoint_config,
+            timeout_s=config.wait_timeout_s,
+            poll_s=config.poll_interval_s,
+        )
+    except endpoints.EndpointFailed as error:
+        if existing is None:
+            raise SmtritonError(
+                f"{error}; remove it with `smtriton delete --endpoint-name {name}`"
+            ) from None
+        # The endpoint is back on its old configuration: so is its scaling, and
+        # the new model and configuration serve nothing.
+        if detached is not None:
+            autoscaling.restore(aas, name, config.variant_name, detached)
+        _discard(sagemaker, names)
+        raise
+
+    if config.scaling is not None:
+        autoscaling.attach(aas, name, config.variant_name, config.scaling)
+    elif detached is not None:
+        autoscaling.restore(aas, name, config.variant_name, detached)
+
+    if existing is not None and not config.keep_previous:
+        _remove_replaced(sagemaker, name, existing["EndpointConfigName"])
+    return description
+
+
+def _remove_replaced(sagemaker: Client, endpoint_name: str, config_name: str) -> None:
+    """Delete the configuration (and models) an update replaced, if deploy made them."""
+    if not ResourceNames.suffix_pattern(endpoint_name).match(config_name):
+        log.info("keeping %s: it was not created by smtriton", config_name)
+        return
+    for resource in endpoints.delete_config_and_models(sagemaker, config_name):
+        log.info("deleted replaced %s", resource)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = DeployConfig.from_args(args)
+    description = deploy(config)
+    if description is not None:
+        print(f"{description['EndpointName']} {description['EndpointStatus']}")
+    else:
+        print(config.endpoint_name)
+    return 0
