@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -96,13 +96,13 @@ def add_request(a: list[float], b: list[float], delay: float | None = None) -> d
 class ServeProcess:
     """A running `serve` and what it printed."""
 
-    def __init__(self, env: Mapping[str, str], port: int, cwd: Path):
+    def __init__(self, env: Mapping[str, str], port: int, cwd: Path, wrapper: Sequence[str] = ()):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serve", "serve"],
+            [*wrapper, sys.executable, "-m", "serve", "serve"],
             env=dict(env),
             cwd=cwd,
             stdout=subprocess.PIPE,
@@ -220,9 +220,9 @@ def start_serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     """Start `serve` on an /opt/ml tree with extra environment variables."""
     started: list[ServeProcess] = []
 
-    def start(opt_ml: Path, **env: str) -> ServeProcess:
+    def start(opt_ml: Path, wrapper: Sequence[str] = (), **env: str) -> ServeProcess:
         port = int(env.pop("SAGEMAKER_BIND_TO_PORT", 0)) or free_port()
-        server = ServeProcess(serve_env(opt_ml, port, **env), port, tmp_path)
+        server = ServeProcess(serve_env(opt_ml, port, **env), port, tmp_path, wrapper)
         started.append(server)
         return server
 

@@ -1,0 +1,94 @@
+"""/dev/shm sizing for the Python backend, and finding Triton's parts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from serve import model_config
+from serve.errors import ConfigError
+from serve.host import plan_python_shm
+from serve.triton_install import STUB_NAME, locate_triton, stub_python_version
+from tests.conftest import ServeProcess, add_request, write_add_model
+
+StartServe = Callable[..., ServeProcess]
+
+
+def free_bytes(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def python_config(count: int) -> model_config.ModelConfig:
+    config = model_config.ModelConfig(backend="python")
+    config.instance_group.add(kind=model_config.InstanceKind.KIND_CPU, count=count)
+    return config
+
+
+def test_shm_that_fits_is_left_alone(tmp_path: Path) -> None:
+    plan = plan_python_shm([python_config(2)], 1024 * 1024, 0, tmp_path)
+    assert plan.region_bytes == 1024 * 1024 and plan.instances == 2
+
+
+def test_shm_too_small_is_lowered_to_fit(tmp_path: Path) -> None:
+    available = free_bytes(tmp_path)
+    plan = plan_python_shm([python_config(3)], available, 0, tmp_path)
+    assert plan.region_bytes * 3 <= available
+    assert plan.region_bytes >= 1024 * 1024
+
+
+def test_shm_far_too_small_is_an_error_with_the_numbers(tmp_path: Path) -> None:
+    count = free_bytes(tmp_path) // (1024 * 1024) + 10
+    with pytest.raises(ConfigError) as caught:
+        plan_python_shm([python_config(count)], 16 * 1024 * 1024, 0, tmp_path)
+    assert f"{count} Python-backend instances" in caught.value.message
+    assert "--shm-size" in caught.value.message
+
+
+# Docker's default /dev/shm, in a mount namespace of the test's own.
+SMALL_SHM = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$@"',
+    "small-shm",
+]
+
+
+def test_serve_fits_shm_into_a_small_dev_shm_and_still_serves(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    # Five instances at the default 16 MiB need 80 MiB of a 64 MiB /dev/shm.
+    write_add_model(opt_ml / "model", count=5)
+    server = start_serve(opt_ml, wrapper=SMALL_SHM).wait_ready()
+    assert "too little for 5 Python-backend instances at 16777216 bytes" in server.output
+    assert "lowering it to 12582912 bytes" in server.output
+    response = requests.post(
+        f"{server.url}/invocations", json=add_request([1, 1, 1, 1], [2, 2, 2, 2]), timeout=10
+    )
+    assert response.json()["outputs"][0]["data"] == [3, 3, 3, 3]
+
+
+def test_local_triton_is_found_with_a_stub_for_this_python(tmp_path: Path) -> None:
+    install = locate_triton(None)
+    assert install.binary.name == "tritonserver"
+    assert install.python_version in install.python_stubs
+    backends = install.backends_with_stub(tmp_path / "overlay")
+    assert (backends / "python" / STUB_NAME).exists()
+    assert (backends / "python" / "libtriton_python.so").exists()
+    stub = install.python_stubs[install.python_version]
+    assert stub_python_version(stub) == install.python_version
+
+
+def test_tritonserver_bin_that_is_not_executable_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "tritonserver"
+    fake.write_text("")
+    with pytest.raises(ConfigError, match="TRITONSERVER_BIN=.* is not an executable file"):
+        locate_triton(fake)

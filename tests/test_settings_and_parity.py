@@ -1,0 +1,165 @@
+"""SAGEMAKER_* variables: validation, and the tritonserver flags they become."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from serve.errors import ConfigError
+from serve.settings import PortRange, Settings
+from tests.conftest import ServeProcess, free_port, write_add_model
+
+StartServe = Callable[..., ServeProcess]
+
+
+def triton_argv(server: ServeProcess) -> list[str]:
+    (pid,) = server.child_pids("tritonserver")
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+
+
+def test_defaults_match_nvidias_serve_script(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model")
+    # An empty value counts as unset: serve falls back to NVIDIA's defaults.
+    server = start_serve(opt_ml, SAGEMAKER_TRITON_LOG_VERBOSE="").wait_ready()
+    argv = triton_argv(server)
+    for flag in (
+        "--model-control-mode=explicit",
+        "--model-namespacing=true",
+        "--allow-sagemaker=false",
+        "--allow-grpc=false",
+        "--allow-metrics=false",
+        "--log-verbose=true",
+        "--backend-config=python,shm-default-byte-size=16777216",
+        "--backend-config=python,shm-growth-byte-size=1048576",
+        "--http-address=127.0.0.1",
+        "--load-model=*",
+    ):
+        assert flag in argv
+    assert not any(a.startswith(("--http-thread-count", "--log-info")) for a in argv)
+
+
+def test_every_sagemaker_triton_variable_reaches_tritonserver(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    write_add_model(opt_ml / "model")
+    grpc, metrics = free_port(), free_port()
+    server = start_serve(
+        opt_ml,
+        SAGEMAKER_TRITON_ALLOW_GRPC="true",
+        SAGEMAKER_TRITON_GRPC_PORT=str(grpc),
+        SAGEMAKER_TRITON_ALLOW_METRICS="true",
+        SAGEMAKER_TRITON_METRICS_PORT=str(metrics),
+        SAGEMAKER_TRITON_LOG_VERBOSE="0",
+        SAGEMAKER_TRITON_LOG_INFO="false",
+        SAGEMAKER_TRITON_LOG_WARNING="true",
+        SAGEMAKER_TRITON_LOG_ERROR="true",
+        SAGEMAKER_TRITON_THREAD_COUNT="6",
+        SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT="3",
+        SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE="8388608",
+        SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE="2097152",
+        SAGEMAKER_TRITON_TENSORFLOW_VERSION="2",
+        SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING="false",
+        SAGEMAKER_TRITON_ADDITIONAL_ARGS="--log-format=default --exit-on-error=true",
+    ).wait_ready()
+    argv = triton_argv(server)
+    for flag in (
+        "--allow-grpc=true",
+        "--grpc-address=0.0.0.0",
+        f"--grpc-port={grpc}",
+        "--allow-metrics=true",
+        "--metrics-address=0.0.0.0",
+        f"--metrics-port={metrics}",
+        "--log-verbose=0",
+        "--log-info=false",
+        "--log-warning=true",
+        "--log-error=true",
+        "--http-thread-count=6",
+        "--buffer-manager-thread-count=3",
+        "--backend-config=python,shm-default-byte-size=8388608",
+        "--backend-config=python,shm-growth-byte-size=2097152",
+        "--backend-config=tensorflow,version=2",
+        "--model-namespacing=false",
+        "--log-format=default",
+        "--exit-on-error=true",
+    ):
+        assert flag in argv
+    # Asked-for listeners are public, and they answer.
+    assert requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).status_code == 200
+
+
+def test_internal_port_lies_inside_safe_port_range(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model")
+    low = free_port()
+    server = start_serve(opt_ml, SAGEMAKER_SAFE_PORT_RANGE=f"{low}-{low + 20}").wait_ready()
+    http_port = next(int(a.split("=")[1]) for a in triton_argv(server) if "--http-port=" in a)
+    assert low <= http_port <= low + 20
+
+
+def test_public_port_follows_sagemaker_bind_to_port(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model")
+    port = free_port()
+    server = start_serve(opt_ml, SAGEMAKER_BIND_TO_PORT=str(port)).wait_ready()
+    assert server.port == port
+    assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200
+
+
+def test_ping_mode_live_answers_200_whatever_the_model(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, SAGEMAKER_TRITON_OVERRIDE_PING_MODE="live").wait_ready()
+    assert requests.get(f"{server.url}/ping", timeout=2).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SAGEMAKER_BIND_TO_PORT", "http", "positive whole number"),
+        ("SAGEMAKER_BIND_TO_PORT", "70000", "not a TCP port"),
+        ("SAGEMAKER_SAFE_PORT_RANGE", "9000", "LOW-HIGH"),
+        ("SAGEMAKER_SAFE_PORT_RANGE", "9000-8000", "LOW-HIGH"),
+        ("SAGEMAKER_TRITON_INFERENCE_TYPE", "predict", "infer, generate, generate_stream"),
+        ("SAGEMAKER_TRITON_OVERRIDE_PING_MODE", "healthy", "ready, live"),
+        ("SAGEMAKER_TRITON_ALLOW_GRPC", "maybe", "not a boolean"),
+        ("SAGEMAKER_TRITON_THREAD_COUNT", "-1", "positive whole number"),
+        ("SAGEMAKER_TRITON_ADDITIONAL_ARGS", "--x='unterminated", "cannot be split"),
+        ("SERVE_SHUTDOWN_TIMEOUT", "soon", "positive number"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ({variable: value})
+    assert variable in caught.value.message and message in caught.value.message
+
+
+def test_public_listener_outside_safe_range_is_refused() -> None:
+    with pytest.raises(ConfigError, match="SAGEMAKER_TRITON_METRICS_PORT=8002 is outside"):
+        Settings.from_environ(
+            {"SAGEMAKER_SAFE_PORT_RANGE": "9000-9100", "SAGEMAKER_TRITON_ALLOW_METRICS": "true"}
+        )
+
+
+def test_paths_derive_from_opt_ml_and_ping_mode_defaults() -> None:
+    settings = Settings.from_environ({"OPT_ML": "/tmp/x"})
+    assert settings.model_dir == Path("/tmp/x/model")
+    assert settings.models_dir == Path("/tmp/x/models")
+    assert settings.ping_mode == "ready"
+    assert Settings.from_environ({}).model_dir == Path("/opt/ml/model")
+    multi = Settings.from_environ({"SAGEMAKER_MULTI_MODEL": "true"})
+    assert multi.ping_mode == "live"
+    assert Settings.from_environ({"SAGEMAKER_SAFE_PORT_RANGE": "10-20"}).safe_port_range == (
+        PortRange(10, 20)
+    )
+
+
+def test_invalid_configuration_stops_serve_with_the_reason(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, SAGEMAKER_TRITON_INFERENCE_TYPE="predict")
+    assert server.wait_exit(30) == 1
+    assert "SAGEMAKER_TRITON_INFERENCE_TYPE='predict' is not one of" in server.output
+    assert "Traceback" not in server.output
