@@ -90,5 +90,5 @@ def test_local_triton_is_found_with_a_stub_for_this_python(tmp_path: Path) -> No
 def test_tritonserver_bin_that_is_not_executable_is_refused(tmp_path: Path) -> None:
     fake = tmp_path / "tritonserver"
     fake.write_text("")
-    with pytest.raises(ConfigError, match="TRITONSERVER_BIN=.* is not an executable file"):
+    with pytest.raises(ConfigError, match=r"TRITONSERVER_BIN=.* is not an executable file"):
         locate_triton(fake)

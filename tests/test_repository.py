@@ -46,7 +46,7 @@ def test_several_folders_need_a_default_name_and_the_error_lists_them(tmp_path: 
 
 def test_unknown_default_name_lists_the_folders(tmp_path: Path) -> None:
     write_add_model(tmp_path / "model", name="alpha")
-    with pytest.raises(ConfigError, match="'gamma' has no folder .* folders found: alpha"):
+    with pytest.raises(ConfigError, match=r"'gamma' has no folder .* folders found: alpha"):
         prepare_single_model_repository(tmp_path / "model", tmp_path / "out", "gamma", 0)
 
 

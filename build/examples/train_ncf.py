@@ -85,9 +85,8 @@ def generate_interactions(cat: Catalogue, per_user: int = 40) -> tuple[torch.Ten
     like = affinity[user_group][:, item_category]  # [users, items]
     users = torch.arange(cat.num_users).repeat_interleave(per_user)
     positives = torch.multinomial(like, per_user, replacement=True, generator=gen).reshape(-1)
-    negatives = torch.multinomial(
-        1.05 - like, per_user, replacement=True, generator=gen
-    ).reshape(-1)
+    dislike = 1.05 - like
+    negatives = torch.multinomial(dislike, per_user, replacement=True, generator=gen).reshape(-1)
     user_ids = torch.cat([users, users])
     item_ids = torch.cat([positives, negatives])
     labels = torch.cat([torch.ones(len(users)), torch.zeros(len(users))])
