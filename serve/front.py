@@ -34,17 +34,19 @@ class FrontConfig:
     workdir: Path
     triton_port: int
     control_socket: Path
-    default_model: str
+    # The model /invocations runs; None on a multi-model endpoint.
+    default_model: str | None
     worker_processes: int = 1
 
-    def invocation_path(self) -> str:
-        api = {"infer": "infer", "generate": "generate", "generate_stream": "generate_stream"}
-        return (
-            f"/v2/models/{quote(self.default_model, safe='')}/{api[self.settings.inference_type]}"
-        )
+    def invocation_path(self) -> str | None:
+        """Triton's route for /invocations; the inference types are named after its routes."""
+        if self.default_model is None:
+            return None
+        model = quote(self.default_model, safe="")
+        return f"/v2/models/{model}/{self.settings.inference_type}"
 
     def ping_path(self) -> str:
-        if self.settings.ping_mode == "live":
+        if self.settings.ping_mode == "live" or self.default_model is None:
             return "/v2/health/live"
         return f"/v2/models/{quote(self.default_model, safe='')}/ready"
 
@@ -62,6 +64,15 @@ class FrontConfig:
             ping_path=self.ping_path(),
             invocation_path=self.invocation_path(),
             streaming=self.settings.inference_type == "generate_stream",
+            multi_model=self.settings.multi_model,
+            # A model that is not loaded is a 400 from Triton; the control app
+            # turns it into the contract's 404.
+            explained_statuses="400 404 500" if self.settings.multi_model else "500",
+            public_routes=(
+                "GET /ping and /models, POST /models/NAME/invoke"
+                if self.settings.multi_model
+                else "GET /ping and POST /invocations"
+            ),
         )
 
     def write(self) -> Path:

@@ -18,6 +18,7 @@ from serve.settings import MEBIBYTE
 log = logging.getLogger(__name__)
 
 NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
+VMSTAT = Path("/proc/vmstat")
 SHM_PATH = Path("/dev/shm")
 # Below this the Python backend cannot hold even a small request.
 MIN_SHM_REGION = MEBIBYTE
@@ -35,6 +36,18 @@ def gpu_count() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
+
+
+def oom_kill_count() -> int:
+    """Processes the kernel's OOM killer has killed since boot (0 if unknown)."""
+    try:
+        for line in VMSTAT.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,10 @@ from types import FrameType
 from waitress.server import create_server
 
 from serve import host
+from serve.archives import ExtractionLimits
 from serve.control_app import create_control_app
-from serve.errors import ConfigError
 from serve.front import FrontConfig, nginx_argv
+from serve.multi_model import ModelRegistry
 from serve.ports import free_loopback_port
 from serve.processes import ManagedProcess
 from serve.repository import PreparedRepository, prepare_single_model_repository
@@ -71,15 +72,14 @@ class Server:
 
     def run(self) -> int:
         """Serve until stopped or until a child fails; returns the exit code."""
-        if self.settings.multi_model:
-            raise ConfigError(
-                "SAGEMAKER_MULTI_MODEL=true is not supported by this version of serve yet; "
-                "unset it to serve /opt/ml/model as a single-model endpoint"
-            )
         install = locate_triton(self.settings.triton_bin)
         gpus = host.gpu_count()
         log.info("Triton %s; %d GPU(s) visible", install.binary, gpus)
         with Workspace(self.settings.workdir) as workspace:
+            if self.settings.multi_model:
+                log.info("multi-model endpoint: models load from %s", self.settings.models_dir)
+                workspace.repository.mkdir(parents=True)
+                return self._serve(install, workspace, gpus, None)
             repository = prepare_single_model_repository(
                 self.settings.model_dir,
                 workspace.repository,
@@ -91,17 +91,19 @@ class Server:
                 ", ".join(m.name for m in repository.models),
                 repository.default_model,
             )
-            return self._serve(install, repository, workspace, gpus)
+            return self._serve(install, workspace, gpus, repository)
 
     def _serve(
-        self, install: TritonInstall, repository: PreparedRepository, ws: Workspace, gpus: int
+        self,
+        install: TritonInstall,
+        ws: Workspace,
+        gpus: int,
+        repository: PreparedRepository | None,
     ) -> int:
+        """Start the front and Triton on a prepared repository (None: multi-model)."""
         settings = self.settings
-        shm = host.plan_python_shm(
-            [m.config for m in repository.models if m.config is not None],
-            settings.shm_default_byte_size,
-            gpus,
-        )
+        configs = [m.config for m in repository.models if m.config] if repository else []
+        shm = host.plan_python_shm(configs, settings.shm_default_byte_size, gpus)
         taken = {settings.port, settings.grpc_port, settings.metrics_port}
         triton_port = free_loopback_port(settings.safe_port_range, taken)
         front = FrontConfig(
@@ -109,22 +111,31 @@ class Server:
             workdir=ws.front,
             triton_port=triton_port,
             control_socket=ws.control_socket,
-            default_model=repository.default_model,
+            default_model=repository.default_model if repository else None,
         )
         triton_client = TritonClient(triton_port)
         command = TritonCommand(
             binary=install.binary,
-            repository=repository.path,
+            repository=ws.repository,
             backends_dir=install.backends_with_stub(ws.backends),
             http_port=triton_port,
-            load_models=("*",),
+            load_models=("*",) if repository else (),
             settings=settings,
             shm_default_byte_size=shm.region_bytes,
             gpu_count=gpus,
         )
+        registry = None
+        if repository is None:
+            registry = ModelRegistry(
+                settings.models_dir,
+                ws.repository,
+                ws.root / "uploads",
+                triton_client,
+                gpus,
+                ExtractionLimits(),
+            )
         control = ControlServer(
-            create_control_app(self.state, triton_client, front.invocation_path()),
-            ws.control_socket,
+            create_control_app(self.state, triton_client, registry), ws.control_socket
         )
         control.start()
         nginx = ManagedProcess("nginx", nginx_argv(front.write()))

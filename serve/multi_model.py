@@ -1,0 +1,322 @@
+"""SageMaker multi-model endpoints on Triton: the /models contract.
+
+SageMaker asks the container to load a model by name from a folder under
+/opt/ml/models, lists, describes and unloads models, and invokes them by
+name. Each upload is prepared like a single-model repository (files linked,
+configs rewritten for the host) into the one repository Triton serves, under
+names derived from SageMaker's model name:
+
+- the upload's entry model (its only model, or the one no other model in the
+  upload uses, an ensemble typically) is named exactly like the SageMaker
+  model, so nginx can send `/models/NAME/invoke` straight to Triton;
+- the upload's other models (ensemble steps) are named `NAME#step`; '#' can
+  not appear in a name nginx routes directly, so steps are never public.
+
+Loads, unloads and lookups of one model are serialised by a per-name lock;
+different models load concurrently.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+from serve import archives, host, model_config
+from serve.archives import ExtractionLimits
+from serve.errors import ArtifactError, ServeError
+from serve.model_config import CONFIG_FILE
+from serve.repository import model_folders, prepare_model
+from serve.triton_client import TritonClient
+
+log = logging.getLogger(__name__)
+
+# Names nginx routes straight to Triton: SageMaker's own names are hashes.
+DIRECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+STEP_SEPARATOR = "#"
+OUT_OF_MEMORY = re.compile(
+    r"out of memory|outofmemory|std::bad_alloc|cannot allocate memory|failed to allocate"
+    r"|memoryerror",
+    re.IGNORECASE,
+)
+UNLOAD_DEADLINE_SECONDS = 60.0
+PAGE_SIZE = 100
+
+
+class ModelNotLoaded(ServeError):
+    status = 404
+
+
+class ModelAlreadyLoaded(ServeError):
+    status = 409
+
+
+class InsufficientMemory(ServeError):
+    status = 507
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    url: str
+    # Triton names of the upload's models, entry model last.
+    triton_names: tuple[str, ...]
+    prepared: tuple[Path, ...]
+
+    def describe(self) -> dict[str, str]:
+        return {"modelName": self.name, "modelUrl": self.url}
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        models_dir: Path,
+        repository: Path,
+        staging: Path,
+        triton: TritonClient,
+        gpu_count: int,
+        limits: ExtractionLimits,
+    ):
+        self._models_dir = models_dir.resolve()
+        self._repository = repository
+        self._staging = staging
+        self._triton = triton
+        self._gpu_count = gpu_count
+        self._limits = limits
+        self._loaded: dict[str, LoadedModel] = {}
+        self._busy: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    # -- the contract -----------------------------------------------------
+
+    def load(self, name: str, url: str) -> LoadedModel:
+        _check_name(name)
+        with self._exclusive(name):
+            if name in self._loaded:
+                raise ModelAlreadyLoaded(f"model {name!r} is already loaded")
+            source = self._check_url(url)
+            started = time.monotonic()
+            model = self._prepare(name, url, source)
+            try:
+                for triton_name in model.triton_names:
+                    self._triton_load(name, triton_name)
+            except ServeError:
+                self._unload_from_triton(model)
+                self._discard(model)
+                raise
+            with self._lock:
+                self._loaded[name] = model
+            log.info("loaded model %r from %s in %.2f s", name, url, time.monotonic() - started)
+            return model
+
+    def unload(self, name: str) -> None:
+        with self._exclusive(name):
+            model = self.get(name)
+            self._unload_from_triton(model)
+            self._discard(model)
+            with self._lock:
+                del self._loaded[name]
+            log.info("unloaded model %r", name)
+
+    def get(self, name: str) -> LoadedModel:
+        with self._lock:
+            model = self._loaded.get(name)
+        if model is None:
+            raise ModelNotLoaded(f"model {name!r} is not loaded")
+        return model
+
+    def is_loaded(self, name: str) -> bool:
+        with self._lock:
+            return name in self._loaded
+
+    def page(self, token: str | None, size: int = PAGE_SIZE) -> dict[str, object]:
+        """One page of GET /models; the token is where the next page starts."""
+        start = _decode_token(token)
+        with self._lock:
+            names = sorted(self._loaded)
+            page = [self._loaded[n].describe() for n in names if n > start][:size]
+        result: dict[str, object] = {"models": page}
+        if len(page) == size and page[-1]["modelName"] != names[-1]:
+            result["nextPageToken"] = base64.urlsafe_b64encode(
+                page[-1]["modelName"].encode()
+            ).decode()
+        return result
+
+    def triton_path(self, name: str) -> str:
+        """Triton's inference route for a loaded model."""
+        return f"/v2/models/{quote(self.get(name).triton_names[-1], safe='')}/infer"
+
+    # -- preparation ------------------------------------------------------
+
+    def _check_url(self, url: str) -> Path:
+        source = Path(url)
+        if not source.is_absolute():
+            raise ArtifactError(f"url {url!r} must be an absolute path under {self._models_dir}")
+        resolved = source.resolve()
+        if not resolved.is_relative_to(self._models_dir):
+            raise ArtifactError(f"url {url!r} is outside {self._models_dir}; refusing to load it")
+        if not resolved.is_dir():
+            raise ArtifactError(f"url {url!r} is not a folder; SageMaker unpacks models there")
+        return resolved
+
+    def _prepare(self, name: str, url: str, source: Path) -> LoadedModel:
+        """Unpack archives, find the upload's models and prepare them under Triton names."""
+        staging = self._staging / name
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            root = self._unpack(source, staging)
+            folders = [root] if (root / CONFIG_FILE).is_file() else model_folders(root)
+            if not folders:
+                raise ArtifactError(
+                    f"no model in {url}: it needs a config.pbtxt, model folders, or a model.tar.gz"
+                )
+            entry = _entry_model(folders, url)
+            renames = {
+                _model_name(folder): name
+                if folder == entry
+                else f"{name}{STEP_SEPARATOR}{_model_name(folder)}"
+                for folder in folders
+            }
+            prepared = []
+            for folder in folders:
+                target_name = renames[_model_name(folder)]
+                target = self._repository / target_name
+                prepared.append(target)
+                model = prepare_model(folder, target, target_name, self._gpu_count)
+                if model.config is not None:
+                    _rename(model.config, target_name, renames)
+                    (target / CONFIG_FILE).unlink()
+                    model_config.write_config(model.config, target / CONFIG_FILE)
+        except BaseException:
+            for path in self._repository.glob(f"{name}*"):
+                shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        steps = [renames[_model_name(f)] for f in folders if f != entry]
+        names = (*steps, name)
+        return LoadedModel(name, url, names, (*prepared, staging))
+
+    def _unpack(self, source: Path, staging: Path) -> Path:
+        found = archives.find_model_archives(source)
+        if not found:
+            return source
+        if len(found) > 1:
+            listed = ", ".join(a.name for a in found)
+            raise ArtifactError(f"{source} holds several archives ({listed}); upload one")
+        archives.safe_extract(found[0], staging, self._limits)
+        return archives.model_root(staging)
+
+    def _discard(self, model: LoadedModel) -> None:
+        for path in model.prepared:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- Triton -----------------------------------------------------------
+
+    def _triton_load(self, name: str, triton_name: str) -> None:
+        oom_kills_before = host.oom_kill_count()
+        reply = self._triton.request(
+            "POST", f"/v2/repository/models/{quote(triton_name, safe='')}/load", body=b"{}"
+        )
+        if reply.status == 200:
+            return
+        message = _error_text(reply.body)
+        # Triton reports a Python-backend stub killed by the OOM killer as an
+        # unhealthy stub, not as out of memory; the kernel's count tells.
+        killed_for_memory = host.oom_kill_count() > oom_kills_before
+        if OUT_OF_MEMORY.search(message) or killed_for_memory:
+            raise InsufficientMemory(f"not enough memory to load model {name!r}: {message}")
+        raise ServeError(f"model {name!r} failed to load: {message}", status=400)
+
+    def _unload_from_triton(self, model: LoadedModel) -> None:
+        """Unload every model of the upload and wait until Triton has let go of them."""
+        for triton_name in reversed(model.triton_names):
+            self._triton.request(
+                "POST",
+                f"/v2/repository/models/{quote(triton_name, safe='')}/unload",
+                body=json.dumps({"parameters": {"unload_dependents": True}}).encode(),
+            )
+        deadline = time.monotonic() + UNLOAD_DEADLINE_SECONDS
+        wanted = set(model.triton_names)
+        while time.monotonic() < deadline:
+            index = json.loads(self._triton.request("POST", "/v2/repository/index").body)
+            busy = {
+                m["name"] for m in index if m["name"] in wanted and m.get("state") != "UNAVAILABLE"
+            }
+            if not busy:
+                return
+            time.sleep(0.05)
+        log.warning("Triton still holds %s after %.0f s", ", ".join(busy), UNLOAD_DEADLINE_SECONDS)
+
+    @contextlib.contextmanager
+    def _exclusive(self, name: str) -> Iterator[None]:
+        with self._lock:
+            lock = self._busy.setdefault(name, threading.Lock())
+        with lock:
+            yield
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name or "/" in name or name in {".", ".."}:
+        raise ArtifactError(f"model_name {name!r} must be a non-empty string without '/'")
+
+
+def _model_name(folder: Path) -> str:
+    config = folder / CONFIG_FILE
+    if config.is_file():
+        parsed = model_config.read_config(config)
+        if parsed.name:
+            return parsed.name
+    return folder.name
+
+
+def _entry_model(folders: list[Path], url: str) -> Path:
+    """The model to invoke: the only one, or the one no other model of the upload uses."""
+    if len(folders) == 1:
+        return folders[0]
+    used: set[str] = set()
+    for folder in folders:
+        if (folder / CONFIG_FILE).is_file():
+            config = model_config.read_config(folder / CONFIG_FILE)
+            used.update(step.model_name for step in config.ensemble_scheduling.step)
+    entries = [folder for folder in folders if _model_name(folder) not in used]
+    if len(entries) != 1:
+        names = ", ".join(_model_name(f) for f in entries) or "none"
+        raise ArtifactError(
+            f"{url} holds several models and no single one to invoke (candidates: {names}); "
+            "upload one model, or an ensemble with its steps"
+        )
+    return entries[0]
+
+
+def _rename(config: model_config.ModelConfig, name: str, renames: dict[str, str]) -> None:
+    config.name = name
+    for step in config.ensemble_scheduling.step:
+        step.model_name = renames.get(step.model_name, step.model_name)
+
+
+def _decode_token(token: str | None) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ServeError(
+            f"next_page_token {token!r} is not a token this endpoint issued", 400
+        ) from exc
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", errors="replace")
