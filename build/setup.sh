@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(nginx-light wrk)
+DEBIAN_PACKAGES=(nginx-light wrk libb64-0d)
 PYTHON=${PYTHON:-python3}
 
 missing=()

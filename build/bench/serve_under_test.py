@@ -1,0 +1,121 @@
+"""One `serve` for a benchmark, with Triton's own SageMaker frontend opened beside it.
+
+Its Triton is told (through SAGEMAKER_TRITON_ADDITIONAL_ARGS) to open Triton's
+own SageMaker frontend on a second port, so both paths reach the very same
+model instances and the only difference measured is the front. Triton's v2
+HTTP port on loopback (where nginx sends traffic) is read from serve's log,
+for load generators that speak v2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO_ROOT / "model_repository"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen | None = None, timeout: float = 180) -> None:
+    """Poll `url`/ping until it answers 200; stop early if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"serve exited with {process.returncode} before becoming ready")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url}/ping did not answer 200 in time")
+
+
+@dataclass(frozen=True)
+class RunningServe:
+    """Where a benchmark reaches one `serve` and the Triton behind it."""
+
+    url: str
+    # Triton's own SageMaker frontend on the same Triton.
+    reference_url: str
+    # host:port of Triton's v2 HTTP frontend on loopback.
+    triton_http: str
+    log: Path
+
+
+@contextlib.contextmanager
+def serve_with_reference(
+    work: Path,
+    model: str,
+    repository: Path = EXAMPLES,
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float = 180,
+) -> Iterator[RunningServe]:
+    """Run `serve` on `repository` (linked as $OPT_ML/model) until the block ends."""
+    opt_ml = work / "opt_ml"
+    opt_ml.mkdir(parents=True)
+    (opt_ml / "model").symlink_to(repository.resolve())
+    port, reference_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        OPT_ML=str(opt_ml),
+        SAGEMAKER_BIND_TO_PORT=str(port),
+        SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=model,
+        SAGEMAKER_TRITON_LOG_VERBOSE="0",
+        SAGEMAKER_TRITON_ADDITIONAL_ARGS=(
+            f"--allow-sagemaker=true --sagemaker-port={reference_port}"
+        ),
+    )
+    env.update(extra_env or {})
+    log = work / "serve.log"
+    with log.open("w") as output:
+        serve = subprocess.Popen(
+            [str(Path(sys.executable).parent / "serve")],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, serve, timeout)
+        wait_ready(f"http://127.0.0.1:{reference_port}", serve, timeout)
+        yield RunningServe(
+            url=url,
+            reference_url=f"http://127.0.0.1:{reference_port}",
+            triton_http=f"127.0.0.1:{_triton_http_port(log)}",
+            log=log,
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(serve.pid, signal.SIGTERM)
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
+
+
+def _triton_http_port(log: Path) -> int:
+    """Triton's --http-port, from the command line serve logs when it starts Triton."""
+    match = re.search(r"starting tritonserver: .*--http-port=(\d+)", log.read_text())
+    if match is None:
+        raise SystemExit(f"Triton's HTTP port is not in serve's log {log}")
+    return int(match.group(1))

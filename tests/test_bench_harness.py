@@ -1,0 +1,50 @@
+"""The benchmark harness, run short against a real serve + Triton, as CI runs it."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from tests.conftest import REPO_ROOT
+
+HARNESS = REPO_ROOT / "build" / "bench" / "harness.py"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_short_run_writes_csv_plots_and_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(HARNESS), "--concurrency", "1,4", "--seconds", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    with (out / "results.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    points = {(row["target"], int(row["concurrency"])) for row in rows}
+    targets = ("serve", "triton-sagemaker", "triton-v2", "perf_analyzer")
+    assert points == {(target, level) for target in targets for level in (1, 4)}
+    for row in rows:
+        assert float(row["requests_per_second"]) > 0, row
+        assert 0 < float(row["p50_ms"]) <= float(row["p99_ms"]), row
+        assert int(row["errors"]) == 0, row
+    assert {row["tool"] for row in rows} == {"wrk", "perf_analyzer"}
+
+    for name in ("throughput.png", "latency.png"):
+        image_path = out / name
+        assert image_path.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(image_path) as image:
+            image.verify()
+        with Image.open(image_path) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 200
+
+    assert "ratios, serve / target" in result.stdout
+    for target in targets[1:]:
+        assert any(line.startswith(target) for line in result.stdout.splitlines())
