@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Pack what a bare GPU machine (Ubuntu 24.04, Python 3.12, torch, no network)
+# needs to run `serve` on the NCF example: a trimmed Triton from the
+# nvidia-pytriton wheel, nginx and wrk from Debian, cp312 wheels and the one
+# tritonclient module serve imports, plus the committed code (git archive
+# HEAD). Everything lands in .gpu/ (ignored, not committed, about 50 MB),
+# which build/gpu/run-on-gpu.sh unpacks there.
+#
+# Run from the repository root after `make setup` (it reads .venv/).
+set -euo pipefail
+SITE=${SITE:-.venv/lib/python3.11/site-packages}
+OUT=.gpu
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo /.gpu/ >>.git/info/exclude; }
+rm -rf "$OUT" && mkdir -p "$OUT/wheels" "$OUT/pylib/tritonclient/grpc"
+stage=$(mktemp -d) && trap 'rm -rf "$stage"' EXIT
+
+# 1. Triton: server, backends, the 3.12 stub and the bundled libraries, in the
+#    wheel's layout (RPATHs are relative: <root>/pytriton/tritonserver/...,
+#    <root>/nvidia_pytriton.libs/). The 3.13 libpython is the one lib no
+#    binary we keep needs.
+t=$stage/triton/pytriton/tritonserver
+mkdir -p "$t/python_backend_stubs" "$stage/triton/nvidia_pytriton.libs"
+cp -a "$SITE/pytriton/tritonserver/"{bin,backends,caches} "$t/"
+cp -a "$SITE/pytriton/tritonserver/python_backend_stubs/3.12" "$t/python_backend_stubs/"
+rm -rf "$t/backends/python/__pycache__"
+find "$SITE/nvidia_pytriton.libs" -type f ! -name 'libpython3-*' \
+    -exec cp -a {} "$stage/triton/nvidia_pytriton.libs/" \;
+for f in "$t/bin/tritonserver" "$t/backends/python/libtriton_python.so" \
+         "$t/python_backend_stubs/3.12/triton_python_backend_stub"; do
+    # libpython3.12 comes from the GPU machine (or tools/libpython below).
+    if ldd "$f" | grep 'not found' | grep -v libpython3.12; then
+        echo "missing library for $f" >&2; exit 1
+    fi
+done
+
+# 2. nginx and wrk from Debian bookworm, with their less common libraries;
+#    run-on-gpu.sh wraps both so only they see tools/lib. libpython3.12 from
+#    Ubuntu noble, used only if the GPU machine has no shared libpython.
+debs=$stage/debs && mkdir -p "$debs" && cd "$debs"
+apt-get download -q nginx libluajit2-5.1-2 wrk libpcre2-8-0 libssl3 >/dev/null
+noble=$stage/noble && mkdir -p "$noble/lists/partial"
+echo 'deb [trusted=yes] http://archive.ubuntu.com/ubuntu noble-updates main' >"$noble/sources.list"
+apt_noble=(-o Dir::Etc::SourceList="$noble/sources.list" -o Dir::Etc::SourceParts=-
+           -o Dir::State::Lists="$noble/lists" -o APT::Architecture=amd64
+           -o APT::Architectures=amd64 -o Debug::NoLocking=1)
+apt-get "${apt_noble[@]}" update -q >/dev/null
+apt-get "${apt_noble[@]}" download -q libpython3.12t64 >/dev/null
+cd - >/dev/null
+for d in "$debs"/*.deb; do dpkg -x "$d" "$stage/root"; done
+tools=$stage/triton/tools && mkdir -p "$tools/lib" "$tools/libpython"
+cp "$stage/root/usr/sbin/nginx" "$stage/root/usr/bin/wrk" "$tools/"
+cp -L "$stage/root/usr/lib/x86_64-linux-gnu/"{libluajit-5.1.so.2,libpcre2-8.so.0,libssl.so.3,libcrypto.so.3} "$tools/lib/"
+cp -L "$stage/root/usr/lib/x86_64-linux-gnu/libpython3.12.so.1.0" "$tools/libpython/"
+for b in nginx wrk; do LD_LIBRARY_PATH=$tools/lib ldd "$tools/$b" | grep -q 'not found' && exit 1; done
+
+tar -C "$stage/triton" -cf - . | xz -T0 -6 >"$OUT/triton.tar.xz"
+
+# 3. Wheels for the GPU machine's Python 3.12 (numpy < 2 for the Python
+#    backend; protobuf >= 6.33.5 for tritonclient's generated model_config_pb2).
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$OUT/wheels" \
+    numpy==1.26.4 protobuf==6.33.6 flask==3.1.3 werkzeug==3.1.3 jinja2==3.1.6 \
+    markupsafe==3.0.2 click==8.2.1 itsdangerous==2.2.0 blinker==1.9.0 waitress==3.0.2
+
+# 4. `from tritonclient.grpc import model_config_pb2`, nothing else of tritonclient.
+: >"$OUT/pylib/tritonclient/__init__.py"
+: >"$OUT/pylib/tritonclient/grpc/__init__.py"
+cp "$SITE/tritonclient/grpc/model_config_pb2.py" "$OUT/pylib/tritonclient/grpc/"
+
+# 5. The committed code, so the run is of HEAD and not of anyone's unfinished edits.
+git archive --format=tar HEAD serve build/bench build/examples model_repository | xz >"$OUT/src.tar.xz"
+git rev-parse --short HEAD >"$OUT/COMMIT"
+
+du -sh "$OUT"; ls -l "$OUT"

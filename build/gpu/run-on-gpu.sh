@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# On a GPU machine (the device tool's nvidia-h100-x1), from the repository
+# root with .gpu/ from build/gpu/pack.sh: serve the NCF example with KIND_GPU
+# through `serve`, send one request, and run build/bench/invocations.py.
+# Everything is logged under $OUT.
+set -x
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu-out} && mkdir -p "$OUT"
+exec > >(tee "$OUT/run.log") 2>&1
+G=$PWD/.gpu T=/tmp/triton SRC=/tmp/src V=/tmp/v OPT=/tmp/opt_ml
+
+nvidia-smi -L
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+echo "commit $(cat "$G/COMMIT")"
+
+# Unpack Triton + nginx + wrk, and the committed code.
+mkdir -p "$T/bin" "$SRC" "$OPT" /var/log/nginx /var/lib/nginx
+xz -dc "$G/triton.tar.xz" | tar -C "$T" -xf -
+xz -dc "$G/src.tar.xz" | tar -C "$SRC" -xf -
+for b in nginx wrk; do
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$T/tools/lib" "$T/tools/$b" >"$T/bin/$b"
+done
+chmod +x "$T/bin/"*
+
+# A venv whose site-packages (numpy 1.26.4 for the Python backend, serve's
+# packages) come before the machine's torch environment (a .pth file).
+torch_site=$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+python3 -c 'import sys, google.protobuf as p, numpy
+print(sys.executable, sys.base_prefix, sys.version, "protobuf", p.__version__, "numpy", numpy.__version__)'
+python3 -m venv --without-pip --system-site-packages "$V"
+site=$("$V/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$G"/wheels/*.whl
+echo "$torch_site" >"$site/zz-torch.pth"
+printf '#!%s\nimport sys\nfrom serve.cli import main\nsys.exit(main())\n' "$V/bin/python3" >"$V/bin/serve"
+chmod +x "$V/bin/serve"
+export PATH=$V/bin:$T/bin:$PATH PYTHONPATH=$SRC:$G/pylib
+export TRITONSERVER_BIN=$T/pytriton/tritonserver/bin/tritonserver
+
+# The 3.12 stub needs a shared libpython: the machine's, else Ubuntu's (carried).
+stub=$T/pytriton/tritonserver/python_backend_stubs/3.12/triton_python_backend_stub
+if ldd "$stub" | grep -q 'libpython.*not found'; then
+    libdir=$(python3 -c 'import sysconfig as s; print(s.get_config_var("LIBDIR"))')
+    [ -e "$libdir/libpython3.12.so.1.0" ] || libdir=$T/tools/libpython
+    export LD_LIBRARY_PATH=$libdir
+fi
+ldd "$stub" | grep -E 'python|not found'
+ldd "$TRITONSERVER_BIN" | grep 'not found'
+nginx -v; wrk -v | head -1
+python -c 'import sys, numpy, torch, flask, google.protobuf as p
+from tritonclient.grpc import model_config_pb2
+print(sys.prefix, "numpy", numpy.__version__, numpy.__file__, "torch", torch.__version__,
+      torch.cuda.get_device_name(0), "flask", flask.__version__, "protobuf", p.__version__)'
+
+cd "$SRC"
+python build/examples/train_ncf.py --repository model_repository
+ln -sfn "$SRC/model_repository" "$OPT/model"
+
+# serve, as SageMaker runs it; a request; the GPU's view of it.
+OPT_ML=$OPT SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=ncf_food SAGEMAKER_TRITON_LOG_VERBOSE=0 \
+    serve >"$OUT/serve.log" 2>&1 &
+serve_pid=$!
+python - <<'EOF'
+import json, time, urllib.request
+for _ in range(360):
+    try:
+        if urllib.request.urlopen("http://127.0.0.1:8080/ping", timeout=2).status == 200:
+            break
+    except OSError:
+        time.sleep(0.5)
+else:
+    raise SystemExit("serve never answered /ping with 200")
+print("ping 200")
+body = {"inputs": [
+    {"name": "user_id", "shape": [3, 1], "datatype": "INT64", "data": [42, 42, 42]},
+    {"name": "item_id", "shape": [3, 1], "datatype": "INT64", "data": [7, 19, 301]}]}
+print("request", json.dumps(body))
+request = urllib.request.Request("http://127.0.0.1:8080/invocations", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=30) as response:
+    print("response", response.status, response.read().decode())
+EOF
+ready=$?
+nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv
+kill -TERM $serve_pid; wait $serve_pid
+grep -E 'GPU|CPU|successfully loaded|WARNING|ERROR' "$OUT/serve.log"
+[ $ready = 0 ] || exit 1
+
+# The benchmark: serve's front against Triton's own SageMaker frontend.
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu-util.csv" &
+smi_pid=$!
+bench() { timeout 140 python build/bench/invocations.py --seconds 10 --rounds 3 "$@"; }
+bench | tee "$OUT/bench-c16.txt"
+bench --connections 64 | tee "$OUT/bench-c64.txt"
+bench --batch 64 | tee "$OUT/bench-b64.txt"
+kill $smi_pid
