@@ -139,9 +139,10 @@ def restore(aas: Client, endpoint_name: str, variant_name: str, state: ScalingSt
 
 
 def detach(aas: Client, endpoint_name: str, variant_name: str) -> None:
-    """Deregister the variant; its policies go with it."""
+    """Delete the variant's scaling policies, then deregister it (AWS's documented order)."""
     rid = resource_id(endpoint_name, variant_name)
-    aas.deregister_scalable_target(
-        ServiceNamespace=NAMESPACE, ResourceId=rid, ScalableDimension=DIMENSION
-    )
+    scope = {"ServiceNamespace": NAMESPACE, "ResourceId": rid, "ScalableDimension": DIMENSION}
+    for policy in aas.describe_scaling_policies(**scope)["ScalingPolicies"]:
+        aas.delete_scaling_policy(PolicyName=policy["PolicyName"], **scope)
+    aas.deregister_scalable_target(**scope)
     log.info("auto scaling of %s detached", rid)

@@ -1,0 +1,256 @@
+"""A local stand-in for AWS: moto's server plus what moto 5.2 lacks for these tests.
+
+Run as a script (`python fake_aws.py --port N`); it serves every AWS API moto
+knows on 127.0.0.1, over real HTTP, to real boto3 clients. Added here, and
+only here:
+
+- UpdateEndpoint, which moto does not implement;
+- asynchronous endpoint states: CreateEndpoint/UpdateEndpoint leave the
+  endpoint Creating/Updating and each DescribeEndpoint moves it one step on,
+  as SageMaker does over minutes;
+- endpoint failures on demand: a model whose container environment holds
+  FAKE_SAGEMAKER_FAILURE_REASON fails to start (create: Failed; update:
+  RollingBack, then InService on the old configuration), with that reason;
+- the runtime data plane (InvokeEndpoint and InvokeEndpointWithResponseStream):
+  it answers with a JSON echo of what reached it, so tests can check what
+  the client sent; a body starting with MODEL_ERROR makes the "container"
+  answer 400 (SageMaker's ModelError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import binascii
+import json
+import re
+import struct
+from typing import Any
+
+from moto.core.responses import ActionResult
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from moto.sagemaker import models as sagemaker_models
+from moto.sagemaker.exceptions import ValidationError
+from moto.sagemaker.responses import SageMakerResponse
+from werkzeug.serving import run_simple
+from werkzeug.wrappers import Request, Response
+
+FAILURE_VARIABLE = "FAKE_SAGEMAKER_FAILURE_REASON"
+ACCOUNT = "123456789012"
+RUNTIME_PATH = re.compile(
+    r"^/endpoints/(?P<name>[^/]+)/(?P<kind>invocations(?:-response-stream)?)$"
+)
+
+
+# --- control plane ----------------------------------------------------------------------------
+
+
+def _failure_reason(backend: Any, config_name: str) -> str | None:
+    config = backend.endpoint_configs[config_name]
+    for variant in config.production_variants:
+        model = backend._models[variant["ModelName"]]
+        reason = (model.primary_container or {}).get("Environment", {}).get(FAILURE_VARIABLE)
+        if reason:
+            return reason
+    return None
+
+
+def _steps(endpoint: Any) -> list[tuple[str, str | None, str | None]]:
+    """Pending (status, config, failure reason) states, applied one per describe."""
+    return endpoint.__dict__.setdefault("fake_steps", [])
+
+
+_original_create_endpoint = sagemaker_models.SageMakerModelBackend.create_endpoint
+_original_describe_endpoint = sagemaker_models.SageMakerModelBackend.describe_endpoint
+
+
+def create_endpoint(self: Any, endpoint_name: str, endpoint_config_name: str, tags: Any) -> Any:
+    endpoint = _original_create_endpoint(self, endpoint_name, endpoint_config_name, tags)
+    reason = _failure_reason(self, endpoint_config_name)
+    endpoint.endpoint_status = "Creating"
+    final = ("Failed", endpoint_config_name, reason) if reason else ("InService", None, None)
+    _steps(endpoint)[:] = [("Creating", None, None), final]
+    return endpoint
+
+
+def describe_endpoint(self: Any, endpoint_name: str) -> dict[str, Any]:
+    endpoint = self.endpoints.get(endpoint_name)
+    if endpoint is not None and _steps(endpoint):
+        status, config_name, reason = _steps(endpoint).pop(0)
+        endpoint.endpoint_status = status
+        endpoint.failure_reason = reason
+        if config_name:
+            endpoint.endpoint_config_name = config_name
+    return _original_describe_endpoint(self, endpoint_name)
+
+
+def update_endpoint(self: Any, endpoint_name: str, endpoint_config_name: str) -> Any:
+    endpoint = self.endpoints.get(endpoint_name)
+    if endpoint is None:
+        arn = sagemaker_models.FakeEndpoint.arn_formatter(
+            endpoint_name, self.account_id, self.region_name
+        )
+        raise ValidationError(message=f"Could not find endpoint '{arn}'.")
+    if endpoint_config_name not in self.endpoint_configs:
+        raise ValidationError(
+            message=f"Could not find endpoint configuration '{endpoint_config_name}'."
+        )
+    if endpoint.endpoint_status != "InService":
+        raise ValidationError(message=f"Cannot update in-progress endpoint '{endpoint_name}'.")
+    old_config = endpoint.endpoint_config_name
+    reason = _failure_reason(self, endpoint_config_name)
+    endpoint.endpoint_status = "Updating"
+    if reason:
+        _steps(endpoint)[:] = [
+            ("Updating", None, None),
+            ("RollingBack", None, reason),
+            ("InService", old_config, reason),
+        ]
+    else:
+        config = self.endpoint_configs[endpoint_config_name]
+        endpoint.production_variants = endpoint._process_production_variants(
+            config.production_variants
+        )
+        _steps(endpoint)[:] = [("Updating", None, None), ("InService", endpoint_config_name, None)]
+    return endpoint
+
+
+def update_endpoint_response(self: SageMakerResponse) -> Any:
+    endpoint = self.sagemaker_backend.update_endpoint(
+        endpoint_name=self._get_param("EndpointName"),
+        endpoint_config_name=self._get_param("EndpointConfigName"),
+    )
+    return ActionResult({"EndpointArn": endpoint.arn})
+
+
+sagemaker_models.SageMakerModelBackend.create_endpoint = create_endpoint
+sagemaker_models.SageMakerModelBackend.describe_endpoint = describe_endpoint
+sagemaker_models.SageMakerModelBackend.update_endpoint = update_endpoint
+SageMakerResponse.update_endpoint = update_endpoint_response
+
+
+# --- runtime data plane -----------------------------------------------------------------------
+
+
+def _event_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One message of the AWS event-stream encoding (string headers only)."""
+    encoded = b"".join(
+        struct.pack("B", len(name))
+        + name.encode()
+        + b"\x07"
+        + struct.pack(">H", len(value))
+        + value.encode()
+        for name, value in headers.items()
+    )
+    total = 12 + len(encoded) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(encoded))
+    prelude += struct.pack(">I", binascii.crc32(prelude) & 0xFFFFFFFF)
+    message = prelude + encoded + payload
+    return message + struct.pack(">I", binascii.crc32(message) & 0xFFFFFFFF)
+
+
+def _json_error(status: int, error_type: str, body: dict[str, Any]) -> Response:
+    return Response(
+        json.dumps({"__type": error_type, **body}),
+        status=status,
+        headers={"x-amzn-ErrorType": error_type, "Content-Type": "application/json"},
+    )
+
+
+def _endpoint_exists(request: Request, name: str) -> bool:
+    match = re.search(r"Credential=[^/]+/\d+/([^/]+)/", request.headers.get("Authorization", ""))
+    region = match.group(1) if match else "us-east-1"
+    return name in sagemaker_models.sagemaker_backends[ACCOUNT][region].endpoints
+
+
+def runtime_app(request: Request, name: str, streaming: bool) -> Response:
+    if not _endpoint_exists(request, name):
+        return _json_error(
+            400, "ValidationError", {"message": f"Endpoint {name} of account {ACCOUNT} not found."}
+        )
+    body = request.get_data()
+    if body.startswith(b"MODEL_ERROR"):
+        return _json_error(
+            424,
+            "ModelError",
+            {
+                "message": "Received client error (400) from primary with message "
+                '"{"error": "input user_id is missing"}".',
+                "OriginalStatusCode": 400,
+                "OriginalMessage": '{"error": "input user_id is missing"}',
+                "LogStreamArn": (
+                    f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
+                ),
+            },
+        )
+    echo = json.dumps(
+        {
+            "endpoint": name,
+            "body": body.decode("utf-8", "replace"),
+            "content_type": request.headers.get("Content-Type"),
+            "accept": request.headers.get("Accept"),
+            "target_model": request.headers.get("X-Amzn-SageMaker-Target-Model"),
+            "custom_attributes": request.headers.get("X-Amzn-SageMaker-Custom-Attributes"),
+            "streaming": streaming,
+        },
+        sort_keys=True,
+    ).encode()
+    if not streaming:
+        return Response(
+            echo,
+            headers={
+                "Content-Type": "application/json",
+                "x-Amzn-Invoked-Production-Variant": "AllTraffic",
+            },
+        )
+    # Three PayloadParts, so the client has to put the parts back together.
+    third = max(1, len(echo) // 3)
+    parts = [echo[:third], echo[third : 2 * third], echo[2 * third :]]
+    event_headers = {
+        ":event-type": "PayloadPart",
+        ":message-type": "event",
+        ":content-type": "application/octet-stream",
+    }
+    stream = b"".join(_event_message(event_headers, part) for part in parts)
+    return Response(
+        stream,
+        headers={
+            "Content-Type": "application/vnd.amazon.eventstream",
+            "X-Amzn-SageMaker-Content-Type": "application/json",
+        },
+    )
+
+
+class FakeAws:
+    """WSGI app: the runtime data plane here, everything else to moto."""
+
+    def __init__(self) -> None:
+        self.moto = DomainDispatcherApplication(create_backend_app)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        match = RUNTIME_PATH.match(environ.get("PATH_INFO", ""))
+        if match and environ.get("REQUEST_METHOD") == "POST":
+            request = Request(environ)
+            response = runtime_app(request, match["name"], match["kind"].endswith("stream"))
+            return response(environ, start_response)
+        return self.moto(environ, start_response)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    run_simple(
+        "127.0.0.1",
+        args.port,
+        FakeAws(),
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
+
+
+if __name__ == "__main__":
+    main()
