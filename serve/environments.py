@@ -223,6 +223,22 @@ class EnvironmentCache:
             os.close(fd)
 
 
+def inspect_folder(path: Path, available_stubs: Mapping[str, Path]) -> str:
+    """The Python version of an environment that is already a folder, checked as archives are.
+
+    Triton's Python backend accepts an unpacked environment as is; it still
+    needs `bin/activate` and a Python some stub is built for.
+    """
+    if not (path / "bin" / "activate").is_file():
+        raise ArtifactError(
+            f"environment {path} has no bin/activate, so the Python backend cannot use it; "
+            f"name an environment archive instead: {_HOW_TO_PACK}"
+        )
+    python_version = _python_version(path, path)
+    _check_stub(path, python_version, available_stubs)
+    return python_version
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
@@ -244,7 +260,7 @@ def _python_version(path: Path, archive: Path) -> str:
     if len(versions) != 1:
         found = ", ".join(f"lib/python{version}" for version in versions) or "none"
         raise ArtifactError(
-            f"environment archive {archive} must hold exactly one lib/pythonX.Y folder "
+            f"environment {archive} must hold exactly one lib/pythonX.Y folder "
             f"(found: {found}), so its Python version cannot be told; {_HOW_TO_PACK}"
         )
     return versions[0]
@@ -256,7 +272,7 @@ def _check_stub(archive: Path, python_version: str, available_stubs: Mapping[str
     server_versions = sorted(available_stubs, key=lambda v: tuple(map(int, v.split("."))))
     suggested = server_versions[-1] if server_versions else "X.Y"
     raise ArtifactError(
-        f"environment archive {archive} is built for Python {python_version}, but this "
+        f"environment {archive} is built for Python {python_version}, but this "
         "server's Python backend has stubs only for Python "
         f"{', '.join(server_versions) or '(none)'}; rebuild the environment with Python "
         f"{suggested} (e.g. `conda create -p <env> python={suggested}`), or add a "

@@ -33,10 +33,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from serve import archives, host, model_config
-from serve.archives import ExtractionLimits
 from serve.errors import ArtifactError, ServeError
 from serve.model_config import CONFIG_FILE
-from serve.repository import model_folders, prepare_model
+from serve.repository import Preparation, model_folders, prepare_model
 from serve.triton_client import TritonClient
 
 log = logging.getLogger(__name__)
@@ -84,15 +83,13 @@ class ModelRegistry:
         repository: Path,
         staging: Path,
         triton: TritonClient,
-        gpu_count: int,
-        limits: ExtractionLimits,
+        preparation: Preparation,
     ):
         self._models_dir = models_dir.resolve()
         self._repository = repository
         self._staging = staging
         self._triton = triton
-        self._gpu_count = gpu_count
-        self._limits = limits
+        self._preparation = preparation
         self._loaded: dict[str, LoadedModel] = {}
         self._busy: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -192,7 +189,7 @@ class ModelRegistry:
                 target_name = renames[_model_name(folder)]
                 target = self._repository / target_name
                 prepared.append(target)
-                model = prepare_model(folder, target, target_name, self._gpu_count)
+                model = prepare_model(folder, target, target_name, self._preparation)
                 if model.config is not None:
                     _rename(model.config, target_name, renames)
                     (target / CONFIG_FILE).unlink()
@@ -213,7 +210,7 @@ class ModelRegistry:
         if len(found) > 1:
             listed = ", ".join(a.name for a in found)
             raise ArtifactError(f"{source} holds several archives ({listed}); upload one")
-        archives.safe_extract(found[0], staging, self._limits)
+        archives.safe_extract(found[0], staging, self._preparation.extraction_limits)
         return archives.model_root(staging)
 
     def _discard(self, model: LoadedModel) -> None:

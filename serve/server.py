@@ -21,13 +21,16 @@ from types import FrameType
 from waitress.server import create_server
 
 from serve import host
-from serve.archives import ExtractionLimits
 from serve.control_app import create_control_app
 from serve.front import FrontConfig, nginx_argv
 from serve.multi_model import ModelRegistry
 from serve.ports import free_loopback_port
 from serve.processes import ManagedProcess
-from serve.repository import PreparedRepository, prepare_single_model_repository
+from serve.repository import (
+    PreparedRepository,
+    prepare_single_model_repository,
+    server_preparation,
+)
 from serve.settings import Settings
 from serve.state import Phase, ServerState
 from serve.triton_client import TritonClient
@@ -75,6 +78,8 @@ class Server:
         install = locate_triton(self.settings.triton_bin)
         gpus = host.gpu_count()
         log.info("Triton %s; %d GPU(s) visible", install.binary, gpus)
+        # Model preparation (archives, environment cache, per-model stubs): serve/repository.py.
+        self.preparation = server_preparation(self.settings, install, gpus)
         with Workspace(self.settings.workdir) as workspace:
             if self.settings.multi_model:
                 log.info("multi-model endpoint: models load from %s", self.settings.models_dir)
@@ -84,7 +89,8 @@ class Server:
                 self.settings.model_dir,
                 workspace.repository,
                 self.settings.default_model_name,
-                gpus,
+                self.preparation,
+                workspace.archives,
             )
             log.info(
                 "serving %s; /invocations runs %r",
@@ -131,8 +137,7 @@ class Server:
                 ws.repository,
                 ws.root / "uploads",
                 triton_client,
-                gpus,
-                ExtractionLimits(),
+                self.preparation,
             )
         control = ControlServer(
             create_control_app(self.state, triton_client, registry), ws.control_socket

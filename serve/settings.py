@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from serve.archives import ExtractionLimits
 from serve.errors import ConfigError
 
 PingMode = Literal["ready", "live"]
@@ -103,6 +105,17 @@ class Settings:
     # SERVE_SHUTDOWN_TIMEOUT: seconds between SIGTERM and exit; SageMaker
     # sends SIGKILL 30 s after SIGTERM.
     shutdown_timeout: float = 25.0
+    # SERVE_ENV_CACHE: where EXECUTION_ENV_PATH archives are unpacked, once per
+    # archive (keyed by sha256); outside the run's workspace, so a restart reuses it.
+    env_cache: Path = Path("/tmp/serve-env-cache")
+    # SERVE_MAX_ARCHIVE_BYTES / SERVE_MAX_ARCHIVE_MEMBERS: the most one model or
+    # environment archive may unpack to; larger ones are refused as archive bombs.
+    max_archive_bytes: int = ExtractionLimits.max_total_bytes
+    max_archive_members: int = ExtractionLimits.max_members
+
+    @property
+    def extraction_limits(self) -> ExtractionLimits:
+        return ExtractionLimits(self.max_archive_bytes, self.max_archive_members)
 
     @property
     def model_dir(self) -> Path:
@@ -159,6 +172,12 @@ class Settings:
             workdir=env.path("SERVE_WORKDIR"),
             startup_timeout=env.positive_float("SERVE_STARTUP_TIMEOUT") or 1800.0,
             shutdown_timeout=env.positive_float("SERVE_SHUTDOWN_TIMEOUT") or 25.0,
+            env_cache=env.path("SERVE_ENV_CACHE")
+            or Path(tempfile.gettempdir()) / "serve-env-cache",
+            max_archive_bytes=env.positive_int("SERVE_MAX_ARCHIVE_BYTES")
+            or ExtractionLimits.max_total_bytes,
+            max_archive_members=env.positive_int("SERVE_MAX_ARCHIVE_MEMBERS")
+            or ExtractionLimits.max_members,
         ).validated()
 
     def validated(self) -> Settings:

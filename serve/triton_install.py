@@ -43,6 +43,18 @@ class TritonInstall:
         """The interpreter `serve` runs under, which models use by default."""
         return f"{sys.version_info.major}.{sys.version_info.minor}"
 
+    @property
+    def default_python(self) -> str:
+        """The Python models run on unless given a stub of their own.
+
+        That of the stub in the backends folder when there is one (the image's),
+        else the interpreter `serve` runs under, whose stub `backends_with_stub` adds.
+        """
+        stub = self.backends_dir / "python" / STUB_NAME
+        if stub.is_file():
+            return stub_python_version(stub) or self.python_version
+        return self.python_version
+
     def backends_with_stub(self, overlay: Path) -> Path:
         """A backends folder whose python backend has a stub for this interpreter.
 

@@ -35,6 +35,11 @@ class Workspace:
         return self.root / "repository"
 
     @property
+    def archives(self) -> Path:
+        """Model archives found in /opt/ml/model, unpacked (the user's folder stays as it is)."""
+        return self.root / "archives"
+
+    @property
     def backends(self) -> Path:
         return self.root / "backends"
 

@@ -12,10 +12,12 @@ import pytest
 import requests
 
 from serve.errors import ArtifactError, ConfigError
-from serve.repository import prepare_single_model_repository
+from serve.repository import Preparation, prepare_single_model_repository
 from tests.conftest import EXAMPLES, ServeProcess, add_request, write_add_model
 
 StartServe = Callable[..., ServeProcess]
+CPU_HOST = Preparation(gpu_count=0)
+GPU_HOST = Preparation(gpu_count=1)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -28,7 +30,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 def test_the_only_folder_is_the_default_model(tmp_path: Path) -> None:
     write_add_model(tmp_path / "model", name="solo")
-    prepared = prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, 0)
+    prepared = prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, CPU_HOST)
     assert prepared.default_model == "solo"
 
 
@@ -36,10 +38,12 @@ def test_several_folders_need_a_default_name_and_the_error_lists_them(tmp_path: 
     for name in ("alpha", "beta"):
         write_add_model(tmp_path / "model", name=name)
     with pytest.raises(ConfigError) as caught:
-        prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, 0)
+        prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, CPU_HOST)
     assert "alpha, beta" in caught.value.message
     assert "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME" in caught.value.message
-    prepared = prepare_single_model_repository(tmp_path / "model", tmp_path / "out", "beta", 0)
+    prepared = prepare_single_model_repository(
+        tmp_path / "model", tmp_path / "out", "beta", CPU_HOST
+    )
     assert prepared.default_model == "beta"
     assert {m.name for m in prepared.models} == {"alpha", "beta"}
 
@@ -47,34 +51,36 @@ def test_several_folders_need_a_default_name_and_the_error_lists_them(tmp_path: 
 def test_unknown_default_name_lists_the_folders(tmp_path: Path) -> None:
     write_add_model(tmp_path / "model", name="alpha")
     with pytest.raises(ConfigError, match=r"'gamma' has no folder .* folders found: alpha"):
-        prepare_single_model_repository(tmp_path / "model", tmp_path / "out", "gamma", 0)
+        prepare_single_model_repository(tmp_path / "model", tmp_path / "out", "gamma", CPU_HOST)
 
 
 def test_empty_or_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / ".ipynb_checkpoints").mkdir()
     with pytest.raises(ArtifactError, match="no model found"):
-        prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, 0)
+        prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, CPU_HOST)
     with pytest.raises(ArtifactError, match="does not exist"):
-        prepare_single_model_repository(tmp_path / "absent", tmp_path / "out", None, 0)
+        prepare_single_model_repository(tmp_path / "absent", tmp_path / "out", None, CPU_HOST)
 
 
 def test_unparseable_config_names_file_and_line(tmp_path: Path) -> None:
     folder = write_add_model(tmp_path / "model")
     (folder / "config.pbtxt").write_text('name: "add"\nbackend: "python"\nmax_batch_size: lots\n')
     with pytest.raises(ArtifactError) as caught:
-        prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, 0)
+        prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, CPU_HOST)
     assert f"{folder / 'config.pbtxt'}:3" in caught.value.message
 
 
 def test_gpu_instances_move_to_cpu_in_the_prepared_copy_only(tmp_path: Path) -> None:
     write_add_model(tmp_path / "model", kind="KIND_GPU")
     before = tree_digest(tmp_path / "model")
-    prepared = prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, 0)
+    prepared = prepare_single_model_repository(tmp_path / "model", tmp_path / "out", None, CPU_HOST)
     text = (prepared.path / "add" / "config.pbtxt").read_text()
     assert "KIND_CPU" in text and "KIND_GPU" not in text
     assert tree_digest(tmp_path / "model") == before
-    on_gpu_host = prepare_single_model_repository(tmp_path / "model", tmp_path / "gpu", None, 1)
+    on_gpu_host = prepare_single_model_repository(
+        tmp_path / "model", tmp_path / "gpu", None, GPU_HOST
+    )
     assert "KIND_GPU" in (on_gpu_host.path / "add" / "config.pbtxt").read_text()
 
 
