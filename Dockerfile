@@ -27,7 +27,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 # Dependencies first: this layer is rebuilt only when the pins change.
 COPY container/requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir --requirement /tmp/requirements.txt \
+RUN python3 -m pip install --no-cache-dir --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # Extra Triton backends (Python-based ones need only their model.py here).
@@ -38,7 +38,7 @@ COPY container/backends/ /opt/tritonserver/backends/
 COPY pyproject.toml README.md /tmp/src/
 COPY serve/ /tmp/src/serve/
 COPY build/smtriton/ /tmp/src/build/smtriton/
-RUN pip install --no-cache-dir --no-deps /tmp/src \
+RUN python3 -m pip install --no-cache-dir --no-deps /tmp/src \
     && rm -rf /tmp/src
 
 EXPOSE 8080

@@ -276,17 +276,42 @@ def _variant(description: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((v for v in description["ProductionVariants"] if v["VariantName"] == name), None)
 
 
+@dataclass(frozen=True)
+class ScalingPlan:
+    """Auto scaling found on the variant before an update, and whether it must come off."""
+
+    current: autoscaling.ScalingState | None = None
+    detach: bool = False
+    """SageMaker refuses to change the instance type of a variant registered for scaling."""
+
+
+def _plan_scaling(
+    config: DeployConfig, sagemaker: Client, aas: Client, existing: dict[str, Any]
+) -> ScalingPlan:
+    current = autoscaling.read(aas, config.endpoint_name, config.variant_name)
+    if current is None:
+        return ScalingPlan()
+    previous = sagemaker.describe_endpoint_config(EndpointConfigName=existing["EndpointConfigName"])
+    old_variant = _variant(previous, config.variant_name)
+    detach = old_variant is None or old_variant["InstanceType"] != config.instance_type
+    if detach and not config.wait:
+        raise ConfigError(
+            f"endpoint {config.endpoint_name} scales automatically and this update changes its "
+            "instance type: auto scaling comes off for the update and goes back on once it is "
+            "InService, so drop --no-wait"
+        )
+    return ScalingPlan(current=current, detach=detach)
+
+
 def _create_or_update(
     config: DeployConfig,
     sagemaker: Client,
     aas: Client,
     existing: dict[str, Any] | None,
+    scaling: ScalingPlan,
     names: ResourceNames,
-) -> autoscaling.ScalingState | None:
-    """Create model and configuration, then create or update the endpoint.
-
-    Returns the auto scaling that had to be detached for the update, if any.
-    """
+) -> None:
+    """Create model and configuration, then create or update the endpoint."""
     name = config.endpoint_name
     sagemaker.create_model(**config.model_request(names.model))
     log.info("created model %s", names.model)
@@ -301,31 +326,21 @@ def _create_or_update(
             Tags=[{"Key": TAG_KEY, "Value": name}],
         )
         log.info("creating endpoint %s", name)
-        return None
-    detached = None
-    scaling_now = autoscaling.read(aas, name, config.variant_name)
-    if scaling_now is not None:
-        previous = sagemaker.describe_endpoint_config(
-            EndpointConfigName=existing["EndpointConfigName"]
-        )
-        old_variant = _variant(previous, config.variant_name)
-        if old_variant is None or old_variant["InstanceType"] != config.instance_type:
-            # SageMaker refuses to change the instance type of a scaled variant.
-            autoscaling.detach(aas, name, config.variant_name)
-            detached = scaling_now
+        return
+    if scaling.detach:
+        autoscaling.detach(aas, name, config.variant_name)
     try:
         sagemaker.update_endpoint(
             EndpointName=name,
             EndpointConfigName=names.endpoint_config,
             # While auto scaling owns the instance count, keep the count it chose.
-            RetainAllVariantProperties=scaling_now is not None and detached is None,
+            RetainAllVariantProperties=scaling.current is not None and not scaling.detach,
         )
     except Exception:
-        if detached is not None:
-            autoscaling.restore(aas, name, config.variant_name, detached)
+        if scaling.detach and scaling.current is not None:
+            autoscaling.restore(aas, name, config.variant_name, scaling.current)
         raise
     log.info("updating endpoint %s (from %s)", name, existing["EndpointConfigName"])
-    return detached
 
 
 def _discard(sagemaker: Client, names: ResourceNames) -> None:
@@ -364,9 +379,11 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
                 f"and cannot be updated: run `smtriton delete --endpoint-name {name}` first"
             )
 
+    scaling = ScalingPlan() if existing is None else _plan_scaling(config, sagemaker, aas, existing)
+    detached = scaling.current if scaling.detach else None
     names = ResourceNames.new(name)
     try:
-        detached = _create_or_update(config, sagemaker, aas, existing, names)
+        _create_or_update(config, sagemaker, aas, existing, scaling, names)
     except Exception:
         # Nothing points at the new model and configuration yet: don't leave them behind.
         _discard(sagemaker, names)

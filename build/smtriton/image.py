@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 DEFAULT_REPOSITORY = "sagemaker-triton"
 DEFAULT_PLATFORM = "linux/amd64"
 TRITON_VERSION_PATTERN = re.compile(r"^\d{2}\.\d{2}$")
-BUILD_ARG_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+KEY_VALUE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def parse_key_values(items: list[str] | None, what: str) -> dict[str, str]:
     """Turn ["K=V", ...] into a dict, rejecting entries without a valid name."""
     result: dict[str, str] = {}
     for item in items or []:
-        if not BUILD_ARG_PATTERN.match(item):
+        if not KEY_VALUE_PATTERN.match(item):
             raise ConfigError(f"{what} {item!r} is not NAME=VALUE")
         name, value = item.split("=", 1)
         result[name] = value

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from dataclasses import dataclass
 
 from smtriton.aws import AwsOptions, add_aws_arguments, client, open_session
 from smtriton.docker import Docker
 from smtriton.ecr import RegistryCredentials, get_credentials
-from smtriton.errors import ConfigError
-from smtriton.references import ecr_registry_of
+from smtriton.references import check_account, ecr_registry_of
 
 log = logging.getLogger(__name__)
-
-ACCOUNT_PATTERN = re.compile(r"^\d{12}$")
 
 
 @dataclass(frozen=True)
@@ -33,8 +29,7 @@ class LoginConfig:
 
     def __post_init__(self) -> None:
         for account in self.accounts:
-            if not ACCOUNT_PATTERN.match(account):
-                raise ConfigError(f"--account {account!r} is not a 12-digit AWS account id")
+            check_account(account)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LoginConfig:

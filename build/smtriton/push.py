@@ -15,10 +15,8 @@ from pathlib import Path
 from smtriton.aws import AwsOptions, add_aws_arguments, client, open_session
 from smtriton.docker import Docker
 from smtriton.ecr import ensure_repository, get_credentials
-from smtriton.errors import ConfigError
 from smtriton.image import add_image_arguments
-from smtriton.login import ACCOUNT_PATTERN
-from smtriton.references import check_repository, check_tags, default_tags
+from smtriton.references import check_account, check_repository, check_tags, default_tags
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +35,8 @@ class PushConfig:
         check_repository(self.repository)
         check_repository(self.local_repository)
         check_tags(self.tags)
-        if self.account is not None and not ACCOUNT_PATTERN.match(self.account):
-            raise ConfigError(f"--account {self.account!r} is not a 12-digit AWS account id")
+        if self.account is not None:
+            check_account(self.account)
 
     @property
     def local_repository(self) -> str:

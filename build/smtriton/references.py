@@ -25,6 +25,7 @@ ECR_IMAGE_PATTERN = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/"
 )
 SHORT_SHA_LENGTH = 12
+ACCOUNT_PATTERN = re.compile(r"^\d{12}$")
 
 
 def check_repository(name: str) -> str:
@@ -48,6 +49,12 @@ def check_tags(tags: tuple[str, ...]) -> tuple[str, ...]:
     if len(set(tags)) != len(tags):
         raise ConfigError(f"tags repeat: {', '.join(tags)}")
     return tags
+
+
+def check_account(account: str) -> str:
+    if not ACCOUNT_PATTERN.match(account):
+        raise ConfigError(f"--account {account!r} is not a 12-digit AWS account id")
+    return account
 
 
 def ecr_registry_of(image: str) -> tuple[str, str] | None:

@@ -244,6 +244,30 @@ def test_update_changing_instance_type_detaches_and_restores_scaling(
     assert config["ProductionVariants"][0]["InstanceType"] == LARGER_INSTANCE_TYPE
 
 
+def test_no_wait_is_refused_when_scaling_must_come_off_for_the_update(
+    smtriton: Smtriton, aws: boto3.Session, name: str
+) -> None:
+    assert (
+        deploy(smtriton, name, "--model-data", "s3://b-1/m.tar.gz", "--max-instances", "3").code
+        == 0
+    )
+    before = resources_of(aws, name)
+    result = deploy(
+        smtriton,
+        name,
+        "--model-data",
+        "s3://b-1/m.tar.gz",
+        "--instance-type",
+        LARGER_INSTANCE_TYPE,
+        "--no-wait",
+    )
+    assert result.code == 1
+    assert "changes its instance type" in result.err and "drop --no-wait" in result.err
+    assert resources_of(aws, name) == before
+    (target,), _ = scaling_of(aws, name)
+    assert target["MaxCapacity"] == 3
+
+
 def test_update_keeping_instance_type_leaves_scaling_attached(
     smtriton: Smtriton, aws: boto3.Session, name: str
 ) -> None:
