@@ -17,9 +17,16 @@ import logging
 import re
 
 from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
 
 from serve.errors import ArtifactError, ServeError
-from serve.multi_model import OUT_OF_MEMORY, ModelNotLoaded, ModelRegistry
+from serve.multi_model import (
+    MAX_PAGE_SIZE,
+    OUT_OF_MEMORY,
+    PAGE_SIZE,
+    ModelNotLoaded,
+    ModelRegistry,
+)
 from serve.state import Phase, ServerState
 from serve.triton_client import TritonClient, TritonReply
 
@@ -47,6 +54,10 @@ def create_control_app(
     @app.errorhandler(ServeError)
     def serve_error(error: ServeError) -> Response:
         return json_response(error.status, {"error": error.message})
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        return json_response(error.code or 500, {"error": error.description or error.name})
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Response:
@@ -76,7 +87,10 @@ def _add_multi_model_routes(app: Flask, triton: TritonClient, registry: ModelReg
     @app.get("/models")
     def list_models() -> Response:
         token = request.args.get("next_page_token") or request.args.get("nextPageToken")
-        return json_response(200, registry.page(token))
+        size = request.args.get("page_size", PAGE_SIZE, type=int)
+        if not 0 < size <= MAX_PAGE_SIZE:
+            raise ServeError(f"page_size must be between 1 and {MAX_PAGE_SIZE}", 400)
+        return json_response(200, registry.page(token, size))
 
     @app.post("/models")
     def load_model() -> Response:

@@ -8,8 +8,10 @@ names derived from SageMaker's model name:
 
 - the upload's entry model (its only model, or the one no other model in the
   upload uses, an ensemble typically) is named exactly like the SageMaker
-  model, so nginx can send `/models/NAME/invoke` straight to Triton;
-- the upload's other models (ensemble steps) are named `NAME#step`; '#' can
+  model (SageMaker's names are hashes), so nginx can send
+  `/models/NAME/invoke` straight to Triton; other names get a hashed Triton
+  name and are invoked through the control app;
+- the upload's other models (ensemble steps) are named `NAME~step`; '~' can
   not appear in a name nginx routes directly, so steps are never public.
 
 Loads, unloads and lookups of one model are serialised by a per-name lock;
@@ -22,6 +24,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -30,7 +33,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 from serve import archives, host, model_config
 from serve.errors import ArtifactError, ServeError
@@ -42,7 +44,9 @@ log = logging.getLogger(__name__)
 
 # Names nginx routes straight to Triton: SageMaker's own names are hashes.
 DIRECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
-STEP_SEPARATOR = "#"
+# Triton neither decodes model names in its URLs nor needs them encoded when
+# they keep to these characters; '~' joins an upload's name to its steps'.
+STEP_SEPARATOR = "~"
 OUT_OF_MEMORY = re.compile(
     r"out of memory|outofmemory|std::bad_alloc|cannot allocate memory|failed to allocate"
     r"|memoryerror",
@@ -50,6 +54,7 @@ OUT_OF_MEMORY = re.compile(
 )
 UNLOAD_DEADLINE_SECONDS = 60.0
 PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 
 class ModelNotLoaded(ServeError):
@@ -105,8 +110,8 @@ class ModelRegistry:
             started = time.monotonic()
             model = self._prepare(name, url, source)
             try:
-                for triton_name in model.triton_names:
-                    self._triton_load(name, triton_name)
+                for name_in_triton in model.triton_names:
+                    self._triton_load(name, name_in_triton)
             except ServeError:
                 self._unload_from_triton(model)
                 self._discard(model)
@@ -151,7 +156,7 @@ class ModelRegistry:
 
     def triton_path(self, name: str) -> str:
         """Triton's inference route for a loaded model."""
-        return f"/v2/models/{quote(self.get(name).triton_names[-1], safe='')}/infer"
+        return f"/v2/models/{self.get(name).triton_names[-1]}/infer"
 
     # -- preparation ------------------------------------------------------
 
@@ -168,8 +173,10 @@ class ModelRegistry:
 
     def _prepare(self, name: str, url: str, source: Path) -> LoadedModel:
         """Unpack archives, find the upload's models and prepare them under Triton names."""
-        staging = self._staging / name
+        base = triton_name(name)
+        staging = self._staging / base
         shutil.rmtree(staging, ignore_errors=True)
+        prepared: list[Path] = []
         try:
             root = self._unpack(source, staging)
             folders = [root] if (root / CONFIG_FILE).is_file() else model_folders(root)
@@ -179,12 +186,11 @@ class ModelRegistry:
                 )
             entry = _entry_model(folders, url)
             renames = {
-                _model_name(folder): name
+                _model_name(folder): base
                 if folder == entry
-                else f"{name}{STEP_SEPARATOR}{_model_name(folder)}"
+                else f"{base}{STEP_SEPARATOR}{_model_name(folder)}"
                 for folder in folders
             }
-            prepared = []
             for folder in folders:
                 target_name = renames[_model_name(folder)]
                 target = self._repository / target_name
@@ -195,13 +201,11 @@ class ModelRegistry:
                     (target / CONFIG_FILE).unlink()
                     model_config.write_config(model.config, target / CONFIG_FILE)
         except BaseException:
-            for path in self._repository.glob(f"{name}*"):
+            for path in (*prepared, staging):
                 shutil.rmtree(path, ignore_errors=True)
-            shutil.rmtree(staging, ignore_errors=True)
             raise
         steps = [renames[_model_name(f)] for f in folders if f != entry]
-        names = (*steps, name)
-        return LoadedModel(name, url, names, (*prepared, staging))
+        return LoadedModel(name, url, (*steps, base), (*prepared, staging))
 
     def _unpack(self, source: Path, staging: Path) -> Path:
         found = archives.find_model_archives(source)
@@ -219,10 +223,10 @@ class ModelRegistry:
 
     # -- Triton -----------------------------------------------------------
 
-    def _triton_load(self, name: str, triton_name: str) -> None:
+    def _triton_load(self, name: str, name_in_triton: str) -> None:
         oom_kills_before = host.oom_kill_count()
         reply = self._triton.request(
-            "POST", f"/v2/repository/models/{quote(triton_name, safe='')}/load", body=b"{}"
+            "POST", f"/v2/repository/models/{name_in_triton}/load", body=b"{}"
         )
         if reply.status == 200:
             return
@@ -236,10 +240,10 @@ class ModelRegistry:
 
     def _unload_from_triton(self, model: LoadedModel) -> None:
         """Unload every model of the upload and wait until Triton has let go of them."""
-        for triton_name in reversed(model.triton_names):
+        for name_in_triton in reversed(model.triton_names):
             self._triton.request(
                 "POST",
-                f"/v2/repository/models/{quote(triton_name, safe='')}/unload",
+                f"/v2/repository/models/{name_in_triton}/unload",
                 body=json.dumps({"parameters": {"unload_dependents": True}}).encode(),
             )
         deadline = time.monotonic() + UNLOAD_DEADLINE_SECONDS
@@ -260,6 +264,13 @@ class ModelRegistry:
             lock = self._busy.setdefault(name, threading.Lock())
         with lock:
             yield
+
+
+def triton_name(name: str) -> str:
+    """The entry model's name in Triton: SageMaker's own when nginx can route it."""
+    if DIRECT_NAME.match(name):
+        return name
+    return "model-" + hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
 def _check_name(name: object) -> None:
@@ -305,7 +316,7 @@ def _decode_token(token: str | None) -> str:
     if not token:
         return ""
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ServeError(
             f"next_page_token {token!r} is not a token this endpoint issued", 400

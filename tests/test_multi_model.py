@@ -1,0 +1,278 @@
+"""Multi-model endpoints: SageMaker's /models contract against real Triton."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ServeProcess, add_request, write_add_model
+
+StartServe = Callable[..., ServeProcess]
+ADD = add_request([1, 2, 3, 4], [10, 20, 30, 40])
+
+
+@pytest.fixture
+def mme(opt_ml: Path, start_serve: StartServe) -> Iterator[ServeProcess]:
+    yield start_serve(opt_ml, SAGEMAKER_MULTI_MODEL="true").wait_ready()
+
+
+def upload_add(opt_ml: Path, key: str, name: str = "add", **kw: object) -> str:
+    """SageMaker's layout: /opt/ml/models/<key>/model holding one model's files."""
+    url = opt_ml / "models" / key / "model"
+    folder = write_add_model(opt_ml / "staging" / key, name=name, **kw)
+    shutil.copytree(folder, url)
+    return str(url)
+
+
+def load(server: ServeProcess, name: str, url: str, **headers: str) -> requests.Response:
+    return requests.post(
+        f"{server.url}/models", json={"model_name": name, "url": url}, headers=headers, timeout=120
+    )
+
+
+def invoke(server: ServeProcess, name: str, body: dict = ADD) -> requests.Response:
+    return requests.post(f"{server.url}/models/{name}/invoke", json=body, timeout=30)
+
+
+def test_load_list_describe_invoke_unload(opt_ml: Path, mme: ServeProcess) -> None:
+    url = upload_add(opt_ml, "5f2a")
+    response = load(mme, "5f2a", url, **{"X-Amzn-SageMaker-Target-Model": "add.tar.gz"})
+    assert response.status_code == 200, response.text
+    assert "target model add.tar.gz" in mme.output
+    assert requests.get(f"{mme.url}/models", timeout=5).json() == {
+        "models": [{"modelName": "5f2a", "modelUrl": url}]
+    }
+    assert requests.get(f"{mme.url}/models/5f2a", timeout=5).json()["modelUrl"] == url
+    result = invoke(mme, "5f2a")
+    assert result.status_code == 200
+    assert result.json()["outputs"][0]["data"] == [11, 22, 33, 44]
+    assert requests.delete(f"{mme.url}/models/5f2a", timeout=60).status_code == 200
+    assert invoke(mme, "5f2a").status_code == 404
+    assert requests.get(f"{mme.url}/models", timeout=5).json() == {"models": []}
+    workspace = _workspace(mme)
+    assert not list((workspace / "repository").iterdir())
+
+
+def test_contract_status_codes(opt_ml: Path, mme: ServeProcess) -> None:
+    url = upload_add(opt_ml, "a1")
+    assert load(mme, "a1", url).status_code == 200
+    conflict = load(mme, "a1", url)
+    assert conflict.status_code == 409 and "already loaded" in conflict.json()["error"]
+    for method, path in (("GET", "/models/zz"), ("DELETE", "/models/zz")):
+        response = requests.request(method, f"{mme.url}{path}", timeout=10)
+        assert response.status_code == 404 and "not loaded" in response.json()["error"]
+    assert invoke(mme, "zz").status_code == 404
+    assert invoke(mme, "a1~add").status_code == 404  # steps are never public
+    wrong_method = requests.put(f"{mme.url}/models/a1", timeout=5)
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]
+    outside = load(mme, "x", str(opt_ml / "model"))
+    assert outside.status_code == 400 and "outside" in outside.json()["error"]
+    missing = load(mme, "y", str(opt_ml / "models" / "nothing" / "model"))
+    assert missing.status_code == 400
+    bad = requests.post(f"{mme.url}/models", data=b"{nope", timeout=5)
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    # Liveness, not readiness: ping stays 200 whatever is loaded.
+    assert mme.ping_status() == 200
+    # /invocations belongs to single-model endpoints.
+    assert requests.post(f"{mme.url}/invocations", json=ADD, timeout=5).status_code == 404
+
+
+def test_names_nginx_cannot_route_still_work(opt_ml: Path, mme: ServeProcess) -> None:
+    name = "team a/b.tar.gz".replace("/", "+")
+    assert load(mme, name, upload_add(opt_ml, "odd")).status_code == 200
+    response = requests.post(f"{mme.url}/models/team%20a+b.tar.gz/invoke", json=ADD, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == [11, 22, 33, 44]
+    assert requests.delete(f"{mme.url}/models/team%20a+b.tar.gz", timeout=60).status_code == 200
+
+
+def test_invoke_errors_name_the_problem(opt_ml: Path, mme: ServeProcess) -> None:
+    assert load(mme, "b2", upload_add(opt_ml, "b2")).status_code == 200
+    bad = requests.post(f"{mme.url}/models/b2/invoke", data=b"{broken", timeout=10)
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    wrong = invoke(
+        mme, "b2", {"inputs": [{"name": "Q", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    )
+    assert wrong.status_code == 400 and wrong.json()["error"]
+
+
+def test_pagination(opt_ml: Path, mme: ServeProcess) -> None:
+    names = [f"m{i:02d}" for i in range(3)]
+    for name in names:
+        assert load(mme, name, upload_add(opt_ml, name)).status_code == 200
+    seen, token, pages = [], None, 0
+    while True:
+        params = {"next_page_token": token} if token else {}
+        page = requests.get(f"{mme.url}/models", params={**params, "page_size": 2}, timeout=5)
+        body = page.json()
+        seen += [m["modelName"] for m in body["models"]]
+        pages += 1
+        token = body.get("nextPageToken")
+        if not token:
+            break
+    assert seen == names and pages == 2
+    garbage = requests.get(f"{mme.url}/models", params={"next_page_token": "%%%"}, timeout=5)
+    assert garbage.status_code == 400
+
+
+def test_layouts_direct_ensemble_and_archive(opt_ml: Path, mme: ServeProcess) -> None:
+    # A folder of several models: an ensemble and its step.
+    url = opt_ml / "models" / "ens" / "model"
+    write_add_model(url, name="step")
+    (url / "pipeline" / "1").mkdir(parents=True)
+    (url / "pipeline" / "config.pbtxt").write_text(
+        textwrap.dedent("""
+        name: "pipeline"
+        platform: "ensemble"
+        max_batch_size: 8
+        input [ { name: "X", data_type: TYPE_FP32, dims: [ 4 ] } ]
+        output [ { name: "Y", data_type: TYPE_FP32, dims: [ 4 ] } ]
+        ensemble_scheduling { step [ { model_name: "step", model_version: -1,
+          input_map { key: "A" value: "X" } input_map { key: "B" value: "X" }
+          output_map { key: "C" value: "Y" } } ] }
+    """)
+    )
+    response = load(mme, "ens", str(url))
+    assert response.status_code == 200, response.text
+    body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    assert invoke(mme, "ens", body).json()["outputs"][0]["data"] == [2, 4, 6, 8]
+    # A second upload with a step of the same name does not collide.
+    shutil.copytree(url, opt_ml / "models" / "ens2" / "model")
+    assert load(mme, "ens2", str(opt_ml / "models" / "ens2" / "model")).status_code == 200
+    assert invoke(mme, "ens2", body).status_code == 200
+
+    # A folder holding model.tar.gz, with the model folder inside.
+    archived = opt_ml / "models" / "tgz" / "model"
+    archived.mkdir(parents=True)
+    source = write_add_model(opt_ml / "pack", name="packed")
+    subprocess.run(
+        ["tar", "-czf", str(archived / "model.tar.gz"), "-C", str(source.parent), "packed"],
+        check=True,
+    )
+    response = load(mme, "tgz", str(archived))
+    assert response.status_code == 200, response.text
+    assert invoke(mme, "tgz").json()["outputs"][0]["data"] == [11, 22, 33, 44]
+    assert requests.delete(f"{mme.url}/models/tgz", timeout=60).status_code == 200
+    assert not (_workspace(mme) / "uploads" / "tgz").exists()
+
+    # A hostile archive is refused and nothing of it stays.
+    hostile = opt_ml / "models" / "evil" / "model"
+    hostile.mkdir(parents=True)
+    subprocess.run(
+        [
+            "tar",
+            "-czf",
+            str(hostile / "model.tar.gz"),
+            "-P",
+            "--transform",
+            "s,^,../../,",
+            "-C",
+            str(source.parent),
+            "packed",
+        ],
+        check=True,
+    )
+    refused = load(mme, "evil", str(hostile))
+    assert refused.status_code == 400 and "model.tar.gz" in refused.json()["error"]
+    assert invoke(mme, "ens").status_code != 404  # others keep serving
+
+
+FAILING_LOAD = """
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        {body}
+"""
+
+
+def test_load_out_of_memory_is_507_and_others_keep_serving(opt_ml: Path, mme: ServeProcess) -> None:
+    assert load(mme, "ok", upload_add(opt_ml, "ok")).status_code == 200
+    oom = upload_add(
+        opt_ml, "oom", model_py=FAILING_LOAD.format(body="raise MemoryError('CUDA out of memory')")
+    )
+    response = load(mme, "oom", oom)
+    assert response.status_code == 507, response.text
+    broken = upload_add(
+        opt_ml, "broken", model_py=FAILING_LOAD.format(body="raise ValueError('bad weights')")
+    )
+    response = load(mme, "broken", broken)
+    assert response.status_code == 400 and "bad weights" in response.json()["error"]
+    assert invoke(mme, "ok").status_code == 200
+    assert [
+        m["modelName"] for m in requests.get(f"{mme.url}/models", timeout=5).json()["models"]
+    ] == ["ok"]
+
+
+CGROUP = Path("/sys/fs/cgroup/memory")
+STUB_EATS_MEMORY = """
+import os
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # Join a 64 MiB memory cgroup, then allocate past it: the kernel's OOM
+        # killer takes this stub, exactly as on a full instance.
+        with open("{cgroup}/cgroup.procs", "w") as procs:
+            procs.write(str(os.getpid()))
+        self.hog = bytearray(512 * 1024 * 1024)
+"""
+
+
+def test_stub_killed_for_memory_during_load_is_507(opt_ml: Path, mme: ServeProcess) -> None:
+    cgroup = CGROUP / f"serve-test-{random.randrange(1 << 30)}"
+    cgroup.mkdir()
+    try:
+        (cgroup / "memory.limit_in_bytes").write_text(str(64 * 1024 * 1024))
+        url = upload_add(opt_ml, "hog", model_py=STUB_EATS_MEMORY.format(cgroup=cgroup))
+        response = load(mme, "hog", url)
+        assert response.status_code == 507, response.text
+    finally:
+        cgroup.rmdir()
+
+
+def test_storm_of_loads_unloads_and_invocations(opt_ml: Path, mme: ServeProcess) -> None:
+    keys = [f"s{i}" for i in range(4)]
+    urls = {key: upload_add(opt_ml, key) for key in keys}
+    rng = random.Random(7)
+    allowed = {200, 404, 409}
+
+    def operation(step: int) -> tuple[str, int]:
+        key = rng.choice(keys)
+        kind = rng.choices(["load", "unload", "invoke"], [2, 1, 7])[0]
+        if kind == "load":
+            return kind, load(mme, key, urls[key]).status_code
+        if kind == "unload":
+            return kind, requests.delete(f"{mme.url}/models/{key}", timeout=120).status_code
+        return kind, invoke(mme, key).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(operation, range(1000)))
+    statuses = {status for _, status in results}
+    assert statuses <= allowed, statuses
+    assert sum(1 for kind, status in results if kind == "invoke" and status == 200) > 50
+    listed = {m["modelName"] for m in requests.get(f"{mme.url}/models", timeout=5).json()["models"]}
+    for key in keys:
+        ok = invoke(mme, key).status_code
+        assert (ok == 200) == (key in listed)
+    for key in listed:
+        assert requests.delete(f"{mme.url}/models/{key}", timeout=60).status_code == 200
+    workspace = _workspace(mme)
+    assert not list((workspace / "repository").iterdir())
+    assert not (workspace / "uploads").exists() or not list((workspace / "uploads").iterdir())
+
+
+def _workspace(server: ServeProcess) -> Path:
+    """serve's workspace, read from the repository Triton was started on."""
+    (pid,) = server.child_pids("tritonserver")
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    repository = next(a for a in argv if a.startswith("--model-repository=")).split("=", 1)[1]
+    return Path(repository).parent
