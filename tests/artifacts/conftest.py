@@ -187,3 +187,139 @@ def venv_pack_env(tmp_path_factory: pytest.TempPathFactory) -> BuiltEnvironment:
         if archive.is_file():
             return BuiltEnvironment(archive, folder / "source-env")
         return build_venv_pack_archive(folder)
+
+
+# What a Python-backend model needs from its environment besides its own
+# imports: numpy below 2 (triton_python_backend_utils imports it).
+NUMPY_PIN = "numpy==1.26.4"
+
+
+def _pack_and_remove(source: Path, archive: Path) -> Path:
+    import venv_pack
+
+    partial = archive.with_name(f"{archive.name}.partial.tar.gz")
+    venv_pack.pack(prefix=str(source), output=str(partial), force=True, compress_level=1)
+    shutil.rmtree(source)
+    partial.rename(archive)
+    return archive
+
+
+def build_serving_env(folder: Path) -> BuiltEnvironment:
+    """An environment a real model runs in: serve's Python, numpy copied in, the probe module.
+
+    numpy comes from serve's own environment (same Python, so same wheel);
+    the probe module exists only here, so a model importing it proves that
+    Triton ran it inside the unpacked copy.
+    """
+    import numpy
+
+    source = folder / "serving-env-source"
+    shutil.rmtree(source, ignore_errors=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--copies", "--without-pip", str(source)], check=True
+    )
+    site = source / "lib" / f"python{PYTHON_VERSION}" / "site-packages"
+    installed = Path(numpy.__file__).parent
+    shutil.copytree(installed, site / "numpy", ignore=shutil.ignore_patterns("tests", "*.pyc"))
+    libs = installed.parent / "numpy.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, site / "numpy.libs")
+    (site / f"{PROBE_MODULE}.py").write_text('WHERE = "only inside the packed environment"\n')
+    archive = _pack_and_remove(source, folder / "serving-env.tar.gz")
+    return BuiltEnvironment(archive, source)
+
+
+def other_python() -> tuple[Path, str] | None:
+    """An interpreter of another Python version than serve's, built with a shared libpython."""
+    candidates: list[str | None] = []
+    for minor in (12, 13, 10):
+        candidates.append(shutil.which(f"python3.{minor}"))
+        pyenv = Path.home() / ".pyenv" / "versions"
+        candidates += [str(p) for p in sorted(pyenv.glob(f"3.{minor}.*/bin/python3.{minor}"))]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [
+                candidate,
+                "-c",
+                "import sys, sysconfig; print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
+                "print(sysconfig.get_config_var('LIBDIR')); "
+                "print(sysconfig.get_config_var('INSTSONAME') or '')",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode != 0:
+            continue
+        version, libdir, soname = probe.stdout.splitlines()
+        if version != PYTHON_VERSION and soname and (Path(libdir) / soname).is_file():
+            return Path(candidate), version
+    return None
+
+
+def build_other_python_env(folder: Path, python: Path, version: str) -> BuiltEnvironment:
+    """A Python `version` environment laid out as conda-pack lays one out: libpython in lib/.
+
+    numpy is installed with that Python's pip (from its cache or the index);
+    the base interpreter's standard library stays where it is (a venv).
+    """
+    source = folder / f"py{version}-env-source"
+    shutil.rmtree(source, ignore_errors=True)
+    subprocess.run(
+        [str(python), "-m", "venv", "--copies", "--without-pip", str(source)], check=True
+    )
+    site = source / "lib" / f"python{version}" / "site-packages"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), NUMPY_PIN],
+        check=True,
+        timeout=300,
+    )
+    libpython = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import sysconfig, os; print(os.path.join(sysconfig.get_config_var('LIBDIR'), "
+            "sysconfig.get_config_var('INSTSONAME')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    shutil.copy2(libpython, source / "lib" / Path(libpython).name)
+    (site / f"{PROBE_MODULE}.py").write_text(f'WHERE = "only inside the Python {version} env"\n')
+    archive = _pack_and_remove(source, folder / f"py{version}-env.tar.gz")
+    return BuiltEnvironment(archive, source)
+
+
+@pytest.fixture(scope="session")
+def serving_env(tmp_path_factory: pytest.TempPathFactory) -> BuiltEnvironment:
+    folder = shared_folder(tmp_path_factory)
+    with file_lock(folder / "serving-env.lock"):
+        archive = folder / "serving-env.tar.gz"
+        if archive.is_file():
+            return BuiltEnvironment(archive, folder / "serving-env-source")
+        return build_serving_env(folder)
+
+
+@dataclass(frozen=True)
+class OtherPythonEnvironment:
+    archive: Path
+    python_version: str
+
+
+@pytest.fixture(scope="session")
+def other_python_env(tmp_path_factory: pytest.TempPathFactory) -> OtherPythonEnvironment:
+    """A real environment for a Python other than serve's; skips when none can be built here."""
+    found = other_python()
+    if found is None:
+        pytest.skip("no other Python with a shared libpython on this machine")
+    python, version = found
+    folder = shared_folder(tmp_path_factory)
+    with file_lock(folder / "other-python-env.lock"):
+        archive = folder / f"py{version}-env.tar.gz"
+        if not archive.is_file():
+            try:
+                build_other_python_env(folder, python, version)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                pytest.skip(f"cannot build a Python {version} environment with {NUMPY_PIN}: {exc}")
+    return OtherPythonEnvironment(archive, version)
