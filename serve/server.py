@@ -123,7 +123,7 @@ class Server:
         command = TritonCommand(
             binary=install.binary,
             repository=ws.repository,
-            backends_dir=install.backends_with_stub(ws.backends),
+            backends_dir=install.backends_folder(ws.backends, settings.extra_backends),
             http_port=triton_port,
             load_models=("*",) if repository else (),
             settings=settings,

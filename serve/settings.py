@@ -96,6 +96,9 @@ class Settings:
     additional_args: tuple[str, ...] = ()
     # TRITONSERVER_BIN: the server binary, when not in a standard place.
     triton_bin: Path | None = None
+    # SERVE_EXTRA_BACKENDS: colon-separated folders of extra Triton backends
+    # (one subfolder each), added beside the installation's own.
+    extra_backends: tuple[Path, ...] = ()
     # SERVE_MAX_BODY_BYTES: largest request body (SageMaker's own cap is 6 MB).
     max_body_bytes: int = 6 * MEBIBYTE
     # SERVE_WORKDIR: where the prepared repository and the front's files live.
@@ -168,6 +171,9 @@ class Settings:
             model_namespacing=env.text("SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING") or "true",
             additional_args=env.shell_words("SAGEMAKER_TRITON_ADDITIONAL_ARGS"),
             triton_bin=env.path("TRITONSERVER_BIN"),
+            extra_backends=tuple(
+                Path(part) for part in (env.text("SERVE_EXTRA_BACKENDS") or "").split(":") if part
+            ),
             max_body_bytes=env.positive_int("SERVE_MAX_BODY_BYTES") or 6 * MEBIBYTE,
             workdir=env.path("SERVE_WORKDIR"),
             startup_timeout=env.positive_float("SERVE_STARTUP_TIMEOUT") or 1800.0,

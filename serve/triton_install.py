@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from serve.errors import ConfigError
@@ -48,32 +49,54 @@ class TritonInstall:
         """The Python models run on unless given a stub of their own.
 
         That of the stub in the backends folder when there is one (the image's),
-        else the interpreter `serve` runs under, whose stub `backends_with_stub` adds.
+        else the interpreter `serve` runs under, whose stub `backends_folder` adds.
         """
         stub = self.backends_dir / "python" / STUB_NAME
         if stub.is_file():
             return stub_python_version(stub) or self.python_version
         return self.python_version
 
-    def backends_with_stub(self, overlay: Path) -> Path:
-        """A backends folder whose python backend has a stub for this interpreter.
+    def backends_folder(self, overlay: Path, extra: Sequence[Path] = ()) -> Path:
+        """The backends folder Triton is given.
 
-        Returns the installation's own folder when it already has one; otherwise
-        fills `overlay` with links to every backend plus the matching stub.
+        The installation's own folder, unless its python backend lacks a stub
+        for this interpreter or `extra` folders (SERVE_EXTRA_BACKENDS) add
+        backends: then `overlay` gets links to every backend, the extra ones
+        and the matching stub. Nothing of the installation is modified.
         """
         python_dir = self.backends_dir / "python"
         stub = self.python_stubs.get(self.python_version)
-        if not python_dir.is_dir() or (python_dir / STUB_NAME).exists() or stub is None:
+        needs_stub = python_dir.is_dir() and not (python_dir / STUB_NAME).exists() and stub
+        if not needs_stub and not extra:
             return self.backends_dir
         overlay.mkdir(parents=True, exist_ok=True)
         for backend in self.backends_dir.iterdir():
             if backend.name != "python":
                 (overlay / backend.name).symlink_to(backend)
-        (overlay / "python").mkdir()
-        for item in python_dir.iterdir():
-            (overlay / "python" / item.name).symlink_to(item)
-        (overlay / "python" / STUB_NAME).symlink_to(stub)
-        log.info("using the Python %s backend stub %s", self.python_version, stub)
+        if python_dir.is_dir():
+            # Copied, not linked: Triton refuses a Python-based backend whose
+            # libtriton_python.so resolves outside the backends folder it was given.
+            (overlay / "python").mkdir()
+            # The stub stays a link: its libraries are found relative to it.
+            for item in python_dir.iterdir():
+                if item.name == STUB_NAME:
+                    (overlay / "python" / item.name).symlink_to(item)
+                elif item.is_file():
+                    shutil.copy2(item, overlay / "python" / item.name)
+        if needs_stub:
+            (overlay / "python" / STUB_NAME).symlink_to(stub)
+            log.info("using the Python %s backend stub %s", self.python_version, stub)
+        for folder in extra:
+            if not folder.is_dir():
+                raise ConfigError(f"SERVE_EXTRA_BACKENDS names {folder}, which is not a folder")
+            for backend in sorted(p for p in folder.iterdir() if p.is_dir()):
+                if (overlay / backend.name).exists():
+                    raise ConfigError(
+                        f"backend {backend.name!r} in {folder} clashes with one Triton has; "
+                        "rename its folder (and the backend field of its models)"
+                    )
+                (overlay / backend.name).symlink_to(backend.resolve())
+                log.info("adding backend %r from %s", backend.name, backend)
         return overlay
 
 

@@ -80,7 +80,7 @@ def test_local_triton_is_found_with_a_stub_for_this_python(tmp_path: Path) -> No
     install = locate_triton(None)
     assert install.binary.name == "tritonserver"
     assert install.python_version in install.python_stubs
-    backends = install.backends_with_stub(tmp_path / "overlay")
+    backends = install.backends_folder(tmp_path / "overlay")
     assert (backends / "python" / STUB_NAME).exists()
     assert (backends / "python" / "libtriton_python.so").exists()
     stub = install.python_stubs[install.python_version]
