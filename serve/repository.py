@@ -56,6 +56,9 @@ class Preparation:
     default_python: str = f"{sys.version_info.major}.{sys.version_info.minor}"
     # Limits for model archives (the cache has its own, usually the same).
     extraction_limits: ExtractionLimits = dataclasses.field(default_factory=ExtractionLimits)
+    # Run each stub given to a model once, as Triton will; off where the stubs
+    # are another machine's (checking a package for the image).
+    start_stubs: bool = True
 
 
 def server_preparation(settings: Settings, install: TritonInstall, gpu_count: int) -> Preparation:
@@ -332,6 +335,8 @@ def _give_stub(
         f'exec {shlex.quote(str(stub))} "$@"\n'
     )
     own_stub.chmod(0o755)
+    if not preparation.start_stubs:
+        return
     try:
         check = subprocess.run(
             [str(own_stub)],

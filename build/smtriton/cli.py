@@ -22,6 +22,7 @@ COMMANDS = (
     "image",
     "login",
     "push",
+    "package",
     "deploy",
     "invoke",
     "delete",

@@ -203,3 +203,27 @@ def test_an_environment_for_a_python_without_a_stub_stops_serve_naming_both(
         server.output
     )
     assert "Traceback" not in server.output
+
+
+def test_a_package_from_smtriton_serves_as_an_archive_in_opt_ml_model(
+    opt_ml: Path, start_serve: StartServe, tmp_path: Path, serving_env: BuiltEnvironment
+) -> None:
+    from smtriton.package import PackageConfig, package
+
+    folder = write_add_model(tmp_path / "repository", name="packaged", model_py=ENV_MODEL_PY)
+    package(
+        PackageConfig(
+            models=(folder,),
+            output=opt_ml / "model" / "model.tar.gz",
+            environments={"packaged": str(serving_env.archive)},
+            pythons=(PYTHON_VERSION,),
+        )
+    )
+
+    server = start_serve(opt_ml, SERVE_ENV_CACHE=str(tmp_path / "env-cache")).wait_ready()
+
+    response = invoke(server)
+    assert response.status_code == 200, response.text
+    minor = int(PYTHON_VERSION.split(".")[1])
+    assert response.json()["outputs"][0]["data"][0] == 11 + minor
+    assert "model packaged runs on Python" in server.output
