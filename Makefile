@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 SETUP_STAMP := .venv/.setup-done
 
-.PHONY: setup serve test lint bench
+.PHONY: setup serve serve-mme test lint bench
 
 setup: $(SETUP_STAMP)
 
@@ -18,6 +18,17 @@ serve: setup
 	mkdir -p .opt_ml && ln -sfn ../model_repository .opt_ml/model
 	OPT_ML=$(CURDIR)/.opt_ml SAGEMAKER_BIND_TO_PORT=$(PORT) \
 	SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=$${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME:-ncf_food} \
+	.venv/bin/serve
+
+# The same examples as a multi-model endpoint: each NCF model packed into its
+# own model.tar.gz, in the folders SageMaker hands the container. Load them
+# with POST /models (README.md shows the calls).
+serve-mme: setup
+	for model in ncf_food ncf_fashion; do \
+	  mkdir -p .opt_ml/models/$$model/model && \
+	  tar -czhf .opt_ml/models/$$model/model/model.tar.gz -C model_repository $$model; \
+	done
+	OPT_ML=$(CURDIR)/.opt_ml SAGEMAKER_BIND_TO_PORT=$(PORT) SAGEMAKER_MULTI_MODEL=true \
 	.venv/bin/serve
 
 test: setup lint
