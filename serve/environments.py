@@ -100,6 +100,9 @@ class EnvironmentCache:
         self.hits = 0
         self.misses = 0
         self.bytes_extracted = 0
+        # (path, device, inode, size, mtime) -> sha256: models naming the same
+        # file hash it once per instance.
+        self._digests: dict[tuple[str, int, int, int, int], str] = {}
         root.mkdir(parents=True, exist_ok=True)
 
     def materialize(
@@ -117,7 +120,7 @@ class EnvironmentCache:
                 f"environment archive {archive} does not exist or is not a file; "
                 f"EXECUTION_ENV_PATH must name an environment archive: {_HOW_TO_PACK}"
             )
-        sha256 = _sha256(archive)
+        sha256 = self._digest(archive)
         path = self.root / sha256
         with self._lock(sha256):
             cache_hit = self._is_complete(sha256)
@@ -163,6 +166,13 @@ class EnvironmentCache:
             freed += entry.size
             log.info("Evicted environment %s (%d bytes)", entry.sha256, entry.size)
         return freed
+
+    def _digest(self, archive: Path) -> str:
+        stat = archive.stat()
+        key = (str(archive.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = _sha256(archive)
+        return self._digests[key]
 
     def _prepare(self, archive: Path, sha256: str, available_stubs: Mapping[str, Path]) -> str:
         """Unpack, check and conda-unpack `archive` into its entry; return its Python version."""

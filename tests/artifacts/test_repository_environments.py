@@ -178,3 +178,26 @@ def test_without_a_cache_the_value_is_left_to_triton(tmp_path: Path) -> None:
     prepared = prepare(tmp_path / "model", tmp_path, Preparation(gpu_count=0))
     assert prepared_env_path(prepared.path / "plain") == "$$TRITON_MODEL_DIRECTORY/env.tar.gz"
     assert (prepared.path / "plain" / "config.pbtxt").is_symlink()
+
+
+def test_models_naming_the_same_file_hash_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serve import environments
+
+    hashed: list[Path] = []
+    real_sha256 = environments._sha256
+
+    def counting_sha256(path: Path) -> str:
+        hashed.append(path)
+        return real_sha256(path)
+
+    monkeypatch.setattr(environments, "_sha256", counting_sha256)
+    archive = env_archive(tmp_path, "shared")
+    for name in ("one", "two", "three"):
+        add_env_model(tmp_path / "model", name, str(archive))
+
+    prepared = prepare(tmp_path / "model", tmp_path, preparation(tmp_path), "one")
+
+    assert hashed == [archive]
+    assert len({model.environment.sha256 for model in prepared.models if model.environment}) == 1
