@@ -3,11 +3,10 @@
 nginx reaches this Flask app on a unix socket (never a public port) for:
 - `/_serve/ping`: why the endpoint is not healthy, while Triton is loading,
   after a failure, or while stopping (nginx answers healthy pings itself);
-- `/_serve/invocation-error`: what went wrong when Triton answered 500 to an
-  invocation. Triton's frontend answers 500 for a body that is not JSON; that
-  is the caller's mistake, so it becomes a 400 that says so. Otherwise the
-  request is sent once more to read Triton's error, and out-of-memory errors
-  become 507, as Triton's own SageMaker frontend answers them.
+- `/_serve/invocation-error`: what went wrong when Triton failed an
+  invocation (see `explain_failure`);
+- on a multi-model endpoint, the /models control routes, and invocations of
+  models whose names nginx cannot route to Triton itself.
 """
 
 from __future__ import annotations
