@@ -34,10 +34,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from serve import archives, host, model_config
+from serve import host, model_config
 from serve.errors import ArtifactError, ServeError
 from serve.model_config import CONFIG_FILE
-from serve.repository import Preparation, model_folders, prepare_model
+from serve.repository import Preparation, model_sources, prepare_model
 from serve.triton_client import TritonClient
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class LoadedModel:
     # Triton names of the upload's models, entry model last.
     triton_names: tuple[str, ...]
     prepared: tuple[Path, ...]
+    # sha256 of the cached environments its models run in (never evicted while loaded).
+    environments: frozenset[str] = frozenset()
 
     def describe(self) -> dict[str, str]:
         return {"modelName": self.name, "modelUrl": self.url}
@@ -89,8 +91,13 @@ class ModelRegistry:
         staging: Path,
         triton: TritonClient,
         preparation: Preparation,
+        env_cache_min_free_bytes: int,
     ):
         self._models_dir = models_dir.resolve()
+        self._env_cache_min_free_bytes = env_cache_min_free_bytes
+        # Preparation (and so environment eviction) runs one upload at a time,
+        # so an environment being unpacked for a load is never evicted.
+        self._preparing = threading.Lock()
         self._repository = repository
         self._staging = staging
         self._triton = triton
@@ -108,7 +115,9 @@ class ModelRegistry:
                 raise ModelAlreadyLoaded(f"model {name!r} is already loaded")
             source = self._check_url(url)
             started = time.monotonic()
-            model = self._prepare(name, url, source)
+            with self._preparing:
+                self._make_room()
+                model = self._prepare(name, url, source)
             try:
                 for name_in_triton in model.triton_names:
                     self._triton_load(name, name_in_triton)
@@ -177,45 +186,57 @@ class ModelRegistry:
         staging = self._staging / base
         shutil.rmtree(staging, ignore_errors=True)
         prepared: list[Path] = []
+        environments: set[str] = set()
         try:
-            root = self._unpack(source, staging)
-            folders = [root] if (root / CONFIG_FILE).is_file() else model_folders(root)
-            if not folders:
+            if (source / CONFIG_FILE).is_file():  # one model's files, directly in the url
+                sources = {_model_name(source): source}
+            else:
+                limits = self._preparation.extraction_limits
+                sources = model_sources(source, staging, limits)
+            if not sources:
                 raise ArtifactError(
                     f"no model in {url}: it needs a config.pbtxt, model folders, or a model.tar.gz"
                 )
-            entry = _entry_model(folders, url)
+            entry = _entry_model(sources, url)
             renames = {
-                _model_name(folder): base
-                if folder == entry
-                else f"{base}{STEP_SEPARATOR}{_model_name(folder)}"
-                for folder in folders
+                original: base if original == entry else f"{base}{STEP_SEPARATOR}{original}"
+                for original in sources
             }
-            for folder in folders:
-                target_name = renames[_model_name(folder)]
-                target = self._repository / target_name
+            for original, folder in sources.items():
+                target = self._repository / renames[original]
                 prepared.append(target)
-                model = prepare_model(folder, target, target_name, self._preparation)
+                model = prepare_model(folder, target, renames[original], self._preparation)
+                if model.environment is not None:
+                    environments.add(model.environment.sha256)
                 if model.config is not None:
-                    _rename(model.config, target_name, renames)
+                    _rename(model.config, renames[original], renames)
                     (target / CONFIG_FILE).unlink()
                     model_config.write_config(model.config, target / CONFIG_FILE)
         except BaseException:
             for path in (*prepared, staging):
                 shutil.rmtree(path, ignore_errors=True)
             raise
-        steps = [renames[_model_name(f)] for f in folders if f != entry]
-        return LoadedModel(name, url, (*steps, base), (*prepared, staging))
+        steps = [renames[original] for original in sources if original != entry]
+        return LoadedModel(name, url, (*steps, base), (*prepared, staging), frozenset(environments))
 
-    def _unpack(self, source: Path, staging: Path) -> Path:
-        found = archives.find_model_archives(source)
-        if not found:
-            return source
-        if len(found) > 1:
-            listed = ", ".join(a.name for a in found)
-            raise ArtifactError(f"{source} holds several archives ({listed}); upload one")
-        archives.safe_extract(found[0], staging, self._preparation.extraction_limits)
-        return archives.model_root(staging)
+    def _make_room(self) -> None:
+        """Evict unused environments, least recently used first, when disk runs short."""
+        cache = self._preparation.environments
+        if cache is None or not cache.root.is_dir():
+            return
+        short = self._env_cache_min_free_bytes - shutil.disk_usage(cache.root).free
+        if short <= 0:
+            return
+        with self._lock:
+            in_use = {sha for model in self._loaded.values() for sha in model.environments}
+        freed = cache.evict(short, in_use)
+        log.info(
+            "environment cache: %d bytes short of SERVE_ENV_CACHE_MIN_FREE_BYTES; "
+            "evicted %d bytes (%d environments in use kept)",
+            short,
+            freed,
+            len(in_use),
+        )
 
     def _discard(self, model: LoadedModel) -> None:
         for path in model.prepared:
@@ -287,18 +308,18 @@ def _model_name(folder: Path) -> str:
     return folder.name
 
 
-def _entry_model(folders: list[Path], url: str) -> Path:
+def _entry_model(sources: dict[str, Path], url: str) -> str:
     """The model to invoke: the only one, or the one no other model of the upload uses."""
-    if len(folders) == 1:
-        return folders[0]
+    if len(sources) == 1:
+        return next(iter(sources))
     used: set[str] = set()
-    for folder in folders:
+    for folder in sources.values():
         if (folder / CONFIG_FILE).is_file():
             config = model_config.read_config(folder / CONFIG_FILE)
             used.update(step.model_name for step in config.ensemble_scheduling.step)
-    entries = [folder for folder in folders if _model_name(folder) not in used]
+    entries = [name for name in sources if name not in used]
     if len(entries) != 1:
-        names = ", ".join(_model_name(f) for f in entries) or "none"
+        names = ", ".join(entries) or "none"
         raise ArtifactError(
             f"{url} holds several models and no single one to invoke (candidates: {names}); "
             "upload one model, or an ensemble with its steps"

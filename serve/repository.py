@@ -144,7 +144,7 @@ def prepare_single_model_repository(
 
     if archives_dir is None:
         archives_dir = destination.parent / "archives"
-    sources = _model_sources(model_dir, archives_dir, preparation.extraction_limits)
+    sources = model_sources(model_dir, archives_dir, preparation.extraction_limits)
     if not sources:
         raise ArtifactError(
             f"no model found in {model_dir}: it needs one folder per model, each with "
@@ -230,7 +230,7 @@ def prepare_model(source: Path, target: Path, name: str, preparation: Preparatio
     return PreparedModel(name, target, config, environment)
 
 
-def _model_sources(
+def model_sources(
     model_dir: Path, archives_dir: Path, limits: ExtractionLimits
 ) -> dict[str, Path]:
     """Every model of `model_dir` by name: its folders, then the models of its archives."""

@@ -138,6 +138,7 @@ class Server:
                 ws.root / "uploads",
                 triton_client,
                 self.preparation,
+                settings.env_cache_min_free_bytes,
             )
         control = ControlServer(
             create_control_app(self.state, triton_client, registry), ws.control_socket

@@ -115,6 +115,10 @@ class Settings:
     # environment archive may unpack to; larger ones are refused as archive bombs.
     max_archive_bytes: int = ExtractionLimits.max_total_bytes
     max_archive_members: int = ExtractionLimits.max_members
+    # SERVE_ENV_CACHE_MIN_FREE_BYTES: on a multi-model endpoint, before each
+    # load, least-recently-used environments no loaded model uses are evicted
+    # until the cache's disk has this much free.
+    env_cache_min_free_bytes: int = 2 * 1024 * MEBIBYTE
 
     @property
     def extraction_limits(self) -> ExtractionLimits:
@@ -184,6 +188,8 @@ class Settings:
             or ExtractionLimits.max_total_bytes,
             max_archive_members=env.positive_int("SERVE_MAX_ARCHIVE_MEMBERS")
             or ExtractionLimits.max_members,
+            env_cache_min_free_bytes=env.positive_int("SERVE_ENV_CACHE_MIN_FREE_BYTES")
+            or 2 * 1024 * MEBIBYTE,
         ).validated()
 
     def validated(self) -> Settings:
