@@ -66,11 +66,9 @@ class Server:
         self.settings = settings
         self.state = ServerState()
         self._stop_requested = threading.Event()
-        self._stop_signal: int | None = None
 
     def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
-        self._stop_signal = signum
         self._stop_requested.set()
 
     def run(self) -> int:
