@@ -265,8 +265,11 @@ def _members(models: dict[str, Path], environments: dict[str, str], staged: Path
 
 
 def _files(folder: Path) -> Iterator[Path]:
+    """The folder's files and subfolders (an ensemble's version folder is empty, yet needed)."""
     for root, subfolders, files in os.walk(folder, followlinks=True):
         subfolders[:] = sorted(d for d in subfolders if d not in _SKIPPED_NAMES)
+        for name in subfolders:
+            yield Path(root, name)
         for name in sorted(files):
             if name not in _SKIPPED_NAMES and not name.endswith(".pyc"):
                 yield Path(root, name)

@@ -87,6 +87,29 @@ def test_models_and_a_shared_environment_in_the_layout_the_image_serves(
     assert "1 environment(s)" in result.err
 
 
+def test_an_ensembles_empty_version_folder_is_kept(smtriton: Smtriton, tmp_path: Path) -> None:
+    write_add_model(tmp_path / "repository", name="step")
+    ensemble = tmp_path / "repository" / "pipeline"
+    (ensemble / "1").mkdir(parents=True)
+    (ensemble / "config.pbtxt").write_text(
+        'name: "pipeline"\nplatform: "ensemble"\nmax_batch_size: 8\n'
+        'input [ { name: "A", data_type: TYPE_FP32, dims: [ 4 ] } ]\n'
+        'output [ { name: "C", data_type: TYPE_FP32, dims: [ 4 ] } ]\n'
+        'ensemble_scheduling { step [ { model_name: "step", model_version: -1, '
+        'input_map { key: "A", value: "A" }, input_map { key: "B", value: "A" }, '
+        'output_map { key: "C", value: "C" } } ] }\n'
+    )
+    output = tmp_path / "model.tar.gz"
+
+    result = smtriton(
+        "package", str(tmp_path / "repository"), "-o", str(output), "--default-model", "pipeline"
+    )
+
+    assert result.code == 0, result.err
+    with tarfile.open(output) as tar:
+        assert tar.getmember("pipeline/1").isdir()
+
+
 def test_an_environment_for_a_python_the_image_lacks_is_refused_and_nothing_written(
     smtriton: Smtriton, tmp_path: Path
 ) -> None:
