@@ -230,9 +230,7 @@ def prepare_model(source: Path, target: Path, name: str, preparation: Preparatio
     return PreparedModel(name, target, config, environment)
 
 
-def model_sources(
-    model_dir: Path, archives_dir: Path, limits: ExtractionLimits
-) -> dict[str, Path]:
+def model_sources(model_dir: Path, archives_dir: Path, limits: ExtractionLimits) -> dict[str, Path]:
     """Every model of `model_dir` by name: its folders, then the models of its archives."""
     sources = {folder.name: folder for folder in model_folders(model_dir)}
     environments = _named_environments(sources.values())
