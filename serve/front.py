@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import jinja2
 
+from serve.access_log import ACCESS_LOG_FORMAT
 from serve.errors import ConfigError
 from serve.settings import Settings
 
@@ -50,11 +51,22 @@ class FrontConfig:
             return "/v2/health/live"
         return f"/v2/models/{quote(self.default_model, safe='')}/ready"
 
+    def access_log(self) -> Path | None:
+        """nginx's access log, which serve's metrics follow; None while those are off."""
+        if self.settings.serve_metrics_port is None:
+            return None
+        return self.workdir / "access.log"
+
+    def pid_file(self) -> Path:
+        return self.workdir / "nginx.pid"
+
     def render(self) -> str:
         return _TEMPLATES.get_template("nginx.conf.j2").render(
             worker_user=UNPRIVILEGED_USER if os.geteuid() == 0 else "",
             worker_processes=self.worker_processes,
             workdir=self.workdir,
+            access_log=self.access_log(),
+            access_log_format=ACCESS_LOG_FORMAT,
             error_log_level="warn",
             max_body_bytes=self.settings.max_body_bytes,
             triton_port=self.triton_port,

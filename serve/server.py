@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from waitress.server import create_server
 
@@ -37,6 +38,9 @@ from serve.triton_client import TritonClient
 from serve.triton_command import TritonCommand
 from serve.triton_install import TritonInstall, locate_triton
 from serve.workspace import Workspace
+
+if TYPE_CHECKING:  # prometheus_client is imported only when the front's metrics are on
+    from serve.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,8 @@ class Server:
         self.settings = settings
         self.state = ServerState()
         self._stop_requested = threading.Event()
+        # The front's own metrics (serve/metrics.py); None while SERVE_METRICS_PORT is off.
+        self._metrics: MetricsEndpoint | None = None
 
     def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
@@ -109,6 +115,7 @@ class Server:
         configs = [m.config for m in repository.models if m.config] if repository else []
         shm = host.plan_python_shm(configs, settings.shm_default_byte_size, gpus)
         taken = {settings.port, settings.grpc_port, settings.metrics_port}
+        taken.add(settings.serve_metrics_port or settings.port)
         triton_port = free_loopback_port(settings.safe_port_range, taken)
         front = FrontConfig(
             settings=settings,
@@ -142,6 +149,21 @@ class Server:
             create_control_app(self.state, triton_client, registry), ws.control_socket
         )
         control.start()
+        # --- the front's metrics (serve/metrics.py): nginx's access log, followed off the hot path
+        access_log = front.access_log()
+        if settings.serve_metrics_port is not None and access_log is not None:
+            from serve.metrics import MetricsEndpoint
+
+            self._metrics = MetricsEndpoint(
+                settings.serve_metrics_port,
+                access_log,
+                front.pid_file(),
+                startup_models=len(repository.models) if repository else 0,
+            )
+            if self.preparation.environments is not None:
+                self._metrics.metrics.watch_environment_cache(self.preparation.environments)
+            self._metrics.start()
+        # --- end of the front's metrics
         nginx = ManagedProcess("nginx", nginx_argv(front.write()))
         triton = ManagedProcess("tritonserver", command.argv(), env=_triton_environment())
         try:
@@ -149,6 +171,8 @@ class Server:
         finally:
             self._stop(triton, nginx)
             control.stop()
+            if self._metrics is not None:
+                self._metrics.stop()
 
     def _supervise(
         self, triton: ManagedProcess, nginx: ManagedProcess, client: TritonClient, ping: str
@@ -170,6 +194,8 @@ class Server:
                 if client.is_ready(ping):
                     self.state.set(Phase.READY, "serving")
                     log.info("ready after %.1f s", now - started)
+                    if self._metrics is not None:
+                        self._metrics.models_loaded_at_start(now - started)
                 elif now - started > self.settings.startup_timeout:
                     reason = (
                         f"Triton was not ready after {self.settings.startup_timeout:.0f} s "

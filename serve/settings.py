@@ -70,6 +70,11 @@ class Settings:
     # SAGEMAKER_TRITON_ALLOW_METRICS / _METRICS_PORT: Prometheus metrics, public when on.
     allow_metrics: bool = False
     metrics_port: int = 8002
+    # SERVE_METRICS_PORT: the front's own Prometheus metrics (requests, status codes,
+    # latency, model loads, environment cache; serve/metrics.py), public when on. Unset:
+    # on at SAGEMAKER_TRITON_METRICS_PORT + 1 when Triton's metrics are on, else off.
+    # A port turns them on (alone too); "off" turns them off. None: off.
+    serve_metrics_port: int | None = None
     # SAGEMAKER_TRITON_LOG_VERBOSE / _LOG_INFO / _LOG_WARNING / _LOG_ERROR,
     # passed to Triton as given (verbose logging is on by default, as in NVIDIA's image).
     log_verbose: str = "true"
@@ -158,6 +163,7 @@ class Settings:
             grpc_port=env.port("SAGEMAKER_TRITON_GRPC_PORT", 8001),
             allow_metrics=env.boolean("SAGEMAKER_TRITON_ALLOW_METRICS", False),
             metrics_port=env.port("SAGEMAKER_TRITON_METRICS_PORT", 8002),
+            serve_metrics_port=_serve_metrics_port(env),
             log_verbose=env.text("SAGEMAKER_TRITON_LOG_VERBOSE") or "true",
             log_info=env.text("SAGEMAKER_TRITON_LOG_INFO"),
             log_warning=env.text("SAGEMAKER_TRITON_LOG_WARNING"),
@@ -194,9 +200,25 @@ class Settings:
 
     def validated(self) -> Settings:
         """Check rules that span several variables."""
+        if self.serve_metrics_port is not None:
+            others = {"SAGEMAKER_BIND_TO_PORT": self.port}
+            if self.allow_metrics:
+                others["SAGEMAKER_TRITON_METRICS_PORT"] = self.metrics_port
+            if self.allow_grpc:
+                others["SAGEMAKER_TRITON_GRPC_PORT"] = self.grpc_port
+            for name, port in others.items():
+                if port == self.serve_metrics_port:
+                    raise ConfigError(
+                        f"SERVE_METRICS_PORT={port} is also {name}; give the front's "
+                        "metrics a port of their own (or SERVE_METRICS_PORT=off)"
+                    )
         if self.safe_port_range is not None:
             public = {"SAGEMAKER_TRITON_GRPC_PORT": (self.allow_grpc, self.grpc_port)}
             public["SAGEMAKER_TRITON_METRICS_PORT"] = (self.allow_metrics, self.metrics_port)
+            public["SERVE_METRICS_PORT"] = (
+                self.serve_metrics_port is not None,
+                self.serve_metrics_port,
+            )
             for name, (enabled, port) in public.items():
                 if enabled and port not in self.safe_port_range:
                     raise ConfigError(
@@ -283,3 +305,21 @@ class _Reader:
             return tuple(shlex.split(value))
         except ValueError as exc:
             raise ConfigError(f"{name} cannot be split into arguments: {exc}") from exc
+
+
+def _serve_metrics_port(env: _Reader) -> int | None:
+    """SERVE_METRICS_PORT: a port, "off", or unset (next to Triton's when those are on)."""
+    value = env.text("SERVE_METRICS_PORT")
+    if value is not None and value.lower() in _FALSE:
+        return None
+    if value is not None:
+        return env.port("SERVE_METRICS_PORT", 0)
+    if not env.boolean("SAGEMAKER_TRITON_ALLOW_METRICS", False):
+        return None
+    port = env.port("SAGEMAKER_TRITON_METRICS_PORT", 8002) + 1
+    if port > 65535:
+        raise ConfigError(
+            f"SAGEMAKER_TRITON_METRICS_PORT={port - 1} leaves no port after it for the "
+            "front's metrics; set SERVE_METRICS_PORT (or SERVE_METRICS_PORT=off)"
+        )
+    return port

@@ -33,6 +33,8 @@ class Measurement:
     p50_ms: float
     p99_ms: float
     errors: int
+    # Requests completed in the run (wrk's count; perf_analyzer's rate x time).
+    requests: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +143,8 @@ def run_wrk(
     p50 = _wrk_latency(output, "50%")
     p99 = _wrk_latency(output, "99%")
     errors = int(re.search(r"ERRORS (\d+)", output).group(1))
-    return Measurement(rps, p50, p99, errors)
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    return Measurement(rps, p50, p99, errors, requests)
 
 
 def _wrk_latency(output: str, percentile: str) -> float:

@@ -58,6 +58,12 @@ class RunningServe:
     # host:port of Triton's v2 HTTP frontend on loopback.
     triton_http: str
     log: Path
+    # serve's pid (0 for an endpoint this benchmark did not start).
+    pid: int = 0
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by serve and every process under it (nginx, Triton, stubs)."""
+        return process_tree_cpu_seconds(self.pid) if self.pid else 0.0
 
 
 @contextlib.contextmanager
@@ -102,6 +108,7 @@ def serve_with_reference(
             reference_url=f"http://127.0.0.1:{reference_port}",
             triton_http=f"127.0.0.1:{_triton_http_port(log)}",
             log=log,
+            pid=serve.pid,
         )
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -119,3 +126,23 @@ def _triton_http_port(log: Path) -> int:
     if match is None:
         raise SystemExit(f"Triton's HTTP port is not in serve's log {log}")
     return int(match.group(1))
+
+
+def process_tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of `root` and its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])
+            ticks[pid] = int(fields[11]) + int(fields[12])
+    total = 0
+    for pid, used in ticks.items():
+        ancestor = pid
+        while ancestor not in (root, 0, 1) and ancestor in parents:
+            ancestor = parents[ancestor]
+        if ancestor == root:
+            total += used
+    return total / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,519 @@
+"""The front's own metrics (serve/metrics.py) and Triton's, from a real serve + Triton.
+
+The parsing and the log follower are checked on their own first (a real
+nginx rendered from serve's template writes the log whose rotation is
+tested), then one `serve` with both metric sets on takes traffic of every
+kind and both endpoints are scraped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serve.access_log import AccessLogFollower, content_type_of, route_of
+from serve.archives import ExtractionLimits
+from serve.environments import EnvironmentCache
+from serve.errors import ConfigError
+from serve.front import FrontConfig, nginx_argv
+from serve.metrics import FrontMetrics
+from serve.settings import Settings
+from tests.conftest import (
+    ServeProcess,
+    add_request,
+    free_port,
+    serve_env,
+    write_add_model,
+)
+
+StartServe = Callable[..., ServeProcess]
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def samples_of(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def matching(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples that carry at least `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
+
+
+def collect(metrics: FrontMetrics) -> Samples:
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    return samples_of(generate_latest(registry).decode())
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "route"),
+    [
+        ("/ping", "/ping"),
+        ("/invocations", "/invocations"),
+        ("/invocations?x=1", "/invocations"),
+        ("/models", "/models"),
+        ("/models?next_page_token=abc", "/models"),
+        ("/models/5f2a", "/models/{name}"),
+        ("/models/team%20a+b.tar.gz/invoke", "/models/{name}/invoke"),
+        ("/models/a%2Fb/invoke", "/models/{name}/invoke"),
+        ("/models//invoke", "other"),
+        ("/models/a/b/invoke", "other"),
+        ("/v2/models/add/infer", "other"),
+        ("-", "other"),
+    ],
+)
+def test_routes_are_templates_not_names(uri: str, route: str) -> None:
+    assert route_of(uri) == route
+
+
+@pytest.mark.parametrize(
+    ("raw", "label"),
+    [
+        ("-", "none"),
+        ("application/json", "application/json"),
+        ("Application/JSON; charset=utf-8", "application/json"),
+        (
+            "application/vnd.sagemaker-triton.binary+json;json-header-size=123",
+            "application/vnd.sagemaker-triton.binary+json",
+        ),
+        ("text/csv", "text/csv"),
+        ("image/png", "image/*"),
+        ("application/x-made-up-by-a-caller", "other"),
+    ],
+)
+def test_content_types_are_bounded(raw: str, label: str) -> None:
+    assert content_type_of(raw) == label
+
+
+def test_access_log_lines_become_counters_and_histograms() -> None:
+    metrics = FrontMetrics()
+    metrics.observe_lines(
+        [
+            b"200\t0.002\tPOST\t/invocations\tapplication/json\t300\t250",
+            b"200\t0.004\tPOST\t/invocations\tapplication/json\t300\t250",
+            b"400\t0.030\tPOST\t/invocations\tapplication/json\t20\t90",
+            b"200\t0.000\tGET\t/ping\t-\t80\t60",
+            b"200\t4.200\tPOST\t/models\tapplication/json\t120\t40",
+            b"507\t1.000\tPOST\t/models\tapplication/json\t120\t40",
+            b"409\t0.001\tPOST\t/models\tapplication/json\t120\t40",
+            b"200\t0.300\tDELETE\t/models/5f2a\t-\t70\t40",
+            b"404\t0.001\tDELETE\t/models/nope\t-\t70\t40",
+            b"200\t0.001\tBREW\t/coffee\t-\t70\t40",
+            b"not a log line",
+            b"20x\t0.001\tGET\t/ping\t-\t1\t1",
+        ]
+    )
+    samples = collect(metrics)
+    requests_total = "serve_requests_total"
+    assert value(
+        samples,
+        requests_total,
+        route="/invocations",
+        method="POST",
+        content_type="application/json",
+        code="200",
+    ) == (2)
+    assert value(
+        samples,
+        requests_total,
+        route="/invocations",
+        method="POST",
+        content_type="application/json",
+        code="400",
+    ) == (1)
+    assert (
+        value(
+            samples, requests_total, route="other", method="other", content_type="none", code="200"
+        )
+        == 1
+    )
+    bucket = "serve_request_duration_seconds_bucket"
+    invocations = {"route": "/invocations", "content_type": "application/json"}
+    assert value(samples, bucket, le="0.001", **invocations) == 0
+    assert value(samples, bucket, le="0.0025", **invocations) == 1
+    assert value(samples, bucket, le="0.005", **invocations) == 2
+    assert value(samples, bucket, le="+Inf", **invocations) == 3
+    assert value(samples, "serve_request_duration_seconds_sum", **invocations) == pytest.approx(
+        0.036
+    )
+    assert value(samples, "serve_request_received_bytes_total", route="/invocations") == 620
+    assert value(samples, "serve_response_sent_bytes_total", route="/invocations") == 590
+    assert value(samples, "serve_model_loads_total", outcome="success") == 1
+    assert value(samples, "serve_model_loads_total", outcome="insufficient_memory") == 1
+    assert value(samples, "serve_model_loads_total", outcome="already_loaded") == 1
+    assert value(samples, "serve_model_load_duration_seconds_count") == 1
+    assert value(samples, "serve_model_load_duration_seconds_sum") == pytest.approx(4.2)
+    assert value(samples, "serve_model_unloads_total", outcome="success") == 1
+    assert value(samples, "serve_model_unloads_total", outcome="not_loaded") == 1
+    assert value(samples, "serve_access_log_malformed_lines_total") == 2
+
+
+def test_environment_cache_counters_are_read_from_the_cache(tmp_path: Path) -> None:
+    folder = tmp_path / "env"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "activate").write_text("# sourced by the Python backend\n")
+    site = folder / "lib" / f"python{PYTHON_VERSION}" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "marker.txt").write_text("x" * 5000)
+    archive = tmp_path / "env.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    stub = tmp_path / "triton_python_backend_stub"
+    stub.write_text("")
+    cache = EnvironmentCache(tmp_path / "cache", ExtractionLimits())
+    metrics = FrontMetrics()
+    metrics.watch_environment_cache(cache)
+    assert value(collect(metrics), "serve_environment_cache_misses_total") == 0
+
+    cache.materialize(archive, {PYTHON_VERSION: stub})
+    cache.materialize(archive, {PYTHON_VERSION: stub})
+    samples = collect(metrics)
+    assert value(samples, "serve_environment_cache_misses_total") == 1
+    assert value(samples, "serve_environment_cache_hits_total") == 1
+    assert value(samples, "serve_environment_cache_extracted_bytes_total") >= 5000
+
+
+# --- settings --------------------------------------------------------------------------
+
+
+def test_metrics_port_defaults_next_to_tritons_and_can_be_set_or_turned_off() -> None:
+    assert Settings.from_environ({}).serve_metrics_port is None
+    on = {"SAGEMAKER_TRITON_ALLOW_METRICS": "true"}
+    assert Settings.from_environ(on).serve_metrics_port == 8003
+    moved = {**on, "SAGEMAKER_TRITON_METRICS_PORT": "9100"}
+    assert Settings.from_environ(moved).serve_metrics_port == 9101
+    assert Settings.from_environ({**on, "SERVE_METRICS_PORT": "off"}).serve_metrics_port is None
+    assert Settings.from_environ({"SERVE_METRICS_PORT": "9300"}).serve_metrics_port == 9300
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SERVE_METRICS_PORT": "http"}, "SERVE_METRICS_PORT='http' must be a positive"),
+        ({"SERVE_METRICS_PORT": "70000"}, "SERVE_METRICS_PORT=70000 is not a TCP port"),
+        ({"SERVE_METRICS_PORT": "8080"}, "SERVE_METRICS_PORT=8080 is also SAGEMAKER_BIND_TO_PORT"),
+        (
+            {
+                "SAGEMAKER_TRITON_ALLOW_METRICS": "true",
+                "SAGEMAKER_TRITON_METRICS_PORT": "9000",
+                "SERVE_METRICS_PORT": "9000",
+            },
+            "SERVE_METRICS_PORT=9000 is also SAGEMAKER_TRITON_METRICS_PORT",
+        ),
+        (
+            {"SAGEMAKER_SAFE_PORT_RANGE": "9000-9100", "SERVE_METRICS_PORT": "8003"},
+            "SERVE_METRICS_PORT=8003 is outside SAGEMAKER_SAFE_PORT_RANGE=9000-9100",
+        ),
+        (
+            {
+                "SAGEMAKER_SAFE_PORT_RANGE": "9000-9100",
+                "SAGEMAKER_TRITON_ALLOW_METRICS": "true",
+                "SAGEMAKER_TRITON_METRICS_PORT": "9100",
+            },
+            "SERVE_METRICS_PORT=9101 is outside SAGEMAKER_SAFE_PORT_RANGE=9000-9100",
+        ),
+    ],
+)
+def test_bad_metrics_ports_are_refused(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_environ(environ)
+
+
+# --- the follower, with a real nginx ---------------------------------------------------
+
+
+@pytest.fixture
+def nginx_with_access_log() -> Iterator[tuple[int, FrontConfig]]:
+    """nginx from serve's own template, metrics on; its routes that need no upstream answer.
+
+    Its folder is made as serve's workspace is (under the system's temporary
+    folder, 0755): run as root, nginx's workers are `nobody` and must reach it
+    to reopen the log.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="serve-test-"))
+    workdir.chmod(0o755)
+    port = free_port()
+    settings = Settings.from_environ(
+        {"SAGEMAKER_BIND_TO_PORT": str(port), "SERVE_METRICS_PORT": str(free_port())}
+    )
+    front = FrontConfig(
+        settings=settings,
+        workdir=workdir / "front",
+        triton_port=free_port(),
+        control_socket=workdir / "front" / "control.sock",
+        default_model="add",
+    )
+    nginx = subprocess.Popen(
+        nginx_argv(front.write()), stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                # HEAD, so the probe does not count among the test's GET requests.
+                requests.head(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        yield port, front
+    finally:
+        os.killpg(nginx.pid, signal.SIGTERM)
+        nginx.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_follower_reads_every_line_across_rotations(
+    nginx_with_access_log: tuple[int, FrontConfig],
+) -> None:
+    port, front = nginx_with_access_log
+    access_log = front.access_log()
+    assert access_log is not None
+    metrics = FrontMetrics()
+    rotations = []
+
+    def reopen() -> None:
+        rotations.append(time.monotonic())
+        os.kill(int(front.pid_file().read_text()), signal.SIGUSR1)
+
+    follower = AccessLogFollower(
+        access_log,
+        metrics.observe_lines,
+        reopen,
+        rotate_bytes=20_000,
+        poll_seconds=0.02,
+        switch_grace_seconds=0.3,
+    )
+    follower.start()
+    sent = 0
+    with requests.Session() as session:
+        deadline = time.monotonic() + 20
+        while (len(rotations) < 3 or sent < 2000) and time.monotonic() < deadline:
+            for _ in range(100):
+                assert session.get(f"http://127.0.0.1:{port}/nothing", timeout=5).status_code == 404
+            sent += 100
+            time.sleep(0.01)
+    assert len(rotations) >= 3
+
+    def counted() -> float:
+        return value(
+            collect(metrics),
+            "serve_requests_total",
+            route="other",
+            method="GET",
+            content_type="none",
+            code="404",
+        )
+
+    # nginx flushes its buffer at least once a second.
+    deadline = time.monotonic() + 5
+    while counted() < sent and time.monotonic() < deadline:
+        time.sleep(0.1)
+    follower.stop()
+    assert counted() == sent
+    assert value(collect(metrics), "serve_access_log_malformed_lines_total") == 0
+    # Old files are gone once read: only the current one is left, and it is small.
+    assert access_log.stat().st_size < 200_000
+    assert sorted(p.name for p in access_log.parent.glob("access.log*")) == ["access.log"]
+
+
+# --- a real serve + Triton, both metric sets on ----------------------------------------
+
+
+class MetricsServer:
+    def __init__(self, server: ServeProcess, triton_metrics: str, front_metrics: str):
+        self.server = server
+        self.triton_metrics = triton_metrics
+        self.front_metrics = front_metrics
+
+    def scrape(self, which: str) -> str:
+        url = self.triton_metrics if which == "triton" else self.front_metrics
+        response = requests.get(url, timeout=5)
+        assert response.status_code == 200
+        return response.text
+
+
+@pytest.fixture(scope="module")
+def metrics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsServer]:
+    """One serve on the add model, Triton's and the front's metrics on, shared by tests here."""
+    root = tmp_path_factory.mktemp("metrics")
+    opt_ml = root / "opt_ml"
+    write_add_model(opt_ml / "model")
+    port, triton_metrics, front_metrics = free_port(), free_port(), free_port()
+    # Both metric ports inside the safe range, as SageMaker requires of every listener.
+    safe_range = f"{min(triton_metrics, front_metrics)}-{max(triton_metrics, front_metrics)}"
+    env = serve_env(
+        opt_ml,
+        port,
+        SAGEMAKER_TRITON_ALLOW_METRICS="true",
+        SAGEMAKER_TRITON_METRICS_PORT=str(triton_metrics),
+        SERVE_METRICS_PORT=str(front_metrics),
+        SAGEMAKER_SAFE_PORT_RANGE=safe_range,
+    )
+    server = ServeProcess(env, port, root)
+    try:
+        server.wait_ready()
+        yield MetricsServer(
+            server,
+            f"http://127.0.0.1:{triton_metrics}/metrics",
+            f"http://127.0.0.1:{front_metrics}/metrics",
+        )
+    finally:
+        server.stop()
+
+
+ADD = add_request([1, 2, 3, 4], [10, 20, 30, 40])
+
+
+def binary_add_request() -> tuple[bytes, str]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 16},
+                }
+                for n in ("A", "B")
+            ]
+        }
+    ).encode()
+    body = header + struct.pack("<4f", 1, 2, 3, 4) + struct.pack("<4f", 10, 20, 30, 40)
+    return body, f"application/vnd.sagemaker-triton.binary+json;json-header-size={len(header)}"
+
+
+def send_traffic(url: str) -> dict[tuple[str, str, str, str], int]:
+    """Requests of every kind; returns how many of each (route, method, type, code) were sent."""
+    sent: dict[tuple[str, str, str, str], int] = {}
+
+    def count(route: str, method: str, content_type: str, response: requests.Response) -> None:
+        key = (route, method, content_type, str(response.status_code))
+        sent[key] = sent.get(key, 0) + 1
+
+    json_type = "application/json"
+    with requests.Session() as session:
+        for _ in range(5):
+            response = session.post(f"{url}/invocations", json=ADD, timeout=10)
+            assert response.status_code == 200
+            count("/invocations", "POST", json_type, response)
+        body, binary_type = binary_add_request()
+        response = session.post(
+            f"{url}/invocations", data=body, headers={"Content-Type": binary_type}, timeout=10
+        )
+        assert response.status_code == 200
+        count("/invocations", "POST", "application/vnd.sagemaker-triton.binary+json", response)
+        response = session.post(
+            f"{url}/invocations", data=b"{nope", headers={"Content-Type": json_type}, timeout=10
+        )
+        assert response.status_code == 400
+        count("/invocations", "POST", json_type, response)
+        response = session.get(f"{url}/invocations", timeout=10)
+        assert response.status_code == 405
+        count("/invocations", "GET", "none", response)
+        response = session.get(f"{url}/v2/models/add", timeout=10)
+        assert response.status_code == 404
+        count("other", "GET", "none", response)
+    return sent
+
+
+def test_front_metrics_count_real_traffic(metrics_server: MetricsServer) -> None:
+    before = samples_of(metrics_server.scrape("front"))
+    sent = send_traffic(metrics_server.server.url)
+
+    def delta(samples: Samples, name: str, **labels: str) -> float:
+        return value(samples, name, **labels) - value(before, name, **labels)
+
+    def all_counted() -> bool:
+        samples = samples_of(metrics_server.scrape("front"))
+        return all(
+            delta(samples, "serve_requests_total", route=r, method=m, content_type=t, code=c) == n
+            for (r, m, t, c), n in sent.items()
+        )
+
+    metrics_server.server.wait_until(all_counted, 5, "the front's metrics to count the requests")
+    samples = samples_of(metrics_server.scrape("front"))
+    invocations = {"route": "/invocations", "content_type": "application/json"}
+    assert delta(samples, "serve_request_duration_seconds_count", **invocations) == 6
+    assert delta(samples, "serve_request_duration_seconds_bucket", le="+Inf", **invocations) == 6
+    assert delta(samples, "serve_request_received_bytes_total", route="/invocations") > 7 * 100
+    assert (
+        value(
+            samples,
+            "serve_requests_total",
+            route="/ping",
+            method="GET",
+            content_type="none",
+            code="200",
+        )
+        >= 1
+    )
+    # The single model was loaded at start, once.
+    assert value(samples, "serve_model_loads_total", outcome="success") == 1
+    assert value(samples, "serve_model_load_duration_seconds_count") == 1
+    assert value(samples, "serve_access_log_malformed_lines_total") == 0
+    assert value(samples, "process_resident_memory_bytes") > 0
+
+    triton = samples_of(metrics_server.scrape("triton"))
+    # The parser names Triton's counters with _total, as it names every counter.
+    assert matching(triton, "nv_inference_request_success_total", model="add") >= 6
+
+
+def test_access_log_stays_off_without_metrics(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, SERVE_WORKDIR=str(opt_ml.parent / "work")).wait_ready()
+    config = (opt_ml.parent / "work" / "run" / "front" / "nginx.conf").read_text()
+    assert "access_log off;" in config and "log_format" not in config
+    assert requests.post(f"{server.url}/invocations", json=ADD, timeout=10).status_code == 200
+
+
+def test_scrapes_while_traffic_flows_do_not_disturb_it(metrics_server: MetricsServer) -> None:
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def scrape_continuously() -> None:
+        while not stop.is_set():
+            try:
+                metrics_server.scrape("front")
+            except (AssertionError, requests.RequestException) as exc:
+                failures.append(repr(exc))
+
+    scraper = threading.Thread(target=scrape_continuously)
+    scraper.start()
+    try:
+        with requests.Session() as session:
+            for _ in range(50):
+                url = f"{metrics_server.server.url}/invocations"
+                assert session.post(url, json=ADD, timeout=10).status_code == 200
+    finally:
+        stop.set()
+        scraper.join(10)
+    assert failures == []
