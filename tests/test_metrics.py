@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -22,11 +23,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import promql_parser
 import pytest
 import requests
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from serve import host
 from serve.access_log import AccessLogFollower, content_type_of, route_of
 from serve.archives import ExtractionLimits
 from serve.environments import EnvironmentCache
@@ -35,6 +39,7 @@ from serve.front import FrontConfig, nginx_argv
 from serve.metrics import FrontMetrics
 from serve.settings import Settings
 from tests.conftest import (
+    REPO_ROOT,
     ServeProcess,
     add_request,
     free_port,
@@ -63,6 +68,16 @@ def matching(samples: Samples, name: str, **labels: str) -> float:
     """The sum of `name`'s samples that carry at least `labels`."""
     wanted = set(labels.items())
     return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
+
+
+def exported_names(exposition: str) -> set[str]:
+    """Sample names as Prometheus stores them (the parser above adds _total to counters)."""
+    return {
+        match.group()
+        for line in exposition.splitlines()
+        if line and not line.startswith("#")
+        if (match := re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line))
+    }
 
 
 def collect(metrics: FrontMetrics) -> Samples:
@@ -517,3 +532,60 @@ def test_scrapes_while_traffic_flows_do_not_disturb_it(metrics_server: MetricsSe
         stop.set()
         scraper.join(10)
     assert failures == []
+
+
+# --- the monitoring kit: every metric the dashboard queries exists ---------------------
+
+MONITORING = REPO_ROOT / "container" / "monitoring"
+DASHBOARD = MONITORING / "grafana-dashboard.json"
+# Triton exports these on GPU hosts only.
+GPU_ONLY = ("nv_gpu_", "nv_energy_")
+METRIC_NAME = re.compile(r"\b(?:serve|nv|process)_[a-z0-9_]+\b")
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]
+
+
+def test_dashboard_queries_are_valid_promql_over_both_metric_sets() -> None:
+    queries = dashboard_queries()
+    assert len(queries) > 20
+    for query in queries:
+        promql_parser.parse(query.replace("$__rate_interval", "1m"))
+    names = {name for query in queries for name in METRIC_NAME.findall(query)}
+    assert any(name.startswith("serve_") for name in names)
+    assert any(name.startswith("nv_") for name in names)
+
+
+def test_every_metric_the_dashboard_queries_is_exported(metrics_server: MetricsServer) -> None:
+    send_traffic(metrics_server.server.url)
+
+    def exported() -> set[str]:
+        return exported_names(metrics_server.scrape("front") + metrics_server.scrape("triton"))
+
+    queried = {name for query in dashboard_queries() for name in METRIC_NAME.findall(query)}
+    on_gpu = host.gpu_count() > 0
+    expected = {name for name in queried if on_gpu or not name.startswith(GPU_ONLY)}
+    metrics_server.server.wait_until(
+        lambda: expected <= exported(), 5, "every metric the dashboard queries"
+    )
+
+
+def test_prometheus_config_scrapes_both_default_ports() -> None:
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    ports = {
+        job["job_name"]: {
+            int(target.rsplit(":", 1)[1])
+            for static in job["static_configs"]
+            for target in static["targets"]
+        }
+        for job in config["scrape_configs"]
+    }
+    defaults = Settings.from_environ({"SAGEMAKER_TRITON_ALLOW_METRICS": "true"})
+    assert ports == {"triton": {defaults.metrics_port}, "serve": {defaults.serve_metrics_port}}
