@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine (the device tool's nvidia-h100-x1), from the repository
 # root with .gpu/ from build/gpu/pack.sh: serve the NCF example with KIND_GPU
-# through `serve`, send one request, and run build/bench/invocations.py.
+# through `serve`, send one request, and run build/bench/invocations.py and
+# build/bench/multi_model.py (BATCH_BENCH=1 adds a batch-64 run).
 # Everything is logged under $OUT.
 set -x
 export PYTHONUNBUFFERED=1
@@ -88,8 +89,10 @@ grep -E 'GPU|CPU|successfully loaded|WARNING|ERROR' "$OUT/serve.log"
 # The benchmark: serve's front against Triton's own SageMaker frontend.
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu-util.csv" &
 smi_pid=$!
-bench() { timeout 140 python build/bench/invocations.py --seconds 10 --rounds 3 "$@"; }
-bench | tee "$OUT/bench-c16.txt"
-bench --connections 64 | tee "$OUT/bench-c64.txt"
-bench --batch 64 | tee "$OUT/bench-b64.txt"
+bench() { timeout 170 python build/bench/invocations.py --seconds 8 "$@"; }
+bench --rounds 5 | tee "$OUT/bench-c16.txt"
+bench --rounds 3 --connections 64 | tee "$OUT/bench-c64.txt"
+[ -n "${BATCH_BENCH:-}" ] && bench --rounds 3 --batch 64 | tee "$OUT/bench-b64.txt"
+# The multi-model endpoint: /models/NAME/invoke against Triton's own frontend.
+timeout 170 python build/bench/multi_model.py --seconds 8 --rounds 5 | tee "$OUT/bench-mme-c16.txt"
 kill $smi_pid
