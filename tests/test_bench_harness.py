@@ -48,3 +48,27 @@ def test_short_run_writes_csv_plots_and_ratios(tmp_path: Path) -> None:
     assert "ratios, serve / target" in result.stdout
     for target in targets[1:]:
         assert any(line.startswith(target) for line in result.stdout.splitlines())
+
+
+def test_earlier_results_are_plotted_again_without_measuring(tmp_path: Path) -> None:
+    csv_path = tmp_path / "results.csv"
+    csv_path.write_text(
+        "model,target,tool,url,payload,batch,concurrency,rounds,requests_per_second,"
+        "p50_ms,p99_ms,errors\n"
+        + "".join(
+            f"m,{target},wrk,http://x,json,1,{level},1,{rps * level},1.0,2.0,0\n"
+            for target, rps in (("serve", 100), ("triton-sagemaker", 110))
+            for level in (1, 4, 16)
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(HARNESS), "--from-csv", str(csv_path), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "triton-sagemaker      16    0.909" in result.stdout
+    for name in ("throughput.png", "latency.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE

@@ -589,3 +589,40 @@ def test_prometheus_config_scrapes_both_default_ports() -> None:
     }
     defaults = Settings.from_environ({"SAGEMAKER_TRITON_ALLOW_METRICS": "true"})
     assert ports == {"triton": {defaults.metrics_port}, "serve": {defaults.serve_metrics_port}}
+
+
+def test_multi_model_loads_and_unloads_are_counted(opt_ml: Path, start_serve: StartServe) -> None:
+    metrics_port = free_port()
+    server = start_serve(
+        opt_ml, SAGEMAKER_MULTI_MODEL="true", SERVE_METRICS_PORT=str(metrics_port)
+    ).wait_ready()
+    url = opt_ml / "models" / "7c1e" / "model"
+    write_add_model(url)
+    load = {"model_name": "7c1e", "url": str(url)}
+    assert requests.post(f"{server.url}/models", json=load, timeout=120).status_code == 200
+    assert requests.post(f"{server.url}/models", json=load, timeout=120).status_code == 409
+    invoked = requests.post(f"{server.url}/models/7c1e/invoke", json=ADD, timeout=30)
+    assert invoked.status_code == 200
+    assert requests.delete(f"{server.url}/models/7c1e", timeout=60).status_code == 200
+    assert requests.delete(f"{server.url}/models/7c1e", timeout=60).status_code == 404
+
+    def scrape() -> Samples:
+        return samples_of(requests.get(f"http://127.0.0.1:{metrics_port}/", timeout=5).text)
+
+    server.wait_until(
+        lambda: value(scrape(), "serve_model_unloads_total", outcome="not_loaded") == 1,
+        5,
+        "the unloads to be counted",
+    )
+    samples = scrape()
+    assert value(samples, "serve_model_loads_total", outcome="success") == 1
+    assert value(samples, "serve_model_loads_total", outcome="already_loaded") == 1
+    assert value(samples, "serve_model_unloads_total", outcome="success") == 1
+    assert value(samples, "serve_model_load_duration_seconds_count") == 1
+    invoke = {"route": "/models/{name}/invoke", "method": "POST"}
+    assert (
+        value(
+            samples, "serve_requests_total", content_type="application/json", code="200", **invoke
+        )
+        == 1
+    )

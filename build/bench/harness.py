@@ -19,7 +19,9 @@ medians are kept. It writes results.csv, throughput.png and latency.png
 target) that the other benchmarks cite.
 
 Run: `.venv/bin/python build/bench/harness.py [--concurrency 1,4,16,64] [--seconds 5]`;
-CI runs it with `--concurrency 1,4 --seconds 1`.
+CI runs it with `--concurrency 1,4 --seconds 1`. `--from-csv results.csv` plots
+and prints an earlier run's results (one made on a machine without matplotlib,
+say) without measuring anything.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from serve_under_test import EXAMPLES, REPO_ROOT, RunningServe, serve_with_refer
 
 TARGETS = ("serve", "triton-sagemaker", "triton-v2", "perf_analyzer")
 CSV_FIELDS = (
+    "model",
     "target",
     "tool",
     "url",
@@ -87,6 +90,21 @@ class Row:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One target at one concurrency: the medians over its rounds, as the CSV holds them."""
+
+    model: str
+    target: str
+    tool: str
+    url: str
+    payload: str
+    batch: int
+    concurrency: int
+    rounds: int
+    median: Measurement
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", help="a running endpoint's URL (default: start serve)")
@@ -108,6 +126,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra environment for the serve this harness starts (repeatable)",
     )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".bench" / "harness")
+    parser.add_argument(
+        "--from-csv",
+        type=Path,
+        help="plot and print the ratios of an earlier run's results.csv (measures nothing)",
+    )
     args = parser.parse_args(argv)
     args.concurrency = [int(level) for level in args.concurrency.split(",")]
     args.targets = [name.strip() for name in args.targets.split(",") if name.strip()]
@@ -195,30 +218,71 @@ def measure(targets: list[Target], args: argparse.Namespace) -> list[Row]:
     ]
 
 
-def write_csv(rows: list[Row], args: argparse.Namespace, path: Path) -> None:
+def points_of(rows: list[Row], args: argparse.Namespace) -> list[Point]:
+    return [
+        Point(
+            model=args.model,
+            target=row.target.name,
+            tool=row.target.tool,
+            url=row.target.url,
+            # perf_analyzer sends binary tensors whatever --payload says.
+            payload="binary" if row.target.tool == "perf_analyzer" else args.payload,
+            batch=args.batch,
+            concurrency=row.concurrency,
+            rounds=len(row.runs),
+            median=row.median,
+        )
+        for row in rows
+    ]
+
+
+def write_csv(points: list[Point], path: Path) -> None:
     with path.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        for row in rows:
-            median = row.median
+        for point in points:
             writer.writerow(
                 {
-                    "target": row.target.name,
-                    "tool": row.target.tool,
-                    "url": row.target.url,
-                    "payload": "binary" if row.target.tool == "perf_analyzer" else args.payload,
-                    "batch": args.batch,
-                    "concurrency": row.concurrency,
-                    "rounds": len(row.runs),
-                    "requests_per_second": f"{median.requests_per_second:.1f}",
-                    "p50_ms": f"{median.p50_ms:.3f}",
-                    "p99_ms": f"{median.p99_ms:.3f}",
-                    "errors": median.errors,
+                    "model": point.model,
+                    "target": point.target,
+                    "tool": point.tool,
+                    "url": point.url,
+                    "payload": point.payload,
+                    "batch": point.batch,
+                    "concurrency": point.concurrency,
+                    "rounds": point.rounds,
+                    "requests_per_second": f"{point.median.requests_per_second:.1f}",
+                    "p50_ms": f"{point.median.p50_ms:.3f}",
+                    "p99_ms": f"{point.median.p99_ms:.3f}",
+                    "errors": point.median.errors,
                 }
             )
 
 
-def plot(rows: list[Row], args: argparse.Namespace, out: Path) -> list[Path]:
+def read_csv(path: Path) -> list[Point]:
+    with path.open(newline="") as stream:
+        return [
+            Point(
+                model=row["model"],
+                target=row["target"],
+                tool=row["tool"],
+                url=row["url"],
+                payload=row["payload"],
+                batch=int(row["batch"]),
+                concurrency=int(row["concurrency"]),
+                rounds=int(row["rounds"]),
+                median=Measurement(
+                    float(row["requests_per_second"]),
+                    float(row["p50_ms"]),
+                    float(row["p99_ms"]),
+                    int(row["errors"]),
+                ),
+            )
+            for row in csv.DictReader(stream)
+        ]
+
+
+def plot(points: list[Point], out: Path) -> list[Path]:
     """throughput.png and latency.png (p50 and p99), against concurrency."""
     import matplotlib
 
@@ -226,20 +290,22 @@ def plot(rows: list[Row], args: argparse.Namespace, out: Path) -> list[Path]:
     from matplotlib import pyplot
     from matplotlib.ticker import ScalarFormatter
 
-    by_target: dict[str, list[Row]] = {}
-    for row in rows:
-        by_target.setdefault(row.target.name, []).append(row)
-    title = f"{args.model}, batch {args.batch}, {args.payload} payload"
+    by_target: dict[str, list[Point]] = {}
+    for point in points:
+        by_target.setdefault(point.target, []).append(point)
+    levels = sorted({point.concurrency for point in points})
+    first = points[0]
+    title = f"{first.model}, batch {first.batch}, {first.payload} payload"
 
     figure, axis = pyplot.subplots(figsize=(7, 4.5))
     for name, series in by_target.items():
         axis.plot(
-            [r.concurrency for r in series],
-            [r.median.requests_per_second for r in series],
+            [p.concurrency for p in series],
+            [p.median.requests_per_second for p in series],
             marker="o",
             label=name,
         )
-    _concurrency_axis(axis, args.concurrency)
+    _concurrency_axis(axis, levels)
     axis.set_ylabel("requests / s")
     axis.set_ylim(bottom=0)
     axis.set_title(f"Throughput: {title}")
@@ -253,12 +319,12 @@ def plot(rows: list[Row], args: argparse.Namespace, out: Path) -> list[Path]:
     for axis, (field, label) in zip(axes, (("p50_ms", "p50"), ("p99_ms", "p99")), strict=True):
         for name, series in by_target.items():
             axis.plot(
-                [r.concurrency for r in series],
-                [getattr(r.median, field) for r in series],
+                [p.concurrency for p in series],
+                [getattr(p.median, field) for p in series],
                 marker="o",
                 label=name,
             )
-        _concurrency_axis(axis, args.concurrency)
+        _concurrency_axis(axis, levels)
         axis.set_yscale("log")
         axis.yaxis.set_major_formatter(ScalarFormatter())
         axis.set_title(f"{label} latency")
@@ -279,11 +345,11 @@ def _concurrency_axis(axis: object, levels: list[int]) -> None:
     axis.grid(True, alpha=0.3)
 
 
-def print_ratios(rows: list[Row]) -> None:
+def print_ratios(points: list[Point]) -> None:
     """serve's figures over each other target's, per concurrency."""
-    medians = {(row.target.name, row.concurrency): row.median for row in rows}
-    others = [name for name in dict.fromkeys(row.target.name for row in rows) if name != "serve"]
-    levels = sorted({row.concurrency for row in rows})
+    medians = {(point.target, point.concurrency): point.median for point in points}
+    others = [name for name in dict.fromkeys(point.target for point in points) if name != "serve"]
+    levels = sorted({point.concurrency for point in points})
     print(f"\n{'target':18} {'conc':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for (name, concurrency), m in medians.items():
         print(
@@ -306,24 +372,27 @@ def print_ratios(rows: list[Row]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    require_wrk()
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-harness-"))
-    try:
-        with endpoint(args, work) as running:
-            targets = build_targets(args, running, work)
-            print(
-                f"model {args.model}, batch {args.batch}, {args.payload} payload, "
-                f"concurrency {args.concurrency}, {args.rounds} x {args.seconds:g} s per point"
-            )
-            rows = measure(targets, args)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    csv_path = args.out / "results.csv"
-    write_csv(rows, args, csv_path)
-    images = plot(rows, args, args.out)
-    print_ratios(rows)
-    print(f"\nwrote {csv_path}, {', '.join(str(image) for image in images)}")
+    if args.from_csv:
+        points = read_csv(args.from_csv)
+    else:
+        require_wrk()
+        work = Path(tempfile.mkdtemp(prefix="bench-harness-"))
+        try:
+            with endpoint(args, work) as running:
+                targets = build_targets(args, running, work)
+                print(
+                    f"model {args.model}, batch {args.batch}, {args.payload} payload, "
+                    f"concurrency {args.concurrency}, {args.rounds} x {args.seconds:g} s per point"
+                )
+                points = points_of(measure(targets, args), args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        write_csv(points, args.out / "results.csv")
+    images = plot(points, args.out)
+    print_ratios(points)
+    written = [*([] if args.from_csv else [args.out / "results.csv"]), *images]
+    print(f"\nwrote {', '.join(str(path) for path in written)}")
     return 0
 
 

@@ -188,10 +188,16 @@ def perf_analyzer_environment(scratch: Path) -> dict[str, str]:
     env = dict(os.environ)
     if _loader_finds("libcudart.so.12"):
         return env
-    site = Path(sysconfig.get_path("purelib"))
-    found = sorted(site.glob("nvidia/cuda_runtime/lib/libcudart.so.12*")) or sorted(
-        site.glob("nvidia_pytriton.libs/libcudart*.so.12*")
-    )
+    sites = [Path(sysconfig.get_path("purelib")), *(Path(entry) for entry in sys.path if entry)]
+    found = [
+        library
+        for pattern in (
+            "nvidia/cuda_runtime/lib/libcudart.so.12*",
+            "nvidia_pytriton.libs/libcudart*.so.12*",
+        )
+        for site in sites
+        for library in sorted(site.glob(pattern))
+    ]
     if not found:
         raise SystemExit(
             "perf_analyzer needs libcudart.so.12: install the local extra (nvidia-pytriton "
