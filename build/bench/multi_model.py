@@ -58,12 +58,31 @@ def upload(models_dir: Path, key: str, model_name: str) -> Path:
     return target.parent
 
 
+def alternate(
+    paths: dict[str, str], body_file: Path, args: argparse.Namespace
+) -> dict[str, list[Measurement]]:
+    """wrk on each path in turn, `args.rounds` times, after a short warm-up."""
+    results: dict[str, list[Measurement]] = {name: [] for name in paths}
+    for url in paths.values():
+        run_wrk(url, body_file, args.connections, 2)
+    for _ in range(args.rounds):
+        for name, url in paths.items():
+            results[name].append(run_wrk(url, body_file, args.connections, args.seconds))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1, help="user-item pairs per request")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=8, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per path")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also call both copies through Triton's v2 route directly, to tell a gap "
+        "between the fronts from one between the two copies of the model",
+    )
     args = parser.parse_args()
     require_wrk()
 
@@ -82,14 +101,18 @@ def main() -> None:
                     f"{serve.reference_url}/models/{REFERENCE_NAME}/invoke"
                 ),
             }
-            results: dict[str, list[Measurement]] = {name: [] for name in paths}
-            for url in paths.values():  # warm-up
-                run_wrk(url, body_file, args.connections, 2)
-            for _ in range(args.rounds):
-                for name, url in paths.items():
-                    results[name].append(run_wrk(url, body_file, args.connections, args.seconds))
+            results = alternate(paths, body_file, args)
+            v2 = f"http://{serve.triton_http}/v2/models"
+            control = {
+                "serve's copy, v2 direct": f"{v2}/{MODEL}/infer",
+                "reference copy, v2 direct": f"{v2}/{REFERENCE_NAME}/infer",
+            }
+            controls = alternate(control, body_file, args) if args.control else None
         args.model = f"{MODEL} through /models/NAME/invoke"
         report(results, args)
+        if controls:
+            args.model = f"{MODEL}, control: both copies through Triton's v2 route"
+            report(controls, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

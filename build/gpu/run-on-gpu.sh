@@ -94,5 +94,5 @@ bench --rounds 5 | tee "$OUT/bench-c16.txt"
 bench --rounds 3 --connections 64 | tee "$OUT/bench-c64.txt"
 [ -n "${BATCH_BENCH:-}" ] && bench --rounds 3 --batch 64 | tee "$OUT/bench-b64.txt"
 # The multi-model endpoint: /models/NAME/invoke against Triton's own frontend.
-timeout 170 python build/bench/multi_model.py --seconds 8 --rounds 5 | tee "$OUT/bench-mme-c16.txt"
+timeout 250 python build/bench/multi_model.py --seconds 8 --rounds 5 ${MME_CONTROL:+--control} | tee "$OUT/bench-mme-c16.txt"
 kill $smi_pid
