@@ -3,50 +3,33 @@
 nginx reaches this Flask app on a unix socket (never a public port) for:
 - `/_serve/ping`: why the endpoint is not healthy, while Triton is loading,
   after a failure, or while stopping (nginx answers healthy pings itself);
-- `/_serve/invocation-error`: what went wrong when Triton failed an
-  invocation (see `explain_failure`);
-- on a multi-model endpoint, the /models control routes, and invocations of
-  models whose names nginx cannot route to Triton itself.
+- `/models` on a multi-model endpoint: loading, listing, describing and
+  unloading models.
+
+Invocations that need Python (other content types and Accept, Triton's
+refusals, streams) go to the payload service instead (serve/payloads/).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from serve.errors import ArtifactError, ServeError
-from serve.multi_model import (
-    MAX_PAGE_SIZE,
-    OUT_OF_MEMORY,
-    PAGE_SIZE,
-    ModelNotLoaded,
-    ModelRegistry,
-)
+from serve.multi_model import MAX_PAGE_SIZE, PAGE_SIZE, ModelRegistry
 from serve.state import Phase, ServerState
-from serve.triton_client import TritonClient, TritonReply
 
 log = logging.getLogger(__name__)
-
-# Headers nginx adds when it hands a failed request over.
-TRITON_PATH_HEADER = "X-Serve-Triton-Path"
-MODEL_HEADER = "X-Serve-Model"
-BINARY_JSON_TYPE = "application/vnd.sagemaker-triton.binary+json"
-BINARY_JSON = re.compile(
-    r"^application/vnd\.sagemaker-triton\.binary\+json;json-header-size=(\d+)", re.IGNORECASE
-)
 
 
 def json_response(status: int, payload: dict[str, object]) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
-def create_control_app(
-    state: ServerState, triton: TritonClient, registry: ModelRegistry | None = None
-) -> Flask:
+def create_control_app(state: ServerState, registry: ModelRegistry | None = None) -> Flask:
     """The control app; `registry` adds the multi-model /models routes."""
     app = Flask("serve.control")
 
@@ -70,19 +53,12 @@ def create_control_app(
             reason = "Triton reports the model is not ready"
         return json_response(503, {"status": phase.value, "reason": reason})
 
-    @app.post("/_serve/invocation-error")
-    def explain_invocation_error() -> Response:
-        model = request.headers.get(MODEL_HEADER)
-        if registry is not None and model is not None and not registry.is_loaded(model):
-            raise ModelNotLoaded(f"model {model!r} is not loaded")
-        return explain_failure(triton, request.headers[TRITON_PATH_HEADER])
-
     if registry is not None:
-        _add_multi_model_routes(app, triton, registry)
+        _add_multi_model_routes(app, registry)
     return app
 
 
-def _add_multi_model_routes(app: Flask, triton: TritonClient, registry: ModelRegistry) -> None:
+def _add_multi_model_routes(app: Flask, registry: ModelRegistry) -> None:
     @app.get("/models")
     def list_models() -> Response:
         token = request.args.get("next_page_token") or request.args.get("nextPageToken")
@@ -116,74 +92,3 @@ def _add_multi_model_routes(app: Flask, triton: TritonClient, registry: ModelReg
     def unload_model(name: str) -> Response:
         registry.unload(name)
         return json_response(200, {"status": "unloaded", "modelName": name})
-
-    @app.post("/models/<name>/invoke")
-    def invoke_model(name: str) -> Response:
-        """Invocations of models whose names nginx cannot route to Triton itself."""
-        path = registry.triton_path(name)
-        reply = triton.request("POST", path, body=request.get_data(), headers=_triton_headers())
-        if reply.status == 200:
-            return _relay_success(reply)
-        return explain_failure(triton, path)
-
-
-def explain_failure(triton: TritonClient, triton_path: str) -> Response:
-    """Answer a request Triton failed, with a status the caller can act on.
-
-    A body that is not JSON is the caller's mistake (400). Otherwise the request
-    is sent once more to read Triton's error; out-of-memory errors become 507,
-    and a failure that does not repeat is answered with the result after all.
-    """
-    body = request.get_data()
-    problem = _json_problem(body, request.headers.get("Content-Type", ""))
-    if problem:
-        return json_response(400, {"error": f"the request body is not valid JSON: {problem}"})
-    reply = triton.request("POST", triton_path, body=body, headers=_triton_headers())
-    if reply.status == 200:
-        return _relay_success(reply)
-    message = _error_message(reply.body)
-    status = 507 if OUT_OF_MEMORY.search(message) else reply.status
-    if "unknown model" in message or "is not found" in message:
-        status = 404
-    return json_response(status, {"error": message})
-
-
-def _triton_headers() -> dict[str, str]:
-    """Triton's form of the caller's request headers (binary+json -> its own header)."""
-    headers = {"Content-Type": "application/json"}
-    binary = BINARY_JSON.match(request.headers.get("Content-Type", ""))
-    if binary:
-        headers["Inference-Header-Content-Length"] = binary.group(1)
-    return headers
-
-
-def _relay_success(reply: TritonReply) -> Response:
-    content_type = reply.headers.get("Content-Type", "application/json")
-    header_size = reply.headers.get("Inference-Header-Content-Length")
-    if header_size:
-        content_type = (
-            f"application/vnd.sagemaker-triton.binary+json;json-header-size={header_size}"
-        )
-    return Response(reply.body, status=200, content_type=content_type)
-
-
-def _json_problem(body: bytes, content_type: str) -> str | None:
-    """Why the JSON part of a request does not parse, or None if it does."""
-    binary = BINARY_JSON.match(content_type)
-    if binary:
-        size = int(binary.group(1))
-        if size == 0:
-            return None  # a raw binary tensor: nothing to parse
-        body = body[:size]
-    try:
-        json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return str(exc)
-    return None
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        return str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
-        return body.decode("utf-8", errors="replace") or "Triton failed without a message"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import quote
@@ -30,6 +31,19 @@ UNPRIVILEGED_USER = "nobody nogroup"
 
 
 @dataclasses.dataclass(frozen=True)
+class FrontModel:
+    """A model of a single-model endpoint, as nginx routes invocations of it."""
+
+    name: str
+    # Decoupled models answer through the payload service (streams).
+    decoupled: bool = False
+
+
+# Model names nginx can match in target_model=NAME and write into its config unquoted.
+TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.~-]{0,254}$")
+
+
+@dataclasses.dataclass(frozen=True)
 class FrontConfig:
     settings: Settings
     workdir: Path
@@ -38,6 +52,8 @@ class FrontConfig:
     # The model /invocations runs; None on a multi-model endpoint.
     default_model: str | None
     worker_processes: int = 1
+    # The models target_model=NAME can pick (single-model endpoints).
+    models: tuple[FrontModel, ...] = ()
 
     def invocation_path(self) -> str | None:
         """Triton's route for /invocations; the inference types are named after its routes."""
@@ -77,15 +93,46 @@ class FrontConfig:
             invocation_path=self.invocation_path(),
             streaming=self.settings.inference_type == "generate_stream",
             multi_model=self.settings.multi_model,
-            # A model that is not loaded is a 400 from Triton; the control app
-            # turns it into the contract's 404.
-            explained_statuses="400 404 500" if self.settings.multi_model else "500",
+            # A model that is not loaded is a 400 from Triton; the payload service
+            # turns it into the contract's 404. 501: a decoupled model, which streams.
+            explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",
+            **self._payload_routes(),
             public_routes=(
                 "GET /ping and /models, POST /models/NAME/invoke"
                 if self.settings.multi_model
                 else "GET /ping and POST /invocations"
             ),
         )
+
+    def payload_socket(self) -> Path:
+        """Where the payload service (serve/payloads/service.py) listens for nginx."""
+        return self.workdir / "payloads.sock"
+
+    def _payload_routes(self) -> dict[str, object]:
+        """What the template needs to route payloads and target_model (serve/payloads/)."""
+        inference = "infer" if self.settings.multi_model else self.settings.inference_type
+        # generate_stream streams whatever the model; the other routes need the payload
+        # service for decoupled models (infer refuses them, Triton 2.51's generate
+        # answers their failures with 200).
+        by_name = {model.name: model for model in self.models}
+
+        def target(name: str) -> dict[str, object]:
+            model = by_name.get(name, FrontModel(name))
+            return {
+                "key": name,
+                "header": quote(name, safe=""),
+                "path": f"/v2/models/{quote(name, safe='')}/{inference}",
+                "payloads": int(model.decoupled and inference != "generate_stream"),
+            }
+
+        names = sorted(by_name.keys() | ({self.default_model} if self.default_model else set()))
+        return {
+            "payload_socket": self.payload_socket(),
+            "payload_inference": inference,
+            "default_target": target(self.default_model) if self.default_model else None,
+            "targets": [target(name) for name in names if TARGET_NAME.match(name)],
+            "served_models": ", ".join(n for n in names if TARGET_NAME.match(n)) or "none",
+        }
 
     def write(self) -> Path:
         """Write the config where nginx keeps its run files; returns its path."""

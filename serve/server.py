@@ -23,8 +23,9 @@ from waitress.server import create_server
 
 from serve import host
 from serve.control_app import create_control_app
-from serve.front import FrontConfig, nginx_argv
+from serve.front import FrontConfig, FrontModel, nginx_argv
 from serve.multi_model import ModelRegistry
+from serve.payloads.service import PayloadService
 from serve.ports import free_loopback_port
 from serve.processes import ManagedProcess
 from serve.repository import (
@@ -123,6 +124,7 @@ class Server:
             triton_port=triton_port,
             control_socket=ws.control_socket,
             default_model=repository.default_model if repository else None,
+            models=_front_models(repository),
         )
         triton_client = TritonClient(triton_port)
         command = TritonCommand(
@@ -145,10 +147,11 @@ class Server:
                 self.preparation,
                 settings.env_cache_min_free_bytes,
             )
-        control = ControlServer(
-            create_control_app(self.state, triton_client, registry), ws.control_socket
-        )
+        control = ControlServer(create_control_app(self.state, registry), ws.control_socket)
         control.start()
+        # The payload service: content types, Accept, Triton's refusals, streams.
+        payloads = PayloadService(front.payload_socket(), triton_port, registry)
+        payloads.start()
         # --- the front's metrics (serve/metrics.py): nginx's access log, followed off the hot path
         access_log = front.access_log()
         if settings.serve_metrics_port is not None and access_log is not None:
@@ -169,7 +172,7 @@ class Server:
         try:
             return self._supervise(triton, nginx, triton_client, front.ping_path())
         finally:
-            self._stop(triton, nginx)
+            self._stop(triton, nginx, payloads)
             control.stop()
             if self._metrics is not None:
                 self._metrics.stop()
@@ -206,13 +209,27 @@ class Server:
                     return 1
         return 0
 
-    def _stop(self, triton: ManagedProcess, nginx: ManagedProcess) -> None:
+    def _stop(
+        self, triton: ManagedProcess, nginx: ManagedProcess, payloads: PayloadService
+    ) -> None:
         """nginx drains in-flight requests first, then Triton stops, within the deadline."""
         self.state.set(Phase.STOPPING, "shutting down")
         deadline = time.monotonic() + self.settings.shutdown_timeout
         nginx.stop(signal.SIGQUIT, deadline - 2)
+        # Triton waits for open HTTP connections before it stops: close the service's.
+        payloads.stop()
         triton.stop(signal.SIGTERM, deadline)
         log.info("stopped")
+
+
+def _front_models(repository: PreparedRepository | None) -> tuple[FrontModel, ...]:
+    """The models nginx routes by target_model=NAME, and which of them stream."""
+    if repository is None:
+        return ()
+    return tuple(
+        FrontModel(m.name, bool(m.config and m.config.model_transaction_policy.decoupled))
+        for m in repository.models
+    )
 
 
 def _triton_environment() -> dict[str, str]:

@@ -1,0 +1,20 @@
+"""Payloads people send to /invocations, turned into Triton requests and back.
+
+nginx sends native payloads (KServe v2 JSON, Triton's binary+json) straight
+to Triton. Everything else reaches the payload service (`service.py`, an
+asyncio HTTP server on a unix socket) through one nginx location:
+
+- requests whose Content-Type or Accept nginx cannot serve natively;
+- requests Triton refused (400, 500, 501): a simple-shape JSON body shares
+  `application/json` with v2, so it is tried as v2 first and fails there in
+  Triton's JSON parser, cheaply, before it is adapted here; a v2 body that
+  failed is sent once more to read Triton's error (out of memory is 507);
+- invocations of decoupled models, which stream.
+
+The flow (`adapter.py`): the request's codec, chosen by Content-Type in
+`media.py`, decodes the body into records; `records.py` turns records into
+input tensors using the model's signature (`signature.py`, read with Triton's
+model-config schema); `v2.py` builds Triton's binary request and reads its
+answer; `answers.py` encodes the outputs per Accept. Nothing here knows
+about the HTTP server it runs in.
+"""

@@ -1,0 +1,397 @@
+"""One invocation nginx could not hand to Triton itself, from request to answer.
+
+- A KServe v2 body (JSON, or binary+json) goes to Triton as sent: it arrives
+  here after Triton refused it (sent once more to read the error; out of
+  memory becomes 507, a body Triton cannot parse 400), or because Accept asks
+  for another encoding of the answer.
+- Any other body is decoded by its codec into records, which become input
+  tensors by the model's signature (read once per model from Triton's
+  `/v2/models/NAME/config`, cached), sent to Triton in binary, and the
+  outputs are encoded as Accept asks.
+- A decoupled model streams: the request goes to Triton's generate_stream
+  route and each response becomes a chunk as it arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import quote
+
+import numpy as np
+
+from serve.errors import ServeError
+from serve.multi_model import OUT_OF_MEMORY, ModelRegistry
+from serve.payloads import csv_codec, json_codec, npy_codec, raw_codec
+from serve.payloads.errors import ModelNotFound, NotAcceptable, PayloadError, TritonUnavailable
+from serve.payloads.media import (
+    BINARY_JSON,
+    DEFAULT_ANSWERS,
+    Answer,
+    Family,
+    MediaType,
+    answer_candidates,
+    request_family,
+)
+from serve.payloads.records import parameter_inputs, record_count, tensors_from_records
+from serve.payloads.signature import ModelSignature
+from serve.payloads.triton_http import TritonHttp
+from serve.payloads.v2 import Outputs, binary_request, is_v2_request, json_answer, read_answer
+
+log = logging.getLogger(__name__)
+
+INFERENCE_TYPES = ("infer", "generate", "generate_stream")
+BINARY_HEADER = re.compile(
+    r"^application/vnd\.sagemaker-triton\.binary\+json;json-header-size=(\d+)", re.IGNORECASE
+)
+# Triton answers 500 for a request body its JSON parser cannot read: the caller's mistake.
+UNPARSABLE = re.compile(r"^Unable to parse|attempt to access JSON|failed to parse", re.IGNORECASE)
+DECOUPLED = re.compile(r"decoupled", re.IGNORECASE)
+SIGNATURE_CACHE_SIZE = 1024
+
+Encoder = Callable[[Outputs, ModelSignature], bytes]
+ENCODERS: dict[Answer, Encoder] = {
+    Answer.SIMPLE: json_codec.encode,
+    Answer.JSONLINES: json_codec.encode_lines,
+    Answer.CSV: csv_codec.encode,
+    Answer.NPY: npy_codec.encode,
+    Answer.TEXT: raw_codec.encode_text,
+    Answer.V2: lambda outputs, _signature: json_answer(outputs),
+}
+FEASIBILITY: dict[Answer, Callable[[ModelSignature], None]] = {
+    Answer.NPY: npy_codec.check,
+    Answer.TEXT: raw_codec.check_answer,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    # The model as the caller named it (SageMaker's name on a multi-model endpoint).
+    model: str
+    inference: str
+    content_type: str
+    accept: str
+    body: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    status: int
+    content_type: str
+    body: bytes = b""
+    # A streamed answer: chunks to send as they come (body is then empty).
+    chunks: AsyncIterator[bytes] | None = None
+
+
+class PayloadAdapter:
+    def __init__(self, triton: TritonHttp, registry: ModelRegistry | None = None):
+        self.triton = triton
+        self._registry = registry
+        self._signatures: dict[object, ModelSignature] = {}
+
+    async def invoke(self, invocation: Invocation) -> Reply:
+        if invocation.inference not in INFERENCE_TYPES:
+            raise ServeError(f"unknown inference type {invocation.inference!r}", 500)
+        name, key = self._resolve(invocation.model)
+        family, media = request_family(invocation.content_type)
+        if family is Family.BINARY:
+            return await self._native(invocation, name, key, Answer.BINARY)
+        document: object = None
+        if family is Family.JSON:
+            document = json_codec.parse(invocation.body)
+            if is_v2_request(document):
+                return await self._native(invocation, name, key, Answer.V2)
+            if invocation.inference != "infer" and _names_inputs(document):
+                return await self._native(invocation, name, key, Answer.V2)
+        signature = await self.signature(name, key)
+        records, parameters = _decode(family, media, invocation.body, document, signature)
+        if signature.decoupled or invocation.inference != "infer":
+            return await self._generate(invocation, name, signature, records, parameters)
+        answer = _feasible(answer_candidates(invocation.accept, DEFAULT_ANSWERS[family]), signature)
+        tensors = tensors_from_records(records, signature)
+        extra, parameters = parameter_inputs(
+            parameters, signature, record_count(tensors, signature)
+        )
+        for input_name, tensor in extra.items():
+            tensors.setdefault(input_name, tensor)
+        specs = {spec.name: spec for spec in signature.inputs}
+        body, headers = binary_request(tensors, specs, parameters, signature.answer_outputs)
+        reply = await self.triton.request("POST", _path(name, "infer"), body, headers)
+        if reply.status != 200:
+            raise _failure(reply.status, reply.body)
+        wanted = tuple(spec.name for spec in signature.answer_outputs)
+        outputs = read_answer(reply.body, reply.headers, wanted)
+        return Reply(200, answer.content_type, ENCODERS[answer](outputs, signature))
+
+    async def signature(self, name: str, key: object) -> ModelSignature:
+        """The model's signature, read from Triton once per loaded model."""
+        cached = self._signatures.get(key)
+        if cached is not None:
+            return cached
+        reply = await self.triton.request("GET", f"/v2/models/{quote(name, safe='')}/config")
+        if reply.status != 200:
+            message = _error_message(reply.body)
+            if reply.status in (400, 404) and (
+                "unknown model" in message or "not found" in message
+            ):
+                raise ModelNotFound(f"model {name!r} is not loaded: {message}")
+            raise ServeError(f"cannot read model {name!r}'s configuration: {message}", 503)
+        signature = ModelSignature.from_triton_json(reply.body)
+        if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
+            self._signatures.pop(next(iter(self._signatures)))
+        self._signatures[key] = signature
+        return signature
+
+    def _resolve(self, model: str) -> tuple[str, object]:
+        """Triton's name for the invoked model, and the key its signature is cached under."""
+        if self._registry is None:
+            return model, model
+        loaded = self._registry.get(model)  # 404 when it is not loaded
+        return loaded.triton_names[-1], loaded
+
+    async def _native(self, invocation: Invocation, name: str, key: object, own: Answer) -> Reply:
+        """A v2 body: to Triton as sent; the answer relayed, or re-encoded for Accept."""
+        headers = {"Content-Type": "application/json"}
+        if own is Answer.BINARY:
+            headers["Inference-Header-Content-Length"] = str(_binary_header_size(invocation))
+        signature = None
+        try:
+            answer = answer_candidates(invocation.accept, own)[0]
+        except NotAcceptable:
+            # Perhaps a stream's type (text/event-stream), for a decoupled model.
+            signature = await self.signature(name, key)
+            if not signature.decoupled:
+                raise
+            return await self._v2_stream(invocation, name, signature, own)
+        if answer not in (Answer.V2, Answer.BINARY):
+            signature = await self.signature(name, key)
+            answer = _feasible(answer_candidates(invocation.accept, own), signature)
+        path = _path(name, invocation.inference)
+        if invocation.inference == "generate_stream":
+            return await self._stream(path, invocation.body, Answer.EVENTS)
+        reply = await self.triton.request("POST", path, invocation.body, headers)
+        if reply.status == 501 and DECOUPLED.search(_error_message(reply.body)):
+            signature = signature or await self.signature(name, key)
+            return await self._v2_stream(invocation, name, signature, own)
+        if reply.status != 200:
+            raise _failure(reply.status, reply.body)
+        if invocation.inference == "generate":
+            _check_generate_answer(reply.body)
+        if signature is None:
+            content_type = reply.headers.get("content-type", "application/json")
+            header_size = reply.headers.get("inference-header-content-length")
+            if header_size:
+                content_type = f"{BINARY_JSON};json-header-size={header_size}"
+            return Reply(200, content_type, reply.body)
+        outputs = read_answer(reply.body, reply.headers)
+        return Reply(200, answer.content_type, ENCODERS[answer](outputs, signature))
+
+    async def _v2_stream(
+        self, invocation: Invocation, name: str, signature: ModelSignature, own: Answer
+    ) -> Reply:
+        """A v2 request for a decoupled model, which Triton's infer route refuses: stream it."""
+        if own is Answer.BINARY:
+            raise PayloadError(
+                f"model {signature.name!r} is decoupled and streams through Triton's "
+                "generate route, which takes JSON; send its inputs as JSON"
+            )
+        document = json_codec.parse(invocation.body)
+        return await self._generate(invocation, name, signature, *_v2_as_records(document))
+
+    async def _generate(
+        self,
+        invocation: Invocation,
+        name: str,
+        signature: ModelSignature,
+        records: list[object],
+        parameters: dict[str, object],
+    ) -> Reply:
+        """Through Triton's generate extension: decoupled models, and the generate types."""
+        if len(records) != 1:
+            raise PayloadError(
+                f"model {signature.name!r} answers through Triton's generate routes "
+                f"(decoupled, or SAGEMAKER_TRITON_INFERENCE_TYPE), one record per request; "
+                f"this request holds {len(records)}"
+            )
+        tensors = tensors_from_records(records, signature)
+        extra, parameters = parameter_inputs(parameters, signature, 1)
+        for input_name, tensor in extra.items():
+            tensors.setdefault(input_name, tensor)
+        document: dict[str, object] = {
+            input_name: _generate_value(input_name, tensor[0] if signature.batched else tensor)
+            for input_name, tensor in tensors.items()
+        }
+        if parameters:
+            document["parameters"] = parameters
+        body = json.dumps(document).encode()
+        if invocation.inference == "generate":
+            reply = await self.triton.request(
+                "POST", _path(name, "generate"), body, {"Content-Type": "application/json"}
+            )
+            if reply.status != 200:
+                raise _failure(reply.status, reply.body)
+            _check_generate_answer(reply.body)
+            return Reply(200, "application/json", reply.body)
+        own = Answer.EVENTS if invocation.inference == "generate_stream" else Answer.JSONLINES
+        answer = answer_candidates(invocation.accept, own, streaming=True)[0]
+        return await self._stream(_path(name, "generate_stream"), body, answer)
+
+    async def _stream(self, path: str, body: bytes, answer: Answer) -> Reply:
+        stream = await self.triton.stream("POST", path, body, {"Content-Type": "application/json"})
+        if stream.status != 200:
+            error = b"".join([chunk async for chunk in stream.chunks])
+            raise _failure(stream.status, error)
+        if answer is Answer.EVENTS:
+            return Reply(200, "text/event-stream", chunks=stream.chunks)
+        return Reply(200, answer.content_type, chunks=_json_lines(stream.chunks))
+
+
+def _decode(
+    family: Family,
+    media: MediaType,
+    body: bytes,
+    document: object,
+    signature: ModelSignature,
+) -> tuple[list[object], dict[str, object]]:
+    if family is Family.JSON:
+        return json_codec.decode(document, signature)
+    if family is Family.JSONLINES:
+        return json_codec.decode_lines(body), {}
+    if family is Family.CSV:
+        text = body.decode(media.charset, errors="replace")
+        return csv_codec.decode(text, signature, media.params.get("header")), {}
+    if family is Family.NPY:
+        return npy_codec.decode(body, signature), {}
+    raw_codec.check_model(signature, media.mime)
+    if family is Family.TEXT:
+        return raw_codec.decode_text(body, media.charset), {}
+    return raw_codec.decode_bytes(body), {}
+
+
+def _feasible(candidates: list[Answer], signature: ModelSignature) -> Answer:
+    """The caller's best answer this model can be written in; 406 if none."""
+    problem: NotAcceptable | None = None
+    for answer in candidates:
+        check = FEASIBILITY.get(answer)
+        if check is None:
+            return answer
+        try:
+            check(signature)
+        except NotAcceptable as exc:
+            problem = problem or exc
+            continue
+        return answer
+    assert problem is not None
+    raise problem
+
+
+def _path(name: str, inference: str) -> str:
+    return f"/v2/models/{quote(name, safe='')}/{inference}"
+
+
+def _names_inputs(document: object) -> bool:
+    """A generate-extension body: an object whose keys are input names (not a simple shape)."""
+    return isinstance(document, dict) and not ({"inputs", "instances"} & document.keys())
+
+
+def _binary_header_size(invocation: Invocation) -> int:
+    match = BINARY_HEADER.match(invocation.content_type)
+    if match is None or int(match.group(1)) > len(invocation.body):
+        raise PayloadError(
+            "malformed Content-Type: binary requests need exactly "
+            "application/vnd.sagemaker-triton.binary+json;json-header-size=N, with N the "
+            "length of the JSON header in bytes"
+        )
+    size = int(match.group(1))
+    if size:
+        try:
+            json.loads(invocation.body[:size])
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PayloadError(f"the request body is not valid JSON: {exc}") from exc
+    return size
+
+
+def _v2_as_records(document: object) -> tuple[list[object], dict[str, object]]:
+    """A v2 request for a decoupled model, as one named record for the generate route."""
+    assert isinstance(document, dict)
+    record = {item["name"]: item.get("data") for item in document["inputs"]}
+    parameters = document.get("parameters") or {}
+    return [record], parameters if isinstance(parameters, dict) else {}
+
+
+def _generate_value(name: str, tensor: object) -> object:
+    array = np.asarray(tensor)
+    if array.dtype == object:
+        try:
+            items = [item.decode("utf-8") for item in array.reshape(-1)]
+        except UnicodeDecodeError as exc:
+            raise PayloadError(
+                f"input {name!r} holds bytes that are not UTF-8 text; Triton's generate "
+                "routes (streaming) carry text only"
+            ) from exc
+        return items[0] if array.size == 1 else items
+    return array.reshape(-1)[0].item() if array.size == 1 else array.reshape(-1).tolist()
+
+
+async def _json_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Triton's server-sent events as JSON Lines: one line per model response."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            line = _event_line(event)
+            if line:
+                yield line
+    if pending.strip():
+        line = _event_line(pending)
+        if line:
+            yield line
+
+
+def _event_line(event: bytes) -> bytes:
+    data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    if not data:
+        return b""
+    try:
+        fields = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return json.dumps({"error": data.decode("utf-8", "replace")}).encode() + b"\n"
+    if isinstance(fields, dict):
+        fields.pop("model_name", None)
+        fields.pop("model_version", None)
+    return json.dumps(fields).encode() + b"\n"
+
+
+def _check_generate_answer(body: bytes) -> None:
+    """Triton 2.51 answers generate's failures with 200 and an error; newer ones with 400."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return
+    if isinstance(document, dict) and set(document) == {"error"}:
+        raise PayloadError(str(document["error"]))
+
+
+def _failure(status: int, body: bytes) -> ServeError:
+    """Triton's refusal, with a status the caller can act on."""
+    message = _error_message(body)
+    if OUT_OF_MEMORY.search(message):
+        return ServeError(message, 507)
+    if "unknown model" in message or "is not found" in message:
+        return ModelNotFound(message)
+    if status == 500 and UNPARSABLE.search(message):
+        return PayloadError(message)
+    if status == 503:
+        return TritonUnavailable(message)
+    return ServeError(message, status)
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", errors="replace") or "Triton failed without a message"

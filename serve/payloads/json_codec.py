@@ -1,0 +1,195 @@
+"""JSON in the shapes people send, JSON Lines, and the simple JSON answer.
+
+Request bodies (`application/json` that is not KServe v2):
+
+- `{"instances": [record, ...]}` (TensorFlow Serving's, SageMaker's row form);
+- `{"inputs": [record, ...]}`, or `{"inputs": {"name": [value per record], ...}}`
+  (columns), or `{"inputs": "text"}` for a model with one BYTES input;
+- a bare array: `[record, ...]`, or one record of plain values (`[42, 7]`);
+- one object naming the inputs (`{"user_id": 42, "item_id": 7}`).
+
+Records are described in records.py. Where a record takes exactly one value
+(one record input of one element), a flat list is one record per value, so
+`["a", "b"]` is two texts and `[3, 5]` two ids. `"parameters": {...}` beside
+`inputs` or `instances` become request parameters (or fill inputs they name).
+
+`application/jsonlines`: one record per line (SageMaker Batch Transform's
+SplitType=Line); the answer has one line per record.
+
+The simple answer is `{"predictions": [value per record]}`, each value the
+record's output (a number for an output of one element, a list otherwise,
+text for BYTES) or, for a model with several outputs, an object naming them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+
+import numpy as np
+
+from serve.payloads.errors import PayloadError
+from serve.payloads.records import SCALARS
+from serve.payloads.signature import ModelSignature
+from serve.payloads.v2 import Outputs
+
+SHAPES = (
+    '{"instances": [record, ...]}, {"inputs": [record, ...]}, {"inputs": {"name": [...]}}, '
+    '{"inputs": "text"}, a bare array of records, or KServe v2 {"inputs": [{"name": ...}]}'
+)
+
+
+def parse(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"the request body is not valid JSON: {exc}") from exc
+
+
+def decode(document: object, signature: ModelSignature) -> tuple[list[object], dict[str, object]]:
+    """Records and request parameters from a simple-shape JSON document."""
+    parameters: dict[str, object] = {}
+    if isinstance(document, dict):
+        if "instances" in document or "inputs" in document:
+            raw_parameters = document.get("parameters", {})
+            if not isinstance(raw_parameters, dict):
+                raise PayloadError('"parameters" must be an object of names and values')
+            parameters = raw_parameters
+            extra = set(document) - {"instances", "inputs", "parameters"}
+            if extra:
+                raise PayloadError(
+                    f"unexpected field(s) {', '.join(sorted(map(repr, extra)))} beside "
+                    f"inputs/instances; send one of: {SHAPES}"
+                )
+            if "instances" in document:
+                return _instances(document["instances"]), parameters
+            return _inputs(document["inputs"], signature), parameters
+        if document and all(isinstance(k, str) and signature.input(k) for k in document):
+            return [document], parameters
+        raise PayloadError(
+            f"the JSON object has no inputs or instances for model {signature.name!r} "
+            f"(inputs: {signature.describe_inputs()}); send one of: {SHAPES}"
+        )
+    if isinstance(document, list):
+        return _records(document, signature), parameters
+    if isinstance(document, str) and _single_value(signature):
+        return [document], parameters
+    raise PayloadError(f"a JSON {type(document).__name__} is not a request; send one of: {SHAPES}")
+
+
+def decode_lines(body: bytes) -> list[object]:
+    records = []
+    for number, line in enumerate(body.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PayloadError(f"line {number} is not valid JSON: {exc}") from exc
+    if not records:
+        raise PayloadError("the JSON Lines body holds no records")
+    return records
+
+
+def _instances(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise PayloadError(f'"instances" must be a list of records; got {_kind(value)}')
+    if not value:
+        raise PayloadError('"instances" is empty; send at least one record')
+    return list(value)
+
+
+def _inputs(value: object, signature: ModelSignature) -> list[object]:
+    if isinstance(value, dict):
+        return _columns(value, signature)
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise PayloadError(f'"inputs" must be a list of records or a text; got {_kind(value)}')
+    return _records(value, signature)
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _records(items: list[object], signature: ModelSignature) -> list[object]:
+    """A JSON array: records, or one record of plain values."""
+    if not items:
+        raise PayloadError("the JSON array is empty; send at least one record")
+    if all(isinstance(item, SCALARS) for item in items) and not _single_value(signature):
+        return [items]
+    return list(items)
+
+
+def _columns(columns: Mapping[str, object], signature: ModelSignature) -> list[object]:
+    lengths = {}
+    for name, values in columns.items():
+        if signature.input(name) is None:
+            raise PayloadError(
+                f"{name!r} is not an input of model {signature.name!r}; its inputs are: "
+                f"{', '.join(s.describe() for s in signature.inputs)}"
+            )
+        if not isinstance(values, list):
+            raise PayloadError(f'"inputs" columns hold a list per input; {name!r} does not')
+        lengths[name] = len(values)
+    if not lengths or len(set(lengths.values())) != 1:
+        raise PayloadError(f"the input columns differ in length: {lengths}")
+    count = next(iter(lengths.values()))
+    return [{name: columns[name][i] for name in columns} for i in range(count)]  # type: ignore[index]
+
+
+def _single_value(signature: ModelSignature) -> bool:
+    """True when a record is one value (one record input of one element)."""
+    specs = signature.record_inputs
+    return len(specs) == 1 and specs[0].fixed_size == 1
+
+
+# -- answers ---------------------------------------------------------------
+
+
+def record_values(outputs: Outputs, signature: ModelSignature) -> list[object]:
+    """Each record's answer as JSON values: one output's value, or an object of them."""
+    per_output = {name: _split(array, signature) for name, array in outputs.tensors.items()}
+    if not per_output:
+        return []
+    count = len(next(iter(per_output.values())))
+    if len(per_output) == 1:
+        return next(iter(per_output.values()))
+    return [{name: values[i] for name, values in per_output.items()} for i in range(count)]
+
+
+def _split(array: np.ndarray, signature: ModelSignature) -> list[object]:
+    rows = list(array) if signature.batched and array.ndim > 0 else [array]
+    return [json_value(np.asarray(row, dtype=array.dtype)) for row in rows]
+
+
+def json_value(array: np.ndarray) -> object:
+    """One record's value: a scalar for one element, nested lists otherwise."""
+    if array.dtype == object:
+        items = [_text(item) for item in array.reshape(-1)]
+        if array.size == 1:
+            return items[0]
+        return np.asarray(items, dtype=object).reshape(array.shape).tolist()
+    if array.size == 1:
+        return array.reshape(-1)[0].item()
+    return array.tolist()
+
+
+def _text(item: object) -> object:
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(item).decode()}
+    return item
+
+
+def encode(outputs: Outputs, signature: ModelSignature) -> bytes:
+    return json.dumps({"predictions": record_values(outputs, signature)}).encode()
+
+
+def encode_lines(outputs: Outputs, signature: ModelSignature) -> bytes:
+    lines = [json.dumps(value) for value in record_values(outputs, signature)]
+    return ("\n".join(lines) + "\n").encode()

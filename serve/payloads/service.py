@@ -1,0 +1,293 @@
+"""The payload service: the adapters behind nginx, on a unix socket of the front's.
+
+Only nginx talks to this server, over one kept-alive upstream, so it speaks
+the HTTP/1.1 nginx sends (a Content-Length body; chunked too, for safety) and
+nothing more. It is an asyncio server in a thread of `serve`: a request that
+waits on Triton holds no thread, so as many requests as nginx sends are in
+Triton at once and its dynamic batcher can batch them. (The Flask control
+app under waitress reached about a quarter of the native throughput on the
+NCF example here; this reaches more than half.) Every error is JSON.
+
+Routes:
+- `POST /_serve/invocations`: an invocation, the model in X-Serve-Model and
+  Triton's route in X-Serve-Inference (infer, generate, generate_stream);
+- `POST /models/NAME/invoke` (multi-model endpoints): names nginx does not
+  route itself (percent-encoded in the path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import unquote
+
+from serve.errors import ServeError
+from serve.multi_model import ModelRegistry
+from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
+from serve.payloads.triton_http import TritonHttp
+
+log = logging.getLogger(__name__)
+
+MODEL_HEADER = "x-serve-model"
+INFERENCE_HEADER = "x-serve-inference"
+INVOCATIONS = "/_serve/invocations"
+HEAD_LIMIT = 1 << 20
+
+
+class PayloadService:
+    def __init__(self, socket_path: Path, triton_port: int, registry: ModelRegistry | None = None):
+        self.socket_path = socket_path
+        self._triton_port = triton_port
+        self._registry = registry
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="payloads", daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+        self._failure: BaseException | None = None
+
+    def start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        self._started.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            adapter = PayloadAdapter(TritonHttp(self._triton_port), self._registry)
+            self._server = self._loop.run_until_complete(
+                self._loop.create_unix_server(
+                    lambda: _NginxConnection(adapter, self._registry), path=str(self.socket_path)
+                )
+            )
+            # nginx's unprivileged workers connect to this socket.
+            os.chmod(self.socket_path, 0o666)
+        except BaseException as exc:
+            self._failure = exc
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._server.close()
+            adapter.triton.close()
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(self._server.wait_closed())
+            self._loop.close()
+
+
+class _NginxConnection(asyncio.Protocol):
+    """One kept-alive connection from nginx: requests in, one at a time, answers out."""
+
+    def __init__(self, adapter: PayloadAdapter, registry: ModelRegistry | None):
+        self._adapter = adapter
+        self._registry = registry
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._busy = False
+        self._closed = False
+        self._writable: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._next()
+
+    def _next(self) -> None:
+        if self._busy or self._closed:
+            return
+        try:
+            request = _parse_request(self._buffer)
+        except ValueError as exc:
+            self._write(Reply(400, "application/json", _error(f"bad request: {exc}")))
+            self._close()
+            return
+        if request is None:
+            if len(self._buffer) > HEAD_LIMIT and self._buffer.find(b"\r\n\r\n") < 0:
+                self._write(Reply(431, "application/json", _error("request head too large")))
+                self._close()
+            return
+        self._busy = True
+        asyncio.get_running_loop().create_task(self._serve(*request))
+
+    async def _serve(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
+        reply = await self._answer(method, target, headers, body)
+        if reply.chunks is None:
+            self._write(reply)
+        else:
+            await self._write_stream(reply)
+        self._busy = False
+        self._next()
+
+    async def _answer(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply:
+        try:
+            invocation = self._invocation(method, target, headers, body)
+            return await self._adapter.invoke(invocation)
+        except ServeError as exc:
+            return Reply(exc.status, "application/json", _error(exc.message))
+        except (asyncio.TimeoutError, TimeoutError):
+            return Reply(504, "application/json", _error("the model did not answer in time"))
+        except Exception as exc:
+            log.exception("unexpected error adapting a payload")
+            return Reply(
+                500, "application/json", _error(f"internal error in serve: {type(exc).__name__}")
+            )
+
+    def _invocation(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes
+    ) -> Invocation:
+        path = target.split("?", 1)[0]
+        if path == INVOCATIONS and MODEL_HEADER in headers:
+            # Percent-encoded by nginx's config (names of any characters travel safely).
+            model = unquote(headers[MODEL_HEADER])
+        elif (
+            self._registry is not None and path.startswith("/models/") and path.endswith("/invoke")
+        ):
+            model = unquote(path[len("/models/") : -len("/invoke")])
+        else:
+            raise ServeError("no such route", 404)
+        if method != "POST":
+            raise ServeError("this route accepts POST only", 405)
+        if not body:
+            raise ServeError("the request body is empty; send an inference request", 400)
+        return Invocation(
+            model=model,
+            inference=headers.get(INFERENCE_HEADER, "infer"),
+            content_type=headers.get("content-type", ""),
+            accept=headers.get("accept", ""),
+            body=body,
+        )
+
+    def _write(self, reply: Reply) -> None:
+        if self._closed or self._transport is None:
+            return
+        self._transport.write(
+            (
+                f"HTTP/1.1 {reply.status} {_phrase(reply.status)}\r\n"
+                f"Content-Type: {reply.content_type}\r\n"
+                f"Content-Length: {len(reply.body)}\r\n\r\n"
+            ).encode("latin-1")
+            + reply.body
+        )
+
+    async def _write_stream(self, reply: Reply) -> None:
+        assert reply.chunks is not None and self._transport is not None
+        self._transport.write(
+            (
+                f"HTTP/1.1 {reply.status} {_phrase(reply.status)}\r\n"
+                f"Content-Type: {reply.content_type}\r\n"
+                "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n"
+                # nginx passes each chunk on as it comes instead of buffering the answer.
+                "X-Accel-Buffering: no\r\n\r\n"
+            ).encode("latin-1")
+        )
+        try:
+            async for chunk in reply.chunks:
+                if self._closed:
+                    return  # the caller went away; closing the chunks ends Triton's request
+                if chunk:
+                    self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                if self._writable is not None:
+                    await self._writable
+        except Exception as exc:
+            # The head is sent: all that is left is to say so in the stream and end it.
+            log.warning("stream ended early: %s", exc)
+            message = getattr(exc, "message", None) or f"the stream failed: {exc}"
+            line = json.dumps({"error": message}).encode() + b"\n"
+            self._transport.write(b"%x\r\n%s\r\n" % (len(line), line))
+        finally:
+            with contextlib.suppress(Exception):
+                await reply.chunks.aclose()  # type: ignore[attr-defined]
+        self._transport.write(b"0\r\n\r\n")
+
+    def _close(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _parse_request(buffer: bytearray) -> tuple[str, str, dict[str, str], bytes] | None:
+    """One complete request from the front of `buffer` (removed from it), or None."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    request_line, *lines = buffer[:end].decode("latin-1").split("\r\n")
+    method, target, _version = request_line.split(" ", 2)
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    start = end + 4
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        parsed = _chunked_body(buffer, start)
+        if parsed is None:
+            return None
+        body, consumed = parsed
+    else:
+        length = int(headers.get("content-length", "0"))
+        if len(buffer) < start + length:
+            return None
+        body, consumed = bytes(buffer[start : start + length]), start + length
+    del buffer[:consumed]
+    return method, target, headers, body
+
+
+def _chunked_body(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
+    parts = []
+    position = start
+    while True:
+        line_end = buffer.find(b"\r\n", position)
+        if line_end < 0:
+            return None
+        size = int(bytes(buffer[position:line_end]).split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            trailer_end = buffer.find(b"\r\n\r\n", line_end)
+            if trailer_end < 0:
+                return None
+            return b"".join(parts), trailer_end + 4
+        if len(buffer) < line_end + 2 + size + 2:
+            return None
+        parts.append(bytes(buffer[line_end + 2 : line_end + 2 + size]))
+        position = line_end + 2 + size + 2
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()

@@ -1,0 +1,276 @@
+"""An asyncio client for Triton's HTTP frontend on loopback, with kept-alive connections.
+
+The payload service calls Triton once per adapted request, so this client is
+as lean as asyncio allows: protocol callbacks instead of streams, a pool of
+open connections, HTTP/1.1 answers with Content-Length or chunked bodies and
+nothing else. Triton on loopback is the only server it talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+
+from serve.payloads.errors import TritonUnavailable
+
+_END = b"\r\n\r\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    status: int
+    # Header names in lower case.
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclasses.dataclass
+class Stream:
+    """An answer whose body is read as it arrives (Triton's server-sent events)."""
+
+    status: int
+    headers: dict[str, str]
+    chunks: AsyncIterator[bytes]
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to Triton, carrying one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.received_any = False
+        self._buffer = bytearray()
+        self._head: tuple[int, dict[str, str]] | None = None
+        self._body: list[bytes] = []
+        self._answer: asyncio.Future[Reply] | None = None
+        # Streaming: the head arrives first, then chunks (None ends them).
+        self._stream_head: asyncio.Future[tuple[int, dict[str, str]]] | None = None
+        self._chunks: asyncio.Queue[bytes | BaseException | None] | None = None
+        self.reusable = False
+
+    # -- asyncio.Protocol ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        error = ConnectionError("Triton closed the connection")
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(error)
+        if self._stream_head is not None and not self._stream_head.done():
+            self._stream_head.set_exception(error)
+        if self._chunks is not None and self._head is not None:
+            self._chunks.put_nowait(error)
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        self._buffer += data
+        try:
+            self._parse()
+        except (ValueError, IndexError) as exc:
+            self._fail(ConnectionError(f"unreadable answer from Triton: {exc}"))
+
+    # -- requests ---------------------------------------------------------
+
+    def send(self, request: bytes, streaming: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self._buffer.clear()
+        self._head = None
+        self._body = []
+        self.received_any = False
+        self.reusable = False
+        if streaming:
+            self._stream_head = loop.create_future()
+            self._chunks = asyncio.Queue()
+        else:
+            self._answer = loop.create_future()
+        assert self.transport is not None
+        self.transport.write(request)
+
+    def abort(self) -> None:
+        self._fail(TimeoutError("Triton did not answer in time"))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, error: BaseException) -> None:
+        for future in (self._answer, self._stream_head):
+            if future is not None and not future.done():
+                future.set_exception(error)
+        if self._chunks is not None:
+            self._chunks.put_nowait(error)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _parse(self) -> None:
+        if self._head is None:
+            end = self._buffer.find(_END)
+            if end < 0:
+                return
+            status_line, *lines = self._buffer[:end].decode("latin-1").split("\r\n")
+            del self._buffer[: end + 4]
+            headers = {}
+            for line in lines:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            self._head = (int(status_line.split(" ", 2)[1]), headers)
+            if self._stream_head is not None:
+                self._stream_head.set_result(self._head)
+        headers = self._head[1]
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._parse_chunks()
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+            if len(self._buffer) >= length:
+                self._deliver(bytes(self._buffer[:length]))
+                del self._buffer[:length]
+                self._finish(reusable=headers.get("connection", "").lower() != "close")
+
+    def _parse_chunks(self) -> None:
+        while True:
+            line_end = self._buffer.find(b"\r\n")
+            if line_end < 0:
+                return
+            size = int(bytes(self._buffer[:line_end]).split(b";", 1)[0].strip() or b"0", 16)
+            # The last chunk, then trailers (if any) up to an empty line.
+            if size == 0:
+                if self._buffer.find(_END, line_end) < 0:
+                    return
+                self._buffer.clear()
+                self._finish(reusable=True)
+                return
+            if len(self._buffer) < line_end + 2 + size + 2:
+                return
+            start = line_end + 2
+            self._deliver(bytes(self._buffer[start : start + size]))
+            del self._buffer[: start + size + 2]
+
+    def _deliver(self, chunk: bytes) -> None:
+        if self._chunks is not None:
+            self._chunks.put_nowait(chunk)
+        else:
+            self._body.append(chunk)
+
+    def _finish(self, reusable: bool) -> None:
+        self.reusable = reusable
+        if self._chunks is not None:
+            self._chunks.put_nowait(None)
+            self._chunks = None
+            self._stream_head = None
+            return
+        assert self._head is not None and self._answer is not None
+        status, headers = self._head
+        answer, self._answer = self._answer, None
+        if not answer.done():
+            answer.set_result(Reply(status, headers, b"".join(self._body)))
+
+
+class TritonHttp:
+    def __init__(self, port: int, timeout: float = 65.0, keep: int = 128):
+        self.port = port
+        self.timeout = timeout
+        self._keep = keep
+        self._idle: list[_Connection] = []
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None
+    ) -> Reply:
+        message = _message(method, path, body, headers)
+        connection, reused = await self._connection()
+        try:
+            reply = await self._exchange(connection, message)
+        except ConnectionError:
+            if not (reused and not connection.received_any):
+                raise _unavailable() from None
+            # Triton closed a kept-alive connection before reading the request.
+            connection, _ = await self._connection(fresh=True)
+            try:
+                reply = await self._exchange(connection, message)
+            except ConnectionError:
+                raise _unavailable() from None
+        self._release(connection)
+        return reply
+
+    async def _exchange(self, connection: _Connection, message: bytes) -> Reply:
+        connection.send(message, streaming=False)
+        assert connection._answer is not None
+        timer = asyncio.get_running_loop().call_later(self.timeout, connection.abort)
+        try:
+            return await connection._answer
+        finally:
+            timer.cancel()
+
+    async def stream(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> Stream:
+        """Send a request and return as soon as the answer's head is in."""
+        connection, _ = await self._connection(fresh=True)
+        connection.send(_message(method, path, body, headers), streaming=True)
+        chunks_queue = connection._chunks
+        assert connection._stream_head is not None and chunks_queue is not None
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.timeout, connection.abort)
+        try:
+            status, reply_headers = await connection._stream_head
+        except ConnectionError:
+            raise _unavailable() from None
+        finally:
+            timer.cancel()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    # Each response of a decoupled model may take its time; the
+                    # whole answer is bounded by nginx's proxy_read_timeout per read.
+                    item = await asyncio.wait_for(chunks_queue.get(), self.timeout)
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                connection.closed = True
+                if connection.transport is not None:
+                    connection.transport.close()
+
+        return Stream(status, reply_headers, chunks())
+
+    async def _connection(self, fresh: bool = False) -> tuple[_Connection, bool]:
+        while self._idle and not fresh:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection, True
+        try:
+            _, connection = await asyncio.get_running_loop().create_connection(
+                _Connection, "127.0.0.1", self.port
+            )
+        except OSError as exc:
+            raise _unavailable() from exc
+        return connection, False
+
+    def _release(self, connection: _Connection) -> None:
+        if connection.reusable and not connection.closed and len(self._idle) < self._keep:
+            self._idle.append(connection)
+        elif connection.transport is not None:
+            connection.closed = True
+            connection.transport.close()
+
+    def close(self) -> None:
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.transport is not None:
+                connection.transport.close()
+
+
+def _message(method: str, path: str, body: bytes, headers: Mapping[str, str] | None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: triton", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _unavailable() -> TritonUnavailable:
+    return TritonUnavailable("the model server is not available; see the container log")

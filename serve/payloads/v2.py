@@ -1,0 +1,165 @@
+"""KServe v2 on the wire: recognising v2 bodies, building Triton requests, reading answers.
+
+Adapted requests go to Triton with every tensor in binary (Triton's binary
+tensor extension): exact values, no float formatting, and BYTES inputs that
+are not UTF-8 (images) pass unchanged. Answers are asked for in binary too
+and read into numpy arrays; a v2 answer in JSON (a native request relayed
+for another Accept) is read as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+
+from serve.payloads.errors import PayloadError
+from serve.payloads.signature import NUMPY_TYPES, TensorSpec
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """A model's answer: its output tensors in answer order, and who answered."""
+
+    model_name: str
+    model_version: str
+    tensors: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+
+
+def is_v2_request(body: object) -> bool:
+    """True for a KServe v2 inference request: `{"inputs": [{"name": ...}, ...]}`."""
+    if not isinstance(body, dict):
+        return False
+    inputs = body.get("inputs")
+    return isinstance(inputs, list) and all(
+        isinstance(item, dict) and "name" in item for item in inputs
+    )
+
+
+def binary_request(
+    tensors: Mapping[str, np.ndarray],
+    specs: Mapping[str, TensorSpec],
+    parameters: Mapping[str, object],
+    outputs: tuple[TensorSpec, ...],
+) -> tuple[bytes, dict[str, str]]:
+    """A Triton infer request with binary tensors; returns the body and its headers."""
+    inputs = []
+    blobs = []
+    for name, array in tensors.items():
+        datatype = specs[name].datatype
+        blob = encode_tensor(array, datatype)
+        blobs.append(blob)
+        inputs.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
+    header: dict[str, object] = {
+        "inputs": inputs,
+        "outputs": [{"name": s.name, "parameters": {"binary_data": True}} for s in outputs],
+    }
+    if parameters:
+        header["parameters"] = dict(parameters)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+    return head + b"".join(blobs), headers
+
+
+def encode_tensor(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for item in array.reshape(-1):
+            parts.append(struct.pack("<I", len(item)))
+            parts.append(item)
+        return b"".join(parts)
+    if datatype == "BF16":
+        # The upper half of each float32: bfloat16, rounded towards zero.
+        return (array.astype("<f4").view("<u4") >> 16).astype("<u2").tobytes()
+    return np.ascontiguousarray(array, dtype=NUMPY_TYPES[datatype].newbyteorder("<")).tobytes()
+
+
+def decode_tensor(blob: bytes | memoryview, datatype: str, shape: list[int]) -> np.ndarray:
+    if datatype == "BYTES":
+        items = []
+        offset = 0
+        view = memoryview(blob)
+        while offset < len(view):
+            (length,) = struct.unpack_from("<I", view, offset)
+            offset += 4
+            items.append(bytes(view[offset : offset + length]))
+            offset += length
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    if datatype == "BF16":
+        halves = np.frombuffer(blob, dtype="<u2").astype("<u4") << 16
+        return halves.view("<f4").reshape(shape)
+    return np.frombuffer(blob, dtype=NUMPY_TYPES[datatype].newbyteorder("<")).reshape(shape)
+
+
+def read_answer(body: bytes, headers: Mapping[str, str], wanted: tuple[str, ...] = ()) -> Outputs:
+    """Triton's infer answer (JSON, or JSON header plus binary outputs) as arrays."""
+    size = headers.get(HEADER_LENGTH.lower())
+    head_bytes = body[: int(size)] if size else body
+    try:
+        head = json.loads(head_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"Triton's answer is not v2 JSON: {exc}", 502) from exc
+    tensors: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    offset = len(head_bytes)
+    for output in head.get("outputs", []):
+        name, datatype, shape = output["name"], output["datatype"], output["shape"]
+        binary_size = (output.get("parameters") or {}).get("binary_data_size")
+        if binary_size is not None:
+            tensors[name] = decode_tensor(body[offset : offset + binary_size], datatype, shape)
+            offset += binary_size
+        elif datatype == "BYTES":
+            array = np.empty(len(output["data"]), dtype=object)
+            array[:] = [str(item).encode() for item in output["data"]]
+            tensors[name] = array.reshape(shape)
+        else:
+            tensors[name] = np.asarray(output["data"], dtype=NUMPY_TYPES[datatype]).reshape(shape)
+        datatypes[name] = datatype
+    if wanted:
+        tensors = {name: tensors[name] for name in wanted if name in tensors}
+    return Outputs(
+        model_name=str(head.get("model_name", "")),
+        model_version=str(head.get("model_version", "")),
+        tensors=tensors,
+        datatypes=datatypes,
+    )
+
+
+def json_answer(outputs: Outputs) -> bytes:
+    """The answer as Triton's own v2 JSON (what a native request would have received)."""
+    document = {
+        "model_name": outputs.model_name,
+        "model_version": outputs.model_version,
+        "outputs": [
+            {
+                "name": name,
+                "datatype": outputs.datatypes[name],
+                "shape": list(array.shape),
+                "data": _json_data(array, outputs.datatypes[name]),
+            }
+            for name, array in outputs.tensors.items()
+        ],
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _json_data(array: np.ndarray, datatype: str) -> list[object]:
+    flat = array.reshape(-1)
+    if datatype == "BYTES":
+        return [item.decode("utf-8", errors="replace") for item in flat]
+    return flat.tolist()
