@@ -288,7 +288,6 @@ def plot(points: list[Point], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
-    from matplotlib.ticker import ScalarFormatter
 
     by_target: dict[str, list[Point]] = {}
     for point in points:
@@ -315,7 +314,7 @@ def plot(points: list[Point], out: Path) -> list[Path]:
     figure.savefig(throughput, dpi=110)
     pyplot.close(figure)
 
-    figure, axes = pyplot.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    figure, axes = pyplot.subplots(1, 2, figsize=(11, 4.5))
     for axis, (field, label) in zip(axes, (("p50_ms", "p50"), ("p99_ms", "p99")), strict=True):
         for name, series in by_target.items():
             axis.plot(
@@ -325,8 +324,7 @@ def plot(points: list[Point], out: Path) -> list[Path]:
                 label=name,
             )
         _concurrency_axis(axis, levels)
-        axis.set_yscale("log")
-        axis.yaxis.set_major_formatter(ScalarFormatter())
+        axis.set_ylim(bottom=0)
         axis.set_title(f"{label} latency")
         axis.set_ylabel("ms")
         axis.legend()
