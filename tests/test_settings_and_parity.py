@@ -52,6 +52,8 @@ def test_every_sagemaker_triton_variable_reaches_tritonserver(
         SAGEMAKER_TRITON_GRPC_PORT=str(grpc),
         SAGEMAKER_TRITON_ALLOW_METRICS="true",
         SAGEMAKER_TRITON_METRICS_PORT=str(metrics),
+        # The front's own metrics would take metrics + 1, which may be in use.
+        SERVE_METRICS_PORT=str(free_port()),
         SAGEMAKER_TRITON_LOG_VERBOSE="0",
         SAGEMAKER_TRITON_LOG_INFO="false",
         SAGEMAKER_TRITON_LOG_WARNING="true",
