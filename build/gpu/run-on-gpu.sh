@@ -2,7 +2,9 @@
 # On a GPU machine (the device tool's nvidia-h100-x1), from the repository
 # root with .gpu/ from build/gpu/pack.sh: serve the NCF example with KIND_GPU
 # through `serve`, send one request, and run build/bench/invocations.py and
-# build/bench/multi_model.py (BATCH_BENCH=1 adds a batch-64 run).
+# build/bench/multi_model.py (BATCH_BENCH=1 adds a batch-64 run;
+# SKIP_NCF_BENCH=1 skips those two benchmarks; ENCODER_BENCH=1 adds
+# build/bench/gpu_encoder.py, the BERT-base-sized encoder, ENCODER_ARGS its options).
 # Everything is logged under $OUT.
 set -x
 export PYTHONUNBUFFERED=1
@@ -90,9 +92,20 @@ grep -E 'GPU|CPU|successfully loaded|WARNING|ERROR' "$OUT/serve.log"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu-util.csv" &
 smi_pid=$!
 bench() { timeout 170 python build/bench/invocations.py --seconds 8 "$@"; }
-bench --rounds 5 | tee "$OUT/bench-c16.txt"
-bench --rounds 3 --connections 64 | tee "$OUT/bench-c64.txt"
-[ -n "${BATCH_BENCH:-}" ] && bench --rounds 3 --batch 64 | tee "$OUT/bench-b64.txt"
-# The multi-model endpoint: /models/NAME/invoke against Triton's own frontend.
-timeout 250 python build/bench/multi_model.py --seconds 8 --rounds 5 ${MME_CONTROL:+--control} | tee "$OUT/bench-mme-c16.txt"
+if [ -z "${SKIP_NCF_BENCH:-}" ]; then
+    bench --rounds 5 | tee "$OUT/bench-c16.txt"
+    bench --rounds 3 --connections 64 | tee "$OUT/bench-c64.txt"
+    [ -n "${BATCH_BENCH:-}" ] && bench --rounds 3 --batch 64 | tee "$OUT/bench-b64.txt"
+    # The multi-model endpoint: /models/NAME/invoke against Triton's own frontend.
+    timeout 250 python build/bench/multi_model.py --seconds 8 --rounds 5 ${MME_CONTROL:+--control} | tee "$OUT/bench-mme-c16.txt"
+fi
+# The BERT-base-sized encoder (fp16, sequence 128) against the same module in-process.
+if [ -n "${ENCODER_BENCH:-}" ]; then
+    # shellcheck disable=SC2086
+    timeout "${ENCODER_TIMEOUT:-300}" python build/bench/gpu_encoder.py --commit "$(cat "$G/COMMIT")" \
+        ${ENCODER_ARGS:-} | tee "$OUT/bench-encoder.txt"
+    for f in /tmp/bench-encoder-*/instances-*/serve.log; do
+        [ -e "$f" ] && cp "$f" "$OUT/serve-encoder-$(basename "$(dirname "$f")").log"
+    done
+fi
 kill $smi_pid
