@@ -4,11 +4,11 @@ SHELL := /bin/bash
 PORT ?= 8080
 SETUP_STAMP := .venv/.setup-done
 
-.PHONY: setup serve serve-mme test lint bench
+.PHONY: setup serve serve-mme serve-streaming test lint bench
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): pyproject.toml build/setup.sh build/examples/train_ncf.py
+$(SETUP_STAMP): pyproject.toml build/setup.sh build/examples/train_ncf.py build/examples/make_text_generator.py
 	bash build/setup.sh
 	touch $@
 
@@ -30,6 +30,12 @@ serve-mme: setup
 	done
 	OPT_ML=$(CURDIR)/.opt_ml SAGEMAKER_BIND_TO_PORT=$(PORT) SAGEMAKER_MULTI_MODEL=true \
 	.venv/bin/serve
+
+# The streaming example (streaming_repository/): a text-generation pipeline
+# that streams its tokens to /invocations (a tiny BLOOM with random weights).
+serve-streaming: setup
+	mkdir -p .opt_ml/streaming && ln -sfn ../../streaming_repository .opt_ml/streaming/model
+	OPT_ML=$(CURDIR)/.opt_ml/streaming SAGEMAKER_BIND_TO_PORT=$(PORT) .venv/bin/serve
 
 test: setup lint
 	.venv/bin/python -m pytest

@@ -22,7 +22,10 @@ from serve.payloads.v2 import Outputs
 
 
 def decode(text: str, signature: ModelSignature, header: str | None = None) -> list[object]:
-    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if '"' in text:
+        rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+    else:  # nothing quoted: plain splitting reads the same, several times faster
+        rows = [line.split(",") for line in text.splitlines() if line.strip(", \t")]
     if not rows:
         raise PayloadError("the CSV body holds no records")
     first = [cell.strip() for cell in rows[0]]
@@ -64,6 +67,15 @@ def _is_number(cell: str) -> bool:
 
 
 def encode(outputs: Outputs, signature: ModelSignature) -> bytes:
+    arrays = list(outputs.tensors.values())
+    if signature.batched and arrays and all(a.dtype != object and a.ndim for a in arrays):
+        # Numbers need no quoting: one tolist() per output, lines joined directly.
+        columns = [a.reshape(len(a), -1).tolist() for a in arrays]
+        lines = [
+            ",".join(str(cell) for part in parts for cell in part)
+            for parts in zip(*columns, strict=True)
+        ]
+        return ("\n".join(lines) + "\n").encode()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     columns = [_rows(array, signature) for array in outputs.tensors.values()]

@@ -161,6 +161,10 @@ def record_values(outputs: Outputs, signature: ModelSignature) -> list[object]:
 
 
 def _split(array: np.ndarray, signature: ModelSignature) -> list[object]:
+    if signature.batched and array.ndim > 0 and array.dtype != object:
+        # Numbers: one tolist() for the batch; a record of one value is that value.
+        flat = array.reshape(len(array), -1)
+        return flat[:, 0].tolist() if flat.shape[1] == 1 else array.tolist()
     rows = list(array) if signature.batched and array.ndim > 0 else [array]
     return [json_value(np.asarray(row, dtype=array.dtype)) for row in rows]
 

@@ -208,36 +208,56 @@ class TritonHttp:
         self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> Stream:
         """Send a request and return as soon as the answer's head is in."""
-        connection, _ = await self._connection(fresh=True)
-        connection.send(_message(method, path, body, headers), streaming=True)
-        chunks_queue = connection._chunks
-        assert connection._stream_head is not None and chunks_queue is not None
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.timeout, connection.abort)
+        message = _message(method, path, body, headers)
+        connection, reused = await self._connection()
         try:
-            status, reply_headers = await connection._stream_head
+            status, reply_headers, queue = await self._stream_head(connection, message)
         except ConnectionError:
-            raise _unavailable() from None
-        finally:
-            timer.cancel()
+            if not (reused and not connection.received_any):
+                raise _unavailable() from None
+            # Triton closed a kept-alive connection before reading the request.
+            connection, _ = await self._connection(fresh=True)
+            try:
+                status, reply_headers, queue = await self._stream_head(connection, message)
+            except ConnectionError:
+                raise _unavailable() from None
 
         async def chunks() -> AsyncIterator[bytes]:
+            finished = False
             try:
                 while True:
-                    # Each response of a decoupled model may take its time; the
-                    # whole answer is bounded by nginx's proxy_read_timeout per read.
-                    item = await asyncio.wait_for(chunks_queue.get(), self.timeout)
+                    # Each response of a decoupled model may take its time: the
+                    # timeout bounds the wait for the next one, not the whole answer.
+                    item = await asyncio.wait_for(queue.get(), self.timeout)
                     if item is None:
+                        finished = True
                         return
                     if isinstance(item, BaseException):
                         raise item
                     yield item
             finally:
-                connection.closed = True
-                if connection.transport is not None:
-                    connection.transport.close()
+                if finished:
+                    self._release(connection)
+                else:  # the caller left early: closing the connection ends Triton's request
+                    connection.closed = True
+                    if connection.transport is not None:
+                        connection.transport.close()
 
         return Stream(status, reply_headers, chunks())
+
+    async def _stream_head(
+        self, connection: _Connection, message: bytes
+    ) -> tuple[int, dict[str, str], asyncio.Queue[bytes | BaseException | None]]:
+        """The answer's status and headers, and the queue its chunks arrive on."""
+        connection.send(message, streaming=True)
+        head, queue = connection._stream_head, connection._chunks
+        assert head is not None and queue is not None
+        timer = asyncio.get_running_loop().call_later(self.timeout, connection.abort)
+        try:
+            status, headers = await head
+        finally:
+            timer.cancel()
+        return status, headers, queue
 
     async def _connection(self, fresh: bool = False) -> tuple[_Connection, bool]:
         while self._idle and not fresh:

@@ -1,0 +1,81 @@
+"""Make the text-generation example's weights: a tiny BLOOM, initialised from a config.
+
+The example in streaming_repository/text_generator has the shape of the
+common bloom-560m Python-backend example (a transformers text-generation
+pipeline in model.py, loading with from_pretrained), but no network is
+needed here, so this script writes a model of the same architecture with
+RANDOM weights (2 layers, 64 wide, a byte-level BPE tokenizer trained on a
+few sentences) into the model's version folder. Its text is gibberish: it
+exists so that the code path (loading, generating, streaming tokens) is real.
+Replace `1/generator/` with a real checkpoint (`save_pretrained` output of
+bigscience/bloom-560m, say) to serve a real model with the same code.
+
+Run: `.venv/bin/python build/examples/make_text_generator.py --repository streaming_repository`
+(set-up does); --force rewrites existing files.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import BloomConfig, BloomForCausalLM, PreTrainedTokenizerFast
+
+CORPUS = [
+    "Triton serves models on SageMaker endpoints.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Streaming sends each token as soon as the model makes it.",
+    "A tiny model with random weights writes gibberish, quickly.",
+]
+SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=Path("streaming_repository"))
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    target = args.repository / "text_generator" / "1" / "generator"
+    if (target / "model.safetensors").is_file() and not args.force:
+        print(f"{target} exists; --force rewrites it")
+        return
+    target.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=SPECIAL,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    fast.save_pretrained(target)
+
+    torch.manual_seed(0)
+    config = BloomConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
+    BloomForCausalLM(config).eval().save_pretrained(target, safe_serialization=True)
+    print(f"wrote a {config.n_layer}-layer BLOOM with random weights to {target}")
+
+
+if __name__ == "__main__":
+    main()
