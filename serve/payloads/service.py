@@ -1,12 +1,14 @@
 """The payload service: the adapters behind nginx, on a unix socket of the front's.
 
-Only nginx talks to this server, over one kept-alive upstream, so it speaks
-the HTTP/1.1 nginx sends (a Content-Length body; chunked too, for safety) and
-nothing more. It is an asyncio server in a thread of `serve`: a request that
-waits on Triton holds no thread, so as many requests as nginx sends are in
-Triton at once and its dynamic batcher can batch them. (The Flask control
-app under waitress reached about a quarter of the native throughput on the
-NCF example here; this reaches more than half.) Every error is JSON.
+Only nginx talks to this server, over kept-alive upstream connections, so it
+speaks the HTTP/1.1 nginx sends (a Content-Length body; chunked too, for
+safety) and nothing more. It is an asyncio server in a thread of `serve`,
+written with protocol callbacks rather than streams (fewer wake-ups a
+request): a request that waits on Triton holds no thread, so as many
+requests as nginx sends are in Triton at once and its dynamic batcher can
+batch them. (The Flask control app under waitress reached about a quarter of
+the native throughput on the NCF example here; this reaches more than half,
+build/bench/payloads.py.) Every error is JSON.
 
 Routes:
 - `POST /_serve/invocations`: an invocation, the model in X-Serve-Model and

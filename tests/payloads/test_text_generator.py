@@ -8,6 +8,7 @@ the streamed pieces are exactly what the same pipeline generates in-process.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,12 +43,22 @@ def generator_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
 
 
 def expected_text(prompt: str, new_tokens: int) -> str:
-    transformers = pytest.importorskip("transformers")
-    generate = transformers.pipeline(
-        "text-generation", model=str(GENERATOR), tokenizer=str(GENERATOR), device="cpu"
+    """The pipeline's own text, in a subprocess: transformers stays off this one's path."""
+    script = (
+        "import json, sys; from transformers import pipeline\n"
+        f"g = pipeline('text-generation', model={str(GENERATOR)!r}, "
+        f"tokenizer={str(GENERATOR)!r}, device='cpu')\n"
+        f"r = g({prompt!r}, max_new_tokens={new_tokens}, return_full_text=False)\n"
+        "print(json.dumps(r[0]['generated_text']))"
     )
-    result = generate(prompt, max_new_tokens=new_tokens, return_full_text=False)
-    return result[0]["generated_text"]
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(GENERATOR.parent / "packages")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)
 
 
 def test_tokens_stream_as_the_pipeline_makes_them(generator_server: ServeProcess) -> None:

@@ -14,12 +14,20 @@ others such as `do_sample` or `temperature` are request parameters.
 
 import json
 import os
+import sys
 import threading
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from transformers import TextIteratorStreamer, pipeline
+
+# Local set-up installs transformers here, outside serve's environment (see
+# build/examples/make_text_generator.py); the image has it installed.
+_PACKAGES = os.path.join(os.path.dirname(__file__), "packages")
+if os.path.isdir(_PACKAGES):
+    sys.path.insert(0, _PACKAGES)
+
+from transformers import TextIteratorStreamer, pipeline  # noqa: E402
 
 DEFAULT_NEW_TOKENS = 16
 GENERATION_ARGUMENTS = {"do_sample", "temperature", "top_k", "top_p", "repetition_penalty"}
