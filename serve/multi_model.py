@@ -38,7 +38,7 @@ from serve import host, model_config
 from serve.errors import ArtifactError, ServeError
 from serve.model_config import CONFIG_FILE
 from serve.repository import Preparation, model_sources, prepare_model
-from serve.triton_client import TritonClient
+from serve.triton_client import TritonClient, error_message
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class ModelRegistry:
         )
         if reply.status == 200:
             return
-        message = _error_text(reply.body)
+        message = error_message(reply.body)
         # Triton reports a Python-backend stub killed by the OOM killer as an
         # unhealthy stub, not as out of memory; the kernel's count tells.
         killed_for_memory = host.oom_kill_count() > oom_kills_before
@@ -342,10 +342,3 @@ def _decode_token(token: str | None) -> str:
         raise ServeError(
             f"next_page_token {token!r} is not a token this endpoint issued", 400
         ) from exc
-
-
-def _error_text(body: bytes) -> str:
-    try:
-        return str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
-        return body.decode("utf-8", errors="replace")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import json
 from collections.abc import Mapping
 
 
@@ -47,3 +48,11 @@ class TritonClient:
             return self.request("GET", path, timeout=2.0).status == 200
         except OSError:
             return False
+
+
+def error_message(body: bytes) -> str:
+    """The message of Triton's `{"error": ...}` answer, or the body as text."""
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", errors="replace") or "Triton failed without a message"

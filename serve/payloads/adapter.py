@@ -40,6 +40,7 @@ from serve.payloads.records import parameter_inputs, record_count, tensors_from_
 from serve.payloads.signature import ModelSignature
 from serve.payloads.triton_http import TritonHttp
 from serve.payloads.v2 import Outputs, binary_request, is_v2_request, json_answer, read_answer
+from serve.triton_client import error_message
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class PayloadAdapter:
             return cached
         reply = await self.triton.request("GET", f"/v2/models/{quote(name, safe='')}/config")
         if reply.status != 200:
-            message = _error_message(reply.body)
+            message = error_message(reply.body)
             if reply.status in (400, 404) and (
                 "unknown model" in message or "not found" in message
             ):
@@ -173,7 +174,7 @@ class PayloadAdapter:
         if invocation.inference == "generate_stream":
             return await self._stream(path, invocation.body, Answer.EVENTS)
         reply = await self.triton.request("POST", path, invocation.body, headers)
-        if reply.status == 501 and DECOUPLED.search(_error_message(reply.body)):
+        if reply.status == 501 and DECOUPLED.search(error_message(reply.body)):
             signature = signature or await self.signature(name, key)
             return await self._v2_stream(invocation, name, signature, own)
         if reply.status != 200:
@@ -378,7 +379,7 @@ def _check_generate_answer(body: bytes) -> None:
 
 def _failure(status: int, body: bytes) -> ServeError:
     """Triton's refusal, with a status the caller can act on."""
-    message = _error_message(body)
+    message = error_message(body)
     if OUT_OF_MEMORY.search(message):
         return ServeError(message, 507)
     if "unknown model" in message or "is not found" in message:
@@ -388,10 +389,3 @@ def _failure(status: int, body: bytes) -> ServeError:
     if status == 503:
         return TritonUnavailable(message)
     return ServeError(message, status)
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        return str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
-        return body.decode("utf-8", errors="replace") or "Triton failed without a message"
