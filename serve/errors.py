@@ -29,3 +29,15 @@ class ConfigError(ServeError):
     """The container's configuration (environment variables) is invalid."""
 
     status = 500
+
+
+class ModelNotFound(ServeError):
+    """A request names a model this endpoint does not have loaded."""
+
+    status = 404
+
+
+class InsufficientMemory(ServeError):
+    """CPU or GPU memory ran out; on multi-model endpoints SageMaker evicts and retries."""
+
+    status = 507

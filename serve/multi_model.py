@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from serve import host, model_config
-from serve.errors import ArtifactError, ServeError
+from serve.errors import ArtifactError, InsufficientMemory, ModelNotFound, ServeError
 from serve.model_config import CONFIG_FILE
 from serve.repository import Preparation, model_sources, prepare_model
 from serve.triton_client import TritonClient, error_message
@@ -57,16 +57,8 @@ PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
-class ModelNotLoaded(ServeError):
-    status = 404
-
-
 class ModelAlreadyLoaded(ServeError):
     status = 409
-
-
-class InsufficientMemory(ServeError):
-    status = 507
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +135,7 @@ class ModelRegistry:
         with self._lock:
             model = self._loaded.get(name)
         if model is None:
-            raise ModelNotLoaded(f"model {name!r} is not loaded")
+            raise ModelNotFound(f"model {name!r} is not loaded")
         return model
 
     def is_loaded(self, name: str) -> bool:

@@ -23,10 +23,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from serve.errors import ServeError
+from serve.errors import InsufficientMemory, ModelNotFound, ServeError
 from serve.multi_model import OUT_OF_MEMORY, ModelRegistry
 from serve.payloads import csv_codec, json_codec, npy_codec, raw_codec
-from serve.payloads.errors import ModelNotFound, NotAcceptable, PayloadError, TritonUnavailable
+from serve.payloads.errors import NotAcceptable, PayloadError, TritonUnavailable
 from serve.payloads.media import (
     BINARY_JSON,
     DEFAULT_ANSWERS,
@@ -381,7 +381,7 @@ def _failure(status: int, body: bytes) -> ServeError:
     """Triton's refusal, with a status the caller can act on."""
     message = error_message(body)
     if OUT_OF_MEMORY.search(message):
-        return ServeError(message, 507)
+        return InsufficientMemory(message)
     if "unknown model" in message or "is not found" in message:
         return ModelNotFound(message)
     if status == 500 and UNPARSABLE.search(message):

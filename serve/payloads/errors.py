@@ -19,9 +19,5 @@ class NotAcceptable(ServeError):
     status = 406
 
 
-class ModelNotFound(ServeError):
-    status = 404
-
-
 class TritonUnavailable(ServeError):
     status = 503
