@@ -291,22 +291,27 @@ def find_model_archives(directory: Path) -> list[Path]:
     )
 
 
+# A model.tar.gz unpacked on macOS or from a notebook drags these along.
+JUNK_NAMES = {"__MACOSX", "__pycache__", "lost+found"}
+
+
+def is_junk(entry: Path) -> bool:
+    """Hidden entries and the folders tools leave beside models: never a model."""
+    return entry.name.startswith(".") or entry.name in JUNK_NAMES
+
+
 def model_root(extracted: Path) -> Path:
     """The folder inside an unpacked archive that holds the model folders.
 
     Users archive either the model folders themselves or the repository folder
     around them (`tar -czf model.tar.gz models/`). A single top-level folder
     that is not itself a model but holds model folders is such a wrapper and is
-    looked through; anything else is taken as is. Hidden entries and macOS's
-    `__MACOSX` do not count as a second top-level entry.
+    looked through; anything else is taken as is. Junk entries (`is_junk`)
+    do not count as a second top-level entry.
     """
     if (extracted / CONFIG_FILE).is_file():
         return extracted
-    entries = [
-        entry
-        for entry in extracted.iterdir()
-        if not entry.name.startswith(".") and entry.name != "__MACOSX"
-    ]
+    entries = [entry for entry in extracted.iterdir() if not is_junk(entry)]
     if len(entries) == 1 and entries[0].is_dir() and not _is_model_folder(entries[0]):
         wrapper = entries[0]
         if any(_is_model_folder(child) for child in wrapper.iterdir()):

@@ -21,7 +21,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from serve import model_config
-from serve.archives import ExtractionLimits, find_model_archives, model_root, safe_extract
+from serve.archives import (
+    ExtractionLimits,
+    find_model_archives,
+    is_junk,
+    model_root,
+    safe_extract,
+)
 from serve.environments import (
     EnvironmentCache,
     PreparedEnvironment,
@@ -35,8 +41,6 @@ from serve.triton_install import STUB_NAME, TritonInstall
 
 log = logging.getLogger(__name__)
 
-# A model.tar.gz unpacked on macOS or from a notebook drags these along.
-IGNORED_FOLDERS = {"__MACOSX", "__pycache__", "lost+found"}
 # The config parameter naming a Python-backend model's own environment.
 ENV_PARAMETER = "EXECUTION_ENV_PATH"
 _STUB_CHECK_TIMEOUT_S = 30
@@ -100,11 +104,7 @@ class PreparedRepository:
 
 def model_folders(model_dir: Path) -> list[Path]:
     """The folders Triton would treat as models (hidden and junk folders skipped)."""
-    return sorted(
-        entry
-        for entry in model_dir.iterdir()
-        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in IGNORED_FOLDERS
-    )
+    return sorted(entry for entry in model_dir.iterdir() if entry.is_dir() and not is_junk(entry))
 
 
 def prepare_single_model_repository(

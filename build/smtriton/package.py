@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve import model_config
-from serve.archives import ARCHIVE_SUFFIXES, ExtractionLimits, safe_extract
+from serve.archives import ARCHIVE_SUFFIXES, JUNK_NAMES, ExtractionLimits, safe_extract
 from serve.environments import EnvironmentCache
 from serve.errors import ServeError
 from serve.model_config import CONFIG_FILE
 from serve.repository import (
     ENV_PARAMETER,
-    IGNORED_FOLDERS,
     Preparation,
     PreparedRepository,
     model_folders,
@@ -50,7 +49,7 @@ log = logging.getLogger(__name__)
 IMAGE_PYTHON = "3.10"
 ENV_FILE = "env.tar.gz"
 ENV_VALUE = f"$$TRITON_MODEL_DIRECTORY/{ENV_FILE}"
-_SKIPPED_NAMES = IGNORED_FOLDERS | {".ipynb_checkpoints", ".DS_Store"}
+_SKIPPED_NAMES = JUNK_NAMES | {".ipynb_checkpoints", ".DS_Store"}
 
 
 @dataclass(frozen=True)
