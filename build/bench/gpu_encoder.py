@@ -1,17 +1,24 @@
 """GPU benchmark: a BERT-base-sized encoder served through `serve`, against in-process.
 
 The model is build/bench/bert_repository/bert_base (Triton's Python backend,
-dynamic batching, KIND_GPU): a BERT-base-sized encoder with random weights
-(12 layers, hidden 768, 12 heads, intermediate 3072, fp16, sequence 128,
-plain torch.nn.TransformerEncoder; not a trained model). wrk posts one
-sequence per request to `serve`'s /invocations, as v2 JSON and as Triton's
-binary+json framing (binary input and output), at several concurrencies. The
-same module called in-process on the same GPU with batches of 64 (fp16, timed
-with torch.cuda.synchronize) is the ceiling, in sequences per second; each
-served row's ratio is its requests (= sequences) per second over it.
+dynamic batching, KIND_GPU, CUDA graphs per batch-size bucket): a
+BERT-base-sized encoder with random weights (12 layers, hidden 768, 12 heads,
+intermediate 3072, fp16, sequence 128, plain torch.nn.TransformerEncoder; not
+a trained model). wrk posts one sequence per request to `serve`'s
+/invocations, as v2 JSON and as Triton's binary+json framing (binary input
+and output), at several concurrencies. The same module called in-process on
+the same GPU with batches of 64 (eager, fp16, timed with
+torch.cuda.synchronize) is the ceiling, in sequences per second; each served
+row's ratio is its requests (= sequences) per second over it. The ceiling is
+measured before and after the served runs, and the higher of the two counts.
 
-`--instances 1 2` measures each instance count in turn (a copy of the
-repository with the count changed), the tuning knob the table records.
+Before serving, the in-process section also checks the CUDA-graph replay
+against the eager module (padding included) and times both at a few batch
+sizes: what graphs buy without any serving around them.
+
+`--setup` (repeatable) serves variants of the committed config, e.g.
+`--setup instances=4 --setup instances=2,graphs=off,delay_us=2000`: each is a
+copy of the repository with those fields changed; the table records which.
 
 Run on a GPU host: `python build/bench/gpu_encoder.py` (see build/gpu/run-on-gpu.sh).
 """
@@ -19,6 +26,7 @@ Run on a GPU host: `python build/bench/gpu_encoder.py` (see build/gpu/run-on-gpu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -27,19 +35,27 @@ import struct
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
-from load_generators import BINARY_JSON, JSON, require_wrk, run_wrk
+from load_generators import BINARY_JSON, JSON, Measurement, require_wrk, run_wrk
 from serve_under_test import serve_with_reference
+
+from serve import model_config
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE / "bert_repository"
 MODEL = "bert_base"
 SEQUENCE = 128
+GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
+# Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
+CHECKED_ROWS = (1, 5, 33, 64)
+TIMED_BATCHES = (1, 8, 16, 32, 64)
 
 
-def load_encoder():
+def load_encoder() -> ModuleType:
     path = REPOSITORY / MODEL / "1" / "encoder.py"
     spec = importlib.util.spec_from_file_location("bert_bench_encoder", path)
     module = importlib.util.module_from_spec(spec)
@@ -51,24 +67,122 @@ def token_ids(count: int) -> list[int]:
     return [(101 + 37 * i) % 30000 for i in range(count)]
 
 
-def ceiling(batch: int, seconds: float) -> float:
-    """Sequences per second of the module called in-process, batches of `batch`."""
-    model = load_encoder().build(torch.device("cuda:0"))
-    ids = torch.tensor(token_ids(SEQUENCE), device="cuda:0").repeat(batch, 1)
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A served variant: config.pbtxt fields to change (None keeps the committed value)."""
+
+    instances: int | None = None
+    graphs: bool | None = None
+    delay_us: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Setup:
+        """`instances=N,graphs=on|off,delay_us=N`, any subset; "committed" for none."""
+        fields: dict[str, int | bool] = {}
+        for item in filter(None, spec.split(",")):
+            key, _, value = item.partition("=")
+            if key in ("instances", "delay_us") and value.isdigit():
+                fields[key] = int(value)
+            elif key == "graphs" and value in ("on", "off"):
+                fields[key] = value == "on"
+            elif item != "committed":
+                raise argparse.ArgumentTypeError(
+                    f"{item!r}: use instances=N, graphs=on|off or delay_us=N"
+                )
+        return cls(**fields)
+
+    def label(self, committed: model_config.ModelConfig) -> str:
+        """The setup's effective values, changed or committed."""
+        config = self.apply(committed)
+        return (
+            f"{config.instance_group[0].count} inst, "
+            f"{'graphs' if graph_buckets(config) else 'eager'}, "
+            f"{config.dynamic_batching.max_queue_delay_microseconds} us"
+        )
+
+    def apply(self, committed: model_config.ModelConfig) -> model_config.ModelConfig:
+        config = model_config.ModelConfig()
+        config.CopyFrom(committed)
+        if self.instances is not None:
+            config.instance_group[0].count = self.instances
+        if self.delay_us is not None:
+            config.dynamic_batching.max_queue_delay_microseconds = self.delay_us
+        if self.graphs is False:
+            config.parameters[GRAPHS_PARAMETER].string_value = ""
+        return config
+
+
+def graph_buckets(config: model_config.ModelConfig) -> list[int]:
+    """The batch sizes model.py captures CUDA graphs for (none: it runs eagerly)."""
+    if GRAPHS_PARAMETER not in config.parameters:
+        return []
+    return [int(size) for size in config.parameters[GRAPHS_PARAMETER].string_value.split()]
+
+
+def repository_for(setup: Setup, committed: model_config.ModelConfig, work: Path) -> Path:
+    """A copy of the benchmark repository with `setup`'s config (the original if unchanged)."""
+    if setup == Setup():
+        return REPOSITORY
+    copy = Path(tempfile.mkdtemp(prefix="repository-", dir=work))
+    shutil.copytree(REPOSITORY, copy, dirs_exist_ok=True)
+    model_config.write_config(setup.apply(committed), copy / MODEL / model_config.CONFIG_FILE)
+    return copy
+
+
+def sequences_per_second(
+    forward: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, seconds: float
+) -> float:
+    """Rows of `ids` per second through `forward`, synchronizing every 10 calls."""
     with torch.inference_mode():
         for _ in range(10):
-            model(ids)
+            forward(ids)
         torch.cuda.synchronize()
         iterations, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             for _ in range(10):
-                model(ids)
+                forward(ids)
             torch.cuda.synchronize()
             iterations += 10
         elapsed = time.perf_counter() - start
+    return iterations * ids.shape[0] / elapsed
+
+
+def ceiling(batch: int, seconds: float) -> float:
+    """Sequences per second of the plain module called in-process, batches of `batch`."""
+    model = load_encoder().build(torch.device("cuda:0"))
+    ids = torch.tensor(token_ids(SEQUENCE), device="cuda:0").repeat(batch, 1)
+    rate = sequences_per_second(model, ids, seconds)
     del model, ids
     torch.cuda.empty_cache()
-    return iterations * batch / elapsed
+    return rate
+
+
+def graphs_in_process(buckets: list[int]) -> None:
+    """Check the graph replay against the eager module, then time both per batch size."""
+    encoder = load_encoder()
+    device = torch.device("cuda:0")
+    model = encoder.build(device)
+    started = time.perf_counter()
+    graphed = encoder.GraphedEncoder(model, buckets, SEQUENCE)
+    print(f"graphs: {len(buckets)} buckets captured in {time.perf_counter() - started:.1f} s")
+    with torch.inference_mode():
+        for rows in CHECKED_ROWS:
+            ids = torch.randint(0, encoder.VOCAB, (rows, SEQUENCE), device=device)
+            expected = model(ids).double()
+            got = graphed(ids).double()
+            error = float(torch.linalg.norm(got - expected) / torch.linalg.norm(expected))
+            print(f"  {rows} rows: graphed vs eager, relative error {error:.1e}")
+            if not error < 1e-2:
+                raise SystemExit(f"graph replay differs from the eager module at {rows} rows")
+    print("| batch | eager seq/s | graphed seq/s | graphed / eager |")
+    print("|---|---|---|---|")
+    for batch in TIMED_BATCHES:
+        ids = torch.tensor(token_ids(SEQUENCE), device=device).repeat(batch, 1)
+        eager = sequences_per_second(model, ids, 1.0)
+        replayed = sequences_per_second(graphed, ids, 1.0)
+        print(f"| {batch} | {eager:,.0f} | {replayed:,.0f} | {replayed / eager:.2f} |")
+    del model, graphed
+    torch.cuda.empty_cache()
 
 
 def json_body() -> bytes:
@@ -111,84 +225,106 @@ def check(url: str, body: bytes, content_type: str) -> str:
         return f"{response.status}, {len(payload)} bytes, {response.headers['Content-Type']}"
 
 
-def repository_with(instances: int, work: Path) -> Path:
-    if instances == 1:
-        return REPOSITORY
-    copy = work / f"repository-{instances}"
-    shutil.copytree(REPOSITORY, copy)
-    config = copy / MODEL / "config.pbtxt"
-    text = config.read_text()
-    config.write_text(text.replace("count: 1", f"count: {instances}"))
-    return copy
+def serve_setup(
+    label: str, repository: Path, run_dir: Path, concurrency: list[int], seconds: int
+) -> list[tuple[str, str, int, Measurement]]:
+    """Start serve on `repository` and run wrk at each concurrency for both payloads."""
+    bodies = {"v2 JSON": (json_body(), JSON), "binary+json": binary_body()}
+    rows = []
+    started = time.perf_counter()
+    with serve_with_reference(run_dir, MODEL, repository, timeout=300) as serve:
+        print(f"{label}: ready after {time.perf_counter() - started:.0f} s")
+        for name, (body, content_type) in bodies.items():
+            print(f"{label}, {name}: {check(serve.url, body, content_type)}")
+            body_file = run_dir / f"body-{len(rows)}.bin"
+            body_file.write_bytes(body)
+            run_wrk(f"{serve.url}/invocations", body_file, 16, 2, content_type, 2)
+            for connections in concurrency:
+                measured = run_wrk(
+                    f"{serve.url}/invocations",
+                    body_file,
+                    connections,
+                    seconds,
+                    content_type,
+                    threads=min(4, connections),
+                )
+                rows.append((label, name, connections, measured))
+                print(
+                    f"  c{connections}: {measured.requests_per_second:,.0f} req/s, "
+                    f"p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
+                    f"errors {measured.errors}",
+                    flush=True,
+                )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=6, help="per wrk run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--instances", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--setup",
+        type=Setup.parse,
+        action="append",
+        help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N; "
+        "default: the committed config",
+    )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")
     args = parser.parse_args()
     require_wrk()
+    committed = model_config.read_config(REPOSITORY / MODEL / model_config.CONFIG_FILE)
+    setups = args.setup or [Setup()]
 
     gpu = torch.cuda.get_device_name(0)
     date = datetime.date.today().isoformat()
-    best = ceiling(args.ceiling_batch, seconds=5)
-    print(f"ceiling: in-process, batch {args.ceiling_batch}, fp16: {best:,.0f} sequences/s")
+    before = ceiling(args.ceiling_batch, seconds=5)
+    print(f"ceiling: in-process, batch {args.ceiling_batch}, fp16: {before:,.0f} sequences/s")
+    try:
+        graphs_in_process(graph_buckets(committed))
+    except RuntimeError as exc:
+        # Keep going: the eager setups still measure; graphed ones fail to load.
+        print(f"graphs: capture or replay failed in-process: {exc}")
 
     work = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
-    bodies = {"v2 JSON": (json_body(), JSON), "binary+json": binary_body()}
     rows = []
     try:
-        for instances in args.instances:
-            run_dir = work / f"instances-{instances}"
+        for number, setup in enumerate(setups):
+            label = setup.label(committed)
+            run_dir = work / f"setup-{number}"
             run_dir.mkdir()
-            repository = repository_with(instances, work)
-            with serve_with_reference(run_dir, MODEL, repository, timeout=300) as serve:
-                for name, (body, content_type) in bodies.items():
-                    print(f"instances {instances}, {name}: {check(serve.url, body, content_type)}")
-                    body_file = run_dir / f"body-{len(rows)}.bin"
-                    body_file.write_bytes(body)
-                    run_wrk(f"{serve.url}/invocations", body_file, 16, 2, content_type, 2)
-                    for connections in args.concurrency:
-                        measured = run_wrk(
-                            f"{serve.url}/invocations",
-                            body_file,
-                            connections,
-                            args.seconds,
-                            content_type,
-                            threads=min(4, connections),
-                        )
-                        rows.append((instances, name, connections, measured))
-                        print(
-                            f"  c{connections}: {measured.requests_per_second:,.0f} req/s, "
-                            f"p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
-                            f"errors {measured.errors}",
-                            flush=True,
-                        )
+            repository = repository_for(setup, committed, work)
+            try:
+                rows += serve_setup(label, repository, run_dir, args.concurrency, args.seconds)
+            except SystemExit as exc:
+                # serve_with_reference's way of saying serve never became ready.
+                print(f"{label}: not measured: {exc} (see {run_dir / 'serve.log'})")
     finally:
         print(f"\nlogs under {work}")
 
+    after = ceiling(args.ceiling_batch, seconds=5)
+    best = max(before, after)
     print(f"\n{gpu}, commit {args.commit}, {date}; ceiling {best:,.0f} sequences/s")
-    print("(in-process, batch 64, fp16); one sequence of 128 tokens per request\n")
+    print(f"(in-process, batch {args.ceiling_batch}, fp16, eager; {before:,.0f} before the")
+    print(f"served runs, {after:,.0f} after); one sequence of 128 tokens per request\n")
     print(
-        "| GPU, commit, date | instances | payload | concurrency | served req/s | "
+        "| GPU, commit, date | setup | payload | concurrency | served req/s | "
         "p50 ms | p99 ms | errors | served / ceiling |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for instances, name, connections, m in rows:
+    for label, name, connections, m in rows:
         print(
-            f"| {gpu.replace('NVIDIA ', '')}, {args.commit}, {date} | {instances} | {name} | "
+            f"| {gpu.replace('NVIDIA ', '')}, {args.commit}, {date} | {label} | {name} | "
             f"{connections} | {m.requests_per_second:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | "
             f"{m.errors} | {m.requests_per_second / best:.3f} |"
         )
-    top = max(rows, key=lambda row: row[3].requests_per_second)
-    print(
-        f"\nbest served: {top[3].requests_per_second:,.0f} req/s (instances {top[0]}, "
-        f"{top[1]}, c{top[2]}); ratio to ceiling {top[3].requests_per_second / best:.3f} "
-        f"(goal >= 0.6)"
-    )
+    if rows:
+        top = max(rows, key=lambda row: row[3].requests_per_second)
+        print(
+            f"\nbest served: {top[3].requests_per_second:,.0f} req/s ({top[0]}, "
+            f"{top[1]}, c{top[2]}); ratio to ceiling {top[3].requests_per_second / best:.3f} "
+            f"(goal >= 0.6)"
+        )
 
 
 if __name__ == "__main__":

@@ -104,8 +104,7 @@ if [ -n "${ENCODER_BENCH:-}" ]; then
     # shellcheck disable=SC2086
     timeout "${ENCODER_TIMEOUT:-300}" python build/bench/gpu_encoder.py --commit "$(cat "$G/COMMIT")" \
         ${ENCODER_ARGS:-} | tee "$OUT/bench-encoder.txt"
-    for f in /tmp/bench-encoder-*/instances-*/serve.log; do
-        [ -e "$f" ] && cp "$f" "$OUT/serve-encoder-$(basename "$(dirname "$f")").log"
-    done
+    # One archive of every setup's serve.log ($OUT brings back at most 8 files).
+    (cd /tmp && tar -czf "$OUT/serve-encoder-logs.tar.gz" bench-encoder-*/setup-*/serve.log)
 fi
 kill $smi_pid
