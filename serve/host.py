@@ -1,4 +1,4 @@
-"""What the host offers that SageMaker cannot be asked for: GPUs and /dev/shm."""
+"""What the host offers that SageMaker cannot be asked for: GPUs, CPUs and /dev/shm."""
 
 from __future__ import annotations
 
@@ -36,6 +36,25 @@ def gpu_count() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on: its affinity mask, which `docker --cpuset-cpus` narrows."""
+    return len(os.sched_getaffinity(0))
+
+
+def threads_per_instance(cpus: int, instances: int) -> int | None:
+    """OpenMP threads for each of `instances` model processes sharing `cpus` CPUs.
+
+    Each Python-backend instance is a process whose PyTorch (and BLAS) starts
+    one thread per CPU by default, so N instances busy at once run N threads
+    per CPU, which spin and preempt each other. Sharing the CPUs out keeps
+    one thread per CPU in all. None (leave the libraries' own default) for a
+    single instance, which has the CPUs to itself.
+    """
+    if instances <= 1:
+        return None
+    return max(1, cpus // instances)
 
 
 def oom_kill_count() -> int:

@@ -168,7 +168,9 @@ class Server:
             self._metrics.start()
         # --- end of the front's metrics
         nginx = ManagedProcess("nginx", nginx_argv(front.write()))
-        triton = ManagedProcess("tritonserver", command.argv(), env=_triton_environment())
+        triton = ManagedProcess(
+            "tritonserver", command.argv(), env=_triton_environment(self._omp_threads(shm))
+        )
         try:
             return self._supervise(triton, nginx, triton_client, front.ping_path())
         finally:
@@ -176,6 +178,22 @@ class Server:
             control.stop()
             if self._metrics is not None:
                 self._metrics.stop()
+
+    def _omp_threads(self, shm: host.ShmPlan) -> int | None:
+        """OMP_NUM_THREADS for Triton and its stubs, unless the user set it (or one instance)."""
+        if self.settings.omp_num_threads is not None:
+            return None
+        cpus = host.cpu_count()
+        threads = host.threads_per_instance(cpus, shm.instances)
+        if threads is not None:
+            log.info(
+                "OMP_NUM_THREADS=%d for Triton and each of its %d Python-backend model "
+                "instances (%d CPUs); set OMP_NUM_THREADS to choose",
+                threads,
+                shm.instances,
+                cpus,
+            )
+        return threads
 
     def _supervise(
         self, triton: ManagedProcess, nginx: ManagedProcess, client: TritonClient, ping: str
@@ -232,12 +250,15 @@ def _front_models(repository: PreparedRepository | None) -> tuple[FrontModel, ..
     )
 
 
-def _triton_environment() -> dict[str, str]:
-    """Triton's environment: the Python-backend stub must find our interpreter first.
+def _triton_environment(omp_threads: int | None) -> dict[str, str]:
+    """Triton's environment, which its Python-backend stubs inherit.
 
     The stub embeds Python and locates its prefix through `python3` on PATH, so
-    the interpreter running `serve` (a virtual environment's, locally) goes first.
+    the interpreter running `serve` (a virtual environment's, locally) goes
+    first. `omp_threads`, if given, becomes OMP_NUM_THREADS.
     """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if omp_threads is not None:
+        env["OMP_NUM_THREADS"] = str(omp_threads)
     return env

@@ -86,6 +86,10 @@ class Settings:
     thread_count: int | None = None
     # SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT: Triton's --buffer-manager-thread-count.
     buffer_manager_thread_count: int | None = None
+    # OMP_NUM_THREADS: OpenMP threads (PyTorch's intra-op pool, BLAS) in Triton and
+    # each Python-backend model instance, passed on as given. Unset: serve sets it to
+    # CPUs / Python-backend instances when there are several (serve/host.py).
+    omp_num_threads: str | None = None
     # SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE / _SHM_GROWTH_BYTE_SIZE: the Python
     # backend's shared-memory region per model instance, and its growth step.
     shm_default_byte_size: int = 16 * MEBIBYTE
@@ -172,6 +176,7 @@ class Settings:
             buffer_manager_thread_count=env.positive_int(
                 "SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT"
             ),
+            omp_num_threads=env.text("OMP_NUM_THREADS"),
             shm_default_byte_size=env.positive_int("SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE")
             or 16 * MEBIBYTE,
             shm_growth_byte_size=env.positive_int("SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE")

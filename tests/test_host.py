@@ -1,4 +1,4 @@
-"""/dev/shm sizing for the Python backend, and finding Triton's parts."""
+"""/dev/shm sizing and OpenMP threads for the Python backend, and finding Triton's parts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import requests
 
 from serve import model_config
 from serve.errors import ConfigError
-from serve.host import plan_python_shm
+from serve.host import cpu_count, plan_python_shm, threads_per_instance
 from serve.triton_install import STUB_NAME, locate_triton, stub_python_version
 from tests.conftest import ServeProcess, add_request, write_add_model
 
@@ -74,6 +74,49 @@ def test_serve_fits_shm_into_a_small_dev_shm_and_still_serves(
         f"{server.url}/invocations", json=add_request([1, 1, 1, 1], [2, 2, 2, 2]), timeout=10
     )
     assert response.json()["outputs"][0]["data"] == [3, 3, 3, 3]
+
+
+def test_threads_are_shared_out_among_instances() -> None:
+    assert threads_per_instance(16, 4) == 4
+    assert threads_per_instance(16, 3) == 5
+    assert threads_per_instance(2, 5) == 1
+    # One instance has the CPUs to itself: the libraries' own default stands.
+    assert threads_per_instance(16, 1) is None
+    assert threads_per_instance(16, 0) is None
+
+
+# C = A + B + the instance's OMP_NUM_THREADS (0 when unset).
+THREADS_MODEL_PY = """
+import os
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        threads = float(os.environ.get("OMP_NUM_THREADS", "0"))
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("C", (
+                pb_utils.get_input_tensor_by_name(r, "A").as_numpy()
+                + pb_utils.get_input_tensor_by_name(r, "B").as_numpy() + threads))])
+            for r in requests
+        ]
+"""
+
+
+@pytest.mark.parametrize("given", [None, "3"])
+def test_model_instances_get_omp_threads_unless_the_user_chose(
+    opt_ml: Path, start_serve: StartServe, monkeypatch: pytest.MonkeyPatch, given: str | None
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    write_add_model(opt_ml / "model", count=2, model_py=THREADS_MODEL_PY)
+    env = {"OMP_NUM_THREADS": given} if given else {}
+    server = start_serve(opt_ml, **env).wait_ready()
+    response = requests.post(
+        f"{server.url}/invocations", json=add_request([0, 0, 0, 0], [0, 0, 0, 0]), timeout=10
+    )
+    expected = int(given) if given else max(1, cpu_count() // 2)
+    assert response.json()["outputs"][0]["data"] == [expected] * 4
+    announced = f"OMP_NUM_THREADS={expected} for Triton and each of its 2 Python-backend"
+    assert (announced in server.output) is (given is None)
 
 
 def test_local_triton_is_found_with_a_stub_for_this_python(tmp_path: Path) -> None:
