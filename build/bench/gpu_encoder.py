@@ -19,6 +19,9 @@ sizes: what graphs buy without any serving around them.
 `--setup` (repeatable) serves variants of the committed config, e.g.
 `--setup instances=4 --setup instances=2,graphs=off,delay_us=2000`: each is a
 copy of the repository with those fields changed; the table records which.
+`kind=cpu` moves the instances to the CPU and `omp=N` sets OMP_NUM_THREADS
+for serve (otherwise serve shares the CPUs out among instances), to measure
+that default.
 
 Run on a GPU host: `python build/bench/gpu_encoder.py` (see build/gpu/run-on-gpu.sh).
 """
@@ -74,37 +77,50 @@ class Setup:
     instances: int | None = None
     graphs: bool | None = None
     delay_us: int | None = None
+    # Instances on the CPU (float32, eager) instead of the GPU.
+    cpu: bool = False
+    # OMP_NUM_THREADS for serve (None: serve's default, CPUs / instances).
+    omp: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
-        """`instances=N,graphs=on|off,delay_us=N`, any subset; "committed" for none."""
+        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N`, any subset; "committed"."""
         fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
-            if key in ("instances", "delay_us") and value.isdigit():
+            if key in ("instances", "delay_us", "omp") and value.isdigit():
                 fields[key] = int(value)
             elif key == "graphs" and value in ("on", "off"):
                 fields[key] = value == "on"
+            elif key == "kind" and value in ("cpu", "gpu"):
+                fields["cpu"] = value == "cpu"
             elif item != "committed":
                 raise argparse.ArgumentTypeError(
-                    f"{item!r}: use instances=N, graphs=on|off or delay_us=N"
+                    f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu or omp=N"
                 )
         return cls(**fields)
 
     def label(self, committed: model_config.ModelConfig) -> str:
         """The setup's effective values, changed or committed."""
         config = self.apply(committed)
+        on_cpu = config.instance_group[0].kind == model_config.InstanceKind.KIND_CPU
+        kind = "CPU fp32" if on_cpu else "graphs" if graph_buckets(config) else "eager"
+        threads = f", OMP {self.omp}" if self.omp is not None else ""
         return (
-            f"{config.instance_group[0].count} inst, "
-            f"{'graphs' if graph_buckets(config) else 'eager'}, "
-            f"{config.dynamic_batching.max_queue_delay_microseconds} us"
+            f"{config.instance_group[0].count} inst, {kind}, "
+            f"{config.dynamic_batching.max_queue_delay_microseconds} us{threads}"
         )
+
+    def environment(self) -> dict[str, str]:
+        return {"OMP_NUM_THREADS": str(self.omp)} if self.omp is not None else {}
 
     def apply(self, committed: model_config.ModelConfig) -> model_config.ModelConfig:
         config = model_config.ModelConfig()
         config.CopyFrom(committed)
         if self.instances is not None:
             config.instance_group[0].count = self.instances
+        if self.cpu:
+            config.instance_group[0].kind = model_config.InstanceKind.KIND_CPU
         if self.delay_us is not None:
             config.dynamic_batching.max_queue_delay_microseconds = self.delay_us
         if self.graphs is False:
@@ -121,7 +137,7 @@ def graph_buckets(config: model_config.ModelConfig) -> list[int]:
 
 def repository_for(setup: Setup, committed: model_config.ModelConfig, work: Path) -> Path:
     """A copy of the benchmark repository with `setup`'s config (the original if unchanged)."""
-    if setup == Setup():
+    if setup.apply(committed) == committed:
         return REPOSITORY
     copy = Path(tempfile.mkdtemp(prefix="repository-", dir=work))
     shutil.copytree(REPOSITORY, copy, dirs_exist_ok=True)
@@ -226,13 +242,18 @@ def check(url: str, body: bytes, content_type: str) -> str:
 
 
 def serve_setup(
-    label: str, repository: Path, run_dir: Path, concurrency: list[int], seconds: int
+    label: str,
+    repository: Path,
+    environment: dict[str, str],
+    run_dir: Path,
+    concurrency: list[int],
+    seconds: int,
 ) -> list[tuple[str, str, int, Measurement]]:
     """Start serve on `repository` and run wrk at each concurrency for both payloads."""
     bodies = {"v2 JSON": (json_body(), JSON), "binary+json": binary_body()}
     rows = []
     started = time.perf_counter()
-    with serve_with_reference(run_dir, MODEL, repository, timeout=300) as serve:
+    with serve_with_reference(run_dir, MODEL, repository, environment, timeout=300) as serve:
         print(f"{label}: ready after {time.perf_counter() - started:.0f} s")
         for name, (body, content_type) in bodies.items():
             print(f"{label}, {name}: {check(serve.url, body, content_type)}")
@@ -266,8 +287,8 @@ def main() -> None:
         "--setup",
         type=Setup.parse,
         action="append",
-        help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N; "
-        "default: the committed config",
+        help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N,"
+        "kind=cpu|gpu,omp=N; default: the committed config",
     )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")
@@ -295,7 +316,9 @@ def main() -> None:
             run_dir.mkdir()
             repository = repository_for(setup, committed, work)
             try:
-                rows += serve_setup(label, repository, run_dir, args.concurrency, args.seconds)
+                rows += serve_setup(
+                    label, repository, setup.environment(), run_dir, args.concurrency, args.seconds
+                )
             except SystemExit as exc:
                 # serve_with_reference's way of saying serve never became ready.
                 print(f"{label}: not measured: {exc} (see {run_dir / 'serve.log'})")

@@ -8,7 +8,8 @@ On a GPU the forward pass is replayed from CUDA graphs captured at start-up
 for the batch sizes the CUDA_GRAPH_BATCH_SIZES parameter lists (see
 encoder.GraphedEncoder); an empty list runs it eagerly. Token ids go in and
 pooled vectors come out through pinned host buffers: one asynchronous copy
-each way and a single wait per batch.
+each way and a single wait per batch. CPU threads are left to OMP_NUM_THREADS,
+which `serve` shares out among instances.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        torch.set_num_threads(int(params.get("TORCH_NUM_THREADS", "1")))
         encoder = _load_encoder()
         max_batch = config["max_batch_size"]
         sequence = config["input"][0]["dims"][0]
