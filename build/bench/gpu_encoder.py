@@ -56,6 +56,8 @@ GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
 TIMED_BATCHES = (1, 8, 16, 32, 64)
+# On the CPU (kind=cpu) a batch of 16 sequences takes seconds.
+WRK_TIMEOUT_S = 30
 
 
 def load_encoder() -> ModuleType:
@@ -259,15 +261,17 @@ def serve_setup(
             print(f"{label}, {name}: {check(serve.url, body, content_type)}")
             body_file = run_dir / f"body-{len(rows)}.bin"
             body_file.write_bytes(body)
-            run_wrk(f"{serve.url}/invocations", body_file, 16, 2, content_type, 2)
+            url = f"{serve.url}/invocations"
+            run_wrk(url, body_file, 16, 2, content_type, 2, timeout_s=WRK_TIMEOUT_S)
             for connections in concurrency:
                 measured = run_wrk(
-                    f"{serve.url}/invocations",
+                    url,
                     body_file,
                     connections,
                     seconds,
                     content_type,
                     threads=min(4, connections),
+                    timeout_s=WRK_TIMEOUT_S,
                 )
                 rows.append((label, name, connections, measured))
                 print(
