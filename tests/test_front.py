@@ -184,6 +184,7 @@ def test_custom_attributes_and_unknown_headers_are_ignored_safely(
         ("POST", "/models/ncf_food/invoke"),
         ("GET", "/_serve/ping"),
         ("POST", "/_serve/invocation-error"),
+        ("POST", "/_serve/read_body"),
     ],
 )
 def test_only_sagemaker_routes_are_public(

@@ -9,11 +9,9 @@ same (user, item) pairs in three encodings, taking turns for several rounds:
 - CSV: one `user,item` line per pair, adapted by the payload service.
 
 Medians and each encoding's throughput relative to native at the same batch
-are printed (goal: >= 0.5). At batch 1 a simple JSON body is shorter than
-any v2 request, so nginx sends it straight to the payload service; larger
-ones are tried as v2 first and come back on Triton's refusal (the error
-path, which costs a failed parse in Triton and nginx's closing of both
-connections), unless marked. Errors (non-2xx answers) must be zero.
+are printed (goal: >= 0.5). nginx tells a simple JSON body from a v2 one by
+its first key, so neither takes a failed try in Triton; the marked variant
+shows what that look at the body costs. Errors (non-2xx answers) must be zero.
 
 Run: `.venv/bin/python build/bench/payloads.py [--batch 1,16] [--seconds 8]`.
 """
