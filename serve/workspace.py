@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from types import TracebackType
+
+from serve.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,7 @@ class Workspace:
         if configured is None:
             self.root = Path(tempfile.mkdtemp(prefix="serve-"))
         else:
+            _check_enterable(configured)
             self.root = configured / "run"
             if self.root.exists():
                 log.info("removing %s left by an earlier run", self.root)
@@ -61,3 +65,23 @@ class Workspace:
         traceback: TracebackType | None,
     ) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _check_enterable(configured: Path) -> None:
+    """Refuse a SERVE_WORKDIR that nginx's workers could not reach.
+
+    Run as root, nginx's workers drop to nobody, yet they connect to the
+    sockets and write the temporary files under the workdir; behind a folder
+    only its owner may enter (a home folder, pytest's tmp) every request that
+    needs them would fail with 503 while /ping says all is well.
+    """
+    if os.geteuid() != 0:
+        return
+    folder = configured.resolve()
+    for parent in (*reversed(folder.parents), folder):
+        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+            raise ConfigError(
+                f"SERVE_WORKDIR={configured}: nginx's workers run as nobody and cannot "
+                f"enter {parent} (mode {stat.filemode(parent.stat().st_mode)}); allow "
+                f"them (chmod o+x {parent}) or choose a folder under /tmp"
+            )

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -188,6 +190,15 @@ class ServeProcess:
                 self.process.wait()
         # Children are in their own sessions; none may outlive serve.
         self._reader.join(timeout=5)
+
+
+@pytest.fixture
+def enterable_tmp() -> Iterator[Path]:
+    """A folder for SERVE_WORKDIR: pytest's tmp_path is closed to nginx's workers under root."""
+    folder = Path(tempfile.mkdtemp(prefix="serve-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -502,10 +502,12 @@ def test_front_metrics_count_real_traffic(metrics_server: MetricsServer) -> None
     assert matching(triton, "nv_inference_request_success_total", model="add") >= 6
 
 
-def test_access_log_stays_off_without_metrics(opt_ml: Path, start_serve: StartServe) -> None:
+def test_access_log_stays_off_without_metrics(
+    opt_ml: Path, start_serve: StartServe, enterable_tmp: Path
+) -> None:
     write_add_model(opt_ml / "model")
-    server = start_serve(opt_ml, SERVE_WORKDIR=str(opt_ml.parent / "work")).wait_ready()
-    config = (opt_ml.parent / "work" / "run" / "front" / "nginx.conf").read_text()
+    server = start_serve(opt_ml, SERVE_WORKDIR=str(enterable_tmp)).wait_ready()
+    config = (enterable_tmp / "run" / "front" / "nginx.conf").read_text()
     assert "access_log off;" in config and "log_format" not in config
     assert requests.post(f"{server.url}/invocations", json=ADD, timeout=10).status_code == 200
 

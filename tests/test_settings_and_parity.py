@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,3 +166,18 @@ def test_invalid_configuration_stops_serve_with_the_reason(
     assert server.wait_exit(30) == 1
     assert "SAGEMAKER_TRITON_INFERENCE_TYPE='predict' is not one of" in server.output
     assert "Traceback" not in server.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only under root do nginx's workers drop to nobody")
+def test_a_workdir_nginx_workers_cannot_enter_is_refused(
+    opt_ml: Path, start_serve: StartServe, tmp_path: Path
+) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, SERVE_WORKDIR=str(closed / "work"))
+    assert server.wait_exit(30) == 1
+    assert f"SERVE_WORKDIR={closed / 'work'}: nginx's workers run as nobody" in server.output
+    assert "or choose a folder under /tmp" in server.output
+    assert "Traceback" not in server.output
+    assert not (closed / "work").exists()

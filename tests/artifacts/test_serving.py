@@ -53,14 +53,14 @@ def test_archives_in_both_layouts_serve_beside_a_folder(
 
 
 def test_a_hostile_archive_stops_serve_with_its_name_and_leaves_nothing(
-    opt_ml: Path, start_serve: StartServe, tmp_path: Path
+    opt_ml: Path, start_serve: StartServe, enterable_tmp: Path
 ) -> None:
     write_add_model(opt_ml / "model", name="fine")
     write_tar(
         opt_ml / "model" / "model.tar.gz",
         [member("add/config.pbtxt", b'backend: "python"'), member("/etc/evil", b"x")],
     )
-    workdir = tmp_path / "workdir"
+    workdir = enterable_tmp / "workdir"
 
     server = start_serve(opt_ml, SERVE_WORKDIR=str(workdir))
 
