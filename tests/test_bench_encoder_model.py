@@ -11,6 +11,7 @@ called in-process.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import requests
 import torch
 
+from serve import model_config
 from tests.conftest import REPO_ROOT, ServeProcess
 
 REPOSITORY = REPO_ROOT / "build" / "bench" / "bert_repository"
@@ -41,7 +43,11 @@ def _ids(rows: int, seed: int) -> np.ndarray:
 def test_served_encoder_matches_the_module_in_process(
     opt_ml: Path, start_serve: Callable[..., ServeProcess]
 ) -> None:
-    (opt_ml / "model" / "bert_base").symlink_to(REPOSITORY / "bert_base")
+    # One instance: the committed four (for the GPU) would each load a copy here.
+    model = shutil.copytree(REPOSITORY / "bert_base", opt_ml / "model" / "bert_base")
+    config = model_config.read_config(model / model_config.CONFIG_FILE)
+    config.instance_group[0].count = 1
+    model_config.write_config(config, model / model_config.CONFIG_FILE)
     server = start_serve(opt_ml, SAGEMAKER_TRITON_DEFAULT_MODEL_NAME="bert_base").wait_ready(240)
     assert "asks for KIND_GPU instances but this host has no GPU" in server.output
 
