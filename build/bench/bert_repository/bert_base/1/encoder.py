@@ -45,8 +45,9 @@ def build(device: torch.device, dtype: torch.dtype = torch.float16, seed: int = 
 class GraphedEncoder:
     """The encoder's forward replayed from CUDA graphs, one per batch-size bucket.
 
-    Eager PyTorch launches a few hundred kernels per forward pass; at small
-    batches the CPU issuing them, not the GPU, sets the pace. A graph replays
+    Eager PyTorch launches a dozen or more kernels per layer; at small
+    batches the CPU issuing them, not the GPU, sets the pace (on an H200 a
+    replayed batch of 1 ran 4x faster than the eager one; README). A graph replays
     all of them in one launch. Graphs have fixed shapes, so each batch is
     padded up to the smallest bucket that holds it: rows are independent, so
     whatever the padding rows hold never reaches the rows returned.
