@@ -2,7 +2,7 @@
 
 One `serve` runs the streaming example (streaming_repository/text_generator,
 a decoupled text-generation pipeline). The same prompt is sent, one request
-at a time and taking turns, to
+at a time and taking turns (the order swapped every round), to
 
 - /invocations (nginx -> the payload service -> Triton's generate_stream,
   answered as JSON Lines), and
@@ -83,8 +83,11 @@ def main() -> None:
             for target in paths.values():  # warm-up
                 for _ in range(3):
                     first_and_last(*target)
-            for _ in range(args.requests):
-                for name, target in paths.items():
+            for turn in range(args.requests):
+                # Each path follows the other half of the time: the second request
+                # of a pair was measurably slower here, whichever path it was.
+                order = list(paths.items())
+                for name, target in order if turn % 2 == 0 else reversed(order):
                     results[name].append(first_and_last(*target))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -71,7 +71,27 @@ cp "$SITE/tritonclient/grpc/model_config_pb2.py" "$OUT/pylib/tritonclient/grpc/"
 # 5. The committed code, so the run is of HEAD and not of anyone's unfinished edits.
 # (Not the sentence-embedding example: its weights and environment are made by set-up.)
 git archive --format=tar HEAD serve build/bench build/examples model_repository \
-    ':(exclude)model_repository/sentence_*' | xz >"$OUT/src.tar.xz"
+    streaming_repository ':(exclude)model_repository/sentence_*' | xz >"$OUT/src.tar.xz"
+
+# 6. The streaming example's packages (make_text_generator.py's pins, and what
+#    transformers imports that a bare machine may lack) for Python 3.12, unpacked:
+#    xz packs the sources to 7 MB where the wheels take 16, under the device's
+#    64 MiB. With the random-weight generator set-up made (PAYLOAD_BENCH uses both).
+generator=streaming_repository/text_generator/1/generator
+if [ -d "$generator" ]; then
+    read -ra pins < <(python3 -c 'import sys; sys.path.insert(0, "build/examples")
+from make_text_generator import PACKAGES; print(*PACKAGES)')
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d "$stage/streaming-wheels" "${pins[@]}" \
+        regex pyyaml requests urllib3 idna certifi charset-normalizer
+    mkdir -p "$stage/streaming/packages"
+    for wheel in "$stage"/streaming-wheels/*.whl; do
+        python3 -m zipfile -e "$wheel" "$stage/streaming/packages"
+    done
+    cp -a "$generator" "$stage/streaming/generator"
+    tar -C "$stage/streaming" -cf - . | xz -T0 -9e >"$OUT/streaming.tar.xz"
+fi
 git rev-parse --short HEAD >"$OUT/COMMIT"
 
 du -sh "$OUT"; ls -l "$OUT"

@@ -4,7 +4,9 @@
 # through `serve`, send one request, and run build/bench/invocations.py and
 # build/bench/multi_model.py (BATCH_BENCH=1 adds a batch-64 run;
 # SKIP_NCF_BENCH=1 skips those two benchmarks; ENCODER_BENCH=1 adds
-# build/bench/gpu_encoder.py, the BERT-base-sized encoder, ENCODER_ARGS its options).
+# build/bench/gpu_encoder.py, the BERT-base-sized encoder, ENCODER_ARGS its options;
+# PAYLOAD_BENCH=1 adds build/bench/payloads.py and, with the streaming example
+# packed, build/bench/streaming.py).
 # Everything is logged under $OUT.
 set -x
 export PYTHONUNBUFFERED=1
@@ -106,5 +108,16 @@ if [ -n "${ENCODER_BENCH:-}" ]; then
         ${ENCODER_ARGS:-} | tee "$OUT/bench-encoder.txt"
     # One archive of every setup's serve.log ($OUT brings back at most 8 files).
     (cd /tmp && tar -czf "$OUT/serve-encoder-logs.tar.gz" bench-encoder-*/setup-*/serve.log)
+fi
+# The payload service: simple JSON and CSV against native v2 JSON on the NCF
+# example, and the first streamed chunk of the text-generation example (a CPU
+# model) against Triton's own generate_stream.
+if [ -n "${PAYLOAD_BENCH:-}" ]; then
+    timeout 200 python build/bench/payloads.py --seconds 5 | tee "$OUT/bench-payloads.txt"
+    if [ -f "$G/streaming.tar.xz" ]; then
+        mkdir -p streaming_repository/text_generator/1
+        xz -dc "$G/streaming.tar.xz" | tar -C streaming_repository/text_generator/1 -xf -
+        timeout 200 python build/bench/streaming.py --requests 100 | tee "$OUT/bench-streaming.txt"
+    fi
 fi
 kill $smi_pid

@@ -228,7 +228,13 @@ class TritonHttp:
                 while True:
                     # Each response of a decoupled model may take its time: the
                     # timeout bounds the wait for the next one, not the whole answer.
-                    item = await asyncio.wait_for(queue.get(), self.timeout)
+                    # One already queued is taken at once: before Python 3.12,
+                    # wait_for wraps the get in a task, a turn of the event loop that
+                    # would let later reads overtake this chunk on its way out.
+                    if queue.empty():
+                        item = await asyncio.wait_for(queue.get(), self.timeout)
+                    else:
+                        item = queue.get_nowait()
                     if item is None:
                         finished = True
                         return
