@@ -101,8 +101,14 @@ def serve_with_reference(
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, serve, timeout)
-        wait_ready(f"http://127.0.0.1:{reference_port}", serve, timeout)
+        try:
+            wait_ready(url, serve, timeout)
+            wait_ready(f"http://127.0.0.1:{reference_port}", serve, timeout)
+        except SystemExit:
+            # The work folder goes with the benchmark: say why here, while the log is there.
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            print(f"--- the last lines of {log}:", *tail, sep="\n", file=sys.stderr)
+            raise
         yield RunningServe(
             url=url,
             reference_url=f"http://127.0.0.1:{reference_port}",

@@ -117,6 +117,8 @@ if [ -n "${PAYLOAD_BENCH:-}" ]; then
     if [ -f "$G/streaming.tar.xz" ]; then
         mkdir -p streaming_repository/text_generator/1
         xz -dc "$G/streaming.tar.xz" | tar -C streaming_repository/text_generator/1 -xf -
+        PYTHONPATH=streaming_repository/text_generator/1/packages python -c \
+            'import transformers, tokenizers; print("transformers", transformers.__version__)'
         timeout 200 python build/bench/streaming.py --requests 100 | tee "$OUT/bench-streaming.txt"
     fi
 fi
