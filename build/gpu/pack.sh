@@ -84,7 +84,8 @@ from make_text_generator import PACKAGES; print(*PACKAGES)')
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d "$stage/streaming-wheels" "${pins[@]}" \
-        regex pyyaml requests urllib3 idna certifi charset-normalizer packaging
+        regex pyyaml requests urllib3 idna certifi charset-normalizer packaging \
+        filelock fsspec typing-extensions
     mkdir -p "$stage/streaming/packages"
     for wheel in "$stage"/streaming-wheels/*.whl; do
         python3 -m zipfile -e "$wheel" "$stage/streaming/packages"

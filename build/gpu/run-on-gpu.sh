@@ -117,8 +117,10 @@ if [ -n "${PAYLOAD_BENCH:-}" ]; then
     if [ -f "$G/streaming.tar.xz" ]; then
         mkdir -p streaming_repository/text_generator/1
         xz -dc "$G/streaming.tar.xz" | tar -C streaming_repository/text_generator/1 -xf -
+        # What model.py imports, so a missing package shows here and not in a load failure.
         PYTHONPATH=streaming_repository/text_generator/1/packages python -c \
-            'import transformers, tokenizers; print("transformers", transformers.__version__)'
+            'import transformers; from transformers import TextIteratorStreamer, pipeline
+print("transformers", transformers.__version__)' 2>&1 | tail -4
         timeout 200 python build/bench/streaming.py --requests 100 | tee "$OUT/bench-streaming.txt"
     fi
 fi
