@@ -5,8 +5,8 @@
 # build/bench/multi_model.py (BATCH_BENCH=1 adds a batch-64 run;
 # SKIP_NCF_BENCH=1 skips those two benchmarks; ENCODER_BENCH=1 adds
 # build/bench/gpu_encoder.py, the BERT-base-sized encoder, ENCODER_ARGS its options;
-# PAYLOAD_BENCH=1 adds build/bench/payloads.py and, with the streaming example
-# packed, build/bench/streaming.py).
+# PAYLOAD_BENCH=1 adds build/bench/payloads.py; STREAMING_BENCH=1 adds
+# build/bench/streaming.py, with the streaming example pack.sh packs).
 # Everything is logged under $OUT.
 set -x
 export PYTHONUNBUFFERED=1
@@ -109,19 +109,19 @@ if [ -n "${ENCODER_BENCH:-}" ]; then
     # One archive of every setup's serve.log ($OUT brings back at most 8 files).
     (cd /tmp && tar -czf "$OUT/serve-encoder-logs.tar.gz" bench-encoder-*/setup-*/serve.log)
 fi
-# The payload service: simple JSON and CSV against native v2 JSON on the NCF
-# example, and the first streamed chunk of the text-generation example (a CPU
-# model) against Triton's own generate_stream.
+# The payload service: simple JSON and CSV against native v2 JSON on the NCF example.
 if [ -n "${PAYLOAD_BENCH:-}" ]; then
     timeout 200 python build/bench/payloads.py --seconds 5 | tee "$OUT/bench-payloads.txt"
-    if [ -f "$G/streaming.tar.xz" ]; then
-        mkdir -p streaming_repository/text_generator/1
-        xz -dc "$G/streaming.tar.xz" | tar -C streaming_repository/text_generator/1 -xf -
-        # What model.py imports, so a missing package shows here and not in a load failure.
-        PYTHONPATH=streaming_repository/text_generator/1/packages python -c \
-            'import transformers; from transformers import TextIteratorStreamer, pipeline
+fi
+# The first streamed chunk of the text-generation example (a CPU model) against
+# Triton's own generate_stream; needs the streaming example packed.
+if [ -n "${STREAMING_BENCH:-}" ]; then
+    mkdir -p streaming_repository/text_generator/1
+    xz -dc "$G/streaming.tar.xz" | tar -C streaming_repository/text_generator/1 -xf -
+    # What model.py imports, so a missing package shows here and not in a load failure.
+    PYTHONPATH=streaming_repository/text_generator/1/packages python -c \
+        'import transformers; from transformers import TextIteratorStreamer, pipeline
 print("transformers", transformers.__version__)' 2>&1 | tail -4
-        timeout 200 python build/bench/streaming.py --requests 100 | tee "$OUT/bench-streaming.txt"
-    fi
+    timeout 200 python build/bench/streaming.py --requests 100 | tee "$OUT/bench-streaming.txt"
 fi
 kill $smi_pid
