@@ -116,6 +116,8 @@ fi
 # The first streamed chunk of the text-generation example (a CPU model) against
 # Triton's own generate_stream; needs the streaming example packed.
 if [ -n "${STREAMING_BENCH:-}" ]; then
+    # The machine's jax is built for numpy 2; the model's numpy 1.26 cannot import it.
+    export USE_FLAX=0 USE_TF=0
     mkdir -p streaming_repository/text_generator/1
     xz -dc "$G/streaming.tar.xz" | tar -C streaming_repository/text_generator/1 -xf -
     # What model.py imports, so a missing package shows here and not in a load failure.
