@@ -35,7 +35,14 @@ print(sys.executable, sys.base_prefix, sys.version, "protobuf", p.__version__, "
 python3 -m venv --without-pip --system-site-packages "$V"
 site=$("$V/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$G"/wheels/*.whl
-echo "$torch_site" >"$site/zz-torch.pth"
+# Only torch and what it imports: the machine's other packages (jax, scipy, ...)
+# are built for numpy 2 and break imports under the backend's numpy 1.26.
+torch_view=/tmp/torch-site && mkdir -p "$torch_view"
+for entry in "$torch_site"/{torch,torchgen,functorch,nvidia,triton,sympy,mpmath,networkx,filelock,fsspec,typing_extensions.py} \
+             "$torch_site"/{torch,triton,sympy,mpmath,networkx,filelock,fsspec,typing_extensions}-*.dist-info; do
+    [ -e "$entry" ] && ln -sfn "$entry" "$torch_view/"
+done
+echo "$torch_view" >"$site/zz-torch.pth"
 printf '#!%s\nimport sys\nfrom serve.cli import main\nsys.exit(main())\n' "$V/bin/python3" >"$V/bin/serve"
 chmod +x "$V/bin/serve"
 export PATH=$V/bin:$T/bin:$PATH PYTHONPATH=$SRC:$G/pylib
@@ -116,8 +123,6 @@ fi
 # The first streamed chunk of the text-generation example (a CPU model) against
 # Triton's own generate_stream; needs the streaming example packed.
 if [ -n "${STREAMING_BENCH:-}" ]; then
-    # The machine's jax is built for numpy 2; the model's numpy 1.26 cannot import it.
-    export USE_FLAX=0 USE_TF=0
     mkdir -p streaming_repository/text_generator/1
     xz -dc "$G/streaming.tar.xz" | tar -C streaming_repository/text_generator/1 -xf -
     # What model.py imports, so a missing package shows here and not in a load failure.
