@@ -100,18 +100,25 @@ def test_stream_errors_before_the_first_chunk_are_json(payload_server: ServeProc
     assert "one record per request" in response.json()["error"]
 
 
-@pytest.fixture(scope="module")
-def generate_stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+def stream_model_server(
+    factory: pytest.TempPathFactory, inference_type: str
+) -> Iterator[ServeProcess]:
+    """`serve` defaulting to the decoupled `stream` model, on one inference type."""
     server = start_payload_server(
-        tmp_path_factory.mktemp("generate-stream"),
+        factory.mktemp(inference_type),
         ncf=False,
         SAGEMAKER_TRITON_DEFAULT_MODEL_NAME="stream",
-        SAGEMAKER_TRITON_INFERENCE_TYPE="generate_stream",
+        SAGEMAKER_TRITON_INFERENCE_TYPE=inference_type,
     )
     try:
         yield server.wait_ready()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def generate_stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    yield from stream_model_server(tmp_path_factory, "generate_stream")
 
 
 def test_generate_stream_sends_server_sent_events_as_they_come(
@@ -147,16 +154,7 @@ def test_generate_stream_errors_are_4xx_with_json(generate_stream_server: ServeP
 
 @pytest.fixture(scope="module")
 def generate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    server = start_payload_server(
-        tmp_path_factory.mktemp("generate"),
-        ncf=False,
-        SAGEMAKER_TRITON_DEFAULT_MODEL_NAME="stream",
-        SAGEMAKER_TRITON_INFERENCE_TYPE="generate",
-    )
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    yield from stream_model_server(tmp_path_factory, "generate")
 
 
 def test_generate_answers_one_response_and_refuses_several(generate_server: ServeProcess) -> None:
