@@ -18,7 +18,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from urllib.parse import quote
 
 import numpy as np
@@ -246,8 +246,14 @@ class PayloadAdapter:
             error = b"".join([chunk async for chunk in stream.chunks])
             raise _failure(stream.status, error)
         if answer is Answer.EVENTS:
-            return Reply(200, "text/event-stream", chunks=stream.chunks)
-        return Reply(200, answer.content_type, chunks=_json_lines(stream.chunks))
+            chunks, content_type = stream.chunks, "text/event-stream"
+        else:
+            chunks, content_type = _json_lines(stream.chunks), answer.content_type
+        # The first chunk is awaited before the answer starts: a stream that fails
+        # before any output gets the status that says why (a 200 is final once
+        # sent), and the answer's head travels to nginx in one piece with it.
+        first = await anext(chunks, None)
+        return Reply(200, content_type, chunks=_starting_with(first, chunks))
 
 
 def _decode(
@@ -337,20 +343,35 @@ def _generate_value(name: str, tensor: object) -> object:
     return array.reshape(-1)[0].item() if array.size == 1 else array.reshape(-1).tolist()
 
 
-async def _json_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _json_lines(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """Triton's server-sent events as JSON Lines: one line per model response."""
     pending = b""
-    async for chunk in chunks:
-        pending += chunk
-        *events, pending = pending.split(b"\n\n")
-        for event in events:
-            line = _event_line(event)
+    try:
+        async for chunk in chunks:
+            pending += chunk
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                line = _event_line(event)
+                if line:
+                    yield line
+        if pending.strip():
+            line = _event_line(pending)
             if line:
                 yield line
-    if pending.strip():
-        line = _event_line(pending)
-        if line:
-            yield line
+    finally:
+        await chunks.aclose()  # a caller who left early ends Triton's request now
+
+
+async def _starting_with(
+    first: bytes | None, rest: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    try:
+        if first is not None:
+            yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
 
 
 def _event_line(event: bytes) -> bytes:

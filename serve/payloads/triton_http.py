@@ -9,12 +9,14 @@ nothing else. Triton on loopback is the only server it talks to.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from serve.payloads.errors import TritonUnavailable
 
 _END = b"\r\n\r\n"
+Item = bytes | BaseException | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,13 +27,49 @@ class Reply:
     body: bytes
 
 
+class _Chunks:
+    """A streamed answer's chunks as they arrive, for one reader; None ends them.
+
+    An asyncio.Queue read through wait_for would cost a task per chunk before
+    Python 3.12 (a turn of the event loop each); this costs a future only when
+    the reader has to wait, and a timer.
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Item] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Item) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self, timeout: float) -> Item:
+        """The next item; TimeoutError when none comes within `timeout` seconds."""
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter, timeout)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._items.popleft()
+
+
+def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"Triton sent nothing more for {timeout:.0f} s"))
+
+
 @dataclasses.dataclass
 class Stream:
     """An answer whose body is read as it arrives (Triton's server-sent events)."""
 
     status: int
     headers: dict[str, str]
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
 
 
 class _Connection(asyncio.Protocol):
@@ -47,7 +85,7 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[Reply] | None = None
         # Streaming: the head arrives first, then chunks (None ends them).
         self._stream_head: asyncio.Future[tuple[int, dict[str, str]]] | None = None
-        self._chunks: asyncio.Queue[bytes | BaseException | None] | None = None
+        self._chunks: _Chunks | None = None
         self.reusable = False
 
     # -- asyncio.Protocol ------------------------------------------------
@@ -63,7 +101,7 @@ class _Connection(asyncio.Protocol):
         if self._stream_head is not None and not self._stream_head.done():
             self._stream_head.set_exception(error)
         if self._chunks is not None and self._head is not None:
-            self._chunks.put_nowait(error)
+            self._chunks.put(error)
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
@@ -84,7 +122,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         if streaming:
             self._stream_head = loop.create_future()
-            self._chunks = asyncio.Queue()
+            self._chunks = _Chunks()
         else:
             self._answer = loop.create_future()
         assert self.transport is not None
@@ -100,7 +138,7 @@ class _Connection(asyncio.Protocol):
             if future is not None and not future.done():
                 future.set_exception(error)
         if self._chunks is not None:
-            self._chunks.put_nowait(error)
+            self._chunks.put(error)
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -151,14 +189,14 @@ class _Connection(asyncio.Protocol):
 
     def _deliver(self, chunk: bytes) -> None:
         if self._chunks is not None:
-            self._chunks.put_nowait(chunk)
+            self._chunks.put(chunk)
         else:
             self._body.append(chunk)
 
     def _finish(self, reusable: bool) -> None:
         self.reusable = reusable
         if self._chunks is not None:
-            self._chunks.put_nowait(None)
+            self._chunks.put(None)
             self._chunks = None
             self._stream_head = None
             return
@@ -211,33 +249,29 @@ class TritonHttp:
         message = _message(method, path, body, headers)
         connection, reused = await self._connection()
         try:
-            status, reply_headers, queue = await self._stream_head(connection, message)
+            status, reply_headers, arriving = await self._stream_head(connection, message)
         except ConnectionError:
             if not (reused and not connection.received_any):
                 raise _unavailable() from None
             # Triton closed a kept-alive connection before reading the request.
             connection, _ = await self._connection(fresh=True)
             try:
-                status, reply_headers, queue = await self._stream_head(connection, message)
+                status, reply_headers, arriving = await self._stream_head(connection, message)
             except ConnectionError:
                 raise _unavailable() from None
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes, None]:
             finished = False
             try:
                 while True:
                     # Each response of a decoupled model may take its time: the
                     # timeout bounds the wait for the next one, not the whole answer.
-                    # One already queued is taken at once: before Python 3.12,
-                    # wait_for wraps the get in a task, a turn of the event loop that
-                    # would let later reads overtake this chunk on its way out.
-                    if queue.empty():
-                        item = await asyncio.wait_for(queue.get(), self.timeout)
-                    else:
-                        item = queue.get_nowait()
+                    item = await arriving.get(self.timeout)
                     if item is None:
                         finished = True
                         return
+                    if isinstance(item, ConnectionError):
+                        raise _unavailable() from item
                     if isinstance(item, BaseException):
                         raise item
                     yield item
@@ -253,17 +287,17 @@ class TritonHttp:
 
     async def _stream_head(
         self, connection: _Connection, message: bytes
-    ) -> tuple[int, dict[str, str], asyncio.Queue[bytes | BaseException | None]]:
-        """The answer's status and headers, and the queue its chunks arrive on."""
+    ) -> tuple[int, dict[str, str], _Chunks]:
+        """The answer's status and headers, and where its chunks arrive."""
         connection.send(message, streaming=True)
-        head, queue = connection._stream_head, connection._chunks
-        assert head is not None and queue is not None
+        head, arriving = connection._stream_head, connection._chunks
+        assert head is not None and arriving is not None
         timer = asyncio.get_running_loop().call_later(self.timeout, connection.abort)
         try:
             status, headers = await head
         finally:
             timer.cancel()
-        return status, headers, queue
+        return status, headers, arriving
 
     async def _connection(self, fresh: bool = False) -> tuple[_Connection, bool]:
         while self._idle and not fresh:
