@@ -4,8 +4,8 @@ Every child runs in its own process group with a parent-death signal, so it
 never outlives `serve`, even when `serve` is killed with SIGKILL. That signal
 is SIGTERM, not SIGKILL: nginx's master must live long enough to stop its
 workers, and Triton to remove its shared-memory regions. Its output
-is streamed line by line to our stdout (CloudWatch reads it), and the last
-lines are kept so a crash can be explained.
+is streamed, whole lines at a time, to our stdout (CloudWatch reads it), and
+the last lines are kept so a crash can be explained.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _TAIL_LINES = 40
+# Output kept for the tail: enough for _TAIL_LINES of Triton's longest usual lines.
+_TAIL_BYTES = 64 * 1024
+_READ_BYTES = 64 * 1024
 
 
 def _stop_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -42,7 +45,7 @@ class ManagedProcess:
     def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None):
         self.name = name
         self.argv = list(argv)
-        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self._recent: collections.deque[bytes] = collections.deque()
         log.info("starting %s: %s", name, " ".join(self.argv))
         self._process = subprocess.Popen(
             self.argv,
@@ -63,11 +66,31 @@ class ManagedProcess:
         return self._process.pid
 
     def _relay_output(self) -> None:
+        """Copy the child's output as the pipe delivers it, a block at a time.
+
+        Python touches each block once, not each line: Triton's verbose log (on
+        by default) writes several lines per request, and a thread handling them
+        one by one held the GIL long enough to slow the payload service beside
+        it. Only whole lines are written, so they never mix with serve's own.
+        """
         assert self._process.stdout is not None
-        for raw in self._process.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            self._tail.append(line)
-            sys.stdout.write(line + "\n")
+        source = self._process.stdout.fileno()
+        partial = b""
+        kept = 0
+        while block := os.read(source, _READ_BYTES):
+            end = block.rfind(b"\n") + 1
+            if end:
+                sys.stdout.buffer.write(partial + block[:end])
+                sys.stdout.flush()
+                partial = block[end:]
+            else:
+                partial += block
+            self._recent.append(block)
+            kept += len(block)
+            while kept - len(self._recent[0]) >= _TAIL_BYTES:
+                kept -= len(self._recent.popleft())
+        if partial:
+            sys.stdout.buffer.write(partial + b"\n")
             sys.stdout.flush()
 
     def poll(self) -> int | None:
@@ -102,5 +125,6 @@ class ManagedProcess:
             return f"{self.name} is still running"
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         self._relay.join(timeout=2)
-        tail = "\n".join(self._tail)
+        output = b"".join(self._recent).decode("utf-8", errors="replace")
+        tail = "\n".join(output.splitlines()[-_TAIL_LINES:])
         return f"{self.name} exited ({how}); its last output:\n{tail}"

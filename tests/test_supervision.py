@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -41,6 +42,9 @@ def test_triton_dying_fails_ping_at_once_and_exits_nonzero(
     code = server.wait_exit(30)
     assert code != 0
     assert "tritonserver exited (killed by signal 9)" in server.output
+    # The reason comes with Triton's own last lines (glog-style: I1129 12:00:00...).
+    tail = server.output.split("its last output:", 1)[1].splitlines()
+    assert any(re.match(r"[IWE]\d{4} \d\d:\d\d:\d\d", line) for line in tail[:40]), tail[:40]
 
 
 def test_sigterm_lets_requests_in_flight_finish(opt_ml: Path, start_serve: StartServe) -> None:
