@@ -21,7 +21,8 @@ sizes: what graphs buy without any serving around them.
 copy of the repository with those fields changed; the table records which.
 `kind=cpu` moves the instances to the CPU and `omp=N` sets OMP_NUM_THREADS
 for serve (otherwise serve shares the CPUs out among instances), to measure
-that default.
+that default; `http_threads=N` sets SAGEMAKER_TRITON_THREAD_COUNT (Triton's
+HTTP threads, which parse and write v2 JSON; Triton's default is 8).
 
 Run on a GPU host: `python build/bench/gpu_encoder.py` (see build/gpu/run-on-gpu.sh).
 """
@@ -83,14 +84,16 @@ class Setup:
     cpu: bool = False
     # OMP_NUM_THREADS for serve (None: serve's default, CPUs / instances).
     omp: int | None = None
+    # SAGEMAKER_TRITON_THREAD_COUNT (None: Triton's default).
+    http_threads: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
-        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N`, any subset; "committed"."""
+        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N`, any subset."""
         fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
-            if key in ("instances", "delay_us", "omp") and value.isdigit():
+            if key in ("instances", "delay_us", "omp", "http_threads") and value.isdigit():
                 fields[key] = int(value)
             elif key == "graphs" and value in ("on", "off"):
                 fields[key] = value == "on"
@@ -98,7 +101,8 @@ class Setup:
                 fields["cpu"] = value == "cpu"
             elif item != "committed":
                 raise argparse.ArgumentTypeError(
-                    f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu or omp=N"
+                    f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu, "
+                    "omp=N or http_threads=N"
                 )
         return cls(**fields)
 
@@ -108,13 +112,19 @@ class Setup:
         on_cpu = config.instance_group[0].kind == model_config.InstanceKind.KIND_CPU
         kind = "CPU fp32" if on_cpu else "graphs" if graph_buckets(config) else "eager"
         threads = f", OMP {self.omp}" if self.omp is not None else ""
+        if self.http_threads is not None:
+            threads += f", {self.http_threads} HTTP threads"
         return (
             f"{config.instance_group[0].count} inst, {kind}, "
             f"{config.dynamic_batching.max_queue_delay_microseconds} us{threads}"
         )
 
     def environment(self) -> dict[str, str]:
-        return {"OMP_NUM_THREADS": str(self.omp)} if self.omp is not None else {}
+        variables = {
+            "OMP_NUM_THREADS": self.omp,
+            "SAGEMAKER_TRITON_THREAD_COUNT": self.http_threads,
+        }
+        return {name: str(value) for name, value in variables.items() if value is not None}
 
     def apply(self, committed: model_config.ModelConfig) -> model_config.ModelConfig:
         config = model_config.ModelConfig()
@@ -292,7 +302,7 @@ def main() -> None:
         type=Setup.parse,
         action="append",
         help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N,"
-        "kind=cpu|gpu,omp=N; default: the committed config",
+        "kind=cpu|gpu,omp=N,http_threads=N; default: the committed config",
     )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")

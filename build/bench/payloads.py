@@ -52,13 +52,22 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=8, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per encoding")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable for serve (repeatable), e.g. SAGEMAKER_TRITON_LOG_VERBOSE=true: "
+        "the benchmark turns Triton's verbose log off unless told",
+    )
     args = parser.parse_args()
+    environment = dict(item.split("=", 1) for item in args.env)
     require_wrk()
     batches = [int(b) for b in args.batch.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="bench-payloads-"))
     try:
-        with serve_with_reference(work, args.model, EXAMPLES) as serve:
+        with serve_with_reference(work, args.model, EXAMPLES, environment) as serve:
             url = f"{serve.url}/invocations"
             results: dict[tuple[int, str], list[Measurement]] = {}
             runs = []
