@@ -5,7 +5,8 @@
 # build/bench/multi_model.py (BATCH_BENCH=1 adds a batch-64 run;
 # SKIP_NCF_BENCH=1 skips those two benchmarks; ENCODER_BENCH=1 adds
 # build/bench/gpu_encoder.py, the BERT-base-sized encoder, ENCODER_ARGS its options;
-# PAYLOAD_BENCH=1 adds build/bench/payloads.py; STREAMING_BENCH=1 adds
+# PAYLOAD_BENCH=1 adds build/bench/payloads.py (PAYLOAD_ARGS its options,
+# PAYLOAD_VERBOSE=1 a second run with Triton's verbose log); STREAMING_BENCH=1 adds
 # build/bench/streaming.py, with the streaming example pack.sh packs).
 # Everything is logged under $OUT.
 set -x
@@ -118,7 +119,11 @@ if [ -n "${ENCODER_BENCH:-}" ]; then
 fi
 # The payload service: simple JSON and CSV against native v2 JSON on the NCF example.
 if [ -n "${PAYLOAD_BENCH:-}" ]; then
-    timeout 200 python build/bench/payloads.py --seconds 5 | tee "$OUT/bench-payloads.txt"
+    # shellcheck disable=SC2086
+    timeout 200 python build/bench/payloads.py --seconds 5 ${PAYLOAD_ARGS:-} | tee "$OUT/bench-payloads.txt"
+    # PAYLOAD_VERBOSE=1: again with Triton's verbose log on (serve's default, as NVIDIA's).
+    [ -n "${PAYLOAD_VERBOSE:-}" ] && timeout 200 python build/bench/payloads.py --seconds 5 \
+        ${PAYLOAD_ARGS:-} --env SAGEMAKER_TRITON_LOG_VERBOSE=true | tee "$OUT/bench-payloads-verbose.txt"
 fi
 # The first streamed chunk of the text-generation example (a CPU model) against
 # Triton's own generate_stream; needs the streaming example packed.
