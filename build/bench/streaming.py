@@ -15,9 +15,11 @@ behaviour). The same prompt is sent, one request at a time and taking turns
 
 Each reports the time from sending the request to the first chunk of the
 answer, and to its end; medians and the ratios to Triton's own are printed
-(goal: first chunk within 10 % of Triton's own).
+(goal: first chunk within 10 % of Triton's own). Each request opens a new
+connection, unless `--keep-alive` keeps one open per path (a caller that
+reuses its connections pays no accept on either side).
 
-Run: `.venv/bin/python build/bench/streaming.py [--requests 50] [--tokens 16]`.
+Run: `.venv/bin/python build/bench/streaming.py [--requests 50] [--tokens 16] [--keep-alive]`.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ GOAL = 1.1
 REFERENCE = "Triton generate_stream"
 
 
-def first_and_last(host: str, port: int, path: str, body: bytes) -> tuple[float, float, int]:
+def first_and_last(
+    connection: http.client.HTTPConnection, path: str, body: bytes, keep_alive: bool = False
+) -> tuple[float, float, int]:
     """Seconds to the first chunk and to the end of one streamed answer, and its chunks."""
-    connection = http.client.HTTPConnection(host, port, timeout=60)
     try:
         started = time.perf_counter()
         connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
@@ -56,12 +59,13 @@ def first_and_last(host: str, port: int, path: str, body: bytes) -> tuple[float,
             raise SystemExit(f"{path} answered {response.status} with no stream")
         return first, time.perf_counter() - started, chunks
     finally:
-        connection.close()
+        if not keep_alive:
+            connection.close()  # the next request connects anew
 
 
-def host_port(url: str) -> tuple[str, int]:
+def connection(url: str) -> http.client.HTTPConnection:
     host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
+    return http.client.HTTPConnection(host, int(port), timeout=60)
 
 
 def main() -> None:
@@ -69,6 +73,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="per path")
     parser.add_argument("--tokens", type=int, default=16, help="max_new_tokens")
     parser.add_argument("--prompt", default="The quick brown fox")
+    parser.add_argument("--keep-alive", action="store_true", help="one connection per path")
     args = parser.parse_args()
     if not (REPOSITORY / MODEL / "1" / "generator").is_dir():
         raise SystemExit("run build/examples/make_text_generator.py first (set-up does)")
@@ -88,10 +93,10 @@ def main() -> None:
                 )
             )
             paths = {
-                "serve /invocations": (*host_port(serve.url), "/invocations", simple.encode()),
-                "serve, nginx alone": (*host_port(relay.url), "/invocations", native.encode()),
+                "serve /invocations": (connection(serve.url), "/invocations", simple.encode()),
+                "serve, nginx alone": (connection(relay.url), "/invocations", native.encode()),
                 REFERENCE: (
-                    *host_port(serve.triton_http),
+                    connection(serve.triton_http),
                     f"/v2/models/{MODEL}/generate_stream",
                     native.encode(),
                 ),
@@ -99,17 +104,21 @@ def main() -> None:
             results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
             for target in paths.values():  # warm-up
                 for _ in range(3):
-                    first_and_last(*target)
+                    first_and_last(*target, args.keep_alive)
             order = list(paths.items())
             for turn in range(args.requests):
                 # Each path takes each place in the round equally often: the later
                 # requests of a round were measurably slower here, whichever path.
                 for name, target in order[turn % 3 :] + order[: turn % 3]:
-                    results[name].append(first_and_last(*target))
+                    results[name].append(first_and_last(*target, args.keep_alive))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{MODEL}, {args.tokens} new tokens, {args.requests} requests per path (medians)")
+    connections = "one kept-alive connection" if args.keep_alive else "a new connection each"
+    print(
+        f"\n{MODEL}, {args.tokens} new tokens, {args.requests} requests per path, "
+        f"{connections} (medians)"
+    )
     print(f"{'path':24} {'first chunk ms':>15} {'last chunk ms':>14} {'chunks':>7} {'/ ref':>7}")
     firsts = {name: statistics.median(r[0] for r in runs) * 1e3 for name, runs in results.items()}
     for name, runs in results.items():
