@@ -243,8 +243,10 @@ class PayloadAdapter:
     async def _stream(self, path: str, body: bytes, answer: Answer) -> Reply:
         stream = await self.triton.stream("POST", path, body, {"Content-Type": "application/json"})
         if stream.status != 200:
-            error = b"".join([chunk async for chunk in stream.chunks])
-            raise _failure(stream.status, error)
+            body = b"".join([chunk async for chunk in stream.chunks])
+            # A stream whose first response is an error: Triton answers 400 with
+            # that response as an event (data: {"error": ...}).
+            raise _failure(stream.status, _event_data(body) or body)
         if answer is Answer.EVENTS:
             chunks, content_type = stream.chunks, "text/event-stream"
         else:
@@ -374,8 +376,13 @@ async def _starting_with(
         await rest.aclose()
 
 
+def _event_data(event: bytes) -> bytes:
+    """What one server-sent event carries: its `data:` lines, joined."""
+    return b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+
+
 def _event_line(event: bytes) -> bytes:
-    data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    data = _event_data(event)
     if not data:
         return b""
     try:

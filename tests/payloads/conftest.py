@@ -63,6 +63,13 @@ class TritonPythonModel:
             count = pb_utils.get_input_tensor_by_name(request, "max_tokens")
             count = int(count.as_numpy().reshape(-1)[0]) if count is not None else 4
             suffix = json.loads(request.parameters() or "{{}}").get("suffix", "")
+            if prompt == "refuse":
+                refusal = pb_utils.TritonError("the prompt was refused")
+                sender.send(
+                    pb_utils.InferenceResponse(error=refusal),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
+                continue
             for i in range(count):
                 time.sleep({TOKEN_SECONDS})
                 token = f"{{prompt}}-{{i}}{{suffix}}".encode()

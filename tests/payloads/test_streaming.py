@@ -100,6 +100,22 @@ def test_stream_errors_before_the_first_chunk_are_json(payload_server: ServeProc
     assert "one record per request" in response.json()["error"]
 
 
+def test_a_model_refusing_before_its_first_response_answers_its_error(
+    payload_server: ServeProcess,
+) -> None:
+    # Triton answers 400 with the refusal as a server-sent event; the caller gets
+    # the model's own message as JSON, not the event's framing.
+    response = requests.post(
+        f"{payload_server.url}/invocations",
+        json={"inputs": "refuse"},
+        headers={"X-Amzn-SageMaker-Custom-Attributes": "target_model=stream"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == {"error": "the prompt was refused"}
+
+
 def stream_model_server(
     factory: pytest.TempPathFactory, inference_type: str
 ) -> Iterator[ServeProcess]:
@@ -150,6 +166,11 @@ def test_generate_stream_errors_are_4xx_with_json(generate_stream_server: ServeP
         response = requests.post(f"{generate_stream_server.url}/invocations", json=body, timeout=30)
         assert response.status_code == 400, response.text
         assert response.json()["error"]
+    refused = requests.post(
+        f"{generate_stream_server.url}/invocations", json={"text_input": "refuse"}, timeout=30
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json() == {"error": "the prompt was refused"}
 
 
 @pytest.fixture(scope="module")
