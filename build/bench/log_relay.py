@@ -14,20 +14,13 @@ Run: `.venv/bin/python build/bench/log_relay.py [--seconds 8] [--rounds 3]`.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import tempfile
 from pathlib import Path
 
 from load_generators import ncf_body, require_wrk, run_wrk
-from serve_under_test import EXAMPLES, serve_with_reference
-
-
-def own_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from serve_under_test import EXAMPLES, process_cpu_seconds, serve_with_reference
 
 
 def main() -> None:
@@ -48,11 +41,11 @@ def main() -> None:
             url = f"{serve.url}/invocations"
             run_wrk(url, body, args.connections, 2)  # warm-up
             for _ in range(args.rounds):
-                lines, cpu = _log_lines(serve.log), own_cpu_seconds(serve.pid)
+                lines, cpu = _log_lines(serve.log), process_cpu_seconds(serve.pid)
                 measured = run_wrk(url, body, args.connections, args.seconds)
                 lines = _log_lines(serve.log) - lines
-                cpu = own_cpu_seconds(serve.pid) - cpu
-                requests = measured.requests_per_second * args.seconds
+                cpu = process_cpu_seconds(serve.pid) - cpu
+                requests = measured.requests
                 rows.append((measured.requests_per_second, lines / requests, cpu, lines, requests))
     finally:
         shutil.rmtree(work, ignore_errors=True)

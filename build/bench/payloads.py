@@ -45,6 +45,13 @@ def bodies(batch: int) -> dict[str, tuple[str, str]]:
     }
 
 
+def _variable(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not (sep and name):
+        raise argparse.ArgumentTypeError(f"{item!r}: write NAME=VALUE")
+    return name, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ncf_food")
@@ -56,12 +63,13 @@ def main() -> None:
         "--env",
         action="append",
         default=[],
+        type=_variable,
         metavar="NAME=VALUE",
         help="a variable for serve (repeatable), e.g. SAGEMAKER_TRITON_LOG_VERBOSE=true: "
         "the benchmark turns Triton's verbose log off unless told",
     )
     args = parser.parse_args()
-    environment = dict(item.split("=", 1) for item in args.env)
+    environment = dict(args.env)
     require_wrk()
     batches = [int(b) for b in args.batch.split(",")]
 

@@ -140,10 +140,10 @@ def process_tree_cpu_seconds(root: int) -> float:
     ticks: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(stat)
             pid = int(stat.parent.name)
             parents[pid] = int(fields[1])
-            ticks[pid] = int(fields[11]) + int(fields[12])
+            ticks[pid] = _cpu_ticks(fields)
     total = 0
     for pid, used in ticks.items():
         ancestor = pid
@@ -152,3 +152,17 @@ def process_tree_cpu_seconds(root: int) -> float:
         if ancestor == root:
             total += used
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads, no children)."""
+    return _cpu_ticks(_stat_fields(Path(f"/proc/{pid}/stat"))) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces)."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_ticks(fields: list[str]) -> int:
+    return int(fields[11]) + int(fields[12])  # utime + stime
