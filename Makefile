@@ -4,7 +4,27 @@ SHELL := /bin/bash
 PORT ?= 8080
 SETUP_STAMP := .venv/.setup-done
 
-.PHONY: setup serve serve-mme serve-streaming test lint bench
+# The image: `make image` builds on NVIDIA's base (nvcr.io); `make image
+# STANDIN=1` first builds the project's stand-in of that base
+# (build/standin/) and builds on it, for hosts that cannot pull from nvcr.io.
+IMAGE ?= sagemaker-triton
+TAG ?= latest
+TRITON_VERSION ?= 24.10
+MODEL_LIBRARIES ?= true
+STANDIN ?=
+BASE_IMAGE ?= $(if $(STANDIN),localhost/tritonserver,nvcr.io/nvidia/tritonserver)
+# podman where there is no docker; build/podman/containers.conf holds the
+# settings podman needs on hosts like CI's (docker never reads it).
+CONTAINER_ENGINE ?= $(if $(shell command -v docker),docker,podman)
+export CONTAINER_ENGINE
+export CONTAINERS_CONF ?= $(CURDIR)/build/podman/containers.conf
+# The releases the container suite runs on, each on its stand-in base, and
+# the Pythons their locks are written for (container/requirements/).
+TEST_RELEASES := 24.10 26.05
+LOCK_PYTHONS := 3.10 3.12
+IMAGE_LOGS := .work/images
+
+.PHONY: setup serve serve-mme serve-streaming test test-images image standin lock lint bench
 
 setup: $(SETUP_STAMP)
 
@@ -37,8 +57,42 @@ serve-streaming: setup
 	mkdir -p .opt_ml/streaming && ln -sfn ../../streaming_repository .opt_ml/streaming/model
 	OPT_ML=$(CURDIR)/.opt_ml/streaming SAGEMAKER_BIND_TO_PORT=$(PORT) .venv/bin/serve
 
-test: setup lint
-	.venv/bin/python -m pytest
+# Everything: lint, the local suite and the container suite, the latter
+# against an image built on each release's stand-in base.
+test: setup lint test-images
+	.venv/bin/python -m pytest $(foreach release,$(TEST_RELEASES),--image $(IMAGE):test-$(release))
+
+# The images the container suite runs, without the model libraries (the
+# tests' models need numpy alone); their build logs are checked too.
+test-images: setup
+	mkdir -p $(IMAGE_LOGS)
+	for release in $(TEST_RELEASES); do \
+	  $(MAKE) --no-print-directory image STANDIN=1 TRITON_VERSION=$$release \
+	    MODEL_LIBRARIES=false TAG=test-$$release 2>&1 \
+	    | tee $(IMAGE_LOGS)/$(IMAGE)-test-$$release.log \
+	    | grep -E '^(STEP|standin:|COMMIT)' ; \
+	  test "$${PIPESTATUS[0]}" -eq 0 || exit 1; \
+	done
+
+image: setup $(if $(STANDIN),standin)
+	.venv/bin/smtriton image --repository $(IMAGE) --tag $(TAG) \
+	  --base-image $(BASE_IMAGE) --triton-version $(TRITON_VERSION) \
+	  --build-arg MODEL_LIBRARIES=$(MODEL_LIBRARIES)
+
+standin:
+	bash build/standin/build.sh $(TRITON_VERSION)
+
+# Rewrite the image's locked dependency trees, one per Python of the
+# supported bases: serve's own (pyproject.toml) and the model libraries.
+lock: setup
+	for python in $(LOCK_PYTHONS); do \
+	  for layer in serve models; do \
+	    input=$$([ $$layer = serve ] && echo pyproject.toml || echo container/requirements/models.in); \
+	    .venv/bin/uv pip compile $$input --quiet --generate-hashes --python-version $$python \
+	      --python-platform x86_64-manylinux_2_28 \
+	      --output-file container/requirements/$$layer-py$$python.txt || exit 1; \
+	  done; \
+	done
 
 lint: setup
 	.venv/bin/ruff check serve tests build

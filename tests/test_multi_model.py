@@ -42,8 +42,9 @@ def invoke(server: ServeProcess, name: str, body: dict = ADD) -> requests.Respon
     return requests.post(f"{server.url}/models/{name}/invoke", json=body, timeout=30)
 
 
+@pytest.mark.container
 def test_load_list_describe_invoke_unload(opt_ml: Path, mme: ServeProcess) -> None:
-    url = upload_add(opt_ml, "5f2a")
+    url = mme.sagemaker_path(Path(upload_add(opt_ml, "5f2a")))
     response = load(mme, "5f2a", url, **{"X-Amzn-SageMaker-Target-Model": "add.tar.gz"})
     assert response.status_code == 200, response.text
     assert "target model add.tar.gz" in mme.output
@@ -275,4 +276,4 @@ def _workspace(server: ServeProcess) -> Path:
     (pid,) = server.child_pids("tritonserver")
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
     repository = next(a for a in argv if a.startswith("--model-repository=")).split("=", 1)[1]
-    return Path(repository).parent
+    return server.inside(repository).parent
