@@ -13,9 +13,9 @@ TRITON_VERSION ?= 24.10
 MODEL_LIBRARIES ?= true
 STANDIN ?=
 BASE_IMAGE ?= $(if $(STANDIN),localhost/tritonserver,nvcr.io/nvidia/tritonserver)
-# podman where there is no docker; build/podman/containers.conf holds the
+# podman where no docker engine answers; build/podman/containers.conf holds the
 # settings podman needs on hosts like CI's (docker never reads it).
-CONTAINER_ENGINE ?= $(if $(shell command -v docker),docker,podman)
+CONTAINER_ENGINE ?= $(if $(shell docker info >/dev/null 2>&1 && echo running),docker,podman)
 export CONTAINER_ENGINE
 export CONTAINERS_CONF ?= $(CURDIR)/build/podman/containers.conf
 # The releases the container suite runs on, each on its stand-in base, and
