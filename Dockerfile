@@ -33,7 +33,8 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    TRITONSERVER_BIN=/opt/tritonserver/bin/tritonserver
+    TRITONSERVER_BIN=/opt/tritonserver/bin/tritonserver \
+    SERVE_MODEL_PYTHON=/usr/bin/python3
 
 # Locked dependency trees, one per Python release (container/requirements/,
 # written by `make lock`); the base image's Python picks its own.
