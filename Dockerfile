@@ -33,8 +33,7 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    TRITONSERVER_BIN=/opt/tritonserver/bin/tritonserver \
-    SERVE_MODEL_PYTHON=/usr/bin/python3
+    TRITONSERVER_BIN=/opt/tritonserver/bin/tritonserver
 
 # Locked dependency trees, one per Python release (container/requirements/,
 # written by `make lock`); the base image's Python picks its own.
@@ -63,6 +62,8 @@ RUN python_version="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:
     && python3 -m pip --python /opt/serve/bin/python install --no-cache-dir \
         --require-hashes --requirement "${lock}" \
     && rm -rf /tmp/requirements
+# ... and models run on the base image's Python, with the model libraries.
+ENV SERVE_MODEL_PYTHON=/usr/bin/python3
 
 # Extra Triton backends (Python-based ones need only their model.py here).
 COPY container/backends/ /opt/tritonserver/backends/

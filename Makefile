@@ -19,8 +19,12 @@ CONTAINER_ENGINE ?= $(if $(shell docker info >/dev/null 2>&1 && echo running),do
 export CONTAINER_ENGINE
 export CONTAINERS_CONF ?= $(CURDIR)/build/podman/containers.conf
 # The releases the container suite runs on, each on its stand-in base, and
-# the Pythons their locks are written for (container/requirements/).
+# the Pythons their locks are written for (container/requirements/). The
+# default release's image is built as users get it, with the model
+# libraries, and serves the bundled examples in the tests; the others
+# without (the tests' own models need numpy alone).
 TEST_RELEASES := 24.10 26.05
+EXAMPLES_RELEASE := 24.10
 LOCK_PYTHONS := 3.10 3.12
 IMAGE_LOGS := .work/images
 
@@ -60,15 +64,16 @@ serve-streaming: setup
 # Everything: lint, the local suite and the container suite, the latter
 # against an image built on each release's stand-in base.
 test: setup lint test-images
-	.venv/bin/python -m pytest $(foreach release,$(TEST_RELEASES),--image $(IMAGE):test-$(release))
+	.venv/bin/python -m pytest $(foreach release,$(TEST_RELEASES),--image $(IMAGE):test-$(release)) \
+	  --examples-image $(IMAGE):test-$(EXAMPLES_RELEASE)
 
-# The images the container suite runs, without the model libraries (the
-# tests' models need numpy alone); their build logs are checked too.
+# The images the container suite runs; their build logs are checked too.
 test-images: setup
 	mkdir -p $(IMAGE_LOGS)
 	for release in $(TEST_RELEASES); do \
+	  libraries=$$([ $$release = $(EXAMPLES_RELEASE) ] && echo true || echo false); \
 	  $(MAKE) --no-print-directory image STANDIN=1 TRITON_VERSION=$$release \
-	    MODEL_LIBRARIES=false TAG=test-$$release 2>&1 \
+	    MODEL_LIBRARIES=$$libraries TAG=test-$$release 2>&1 \
 	    | tee $(IMAGE_LOGS)/$(IMAGE)-test-$$release.log \
 	    | grep -E '^(STEP|standin:|COMMIT)' ; \
 	  test "$${PIPESTATUS[0]}" -eq 0 || exit 1; \

@@ -337,6 +337,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="IMAGE",
         help="also run the tests marked 'container' against this built image (repeatable)",
     )
+    parser.addoption(
+        "--examples-image",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="an image with the model libraries, to serve model_repository/ in (repeatable)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -353,6 +360,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("serve_target", ["local", *images])
     if "image" in metafunc.fixturenames:
         metafunc.parametrize("image", images)
+    if "examples_image" in metafunc.fixturenames:
+        metafunc.parametrize("examples_image", metafunc.config.getoption("examples_image"))
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@
   sentence-transformers dependency is not needed, the encoder is plain torch);
 - `sentence_tokenizer/1/tokenizer.json`, from the same package;
 - `sentence_tokenizer/env.tar.gz`: the tokenizer's own environment (HF
-  `tokenizers` and numpy < 2), made as users without conda make one: a
-  `venv --copies`, packed with venv-pack, with its libpython in `lib/` as
-  conda-pack has it. It is built for the default image's Python (3.10), so
-  the bundled repository serves both in the image (whose Python backend has a
-  3.10 stub) and locally (where `serve` takes the 3.10 stub of the
-  nvidia-pytriton wheel for this model). `--python` names another
-  interpreter, e.g. a 3.12 one for an image on Ubuntu 24.04.
+  `tokenizers` and numpy < 2), a whole Python prefix as conda-pack packs one
+  (interpreter, libpython, standard library, packages, a relocatable
+  `bin/activate`), made from a plain interpreter since conda cannot be
+  installed here. It is built for the default image's Python (3.10), so the
+  bundled repository serves both in the image (whose Python backend has a
+  3.10 stub) and locally (where `serve` gives this model the 3.10 stub of the
+  nvidia-pytriton wheel). `--python` names another interpreter, e.g. a 3.12
+  one for an image on Ubuntu 24.04.
 
 Run: `.venv/bin/python build/examples/prepare_sentence_embedding.py --repository model_repository`
 (skips what exists; --force rebuilds).
@@ -87,26 +88,45 @@ def archive_python(archive: Path) -> str | None:
     return None
 
 
-def build_tokenizer_env(archive: Path, python: Path) -> None:
-    """venv --copies + tokenizers and numpy + its libpython in lib/ + venv-pack; nothing else."""
-    import venv_pack
+# What the prefix leaves out of the standard library: tests, GUI and build files.
+STDLIB_SKIPPED = shutil.ignore_patterns(
+    "site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip",
+    "lib2to3", "pydoc_data", "config-*", "__pycache__", "*.pyc",
+)  # fmt: skip
+# conda-pack's activate is relocatable the same way: the prefix is where it lies.
+ACTIVATE = """# Puts this environment's bin first on PATH, wherever it was unpacked.
+_env_prefix="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
+export PATH="$_env_prefix/bin:$PATH"
+export CONDA_PREFIX="$_env_prefix"
+unset _env_prefix
+"""
 
+
+def build_tokenizer_env(archive: Path, python: Path) -> None:
+    """A conda-pack-shaped prefix of `python` with tokenizers and numpy; nothing else kept."""
     version = python_of(python, "'%d.%d' % sys.version_info[:2]")
+    executable = python_of(python, "os.path.realpath(sys.executable)")
+    stdlib = python_of(python, "sysconfig.get_paths()['stdlib']")
     libpython = python_of(
         python,
         "os.path.join(sysconfig.get_config_var('LIBDIR'), sysconfig.get_config_var('INSTSONAME'))",
     )
     with tempfile.TemporaryDirectory(prefix="tokenizer-env-") as scratch:
-        source = Path(scratch) / "env"
-        subprocess.run(
-            [str(python), "-m", "venv", "--copies", "--without-pip", str(source)], check=True
-        )
-        site = source / "lib" / f"python{version}" / "site-packages"
+        prefix = Path(scratch) / "env"
+        lib = prefix / "lib" / f"python{version}"
+        shutil.copytree(stdlib, lib, ignore=STDLIB_SKIPPED)
+        shutil.copy2(libpython, prefix / "lib" / Path(libpython).name)
+        (prefix / "bin").mkdir()
+        shutil.copy2(executable, prefix / "bin" / f"python{version}")
+        (prefix / "bin" / "python3").symlink_to(f"python{version}")
+        (prefix / "bin" / "activate").write_text(ACTIVATE)
+        site = lib / "site-packages"
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run([*pip, "--no-deps", "--target", str(site), *TOKENIZER_PACKAGES], check=True)
-        shutil.copy2(libpython, source / "lib" / Path(libpython).name)
         partial = archive.with_name(f".{archive.name}.partial.tar.gz")
-        venv_pack.pack(prefix=str(source), output=str(partial), force=True, compress_level=6)
+        with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
+            for entry in sorted(prefix.iterdir()):
+                tar.add(entry, arcname=entry.name)
         partial.chmod(0o644)
         partial.rename(archive)
 

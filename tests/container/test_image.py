@@ -19,8 +19,10 @@ import requests
 
 from tests.conftest import (
     CONTAINER_ENGINE,
+    EXAMPLES,
     REPO_ROOT,
     ContainerServe,
+    ServeProcess,
     add_request,
     free_port,
     serve_env,
@@ -109,6 +111,38 @@ def test_a_plain_run_serves_too(image: str, start_container: StartContainer) -> 
     )
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["data"] == [2, 3, 4, 5]
+
+
+def test_the_readme_run_command_serves_the_bundled_examples(
+    examples_image: str, examples_server: ServeProcess, tmp_path: Path
+) -> None:
+    """`docker run ... -v model_repository:/opt/ml/model:ro IMAGE`: the answers of a local serve."""
+    opt_ml = tmp_path / "opt_ml"
+    opt_ml.mkdir()
+    (opt_ml / "model").symlink_to(EXAMPLES)
+    port = free_port()
+    env = serve_env(opt_ml, port, SAGEMAKER_TRITON_DEFAULT_MODEL_NAME="ncf_food")
+    server = ContainerServe(examples_image, env, port, opt_ml, tmp_path, command=())
+    try:
+        server.wait_ready(timeout=300)
+        scores = {"inputs": [
+            {"name": "user_id", "shape": [3, 1], "datatype": "INT64", "data": [42, 42, 42]},
+            {"name": "item_id", "shape": [3, 1], "datatype": "INT64", "data": [7, 19, 301]},
+        ]}  # fmt: skip
+        text = {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]}
+        embedding = {"X-Amzn-SageMaker-Custom-Attributes": "target_model=sentence_embedding"}
+        for body, headers in ((scores, {}), (text, embedding)):
+            answers = [
+                requests.post(f"{s.url}/invocations", json=body, headers=headers, timeout=60)
+                for s in (server, examples_server)
+            ]
+            assert [a.status_code for a in answers] == [200, 200], answers[0].text
+            ours, local = (a.json()["outputs"][0]["data"] for a in answers)
+            assert ours == pytest.approx(local, abs=1e-5)
+        # The tokenizer's environment was built for the image's Python, not the host's.
+        assert "sentence_tokenizer/env.tar.gz (Python 3.10)" in server.output
+    finally:
+        server.stop()
 
 
 def test_tini_forwards_sigterm_and_serve_exits_zero(
