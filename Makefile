@@ -32,7 +32,8 @@ IMAGE_LOGS := .work/images
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): pyproject.toml build/setup.sh build/examples/train_ncf.py build/examples/make_text_generator.py
+$(SETUP_STAMP): pyproject.toml build/setup.sh build/examples/train_ncf.py build/examples/make_text_generator.py \
+		build/examples/prepare_sentence_embedding.py
 	bash build/setup.sh
 	touch $@
 
