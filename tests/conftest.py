@@ -216,6 +216,28 @@ CONTAINER_ENGINE = os.environ.get("CONTAINER_ENGINE", "podman")
 CONTAINER_VARIABLES = ("SAGEMAKER_", "SERVE_", "TEST_")
 
 
+def image_python(image: str) -> str:
+    """The "major.minor" of an image's own Python, which its models run on by default."""
+    return subprocess.run(
+        [
+            CONTAINER_ENGINE,
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--entrypoint",
+            "python3",
+            image,
+            "-c",
+            "import sys; print('%d.%d' % sys.version_info[:2])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.strip()
+
+
 class ContainerServe(ServeProcess):
     """`serve` in a built image, run the way SageMaker runs it.
 
@@ -269,6 +291,16 @@ class ContainerServe(ServeProcess):
             [CONTAINER_ENGINE, "stop", "--time", "30", self.name],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        super().stop()
+        # Killing the client leaves a container running: none may outlive its test.
+        subprocess.run(
+            [CONTAINER_ENGINE, "rm", "--force", "--ignore", self.name],
+            capture_output=True,
+            check=False,
+            timeout=60,
         )
 
     def sagemaker_path(self, path: Path) -> str:

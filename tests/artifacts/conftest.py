@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONTAINER_ENGINE
+from tests.conftest import image_python
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 # The stub files themselves are not read by the cache, only looked up by version.
@@ -344,28 +344,6 @@ class TargetEnvironment:
 
     archive: Path
     python_version: str
-
-
-def image_python(image: str) -> str:
-    """The "major.minor" of an image's own Python, which its models run on by default."""
-    return subprocess.run(
-        [
-            CONTAINER_ENGINE,
-            "run",
-            "--rm",
-            "--network",
-            "host",
-            "--entrypoint",
-            "python3",
-            image,
-            "-c",
-            "import sys; print('%d.%d' % sys.version_info[:2])",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.strip()
 
 
 @pytest.fixture

@@ -149,6 +149,7 @@ def test_missing_docker_is_a_clear_error(
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("CONTAINER_ENGINE", raising=False)
     result = smtriton("image", "--context", str(REPO_ROOT), "--tag", "x")
     assert result.code == 1
     assert "neither docker nor podman was found on PATH" in result.err

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.build.test_dockerfile import LOCKS, pinned_requirements
 from tests.conftest import (
     CONTAINER_ENGINE,
     EXAMPLES,
@@ -170,14 +171,24 @@ def test_labels_tell_sagemaker_what_the_image_can_do(image: str) -> None:
 
 
 def test_serve_leaves_the_base_images_python_packages_as_they_were(image: str) -> None:
-    """serve's dependencies live in their own venv: models see the base's packages unchanged."""
+    """serve's dependencies live in their own venv; the base's Python gets the model libraries
+    of the lock for its version (when the image has them) and nothing else."""
     base = inspect(image)["Config"]["Labels"]["org.opencontainers.image.base.name"]
     pip_list = ("python3", "-m", "pip", "list", "--format=freeze")
     in_base, in_image = (bypass_entrypoint(name, *pip_list) for name in (base, image))
     assert in_base.returncode == in_image.returncode == 0, in_base.stderr + in_image.stderr
-    assert in_image.stdout == in_base.stdout
+    version = bypass_entrypoint(
+        image, "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"
+    )
+    models = pinned_requirements(LOCKS / f"models-py{version.stdout.strip()}.txt")
+    changed = set(in_image.stdout.split()) - set(in_base.stdout.split())
+    for package in changed:
+        name, _, pinned_version = package.partition("==")
+        assert name.lower().replace("_", "-") in models, f"{package} is not a model library"
+        assert str(models[name.lower().replace("_", "-")].specifier) == f"=={pinned_version}"
     serving = bypass_entrypoint(image, "/opt/serve/bin/python", "-c", "import flask, numpy")
     assert serving.returncode == 0, serving.stderr
+    assert bypass_entrypoint(image, "python3", "-c", "import flask").returncode != 0
 
 
 def test_the_image_adds_no_package_caches(image: str) -> None:
