@@ -270,11 +270,12 @@ class ContainerServe(ServeProcess):
             for key, value in env.items()
             if key.startswith(CONTAINER_VARIABLES)
         ]
-        command = [
+        run = [
             CONTAINER_ENGINE, "run", "--rm", "--name", self.name, "--cidfile", str(cidfile),
             "--network", "host", *mounts, *variables, image, *command,
         ]  # fmt: skip
-        super().__init__({**os.environ}, port, scratch, wrapper=command)
+        # The engine's client is the process the test watches (its output, its exit code).
+        super().__init__({**os.environ}, port, scratch, wrapper=run)
         deadline = time.monotonic() + 60
         while not cidfile.is_file() or not cidfile.read_text().strip():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -283,7 +284,7 @@ class ContainerServe(ServeProcess):
         self.container_id = cidfile.read_text().strip()
 
     def _command(self, wrapper: Sequence[str]) -> list[str]:
-        return list(wrapper)
+        return list(wrapper)  # the whole `podman run` line
 
     def terminate(self) -> None:
         """`podman stop`: SIGTERM to the container's PID 1, SIGKILL 30 s later."""
