@@ -19,6 +19,8 @@ import jinja2
 
 from serve.access_log import ACCESS_LOG_FORMAT
 from serve.errors import ConfigError
+from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
+from serve.payloads.v2 import HEADER_LENGTH
 from serve.settings import Settings
 
 _TEMPLATES = jinja2.Environment(
@@ -28,6 +30,11 @@ _TEMPLATES = jinja2.Environment(
 )
 # Workers never need root; Debian and Ubuntu name the unprivileged group nogroup.
 UNPRIVILEGED_USER = "nobody nogroup"
+# Headers the front sets to talk to its internal services: the payload service's
+# model and route, and Triton's binary header length. nginx sets every one of them
+# on every upstream request (empty unless the front means it), so a client's copy
+# never reaches a service.
+INTERNAL_HEADERS = (MODEL_HEADER, INFERENCE_HEADER, HEADER_LENGTH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +103,10 @@ class FrontConfig:
             # A model that is not loaded is a 400 from Triton; the payload service
             # turns it into the contract's 404. 501: a decoupled model, which streams.
             explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",
+            internal_headers=INTERNAL_HEADERS,
+            model_header=MODEL_HEADER,
+            inference_header=INFERENCE_HEADER,
+            binary_length_header=HEADER_LENGTH,
             **self._payload_routes(),
             public_routes=(
                 "GET /ping and /models, POST /models/NAME/invoke"

@@ -23,8 +23,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from serve.front import INTERNAL_HEADERS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "model_repository"
+# Every header the front uses to talk to its internal services, as a client could forge it.
+FORGED_INTERNAL_HEADERS = {header: "3-bogus" for header in INTERNAL_HEADERS}
 
 
 def free_port() -> int:

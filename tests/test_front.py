@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ServeProcess
+from tests.conftest import FORGED_INTERNAL_HEADERS, ServeProcess
 
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
 
@@ -163,6 +163,17 @@ def test_custom_attributes_and_unknown_headers_are_ignored_safely(
         },
     )
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/csv"])
+def test_a_clients_copy_of_the_fronts_own_headers_changes_nothing(
+    examples_server: ServeProcess, content_type: str
+) -> None:
+    body = json.dumps(ncf_request([42], [7])) if content_type == "application/json" else "42,7\n"
+    plain = invoke(examples_server, body, content_type)
+    forged = invoke(examples_server, body, content_type, headers=FORGED_INTERNAL_HEADERS)
+    assert plain.status_code == forged.status_code == 200, forged.text
+    assert forged.content == plain.content
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ServeProcess, add_request, write_add_model
+from tests.conftest import FORGED_INTERNAL_HEADERS, ServeProcess, add_request, write_add_model
 
 StartServe = Callable[..., ServeProcess]
 ADD = add_request([1, 2, 3, 4], [10, 20, 30, 40])
@@ -276,3 +276,28 @@ def _workspace(server: ServeProcess) -> Path:
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
     repository = next(a for a in argv if a.startswith("--model-repository=")).split("=", 1)[1]
     return Path(repository).parent
+
+
+def test_a_clients_copy_of_the_fronts_own_headers_changes_nothing(
+    opt_ml: Path, mme: ServeProcess
+) -> None:
+    assert load(mme, "h1", upload_add(opt_ml, "h1")).status_code == 200
+    assert load(mme, "h 2", upload_add(opt_ml, "h2")).status_code == 200
+    # Straight to Triton, through the payload service (a name nginx does not route,
+    # another Accept), and the control app's routes.
+    for path, accept in (
+        ("/models/h1/invoke", "application/json"),
+        ("/models/h%202/invoke", "application/json"),
+        ("/models/h1/invoke", "text/csv"),
+    ):
+        response = requests.post(
+            f"{mme.url}{path}",
+            json=ADD,
+            headers={**FORGED_INTERNAL_HEADERS, "Accept": accept},
+            timeout=30,
+        )
+        assert response.status_code == 200, (path, accept, response.text)
+        assert "11" in response.text
+    listed = requests.get(f"{mme.url}/models", headers=FORGED_INTERNAL_HEADERS, timeout=5)
+    assert listed.status_code == 200
+    assert {m["modelName"] for m in listed.json()["models"]} == {"h1", "h 2"}
