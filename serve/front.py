@@ -18,7 +18,7 @@ from urllib.parse import quote
 import jinja2
 
 from serve.access_log import ACCESS_LOG_FORMAT
-from serve.errors import ConfigError
+from serve.errors import ConfigError, front_errors
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
 from serve.settings import Settings
@@ -92,6 +92,7 @@ class FrontConfig:
             access_log_format=ACCESS_LOG_FORMAT,
             error_log_level="warn",
             max_body_bytes=self.settings.max_body_bytes,
+            front_errors=front_errors(self.settings.max_body_bytes, self._public_routes()),
             triton_port=self.triton_port,
             control_socket=self.control_socket,
             listen_address="0.0.0.0",
@@ -108,12 +109,12 @@ class FrontConfig:
             inference_header=INFERENCE_HEADER,
             binary_length_header=HEADER_LENGTH,
             **self._payload_routes(),
-            public_routes=(
-                "GET /ping and /models, POST /models/NAME/invoke"
-                if self.settings.multi_model
-                else "GET /ping and POST /invocations"
-            ),
         )
+
+    def _public_routes(self) -> str:
+        if self.settings.multi_model:
+            return "GET /ping and /models, POST /models/NAME/invoke"
+        return "GET /ping and POST /invocations"
 
     def payload_socket(self) -> Path:
         """Where the payload service (serve/payloads/service.py) listens for nginx."""

@@ -157,8 +157,8 @@ class ServeProcess:
         self._reader.join(timeout=5)
         return code
 
-    def child_pids(self, name: str) -> list[int]:
-        """Processes named `name` in serve's process tree."""
+    def child_pids(self, name: str, direct: bool = False) -> list[int]:
+        """Processes named `name` in serve's process tree (`direct`: its own children only)."""
         found = []
         for status in Path("/proc").glob("[0-9]*/status"):
             with contextlib.suppress(OSError):
@@ -167,21 +167,30 @@ class ServeProcess:
                     for line in status.read_text().splitlines()
                     if ":\t" in line
                 )
-                if fields.get("Name", "").strip() == name[:15] and self._descends(status.parent):
+                if fields.get("Name", "").strip() == name[:15] and self._descends(
+                    status.parent, direct
+                ):
                     found.append(int(status.parent.name))
         return found
 
-    def _descends(self, proc: Path) -> bool:
+    def _descends(self, proc: Path, direct: bool) -> bool:
         with contextlib.suppress(OSError, ValueError):
             while True:
                 stat = (proc / "stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 if ppid == self.process.pid:
                     return True
-                if ppid <= 1:
+                if ppid <= 1 or direct:
                     return False
                 proc = Path("/proc") / str(ppid)
         return False
+
+    def workspace(self) -> Path:
+        """serve's workspace, read from the repository Triton was started on."""
+        (pid,) = self.child_pids("tritonserver", direct=True)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        repository = next(a for a in argv if a.startswith("--model-repository="))
+        return Path(repository.split("=", 1)[1]).parent
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import FORGED_INTERNAL_HEADERS, ServeProcess
+
+StartServe = Callable[..., ServeProcess]
 
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
 
@@ -242,3 +246,96 @@ def test_internal_listeners_bind_loopback_only(examples_server: ServeProcess) ->
     assert public == {examples_server.port}
     serve_sockets = listening_sockets([examples_server.process.pid])
     assert all(address == "127.0.0.1" for address, _ in serve_sockets)
+
+
+def raw_exchange(server: ServeProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP library would write; the status, headers and body of the answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines)
+    }
+    if headers.get("transfer-encoding") == "chunked":
+        body = _unchunk(body)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def _unchunk(body: bytes) -> bytes:
+    parts = []
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        parts.append(body[:size])
+        body = body[size + 2 :]
+    return b"".join(parts)
+
+
+NGINX_OWN_ERRORS = {
+    "malformed request line": (b"GARBAGE\r\n\r\n", 400),
+    "HTTP/1.1 without Host": (b"GET /ping HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+    "TRACE": (b"TRACE /invocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405),
+    "body over the limit, announced": (
+        b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\nConnection: close\r\n\r\n",
+        413,
+    ),
+    "URI too long": (
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        414,
+    ),
+    "header too large": (
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: "
+        + b"b" * 9000
+        + b"\r\nConnection: close\r\n\r\n",
+        431,
+    ),
+    "broken chunked body": (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        400,
+    ),
+    "unknown transfer coding": (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+        b"Connection: close\r\n\r\n",
+        501,
+    ),
+    "HTTP/2.0 in a request line": (b"GET /ping HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+}
+
+
+@pytest.mark.parametrize("case", NGINX_OWN_ERRORS)
+def test_errors_nginx_writes_itself_are_json(examples_server: ServeProcess, case: str) -> None:
+    request, status = NGINX_OWN_ERRORS[case]
+    answer_status, headers, body = raw_exchange(examples_server, request)
+    assert answer_status == status, body
+    assert headers["content-type"] == "application/json", headers
+    assert json.loads(body)["error"], body
+
+
+def test_an_internal_service_gone_is_json_too(opt_ml: Path, start_serve: StartServe) -> None:
+    server = start_serve(opt_ml, SAGEMAKER_MULTI_MODEL="true")
+    # Before any request: nginx keeps connections it has used open.
+    server.wait_until(lambda: server.child_pids("tritonserver"), 30, "Triton to start")
+    front = server.workspace() / "front"
+    (front / "control.sock").unlink()
+    (front / "payloads.sock").unlink()
+    server.wait_until(lambda: _answers(f"{server.url}/"), 30, "nginx to answer")
+    for method, path in (("GET", "/models"), ("POST", "/models/a%20b/invoke")):
+        response = requests.request(method, f"{server.url}{path}", json={}, timeout=10)
+        assert response.status_code in (502, 503), response.text
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.json()["error"]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 404
+    except requests.RequestException:
+        return False

@@ -57,7 +57,7 @@ def test_load_list_describe_invoke_unload(opt_ml: Path, mme: ServeProcess) -> No
     assert requests.delete(f"{mme.url}/models/5f2a", timeout=60).status_code == 200
     assert invoke(mme, "5f2a").status_code == 404
     assert requests.get(f"{mme.url}/models", timeout=5).json() == {"models": []}
-    workspace = _workspace(mme)
+    workspace = mme.workspace()
     assert not list((workspace / "repository").iterdir())
 
 
@@ -161,7 +161,7 @@ def test_layouts_direct_ensemble_and_archive(opt_ml: Path, mme: ServeProcess) ->
     assert response.status_code == 200, response.text
     assert invoke(mme, "tgz").json()["outputs"][0]["data"] == [11, 22, 33, 44]
     assert requests.delete(f"{mme.url}/models/tgz", timeout=60).status_code == 200
-    assert not (_workspace(mme) / "uploads" / "tgz").exists()
+    assert not (mme.workspace() / "uploads" / "tgz").exists()
 
     # A hostile archive is refused and nothing of it stays.
     hostile = opt_ml / "models" / "evil" / "model"
@@ -265,17 +265,9 @@ def test_storm_of_loads_unloads_and_invocations(opt_ml: Path, mme: ServeProcess)
         assert (ok == 200) == (key in listed)
     for key in listed:
         assert requests.delete(f"{mme.url}/models/{key}", timeout=60).status_code == 200
-    workspace = _workspace(mme)
+    workspace = mme.workspace()
     assert not list((workspace / "repository").iterdir())
     assert not (workspace / "uploads").exists() or not list((workspace / "uploads").iterdir())
-
-
-def _workspace(server: ServeProcess) -> Path:
-    """serve's workspace, read from the repository Triton was started on."""
-    (pid,) = server.child_pids("tritonserver")
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    repository = next(a for a in argv if a.startswith("--model-repository=")).split("=", 1)[1]
-    return Path(repository).parent
 
 
 def test_a_clients_copy_of_the_fronts_own_headers_changes_nothing(
