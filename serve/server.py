@@ -26,7 +26,7 @@ from serve.control_app import create_control_app
 from serve.front import FrontConfig, FrontModel, nginx_argv
 from serve.multi_model import ModelRegistry
 from serve.payloads.service import PayloadService
-from serve.ports import free_loopback_port
+from serve.ports import free_loopback_port, refuse_ports_in_use
 from serve.processes import ManagedProcess
 from serve.repository import (
     PreparedRepository,
@@ -80,6 +80,7 @@ class Server:
 
     def run(self) -> int:
         """Serve until stopped or until a child fails; returns the exit code."""
+        refuse_ports_in_use(self.settings.public_ports())
         install = locate_triton(self.settings.triton_bin)
         gpus = host.gpu_count()
         log.info("Triton %s; %d GPU(s) visible", install.binary, gpus)

@@ -203,29 +203,30 @@ class Settings:
             or 2 * 1024 * MEBIBYTE,
         ).validated()
 
+    def public_ports(self) -> dict[str, int]:
+        """Every port `serve` opens on the machine's network, by the variable that sets it."""
+        ports = {"SAGEMAKER_BIND_TO_PORT": self.port}
+        if self.allow_metrics:
+            ports["SAGEMAKER_TRITON_METRICS_PORT"] = self.metrics_port
+        if self.allow_grpc:
+            ports["SAGEMAKER_TRITON_GRPC_PORT"] = self.grpc_port
+        if self.serve_metrics_port is not None:
+            ports["SERVE_METRICS_PORT"] = self.serve_metrics_port
+        return ports
+
     def validated(self) -> Settings:
         """Check rules that span several variables."""
-        if self.serve_metrics_port is not None:
-            others = {"SAGEMAKER_BIND_TO_PORT": self.port}
-            if self.allow_metrics:
-                others["SAGEMAKER_TRITON_METRICS_PORT"] = self.metrics_port
-            if self.allow_grpc:
-                others["SAGEMAKER_TRITON_GRPC_PORT"] = self.grpc_port
-            for name, port in others.items():
-                if port == self.serve_metrics_port:
-                    raise ConfigError(
-                        f"SERVE_METRICS_PORT={port} is also {name}; give the front's "
-                        "metrics a port of their own (or SERVE_METRICS_PORT=off)"
-                    )
+        public = self.public_ports()
+        for name, port in public.items():
+            if name != "SERVE_METRICS_PORT" and port == self.serve_metrics_port:
+                raise ConfigError(
+                    f"SERVE_METRICS_PORT={port} is also {name}; give the front's "
+                    "metrics a port of their own (or SERVE_METRICS_PORT=off)"
+                )
         if self.safe_port_range is not None:
-            public = {"SAGEMAKER_TRITON_GRPC_PORT": (self.allow_grpc, self.grpc_port)}
-            public["SAGEMAKER_TRITON_METRICS_PORT"] = (self.allow_metrics, self.metrics_port)
-            public["SERVE_METRICS_PORT"] = (
-                self.serve_metrics_port is not None,
-                self.serve_metrics_port,
-            )
-            for name, (enabled, port) in public.items():
-                if enabled and port not in self.safe_port_range:
+            for name, port in public.items():
+                # SageMaker's own port is the one listener the range does not cover.
+                if name != "SAGEMAKER_BIND_TO_PORT" and port not in self.safe_port_range:
                     raise ConfigError(
                         f"{name}={port} is outside SAGEMAKER_SAFE_PORT_RANGE="
                         f"{self.safe_port_range}; pick a port inside that range"

@@ -104,3 +104,19 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_second_serve_on_a_port_in_use_is_refused(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model")
+    first = start_serve(opt_ml).wait_ready()
+    second = start_serve(opt_ml, SAGEMAKER_BIND_TO_PORT=str(first.port))
+    assert second.wait_exit(30) != 0
+    assert f"SAGEMAKER_BIND_TO_PORT={first.port} is already in use" in second.output
+    assert "PORT=" in second.output.split("already in use", 1)[1].splitlines()[0]
+    # Refused before anything started; the first server keeps every request.
+    assert "starting" not in second.output
+    for _ in range(20):
+        response = requests.post(
+            f"{first.url}/invocations", json=add_request([1, 1, 1, 1], [1, 1, 1, 1]), timeout=10
+        )
+        assert response.status_code == 200
