@@ -26,6 +26,13 @@ PingMode = Literal["ready", "live"]
 InferenceType = Literal["infer", "generate", "generate_stream"]
 
 MEBIBYTE = 1024 * 1024
+# The largest values the programs that get them take: sizes in bytes go to nginx
+# (off_t) and Triton's backends (int64), thread counts to Triton's int32 flags,
+# seconds to Triton's int32 flags and nginx's millisecond timers. A larger
+# number stops start-up here, named, instead of failing there.
+MAX_BYTES = 2**63 - 1
+MAX_THREADS = 2**31 - 1
+MAX_SECONDS = 2**31 - 1
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -172,9 +179,9 @@ class Settings:
             log_info=env.text("SAGEMAKER_TRITON_LOG_INFO"),
             log_warning=env.text("SAGEMAKER_TRITON_LOG_WARNING"),
             log_error=env.text("SAGEMAKER_TRITON_LOG_ERROR"),
-            thread_count=env.positive_int("SAGEMAKER_TRITON_THREAD_COUNT"),
+            thread_count=env.positive_int("SAGEMAKER_TRITON_THREAD_COUNT", MAX_THREADS),
             buffer_manager_thread_count=env.positive_int(
-                "SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT"
+                "SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT", MAX_THREADS
             ),
             omp_num_threads=env.text("OMP_NUM_THREADS"),
             shm_default_byte_size=env.positive_int("SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE")
@@ -266,15 +273,18 @@ class _Reader:
             raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
         return value
 
-    def positive_int(self, name: str) -> int | None:
+    def positive_int(self, name: str, maximum: int | None = MAX_BYTES) -> int | None:
+        """A whole number from 1 to `maximum` (None: any, for callers that check their own)."""
         value = self.text(name)
         if value is None:
             return None
         if not value.isdigit() or int(value) <= 0:
             raise ConfigError(f"{name}={value!r} must be a positive whole number")
+        if maximum is not None and int(value) > maximum:
+            raise ConfigError(f"{name}={value!r} is over {maximum}, the most this setting can be")
         return int(value)
 
-    def positive_float(self, name: str) -> float | None:
+    def positive_float(self, name: str, maximum: float = MAX_SECONDS) -> float | None:
         value = self.text(name)
         if value is None:
             return None
@@ -284,10 +294,14 @@ class _Reader:
             number = -1.0
         if not number > 0:
             raise ConfigError(f"{name}={value!r} must be a positive number of seconds")
+        if not number <= maximum:
+            raise ConfigError(
+                f"{name}={value!r} is over {maximum:.0f} seconds, the most this setting can be"
+            )
         return number
 
     def port(self, name: str, default: int) -> int:
-        value = self.positive_int(name)
+        value = self.positive_int(name, maximum=None)
         if value is None:
             return default
         if value > 65535:

@@ -181,3 +181,25 @@ def test_a_workdir_nginx_workers_cannot_enter_is_refused(
     assert "or choose a folder under /tmp" in server.output
     assert "Traceback" not in server.output
     assert not (closed / "work").exists()
+
+
+# Numbers Python reads happily but the program that gets them (nginx, Triton) does not.
+OUT_OF_RANGE = {
+    "SERVE_MAX_BODY_BYTES": "99999999999999999999",
+    "SAGEMAKER_TRITON_THREAD_COUNT": "4294967296",
+    "SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE": "99999999999999999999",
+    "SERVE_SHUTDOWN_TIMEOUT": "1e400",
+    "SERVE_STARTUP_TIMEOUT": "inf",
+}
+
+
+@pytest.mark.parametrize("variable", OUT_OF_RANGE)
+def test_a_number_its_consumer_cannot_take_stops_serve_before_anything_starts(
+    opt_ml: Path, start_serve: StartServe, variable: str
+) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, **{variable: OUT_OF_RANGE[variable]})
+    assert server.wait_exit(30) == 1
+    assert f"{variable}={OUT_OF_RANGE[variable]!r}" in server.output
+    assert "Traceback" not in server.output
+    assert "starting nginx" not in server.output
