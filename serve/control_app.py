@@ -81,7 +81,7 @@ def _add_multi_model_routes(app: Flask, registry: ModelRegistry) -> None:
             body["url"],
             request.headers.get("X-Amzn-SageMaker-Target-Model", "not given"),
         )
-        model = registry.load(body["model_name"], str(body["url"]))
+        model = registry.load(body["model_name"], body["url"])
         return json_response(200, {"status": "loaded", **model.describe()})
 
     @app.get("/models/<name>")

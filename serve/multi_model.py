@@ -31,6 +31,7 @@ import re
 import shutil
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,7 +162,10 @@ class ModelRegistry:
 
     # -- preparation ------------------------------------------------------
 
-    def _check_url(self, url: str) -> Path:
+    def _check_url(self, url: object) -> Path:
+        if not isinstance(url, str):
+            raise ArtifactError(f"url {url!r} must be a string, the folder SageMaker unpacked into")
+        _check_characters("url", url)
         source = Path(url)
         if not source.is_absolute():
             raise ArtifactError(f"url {url!r} must be an absolute path under {self._models_dir}")
@@ -289,6 +293,21 @@ def triton_name(name: str) -> str:
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name or "/" in name or name in {".", ".."}:
         raise ArtifactError(f"model_name {name!r} must be a non-empty string without '/'")
+    _check_characters("model_name", name)
+
+
+def _check_characters(field: str, value: str) -> None:
+    """Refuse control characters (NUL among them) and lone surrogates.
+
+    JSON carries both (`\\u0000`, `\\ud800`), but no path holds a NUL, UTF-8
+    cannot encode a surrogate, and a line break in a name would forge log lines.
+    """
+    for character in value:
+        if unicodedata.category(character) in ("Cc", "Cs"):
+            raise ArtifactError(
+                f"{field} {value!r} holds {character!r}, a control character or half of "
+                "a surrogate pair; send the name and folder SageMaker gave"
+            )
 
 
 def _model_name(folder: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import random
 import shutil
 import subprocess
@@ -293,3 +294,27 @@ def test_a_clients_copy_of_the_fronts_own_headers_changes_nothing(
     listed = requests.get(f"{mme.url}/models", headers=FORGED_INTERNAL_HEADERS, timeout=5)
     assert listed.status_code == 200
     assert {m["modelName"] for m in listed.json()["models"]} == {"h1", "h 2"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model_name", "a\u0000b"),
+        ("model_name", "a\ud800b"),
+        ("model_name", "line\nbreak"),
+        ("url", "NUL\u0000"),
+        ("url", "\udcff"),
+    ],
+)
+def test_bad_bytes_in_a_load_are_400(
+    opt_ml: Path, mme: ServeProcess, field: str, value: str
+) -> None:
+    url = upload_add(opt_ml, "bytes")
+    body = {"model_name": "bytes", "url": url}
+    body[field] = url + value if field == "url" else value
+    # json.dumps writes \\u0000 and lone surrogates as escapes, as any client may.
+    response = requests.post(f"{mme.url}/models", data=json.dumps(body), timeout=30)
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]
+    assert requests.get(f"{mme.url}/models", timeout=5).json() == {"models": []}
+    assert load(mme, "bytes", url).status_code == 200
