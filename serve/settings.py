@@ -21,6 +21,7 @@ from typing import Literal
 
 from serve.archives import ExtractionLimits
 from serve.errors import ConfigError
+from serve.triton_command import check_additional_args
 
 PingMode = Literal["ready", "live"]
 InferenceType = Literal["infer", "generate", "generate_stream"]
@@ -108,7 +109,9 @@ class Settings:
     # SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING: passed to --model-namespacing
     # as given, exactly as NVIDIA's script does (so "false" turns namespacing off).
     model_namespacing: str = "true"
-    # SAGEMAKER_TRITON_ADDITIONAL_ARGS: extra tritonserver flags, shell-quoted.
+    # SAGEMAKER_TRITON_ADDITIONAL_ARGS: extra tritonserver flags, shell-quoted; those
+    # that decide what listens where, or that serve sets itself, are refused
+    # (serve/triton_command.py's RESERVED_FLAGS).
     additional_args: tuple[str, ...] = ()
     # TRITONSERVER_BIN: the server binary, when not in a standard place.
     triton_bin: Path | None = None
@@ -191,7 +194,9 @@ class Settings:
             model_load_gpu_limit=env.text("SAGEMAKER_TRITON_MODEL_LOAD_GPU_LIMIT"),
             tensorflow_version=env.text("SAGEMAKER_TRITON_TENSORFLOW_VERSION"),
             model_namespacing=env.text("SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING") or "true",
-            additional_args=env.shell_words("SAGEMAKER_TRITON_ADDITIONAL_ARGS"),
+            additional_args=check_additional_args(
+                env.shell_words("SAGEMAKER_TRITON_ADDITIONAL_ARGS")
+            ),
             triton_bin=env.path("TRITONSERVER_BIN"),
             extra_backends=tuple(
                 Path(part) for part in (env.text("SERVE_EXTRA_BACKENDS") or "").split(":") if part

@@ -31,6 +31,21 @@ EXAMPLES = REPO_ROOT / "model_repository"
 FORGED_INTERNAL_HEADERS = {header: "3-bogus" for header in INTERNAL_HEADERS}
 
 
+def own_address() -> str | None:
+    """This machine's own non-loopback IPv4 address, or None; tests only ever connect to it.
+
+    Connecting a UDP socket sends nothing: the kernel only picks the source
+    address it would route from.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: a route lookup, no traffic
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import FORGED_INTERNAL_HEADERS, ServeProcess
+from tests.conftest import FORGED_INTERNAL_HEADERS, ServeProcess, own_address
 
 StartServe = Callable[..., ServeProcess]
 
@@ -246,6 +246,30 @@ def test_internal_listeners_bind_loopback_only(examples_server: ServeProcess) ->
     assert public == {examples_server.port}
     serve_sockets = listening_sockets([examples_server.process.pid])
     assert all(address == "127.0.0.1" for address, _ in serve_sockets)
+
+
+def test_from_the_machines_own_address_only_the_public_port_answers(
+    examples_server: ServeProcess,
+) -> None:
+    address = own_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    server = examples_server
+    pids = [server.process.pid, *server.child_pids("tritonserver"), *server.child_pids("nginx")]
+    listening = {port for _, port in listening_sockets(pids)}
+    assert len(listening) > 1, listening  # Triton's own port is among them
+    assert {port for port in listening if _connects(address, port)} == {server.port}
+    for path in ("/v2/repository/index", "/v2/logging", "/v2/systemsharedmemory/status"):
+        response = requests.post(f"http://{address}:{server.port}{path}", data=b"{}", timeout=5)
+        assert response.status_code == 404, (path, response.text)
+
+
+def _connects(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 def raw_exchange(server: ServeProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
