@@ -205,6 +205,8 @@ class Server:
             for child in (triton, nginx):
                 code = child.poll()
                 if code is not None:
+                    # Its workers or stubs go at once: an nginx worker would keep the port.
+                    child.kill_group()
                     reason = child.describe_exit()
                     self.state.set(Phase.FAILED, reason)
                     log.error("%s; stopping", reason)
