@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -178,6 +179,7 @@ class ModelRegistry:
 
     def _prepare(self, name: str, url: str, source: Path) -> LoadedModel:
         """Unpack archives, find the upload's models and prepare them under Triton names."""
+        _refuse_links_outside(source, self._models_dir)
         base = triton_name(name)
         staging = self._staging / base
         shutil.rmtree(staging, ignore_errors=True)
@@ -308,6 +310,31 @@ def _check_characters(field: str, value: str) -> None:
                 f"{field} {value!r} holds {character!r}, a control character or half of "
                 "a surrogate pair; send the name and folder SageMaker gave"
             )
+
+
+def _refuse_links_outside(folder: Path, root: Path) -> None:
+    """Refuse an upload holding a symbolic link that leads outside `root` (the models root).
+
+    The same rule as for links in an archive: the prepared repository links to
+    the files the upload's links resolve to, and a link out would serve any
+    file of the machine as part of a model. Linked folders are followed, so
+    links inside them count too; each real folder is walked once.
+    """
+    walked: set[Path] = set()
+    for current, subfolders, files in os.walk(folder, followlinks=True):
+        real = Path(current).resolve()
+        if real in walked:
+            subfolders[:] = []
+            continue
+        walked.add(real)
+        for name in (*subfolders, *files):
+            entry = Path(current, name)
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                raise ArtifactError(
+                    f"{entry.relative_to(folder)} in {folder} is a symbolic link to "
+                    f"{os.readlink(entry)!r}, which leads outside {root}; upload the files "
+                    "themselves, or links that stay under it"
+                )
 
 
 def _model_name(folder: Path) -> str:

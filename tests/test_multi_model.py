@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import random
 import shutil
+import struct
 import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from tests.conftest import FORGED_INTERNAL_HEADERS, ServeProcess, add_request, w
 
 StartServe = Callable[..., ServeProcess]
 ADD = add_request([1, 2, 3, 4], [10, 20, 30, 40])
+BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
 
 
 @pytest.fixture
@@ -318,3 +320,70 @@ def test_bad_bytes_in_a_load_are_400(
     assert field in response.json()["error"]
     assert requests.get(f"{mme.url}/models", timeout=5).json() == {"models": []}
     assert load(mme, "bytes", url).status_code == 200
+
+
+def test_a_link_out_of_the_models_root_is_refused_like_in_an_archive(
+    opt_ml: Path, mme: ServeProcess, tmp_path: Path
+) -> None:
+    outside = write_add_model(tmp_path / "elsewhere", name="add")
+    url = Path(upload_add(opt_ml, "lnk"))
+    model_py = url / "1" / "model.py"
+    for link, target in ((model_py, outside / "1" / "model.py"), (url / "1", outside / "1")):
+        shutil.rmtree(url / "1")
+        shutil.copytree(outside / "1", url / "1")
+        if link.is_dir():
+            shutil.rmtree(link)
+        else:
+            link.unlink()
+        link.symlink_to(target)
+        refused = load(mme, "lnk", str(url))
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert str(link.relative_to(url)) in error and "outside" in error, error
+        assert requests.get(f"{mme.url}/models", timeout=5).json() == {"models": []}
+    # A link that stays under the models root is an ordinary file.
+    (url / "1").unlink()
+    shared = opt_ml / "models" / "shared"
+    shutil.copytree(outside / "1", shared)
+    (url / "1").symlink_to(shared)
+    assert load(mme, "lnk", str(url)).status_code == 200
+
+
+def test_answers_name_the_model_as_the_caller_loaded_it(opt_ml: Path, mme: ServeProcess) -> None:
+    name = "team a+b.tar.gz"  # no name nginx routes: Triton knows it by a hash
+    assert load(mme, name, upload_add(opt_ml, "named")).status_code == 200
+    path = f"{mme.url}/models/team%20a+b.tar.gz/invoke"
+    answer = requests.post(path, json=ADD, timeout=30)
+    assert answer.status_code == 200 and answer.json()["model_name"] == name, answer.text
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 16},
+                }
+                for n in ("A", "B")
+            ],
+            "outputs": [{"name": "C", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    body = header + struct.pack("<4f", 1, 2, 3, 4) + struct.pack("<4f", 10, 20, 30, 40)
+    binary = requests.post(
+        path,
+        data=body,
+        headers={"Content-Type": f"{BINARY_TYPE};json-header-size={len(header)}"},
+        timeout=30,
+    )
+    assert binary.status_code == 200, binary.text
+    size = int(binary.headers["Content-Type"].rsplit("=", 1)[1])
+    assert json.loads(binary.content[:size])["model_name"] == name
+    assert struct.unpack("<4f", binary.content[size:]) == (11, 22, 33, 44)
+    wrong = requests.post(
+        path,
+        json={"inputs": [{"name": "Q", "shape": [1], "datatype": "FP32", "data": [1]}]},
+        timeout=30,
+    )
+    assert wrong.status_code == 400 and name in wrong.json()["error"], wrong.text
+    assert "model-" not in wrong.json()["error"]
