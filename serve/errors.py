@@ -6,6 +6,10 @@ printed and `serve` exits non-zero. Messages say what was wrong and what to do.
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 
 class ServeError(Exception):
     """A failure a user can act on."""
@@ -41,6 +45,29 @@ class InsufficientMemory(ServeError):
     """CPU or GPU memory ran out; on multi-model endpoints SageMaker evicts and retries."""
 
     status = 507
+
+
+class InsufficientStorage(ServeError):
+    """A file system ran out of space; on multi-model endpoints SageMaker evicts and retries."""
+
+    status = 507
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True for the file system errors a full disk (or a spent quota) raises."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space(path: Path, doing: str) -> InsufficientStorage:
+    """The 507 for a full file system: what filled it, where, and its size and free space."""
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    usage = shutil.disk_usage(folder)
+    return InsufficientStorage(
+        f"no space left on the file system of {path} while {doing}; it has {usage.free} of "
+        f"{usage.total} bytes free: free space there, or unload other models"
+    )
 
 
 # nginx's name for a request head larger than its buffers; HTTP's is 431.

@@ -19,6 +19,7 @@ import jinja2
 
 from serve.access_log import ACCESS_LOG_FORMAT
 from serve.errors import ConfigError, front_errors
+from serve.multi_model import longest_answer
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
 from serve.settings import Settings
@@ -101,6 +102,7 @@ class FrontConfig:
             invocation_path=self.invocation_path(),
             streaming=self.settings.inference_type == "generate_stream",
             multi_model=self.settings.multi_model,
+            models_read_timeout=round(longest_answer(self.settings.model_load_timeout)),
             # A model that is not loaded is a 400 from Triton; the payload service
             # turns it into the contract's 404. 501: a decoupled model, which streams.
             explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",

@@ -16,6 +16,12 @@ names derived from SageMaker's model name:
 
 Loads, unloads and lookups of one model are serialised by a per-name lock;
 different models load concurrently.
+
+However a load fails (a refusal, SERVE_MODEL_LOAD_TIMEOUT, Triton gone, a full
+disk, any exception), Triton is told to let go of what it loaded and the
+prepared files are removed only once it has: registry, Triton and disk agree
+when the caller gets its answer, and a retry starts clean. Triton finishes a
+load before it unloads, so letting go may take as long as the load itself.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import binascii
 import contextlib
 import dataclasses
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -37,7 +44,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from serve import host, model_config
-from serve.errors import ArtifactError, InsufficientMemory, ModelNotFound, ServeError
+from serve.errors import (
+    ArtifactError,
+    InsufficientMemory,
+    ModelNotFound,
+    ServeError,
+    is_out_of_space,
+    out_of_space,
+)
 from serve.model_config import CONFIG_FILE
 from serve.repository import Preparation, model_sources, prepare_model
 from serve.triton_client import TritonClient, error_message
@@ -54,13 +68,25 @@ OUT_OF_MEMORY = re.compile(
     r"|memoryerror",
     re.IGNORECASE,
 )
-UNLOAD_DEADLINE_SECONDS = 60.0
+# How long a load or unload waits for Triton to let go of an earlier failed load of
+# the same name before it answers 503 (try again later).
+SETTLE_SECONDS = 5.0
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
 class ModelAlreadyLoaded(ServeError):
     status = 409
+
+
+def longest_answer(load_timeout: float) -> float:
+    """The longest a /models call may take: what nginx waits for the control app.
+
+    A load settles an earlier failure (SETTLE_SECONDS), prepares and loads
+    within `load_timeout`, and on failure gives Triton as long again to let
+    go; an unload waits as long for Triton. A few seconds more for the rest.
+    """
+    return 2 * load_timeout + SETTLE_SECONDS + 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +112,11 @@ class ModelRegistry:
         triton: TritonClient,
         preparation: Preparation,
         env_cache_min_free_bytes: int,
+        load_timeout: float,
     ):
         self._models_dir = models_dir.resolve()
+        # SERVE_MODEL_LOAD_TIMEOUT: for a load, and again for Triton to let go of one.
+        self._load_timeout = load_timeout
         self._env_cache_min_free_bytes = env_cache_min_free_bytes
         # Preparation (and so environment eviction) runs one upload at a time,
         # so an environment being unpacked for a load is never evicted.
@@ -97,6 +126,8 @@ class ModelRegistry:
         self._triton = triton
         self._preparation = preparation
         self._loaded: dict[str, LoadedModel] = {}
+        # Failed loads Triton had not let go of in time; their files stay until it does.
+        self._stranded: dict[str, LoadedModel] = {}
         self._busy: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -105,20 +136,28 @@ class ModelRegistry:
     def load(self, name: str, url: str) -> LoadedModel:
         _check_name(name)
         with self._exclusive(name):
+            self._settle(name)
             if name in self._loaded:
                 raise ModelAlreadyLoaded(f"model {name!r} is already loaded")
             source = self._check_url(url)
             started = time.monotonic()
-            with self._preparing:
-                self._make_room()
-                model = self._prepare(name, url, source)
+            deadline = started + self._load_timeout
+            try:
+                with self._preparing:
+                    self._make_room()
+                    model = self._prepare(name, url, source)  # removes its files on failure
+            except OSError as exc:
+                if is_out_of_space(exc):
+                    raise out_of_space(
+                        Path(exc.filename or self._repository), f"preparing model {name!r}"
+                    ) from exc
+                raise
             try:
                 for name_in_triton in model.triton_names:
-                    self._triton_load(name, name_in_triton)
-            except ServeError:
-                self._unload_from_triton(model)
-                self._discard(model)
-                raise
+                    self._triton_load(name, name_in_triton, deadline)
+            except BaseException as exc:
+                self._abandon(model)
+                raise self._load_failure(name, exc) from exc
             with self._lock:
                 self._loaded[name] = model
             log.info("loaded model %r from %s in %.2f s", name, url, time.monotonic() - started)
@@ -126,8 +165,14 @@ class ModelRegistry:
 
     def unload(self, name: str) -> None:
         with self._exclusive(name):
+            self._settle(name)
             model = self.get(name)
-            self._unload_from_triton(model)
+            if not self._release(model, time.monotonic() + self._load_timeout):
+                raise ServeError(
+                    f"Triton did not let go of model {name!r} within {self._load_timeout:.0f} s "
+                    "(SERVE_MODEL_LOAD_TIMEOUT); it stays loaded, DELETE it again later",
+                    504,
+                )
             self._discard(model)
             with self._lock:
                 del self._loaded[name]
@@ -226,7 +271,8 @@ class ModelRegistry:
         if short <= 0:
             return
         with self._lock:
-            in_use = {sha for model in self._loaded.values() for sha in model.environments}
+            held = (*self._loaded.values(), *self._stranded.values())
+            in_use = {sha for model in held for sha in model.environments}
         freed = cache.evict(short, in_use)
         log.info(
             "environment cache: %d bytes short of SERVE_ENV_CACHE_MIN_FREE_BYTES; "
@@ -242,10 +288,14 @@ class ModelRegistry:
 
     # -- Triton -----------------------------------------------------------
 
-    def _triton_load(self, name: str, name_in_triton: str) -> None:
+    def _triton_load(self, name: str, name_in_triton: str, deadline: float) -> None:
+        """Have Triton load one model; raises TimeoutError once `deadline` has passed."""
         oom_kills_before = host.oom_kill_count()
         reply = self._triton.request(
-            "POST", f"/v2/repository/models/{name_in_triton}/load", body=b"{}"
+            "POST",
+            f"/v2/repository/models/{name_in_triton}/load",
+            body=b"{}",
+            timeout=_remaining(deadline),
         )
         if reply.status == 200:
             return
@@ -257,25 +307,90 @@ class ModelRegistry:
             raise InsufficientMemory(f"not enough memory to load model {name!r}: {message}")
         raise ServeError(f"model {name!r} failed to load: {message}", status=400)
 
-    def _unload_from_triton(self, model: LoadedModel) -> None:
-        """Unload every model of the upload and wait until Triton has let go of them."""
-        for name_in_triton in reversed(model.triton_names):
-            self._triton.request(
-                "POST",
-                f"/v2/repository/models/{name_in_triton}/unload",
-                body=json.dumps({"parameters": {"unload_dependents": True}}).encode(),
-            )
-        deadline = time.monotonic() + UNLOAD_DEADLINE_SECONDS
+    def _release(self, model: LoadedModel, deadline: float) -> bool:
+        """Unload every model of the upload; True once Triton has let go of them all.
+
+        An unload waits while Triton is still loading the model (after a load
+        that timed out): until `deadline`, then False. Triton gone (serve stops
+        with it) holds nothing any more: True.
+        """
         wanted = set(model.triton_names)
-        while time.monotonic() < deadline:
-            index = json.loads(self._triton.request("POST", "/v2/repository/index").body)
-            busy = {
-                m["name"] for m in index if m["name"] in wanted and m.get("state") != "UNAVAILABLE"
-            }
-            if not busy:
-                return
-            time.sleep(0.05)
-        log.warning("Triton still holds %s after %.0f s", ", ".join(busy), UNLOAD_DEADLINE_SECONDS)
+        busy = wanted
+        try:
+            for name_in_triton in reversed(model.triton_names):
+                self._triton.request(
+                    "POST",
+                    f"/v2/repository/models/{name_in_triton}/unload",
+                    body=json.dumps({"parameters": {"unload_dependents": True}}).encode(),
+                    timeout=_remaining(deadline),
+                )
+            while True:
+                reply = self._triton.request(
+                    "POST", "/v2/repository/index", timeout=_remaining(deadline)
+                )
+                busy = {
+                    m["name"]
+                    for m in json.loads(reply.body)
+                    if m["name"] in wanted and m.get("state") != "UNAVAILABLE"
+                }
+                if not busy or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        except TimeoutError:
+            pass
+        except (OSError, http.client.HTTPException) as exc:
+            log.warning("Triton did not answer while unloading model %r (%s)", model.name, exc)
+            return True
+        if busy:
+            log.warning("Triton still holds %s of model %r", ", ".join(sorted(busy)), model.name)
+        return not busy
+
+    def _abandon(self, model: LoadedModel) -> None:
+        """After a failed load: Triton lets go of the upload, then its files go."""
+        if self._release(model, time.monotonic() + self._load_timeout):
+            self._discard(model)
+            return
+        log.error(
+            "model %r: Triton did not let go of a failed load within %.0f s; its files stay "
+            "until it does (the next load or DELETE of that name tries again)",
+            model.name,
+            self._load_timeout,
+        )
+        with self._lock:
+            self._stranded[model.name] = model
+
+    def _settle(self, name: str) -> None:
+        """Finish cleaning up an earlier failed load of `name`; 503 while Triton still holds it."""
+        with self._lock:
+            model = self._stranded.get(name)
+        if model is None:
+            return
+        if not self._release(model, time.monotonic() + min(SETTLE_SECONDS, self._load_timeout)):
+            raise ServeError(
+                f"Triton still holds model {name!r} from an earlier load that failed; "
+                "try again later",
+                503,
+            )
+        self._discard(model)
+        with self._lock:
+            del self._stranded[name]
+
+    def _load_failure(self, name: str, exc: BaseException) -> BaseException:
+        """What the caller of a failed load gets: a status SageMaker acts on."""
+        if isinstance(exc, TimeoutError):
+            return ServeError(
+                f"model {name!r} did not finish loading within {self._load_timeout:.0f} s "
+                "(SERVE_MODEL_LOAD_TIMEOUT) and was unloaded; raise the setting, or make "
+                "the model load faster",
+                504,
+            )
+        if isinstance(exc, (OSError, http.client.HTTPException)):
+            return ServeError(
+                f"Triton stopped answering while loading model {name!r} ({exc!r}); "
+                "see the container log",
+                503,
+            )
+        return exc
 
     @contextlib.contextmanager
     def _exclusive(self, name: str) -> Iterator[None]:
@@ -283,6 +398,14 @@ class ModelRegistry:
             lock = self._busy.setdefault(name, threading.Lock())
         with lock:
             yield
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left until `deadline`; TimeoutError once none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the deadline has passed")
+    return left
 
 
 def triton_name(name: str) -> str:

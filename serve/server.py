@@ -147,6 +147,7 @@ class Server:
                 triton_client,
                 self.preparation,
                 settings.env_cache_min_free_bytes,
+                settings.model_load_timeout,
             )
         control = ControlServer(create_control_app(self.state, registry), ws.control_socket)
         control.start()

@@ -124,6 +124,12 @@ class Settings:
     workdir: Path | None = None
     # SERVE_STARTUP_TIMEOUT: seconds Triton may take to load the models.
     startup_timeout: float = 1800.0
+    # SERVE_MODEL_LOAD_TIMEOUT: seconds one multi-model load (preparation and Triton's
+    # load) may take before it fails with 504; Triton then gets as long again to let go
+    # of the model. The default is the longest start-up SageMaker allows a container
+    # (ContainerStartupHealthCheckTimeoutInSeconds, ModelDataDownloadTimeoutInSeconds:
+    # 3600 s at most); SageMaker documents no limit of its own for a multi-model load.
+    model_load_timeout: float = 3600.0
     # SERVE_SHUTDOWN_TIMEOUT: seconds between SIGTERM and exit; SageMaker
     # sends SIGKILL 30 s after SIGTERM.
     shutdown_timeout: float = 25.0
@@ -204,6 +210,7 @@ class Settings:
             max_body_bytes=env.positive_int("SERVE_MAX_BODY_BYTES") or 6 * MEBIBYTE,
             workdir=env.path("SERVE_WORKDIR"),
             startup_timeout=env.positive_float("SERVE_STARTUP_TIMEOUT") or 1800.0,
+            model_load_timeout=env.positive_float("SERVE_MODEL_LOAD_TIMEOUT") or 3600.0,
             shutdown_timeout=env.positive_float("SERVE_SHUTDOWN_TIMEOUT") or 25.0,
             env_cache=env.path("SERVE_ENV_CACHE")
             or Path(tempfile.gettempdir()) / "serve-env-cache",

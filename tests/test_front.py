@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import struct
 from collections.abc import Callable
@@ -363,3 +365,18 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 404
     except requests.RequestException:
         return False
+
+
+def test_an_internal_service_too_slow_is_json_504(opt_ml: Path, start_serve: StartServe) -> None:
+    # nginx waits for /models as long as a load may take: 2 x 1 s and a margin here.
+    server = start_serve(
+        opt_ml, SAGEMAKER_MULTI_MODEL="true", SERVE_MODEL_LOAD_TIMEOUT="1"
+    ).wait_ready()
+    os.kill(server.process.pid, signal.SIGSTOP)  # the control app answers nothing
+    try:
+        response = requests.get(f"{server.url}/models", timeout=30)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert response.status_code == 504, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"]
