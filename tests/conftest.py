@@ -7,10 +7,12 @@ it, started in its own session on a free port and torn down with killpg.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -112,6 +114,39 @@ def add_request(a: list[float], b: list[float], delay: float | None = None) -> d
     if delay is not None:
         inputs.append({"name": "DELAY", "shape": [1, 1], "datatype": "FP32", "data": [delay]})
     return {"inputs": inputs}
+
+
+def binary_add_request(binary_outputs: bool = False) -> tuple[bytes, str]:
+    """The add model's request (A + B = [11, 22, 33, 44]) in Triton's binary+json, and its type.
+
+    `binary_outputs` asks for C in binary too.
+    """
+    header: dict[str, object] = {
+        "inputs": [
+            {"name": n, "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}
+            for n in ("A", "B")
+        ]
+    }
+    if binary_outputs:
+        header["outputs"] = [{"name": "C", "parameters": {"binary_data": True}}]
+    head = json.dumps(header).encode()
+    body = head + struct.pack("<4f", 1, 2, 3, 4) + struct.pack("<4f", 10, 20, 30, 40)
+    return body, f"application/vnd.sagemaker-triton.binary+json;json-header-size={len(head)}"
+
+
+def own_tmpfs(mount_point: str, size: int | str) -> list[str]:
+    """A wrapper that runs its command in a mount namespace of its own, a tmpfs of `size`
+    (bytes, or "64m") mounted at `mount_point` (a shell word: "$VARIABLE" works)."""
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size={size} tmpfs {mount_point} && exec "$@"',
+        "own-tmpfs",
+    ]
 
 
 class ServeProcess:

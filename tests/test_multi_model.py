@@ -15,11 +15,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import FORGED_INTERNAL_HEADERS, ServeProcess, add_request, write_add_model
+from tests.conftest import (
+    FORGED_INTERNAL_HEADERS,
+    ServeProcess,
+    add_request,
+    binary_add_request,
+    write_add_model,
+)
 
 StartServe = Callable[..., ServeProcess]
 ADD = add_request([1, 2, 3, 4], [10, 20, 30, 40])
-BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
 
 
 @pytest.fixture
@@ -355,27 +360,8 @@ def test_answers_name_the_model_as_the_caller_loaded_it(opt_ml: Path, mme: Serve
     path = f"{mme.url}/models/team%20a+b.tar.gz/invoke"
     answer = requests.post(path, json=ADD, timeout=30)
     assert answer.status_code == 200 and answer.json()["model_name"] == name, answer.text
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": n,
-                    "shape": [1, 4],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": 16},
-                }
-                for n in ("A", "B")
-            ],
-            "outputs": [{"name": "C", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    body = header + struct.pack("<4f", 1, 2, 3, 4) + struct.pack("<4f", 10, 20, 30, 40)
-    binary = requests.post(
-        path,
-        data=body,
-        headers={"Content-Type": f"{BINARY_TYPE};json-header-size={len(header)}"},
-        timeout=30,
-    )
+    body, content_type = binary_add_request(binary_outputs=True)
+    binary = requests.post(path, data=body, headers={"Content-Type": content_type}, timeout=30)
     assert binary.status_code == 200, binary.text
     size = int(binary.headers["Content-Type"].rsplit("=", 1)[1])
     assert json.loads(binary.content[:size])["model_name"] == name

@@ -50,6 +50,21 @@ def upload_slow(opt_ml: Path, key: str, seconds: float) -> Path:
     return url
 
 
+def load_past_timeout(
+    opt_ml: Path, start_serve: StartServe, name: str, timeout: float, seconds: float
+) -> tuple[ServeProcess, Path]:
+    """A multi-model serve with SERVE_MODEL_LOAD_TIMEOUT=`timeout`, after a load of a model
+    that takes `seconds` to initialize failed with 504."""
+    server = start_serve(
+        opt_ml, SAGEMAKER_MULTI_MODEL="true", SERVE_MODEL_LOAD_TIMEOUT=str(timeout)
+    ).wait_ready()
+    url = upload_slow(opt_ml, name, seconds)
+    response = load(server, name, str(url))
+    assert response.status_code == 504, response.text
+    assert "SERVE_MODEL_LOAD_TIMEOUT" in response.json()["error"]
+    return server, url
+
+
 def invoke(server: ServeProcess, name: str) -> requests.Response:
     return requests.post(f"{server.url}/models/{name}/invoke", json=ADD, timeout=30)
 
@@ -91,15 +106,9 @@ def test_a_load_slower_than_a_minute_is_waited_for(opt_ml: Path, start_serve: St
 def test_a_load_over_its_timeout_is_504_leaves_nothing_and_a_retry_loads(
     opt_ml: Path, start_serve: StartServe
 ) -> None:
-    server = start_serve(
-        opt_ml, SAGEMAKER_MULTI_MODEL="true", SERVE_MODEL_LOAD_TIMEOUT="4"
-    ).wait_ready()
     # Loading takes the stub's start (about a second) and these 5 s: over the timeout,
     # but done well within as long again, which serve waits for Triton to let go.
-    url = upload_slow(opt_ml, "late", 5)
-    response = load(server, "late", str(url))
-    assert response.status_code == 504, response.text
-    assert "SERVE_MODEL_LOAD_TIMEOUT" in response.json()["error"]
+    server, url = load_past_timeout(opt_ml, start_serve, "late", timeout=4, seconds=5)
     # Triton finished the load after the timeout; serve unloaded it before answering.
     assert_nothing_left(server, "late")
     (url / "SLOW").unlink()
@@ -110,12 +119,8 @@ def test_a_load_over_its_timeout_is_504_leaves_nothing_and_a_retry_loads(
 def test_a_load_triton_holds_on_to_is_cleaned_up_before_a_retry(
     opt_ml: Path, start_serve: StartServe
 ) -> None:
-    server = start_serve(
-        opt_ml, SAGEMAKER_MULTI_MODEL="true", SERVE_MODEL_LOAD_TIMEOUT="2"
-    ).wait_ready()
-    url = upload_slow(opt_ml, "stuck", 9)
     # Triton is still loading when the timeout and the wait for it to let go are spent.
-    assert load(server, "stuck", str(url)).status_code == 504
+    server, url = load_past_timeout(opt_ml, start_serve, "stuck", timeout=2, seconds=9)
     assert requests.get(f"{server.url}/models", timeout=5).json() == {"models": []}
     (url / "SLOW").unlink()
     retry = load(server, "stuck", str(url))

@@ -17,7 +17,7 @@ from pathlib import Path
 import requests
 
 from tests.artifacts.test_serving import write_env_model
-from tests.conftest import ServeProcess, write_add_model
+from tests.conftest import ServeProcess, own_tmpfs, write_add_model
 from tests.test_multi_model import invoke, load, upload_add
 
 StartServe = Callable[..., ServeProcess]
@@ -25,16 +25,7 @@ DISK_BYTES = 16 * 1024 * 1024
 # Zeros compress to almost nothing: a small archive that unpacks past the disk.
 BIG_FILE_BYTES = 24 * 1024 * 1024
 
-SMALL_DISK = [
-    "unshare",
-    "--mount",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    f'mount -t tmpfs -o size={DISK_BYTES} tmpfs "$SMALL_DISK" && exec "$@"',
-    "small-disk",
-]
+SMALL_DISK = own_tmpfs('"$SMALL_DISK"', DISK_BYTES)
 
 
 def big_archive(path: Path, members: dict[str, bytes]) -> Path:
