@@ -156,8 +156,8 @@ class ModelRegistry:
                 for name_in_triton in model.triton_names:
                     self._triton_load(name, name_in_triton, deadline)
             except BaseException as exc:
-                self._abandon(model)
-                raise self._load_failure(name, exc) from exc
+                released = self._abandon(model)
+                raise self._load_failure(name, exc, released) from exc
             with self._lock:
                 self._loaded[name] = model
             log.info("loaded model %r from %s in %.2f s", name, url, time.monotonic() - started)
@@ -345,11 +345,11 @@ class ModelRegistry:
             log.warning("Triton still holds %s of model %r", ", ".join(sorted(busy)), model.name)
         return not busy
 
-    def _abandon(self, model: LoadedModel) -> None:
-        """After a failed load: Triton lets go of the upload, then its files go."""
+    def _abandon(self, model: LoadedModel) -> bool:
+        """After a failed load: Triton lets go of the upload, then its files go; True if so."""
         if self._release(model, time.monotonic() + self._load_timeout):
             self._discard(model)
-            return
+            return True
         log.error(
             "model %r: Triton did not let go of a failed load within %.0f s; its files stay "
             "until it does (the next load or DELETE of that name tries again)",
@@ -358,6 +358,7 @@ class ModelRegistry:
         )
         with self._lock:
             self._stranded[model.name] = model
+        return False
 
     def _settle(self, name: str) -> None:
         """Finish cleaning up an earlier failed load of `name`; 503 while Triton still holds it."""
@@ -375,13 +376,14 @@ class ModelRegistry:
         with self._lock:
             del self._stranded[name]
 
-    def _load_failure(self, name: str, exc: BaseException) -> BaseException:
+    def _load_failure(self, name: str, exc: BaseException, released: bool) -> BaseException:
         """What the caller of a failed load gets: a status SageMaker acts on."""
         if isinstance(exc, TimeoutError):
+            after = "was unloaded" if released else "is unloaded once Triton has loaded it"
             return ServeError(
                 f"model {name!r} did not finish loading within {self._load_timeout:.0f} s "
-                "(SERVE_MODEL_LOAD_TIMEOUT) and was unloaded; raise the setting, or make "
-                "the model load faster",
+                f"(SERVE_MODEL_LOAD_TIMEOUT) and {after}; raise the setting, or make the "
+                "model load faster",
                 504,
             )
         if isinstance(exc, (OSError, http.client.HTTPException)):
