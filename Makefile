@@ -4,11 +4,36 @@ SHELL := /bin/bash
 PORT ?= 8080
 SETUP_STAMP := .venv/.setup-done
 
-.PHONY: setup serve serve-mme serve-streaming test lint bench
+# The image: `make image` builds on NVIDIA's base (nvcr.io); `make image
+# STANDIN=1` first builds the project's stand-in of that base
+# (build/standin/) and builds on it, for hosts that cannot pull from nvcr.io.
+IMAGE ?= sagemaker-triton
+TAG ?= latest
+TRITON_VERSION ?= 24.10
+MODEL_LIBRARIES ?= true
+STANDIN ?=
+BASE_IMAGE ?= $(if $(STANDIN),localhost/tritonserver,nvcr.io/nvidia/tritonserver)
+# podman where no docker engine answers; build/podman/containers.conf holds the
+# settings podman needs on hosts like CI's (docker never reads it).
+CONTAINER_ENGINE ?= $(if $(shell docker info >/dev/null 2>&1 && echo running),docker,podman)
+export CONTAINER_ENGINE
+export CONTAINERS_CONF ?= $(CURDIR)/build/podman/containers.conf
+# The releases the container suite runs on, each on its stand-in base, and
+# the Pythons their locks are written for (container/requirements/). The
+# default release's image is built as users get it, with the model
+# libraries, and serves the bundled examples in the tests; the others
+# without (the tests' own models need numpy alone).
+TEST_RELEASES := 24.10 26.05
+EXAMPLES_RELEASE := 24.10
+LOCK_PYTHONS := 3.10 3.12
+IMAGE_LOGS := .work/images
+
+.PHONY: setup serve serve-mme serve-streaming test test-images image standin lock lint bench
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): pyproject.toml build/setup.sh build/examples/train_ncf.py build/examples/make_text_generator.py
+$(SETUP_STAMP): pyproject.toml build/setup.sh build/examples/train_ncf.py build/examples/make_text_generator.py \
+		build/examples/prepare_sentence_embedding.py
 	bash build/setup.sh
 	touch $@
 
@@ -37,8 +62,43 @@ serve-streaming: setup
 	mkdir -p .opt_ml/streaming && ln -sfn ../../streaming_repository .opt_ml/streaming/model
 	OPT_ML=$(CURDIR)/.opt_ml/streaming SAGEMAKER_BIND_TO_PORT=$(PORT) .venv/bin/serve
 
-test: setup lint
-	.venv/bin/python -m pytest
+# Everything: lint, the local suite and the container suite, the latter
+# against an image built on each release's stand-in base.
+test: setup lint test-images
+	.venv/bin/python -m pytest $(foreach release,$(TEST_RELEASES),--image $(IMAGE):test-$(release)) \
+	  --examples-image $(IMAGE):test-$(EXAMPLES_RELEASE)
+
+# The images the container suite runs; their build logs are checked too.
+test-images: setup
+	mkdir -p $(IMAGE_LOGS)
+	for release in $(TEST_RELEASES); do \
+	  libraries=$$([ $$release = $(EXAMPLES_RELEASE) ] && echo true || echo false); \
+	  $(MAKE) --no-print-directory image STANDIN=1 TRITON_VERSION=$$release \
+	    MODEL_LIBRARIES=$$libraries TAG=test-$$release 2>&1 \
+	    | tee $(IMAGE_LOGS)/$(IMAGE)-test-$$release.log \
+	    | grep -E '^(STEP|standin:|COMMIT)' ; \
+	  test "$${PIPESTATUS[0]}" -eq 0 || exit 1; \
+	done
+
+image: setup $(if $(STANDIN),standin)
+	.venv/bin/smtriton image --repository $(IMAGE) --tag $(TAG) \
+	  --base-image $(BASE_IMAGE) --triton-version $(TRITON_VERSION) \
+	  --build-arg MODEL_LIBRARIES=$(MODEL_LIBRARIES)
+
+standin:
+	bash build/standin/build.sh $(TRITON_VERSION)
+
+# Rewrite the image's locked dependency trees, one per Python of the
+# supported bases: serve's own (pyproject.toml) and the model libraries.
+lock: setup
+	for python in $(LOCK_PYTHONS); do \
+	  for layer in serve models; do \
+	    input=$$([ $$layer = serve ] && echo pyproject.toml || echo container/requirements/models.in); \
+	    .venv/bin/uv pip compile $$input --quiet --generate-hashes --python-version $$python \
+	      --python-platform x86_64-manylinux_2_28 \
+	      --output-file container/requirements/$$layer-py$$python.txt || exit 1; \
+	  done; \
+	done
 
 lint: setup
 	.venv/bin/ruff check serve tests build

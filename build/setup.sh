@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(nginx-light wrk libb64-0d)
+# nginx and wrk for serve and its benchmarks; podman, runc and mmdebstrap
+# build and run the image and the stand-in of NVIDIA's base (build/standin/).
+DEBIAN_PACKAGES=(nginx-light wrk libb64-0d podman runc mmdebstrap)
 PYTHON=${PYTHON:-python3}
 
 missing=()

@@ -23,6 +23,7 @@ from waitress.server import create_server
 
 from serve import host
 from serve.control_app import create_control_app
+from serve.errors import ConfigError
 from serve.front import FrontConfig, FrontModel, nginx_argv
 from serve.multi_model import ModelRegistry
 from serve.payloads.service import PayloadService
@@ -82,6 +83,12 @@ class Server:
         """Serve until stopped or until a child fails; returns the exit code."""
         refuse_ports_in_use(self.settings.public_ports())
         install = locate_triton(self.settings.triton_bin)
+        model_python = self.settings.model_python
+        if model_python is not None and not os.access(model_python, os.X_OK):
+            raise ConfigError(
+                f"SERVE_MODEL_PYTHON={model_python} is not an executable Python; name the "
+                "interpreter whose packages your models import (the image's is /usr/bin/python3)"
+            )
         gpus = host.gpu_count()
         log.info("Triton %s; %d GPU(s) visible", install.binary, gpus)
         # Model preparation (archives, environment cache, per-model stubs): serve/repository.py.
@@ -171,7 +178,9 @@ class Server:
         # --- end of the front's metrics
         nginx = ManagedProcess("nginx", nginx_argv(front.write()))
         triton = ManagedProcess(
-            "tritonserver", command.argv(), env=_triton_environment(self._omp_threads(shm))
+            "tritonserver",
+            command.argv(),
+            env=_triton_environment(self.settings.model_python, self._omp_threads(shm)),
         )
         try:
             return self._supervise(triton, nginx, triton_client, front.ping_path())
@@ -254,15 +263,16 @@ def _front_models(repository: PreparedRepository | None) -> tuple[FrontModel, ..
     )
 
 
-def _triton_environment(omp_threads: int | None) -> dict[str, str]:
+def _triton_environment(model_python: Path | None, omp_threads: int | None) -> dict[str, str]:
     """Triton's environment, which its Python-backend stubs inherit.
 
     The stub embeds Python and locates its prefix through `python3` on PATH, so
-    the interpreter running `serve` (a virtual environment's, locally) goes
-    first. `omp_threads`, if given, becomes OMP_NUM_THREADS.
+    the folder of the models' interpreter (SERVE_MODEL_PYTHON, else the one
+    running `serve`) goes first. `omp_threads`, if given, becomes OMP_NUM_THREADS.
     """
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    python = model_python or Path(sys.executable)
+    env["PATH"] = os.pathsep.join([str(python.parent), env.get("PATH", "")])
     if omp_threads is not None:
         env["OMP_NUM_THREADS"] = str(omp_threads)
     return env

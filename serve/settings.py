@@ -115,6 +115,11 @@ class Settings:
     additional_args: tuple[str, ...] = ()
     # TRITONSERVER_BIN: the server binary, when not in a standard place.
     triton_bin: Path | None = None
+    # SERVE_MODEL_PYTHON: the interpreter whose packages Python-backend models
+    # import; it goes first on Triton's PATH, where the stub finds its prefix.
+    # Unset: the one running serve (locally, the virtual environment's). The
+    # image sets the base image's /usr/bin/python3: serve's own venv stays apart.
+    model_python: Path | None = None
     # SERVE_EXTRA_BACKENDS: colon-separated folders of extra Triton backends
     # (one subfolder each), added beside the installation's own.
     extra_backends: tuple[Path, ...] = ()
@@ -204,6 +209,7 @@ class Settings:
                 env.shell_words("SAGEMAKER_TRITON_ADDITIONAL_ARGS")
             ),
             triton_bin=env.path("TRITONSERVER_BIN"),
+            model_python=env.path("SERVE_MODEL_PYTHON"),
             extra_backends=tuple(
                 Path(part) for part in (env.text("SERVE_EXTRA_BACKENDS") or "").split(":") if part
             ),

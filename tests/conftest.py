@@ -2,6 +2,9 @@
 
 Every server here is the real `serve` entrypoint with a real Triton behind
 it, started in its own session on a free port and torn down with killpg.
+Tests marked `container` also run against each image named with `--image`,
+started as SageMaker starts one (`podman run ... IMAGE serve`, /opt/ml/model
+mounted read-only, the host's network, the port in SAGEMAKER_BIND_TO_PORT).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -158,7 +162,7 @@ class ServeProcess:
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self.process = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "serve", "serve"],
+            self._command(wrapper),
             env=dict(env),
             cwd=cwd,
             stdout=subprocess.PIPE,
@@ -167,6 +171,9 @@ class ServeProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    def _command(self, wrapper: Sequence[str]) -> list[str]:
+        return [*wrapper, sys.executable, "-m", "serve", "serve"]
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -240,12 +247,24 @@ class ServeProcess:
         (pid,) = self.child_pids("tritonserver", direct=True)
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         repository = next(a for a in argv if a.startswith("--model-repository="))
-        return Path(repository.split("=", 1)[1]).parent
+        return self.inside(str(Path(repository.split("=", 1)[1]).parent))
+
+    def terminate(self) -> None:
+        """What SageMaker does to stop a container: SIGTERM to serve."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+
+    def sagemaker_path(self, path: Path) -> str:
+        """How serve names `path`, a file in the /opt/ml tree the test made."""
+        return str(path)
+
+    def inside(self, path: str) -> Path:
+        """A path that serve printed or passed to a child, as this test can open it."""
+        return Path(path)
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+            self.terminate()
             try:
                 self.process.wait(35)
             except subprocess.TimeoutExpired:
@@ -253,6 +272,98 @@ class ServeProcess:
                 self.process.wait()
         # Children are in their own sessions; none may outlive serve.
         self._reader.join(timeout=5)
+
+
+CONTAINER_ENGINE = os.environ.get("CONTAINER_ENGINE", "podman")
+# What the image gets of the test's environment: serve's settings and the test models' knobs.
+CONTAINER_VARIABLES = ("SAGEMAKER_", "SERVE_", "TEST_")
+
+
+class ContainerServe(ServeProcess):
+    """`serve` in a built image, run the way SageMaker runs it.
+
+    /opt/ml/model (read-only) and /opt/ml/models come from the test's /opt/ml
+    tree; the test's own temporary folder is mounted at the same path, so
+    settings that name a file there (SERVE_ENV_CACHE, ...) work unchanged.
+    Processes are found through the container's cgroup and files through
+    /proc/PID/root, so the same assertions hold as for a local serve.
+    """
+
+    def __init__(
+        self,
+        image: str,
+        env: Mapping[str, str],
+        port: int,
+        opt_ml: Path,
+        scratch: Path,
+        command: Sequence[str] = ("serve",),
+    ):
+        self.image = image
+        self.opt_ml = opt_ml
+        self.name = f"serve-test-{uuid.uuid4().hex[:12]}"
+        cidfile = scratch / f"{self.name}.cid"
+        mounts = ["--volume", f"{opt_ml / 'model'}:/opt/ml/model:ro"]
+        if (opt_ml / "models").is_dir():
+            mounts += ["--volume", f"{opt_ml / 'models'}:/opt/ml/models:ro"]
+        mounts += ["--volume", f"{scratch}:{scratch}"]
+        variables = [
+            f"--env={key}={value}"
+            for key, value in env.items()
+            if key.startswith(CONTAINER_VARIABLES)
+        ]
+        command = [
+            CONTAINER_ENGINE, "run", "--rm", "--name", self.name, "--cidfile", str(cidfile),
+            "--network", "host", *mounts, *variables, image, *command,
+        ]  # fmt: skip
+        super().__init__({**os.environ}, port, scratch, wrapper=command)
+        deadline = time.monotonic() + 60
+        while not cidfile.is_file() or not cidfile.read_text().strip():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{image} did not start:\n{self.output[-6000:]}")
+            time.sleep(0.05)
+        self.container_id = cidfile.read_text().strip()
+
+    def _command(self, wrapper: Sequence[str]) -> list[str]:
+        return list(wrapper)
+
+    def terminate(self) -> None:
+        """`podman stop`: SIGTERM to the container's PID 1, SIGKILL 30 s later."""
+        subprocess.Popen(
+            [CONTAINER_ENGINE, "stop", "--time", "30", self.name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def sagemaker_path(self, path: Path) -> str:
+        return str(Path("/opt/ml") / path.relative_to(self.opt_ml))
+
+    def inside(self, path: str) -> Path:
+        (init,) = self.child_pids("tini") or self.child_pids("serve")
+        return Path(f"/proc/{init}/root") / path.lstrip("/")
+
+    def child_pids(self, name: str, direct: bool = False) -> list[int]:
+        """Processes named `name` in the container's cgroup (orphans included).
+
+        `direct`: only those whose parent has another name (serve's own children:
+        nginx's master, not its workers).
+        """
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            with contextlib.suppress(OSError):
+                if self.container_id not in (status.parent / "cgroup").read_text():
+                    continue
+                fields = dict(
+                    line.split(":\t", 1)
+                    for line in status.read_text().splitlines()
+                    if ":\t" in line
+                )
+                if fields.get("Name", "").strip() != name[:15]:
+                    continue
+                parent = Path("/proc") / fields.get("PPid", "0").strip() / "comm"
+                if direct and parent.read_text().strip() == name[:15]:
+                    continue
+                found.append(int(status.parent.name))
+        return found
 
 
 @pytest.fixture
@@ -289,14 +400,60 @@ def serve_env(opt_ml: Path, port: int, **overrides: str) -> dict[str, str]:
     return env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--image",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="also run the tests marked 'container' against this built image (repeatable)",
+    )
+    parser.addoption(
+        "--examples-image",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="an image with the model libraries, to serve model_repository/ in (repeatable)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "container: also runs against each --image, started as SageMaker starts it"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    images = metafunc.config.getoption("image")
+    if "serve_target" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "container"
+    ):
+        metafunc.parametrize("serve_target", ["local", *images])
+    if "image" in metafunc.fixturenames:
+        metafunc.parametrize("image", images)
+    if "examples_image" in metafunc.fixturenames:
+        metafunc.parametrize("examples_image", metafunc.config.getoption("examples_image"))
+
+
 @pytest.fixture
-def start_serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+def serve_target() -> str:
+    """Where start_serve runs serve: "local", or an image for tests marked `container`."""
+    return "local"
+
+
+@pytest.fixture
+def start_serve(tmp_path: Path, serve_target: str) -> Iterator[Callable[..., ServeProcess]]:
     """Start `serve` on an /opt/ml tree with extra environment variables."""
     started: list[ServeProcess] = []
 
     def start(opt_ml: Path, wrapper: Sequence[str] = (), **env: str) -> ServeProcess:
         port = int(env.pop("SAGEMAKER_BIND_TO_PORT", 0)) or free_port()
-        server = ServeProcess(serve_env(opt_ml, port, **env), port, tmp_path, wrapper)
+        environment = serve_env(opt_ml, port, **env)
+        server: ServeProcess
+        if serve_target == "local":
+            server = ServeProcess(environment, port, tmp_path, wrapper)
+        else:
+            server = ContainerServe(serve_target, environment, port, opt_ml, tmp_path)
         started.append(server)
         return server
 

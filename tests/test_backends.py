@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import REPO_ROOT, ServeProcess
@@ -13,7 +14,10 @@ StartServe = Callable[..., ServeProcess]
 EXAMPLE_BACKENDS = REPO_ROOT / "container" / "backends"
 
 
-def test_model_served_by_the_example_affine_backend(opt_ml: Path, start_serve: StartServe) -> None:
+@pytest.mark.container
+def test_model_served_by_the_example_affine_backend(
+    opt_ml: Path, start_serve: StartServe, serve_target: str
+) -> None:
     model = opt_ml / "model" / "scaled"
     (model / "1").mkdir(parents=True)  # the code lives in the backend, not the model
     (model / "config.pbtxt").write_text(
@@ -28,12 +32,15 @@ def test_model_served_by_the_example_affine_backend(opt_ml: Path, start_serve: S
         ]
         """
     )
-    server = start_serve(opt_ml, SERVE_EXTRA_BACKENDS=str(EXAMPLE_BACKENDS)).wait_ready()
+    # The image has container/backends/ in Triton's own backends folder.
+    local = serve_target == "local"
+    extra = {"SERVE_EXTRA_BACKENDS": str(EXAMPLE_BACKENDS)} if local else {}
+    server = start_serve(opt_ml, **extra).wait_ready()
     body = {"inputs": [{"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
     response = requests.post(f"{server.url}/invocations", json=body, timeout=10)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["data"] == [2.5, 4.5, 6.5]
-    assert "adding backend 'affine'" in server.output
+    assert ("adding backend 'affine'" in server.output) == local
 
 
 def test_extra_backends_folder_that_does_not_exist_is_refused(

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import FORGED_INTERNAL_HEADERS, ServeProcess, own_address
+from tests.conftest import (
+    FORGED_INTERNAL_HEADERS,
+    ServeProcess,
+    add_request,
+    own_address,
+    write_add_model,
+)
 
 StartServe = Callable[..., ServeProcess]
 
@@ -380,3 +386,43 @@ def test_an_internal_service_too_slow_is_json_504(opt_ml: Path, start_serve: Sta
     assert response.status_code == 504, response.text
     assert response.headers["Content-Type"] == "application/json"
     assert response.json()["error"]
+
+
+@pytest.mark.container
+def test_native_and_simple_payloads_reach_the_model(
+    opt_ml: Path, start_serve: Callable[..., ServeProcess]
+) -> None:
+    """The payload paths end to end with a numpy-only model (no torch in the test images)."""
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml).wait_ready()
+    assert requests.get(f"{server.url}/ping", timeout=2).content == b""
+    native = invoke(server, json.dumps(add_request([1, 2, 3, 4], [1, 1, 1, 1])), "application/json")
+    assert native.status_code == 200, native.text
+    assert native.json()["outputs"][0]["data"] == [2, 3, 4, 5]
+
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": name, "shape": [1, 4], "datatype": "FP32"}
+                | {"parameters": {"binary_data_size": 16}}
+                for name in ("A", "B")
+            ],
+            "outputs": [{"name": "C", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    body = header + struct.pack("<4f", 1, 2, 3, 4) + struct.pack("<4f", 1, 1, 1, 1)
+    binary = invoke(server, body, f"{BINARY_TYPE};json-header-size={len(header)}")
+    assert binary.status_code == 200, binary.text
+    size = int(binary.headers["Content-Type"].split("json-header-size=")[1])
+    assert struct.unpack("<4f", binary.content[size:]) == (2, 3, 4, 5)
+
+    simple = invoke(
+        server,
+        json.dumps({"inputs": {"A": [[1, 2, 3, 4]], "B": [[2, 2, 2, 2]]}}),
+        "application/json",
+    )
+    assert simple.status_code == 200, simple.text
+    assert simple.json() == {"predictions": [[3, 4, 5, 6]]}
+    csv = invoke(server, "A,A,A,A,B,B,B,B\n1,2,3,4,1,1,1,1\n0,0,0,0,5,5,5,5\n", "text/csv")
+    assert csv.status_code == 200, csv.text
+    assert csv.text.splitlines() == ["2.0,3.0,4.0,5.0", "5.0,5.0,5.0,5.0"]

@@ -50,8 +50,9 @@ def invoke(server: ServeProcess, name: str, body: dict = ADD) -> requests.Respon
     return requests.post(f"{server.url}/models/{name}/invoke", json=body, timeout=30)
 
 
+@pytest.mark.container
 def test_load_list_describe_invoke_unload(opt_ml: Path, mme: ServeProcess) -> None:
-    url = upload_add(opt_ml, "5f2a")
+    url = mme.sagemaker_path(Path(upload_add(opt_ml, "5f2a")))
     response = load(mme, "5f2a", url, **{"X-Amzn-SageMaker-Target-Model": "add.tar.gz"})
     assert response.status_code == 200, response.text
     assert "target model add.tar.gz" in mme.output

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from serve.errors import ConfigError
 from serve.settings import PortRange, Settings
 from serve.triton_command import RESERVED_FLAGS, check_additional_args
 from serve.triton_install import locate_triton
-from tests.conftest import ServeProcess, free_port, write_add_model
+from tests.conftest import ADD_MODEL_PY, ServeProcess, free_port, write_add_model
 
 StartServe = Callable[..., ServeProcess]
 
@@ -252,3 +254,34 @@ def test_reserved_flags_are_tritons_and_refuse_no_other_flag() -> None:
     for flag in flags - set(RESERVED_FLAGS):
         assert not any(reserved.startswith(flag) for reserved in RESERVED_FLAGS), flag
         assert check_additional_args([f"{flag}=x"]) == (f"{flag}=x",)
+
+
+def test_models_import_from_serve_model_python(
+    opt_ml: Path, start_serve: StartServe, tmp_path: Path
+) -> None:
+    """The image's case: serve runs from its own venv, models from another Python."""
+    python = tmp_path / "models-python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(python)], check=True)
+    (site,) = (python / "lib").glob("python3.*/site-packages")
+    # numpy (which the stub imports) from serve's environment, one module of its own.
+    (site / "serve_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (site / "only_in_model_python.py").write_text("")
+    write_add_model(opt_ml / "model", model_py="import only_in_model_python\n" + ADD_MODEL_PY)
+
+    server = start_serve(opt_ml, SERVE_MODEL_PYTHON=str(python / "bin" / "python")).wait_ready()
+    (pid,) = server.child_pids("tritonserver")
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    path = next(item for item in environ if item.startswith(b"PATH=")).decode()
+    assert path.startswith(f"PATH={python / 'bin'}:")
+
+
+def test_a_model_python_that_does_not_run_is_refused(
+    opt_ml: Path, start_serve: StartServe, tmp_path: Path
+) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, SERVE_MODEL_PYTHON=str(tmp_path / "no-python"))
+    assert server.wait_exit(30) == 1
+    assert f"SERVE_MODEL_PYTHON={tmp_path / 'no-python'} is not an executable Python" in (
+        server.output
+    )
+    assert "Traceback" not in server.output

@@ -48,6 +48,7 @@ def test_triton_dying_fails_ping_at_once_and_exits_nonzero(
     assert any(re.match(r"[IWE]\d{4} \d\d:\d\d:\d\d", line) for line in tail[:40]), tail[:40]
 
 
+@pytest.mark.container
 def test_sigterm_lets_requests_in_flight_finish(opt_ml: Path, start_serve: StartServe) -> None:
     write_add_model(opt_ml / "model", count=4)
     server = start_serve(opt_ml).wait_ready()
@@ -62,7 +63,7 @@ def test_sigterm_lets_requests_in_flight_finish(opt_ml: Path, start_serve: Start
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         calls = [pool.submit(slow_call) for _ in range(4)]
         time.sleep(1.0)
-        os.killpg(server.process.pid, signal.SIGTERM)
+        server.terminate()
         stopped = time.monotonic()
         responses = [call.result() for call in calls]
     assert [r.status_code for r in responses] == [200] * 4

@@ -13,7 +13,7 @@ bigscience/bloom-560m, say) to serve a real model with the same code.
 transformers is not installed into serve's environment here (the
 sentence-embedding example checks that its tokenizer's packages come only
 from its own environment archive), so this script first installs it, with
-the versions the image pins (container/requirements.txt), into the model's
+the versions the image pins (container/requirements/models.in), into the model's
 `1/packages/`, which model.py puts on its path when the folder exists; the
 image has transformers itself.
 
@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-# The image's pins (container/requirements.txt); torch and numpy come from serve's environment.
+# The image's pins (container/requirements/models.in); torch and numpy come from serve's env.
 PACKAGES = [
     "transformers==4.46.3",
     "tokenizers==0.20.3",

@@ -1,6 +1,8 @@
-"""Every call to the `docker` binary goes through this module.
+"""Every call to the container engine's command line goes through this module.
 
-It runs whatever `docker` is first on PATH, so the tests put a recording
+It runs `docker`, or `podman` where there is no docker (its command line is
+the same for build, tag, push and login); CONTAINER_ENGINE names either
+outright. The first found on PATH is used, so the tests put a recording
 stand-in there and check the exact arguments; no other module builds a
 docker command line. Docker's own output (build steps, push progress) goes to
 stderr, keeping smtriton's stdout for results that scripts read.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -22,9 +25,10 @@ from smtriton.errors import SmtritonError
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("docker", "podman")
 DOCKER_MISSING = (
-    "docker not found on PATH: install Docker Engine or Docker Desktop "
-    "(in CodeBuild, turn on privileged mode) and make sure `docker` runs"
+    "neither docker nor podman was found on PATH: install Docker Engine, Docker Desktop "
+    "or podman (in CodeBuild, turn on privileged mode) and make sure it runs"
 )
 
 
@@ -43,15 +47,24 @@ class Docker:
     executable: str
 
     @classmethod
-    def locate(cls) -> Docker:
-        found = shutil.which("docker")
-        if found is None:
-            raise SmtritonError(DOCKER_MISSING)
-        return cls(found)
+    def locate(cls, environ: Mapping[str, str] = os.environ) -> Docker:
+        """CONTAINER_ENGINE when set, else docker, else podman."""
+        wanted = environ.get("CONTAINER_ENGINE")
+        if wanted:
+            found = shutil.which(wanted)
+            if found is None:
+                raise SmtritonError(f"CONTAINER_ENGINE={wanted} is not a command on PATH")
+            return cls(found)
+        for engine in ENGINES:
+            found = shutil.which(engine)
+            if found is not None:
+                return cls(found)
+        raise SmtritonError(DOCKER_MISSING)
 
     def run(self, args: Sequence[str], *, stdin_text: str | None = None) -> None:
         """Run `docker ARGS`; a non-zero exit becomes an error naming the subcommand."""
-        log.info("$ docker %s", shlex.join(args))
+        name = Path(self.executable).name
+        log.info("$ %s %s", name, shlex.join(args))
         try:
             completed = subprocess.run(
                 [self.executable, *args],
@@ -65,7 +78,7 @@ class Docker:
             raise SmtritonError(f"cannot run {self.executable}: {error}") from None
         if completed.returncode != 0:
             raise SmtritonError(
-                f"`docker {args[0]}` failed with exit code {completed.returncode} "
+                f"`{name} {args[0]}` failed with exit code {completed.returncode} "
                 "(its output is above)"
             )
 

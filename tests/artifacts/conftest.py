@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CONTAINER_ENGINE
+
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 # The stub files themselves are not read by the cache, only looked up by version.
 STUBS = {PYTHON_VERSION: Path(f"/stubs/{PYTHON_VERSION}/triton_python_backend_stub")}
@@ -229,8 +231,8 @@ def build_serving_env(folder: Path) -> BuiltEnvironment:
     return BuiltEnvironment(archive, source)
 
 
-def other_python() -> tuple[Path, str] | None:
-    """An interpreter of another Python version than serve's, built with a shared libpython."""
+def find_python(wanted: Callable[[str], bool]) -> tuple[Path, str] | None:
+    """An interpreter, built with a shared libpython, whose "major.minor" `wanted` accepts."""
     candidates: list[str | None] = []
     for minor in (12, 13, 10):
         candidates.append(shutil.which(f"python3.{minor}"))
@@ -252,16 +254,25 @@ def other_python() -> tuple[Path, str] | None:
         if probe.returncode != 0:
             continue
         version, libdir, soname = probe.stdout.splitlines()
-        if version != PYTHON_VERSION and soname and (Path(libdir) / soname).is_file():
+        if wanted(version) and soname and (Path(libdir) / soname).is_file():
             return Path(candidate), version
     return None
 
 
-def build_other_python_env(folder: Path, python: Path, version: str) -> BuiltEnvironment:
+def other_python() -> tuple[Path, str] | None:
+    """An interpreter of another Python version than serve's, built with a shared libpython."""
+    return find_python(lambda version: version != PYTHON_VERSION)
+
+
+def build_other_python_env(
+    folder: Path, python: Path, version: str, *, bundle_libpython: bool = True
+) -> BuiltEnvironment:
     """A Python `version` environment laid out as conda-pack lays one out: libpython in lib/.
 
     numpy is installed with that Python's pip (from its cache or the index);
     the base interpreter's standard library stays where it is (a venv).
+    Without `bundle_libpython` the stub's own libpython serves, as in an
+    image whose Python is the environment's.
     """
     source = folder / f"py{version}-env-source"
     shutil.rmtree(source, ignore_errors=True)
@@ -274,20 +285,22 @@ def build_other_python_env(folder: Path, python: Path, version: str) -> BuiltEnv
         check=True,
         timeout=300,
     )
-    libpython = subprocess.run(
-        [
-            str(python),
-            "-c",
-            "import sysconfig, os; print(os.path.join(sysconfig.get_config_var('LIBDIR'), "
-            "sysconfig.get_config_var('INSTSONAME')))",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    shutil.copy2(libpython, source / "lib" / Path(libpython).name)
+    if bundle_libpython:
+        libpython = subprocess.run(
+            [
+                str(python),
+                "-c",
+                "import sysconfig, os; print(os.path.join(sysconfig.get_config_var('LIBDIR'), "
+                "sysconfig.get_config_var('INSTSONAME')))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        shutil.copy2(libpython, source / "lib" / Path(libpython).name)
     (site / f"{PROBE_MODULE}.py").write_text(f'WHERE = "only inside the Python {version} env"\n')
-    archive = _pack_and_remove(source, folder / f"py{version}-env.tar.gz")
+    suffix = "" if bundle_libpython else "-nolib"
+    archive = _pack_and_remove(source, folder / f"py{version}{suffix}-env.tar.gz")
     return BuiltEnvironment(archive, source)
 
 
@@ -323,3 +336,51 @@ def other_python_env(tmp_path_factory: pytest.TempPathFactory) -> OtherPythonEnv
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 pytest.skip(f"cannot build a Python {version} environment with {NUMPY_PIN}: {exc}")
     return OtherPythonEnvironment(archive, version)
+
+
+@dataclass(frozen=True)
+class TargetEnvironment:
+    """An environment archive for the Python that serves it, local or in an image."""
+
+    archive: Path
+    python_version: str
+
+
+def image_python(image: str) -> str:
+    """The "major.minor" of an image's own Python, which its models run on by default."""
+    return subprocess.run(
+        [
+            CONTAINER_ENGINE,
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--entrypoint",
+            "python3",
+            image,
+            "-c",
+            "import sys; print('%d.%d' % sys.version_info[:2])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def target_env(
+    serve_target: str, serving_env: BuiltEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> TargetEnvironment:
+    """serving_env for a local serve; for an image, the same made for the image's Python."""
+    if serve_target == "local":
+        return TargetEnvironment(serving_env.archive, PYTHON_VERSION)
+    version = image_python(serve_target)
+    found = find_python(lambda candidate: candidate == version)
+    assert found is not None, f"no Python {version} with a shared libpython on this machine"
+    folder = shared_folder(tmp_path_factory)
+    with file_lock(folder / f"py{version}-nolib-env.lock"):
+        archive = folder / f"py{version}-nolib-env.tar.gz"
+        if not archive.is_file():
+            build_other_python_env(folder, found[0], version, bundle_libpython=False)
+    return TargetEnvironment(archive, version)

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.artifacts.conftest import (
@@ -14,6 +15,7 @@ from tests.artifacts.conftest import (
     PYTHON_VERSION,
     BuiltEnvironment,
     OtherPythonEnvironment,
+    TargetEnvironment,
     make_environment,
     member,
     pack_folder,
@@ -32,6 +34,7 @@ def invoke(server: ServeProcess, model: str | None = None) -> requests.Response:
     )
 
 
+@pytest.mark.container
 def test_archives_in_both_layouts_serve_beside_a_folder(
     opt_ml: Path, start_serve: StartServe, tmp_path: Path
 ) -> None:
@@ -124,16 +127,18 @@ def infer_directly(server: ServeProcess, model: str) -> list[float]:
     return response.json()["outputs"][0]["data"]
 
 
+@pytest.mark.container
 def test_models_run_in_their_environment_which_is_unpacked_once_and_reused_on_restart(
-    opt_ml: Path, start_serve: StartServe, tmp_path: Path, serving_env: BuiltEnvironment
+    opt_ml: Path, start_serve: StartServe, tmp_path: Path, target_env: TargetEnvironment
 ) -> None:
     model_dir = opt_ml / "model"
     inside = write_env_model(model_dir, "inside", "$$TRITON_MODEL_DIRECTORY/env.tar.gz")
-    shutil.copy(serving_env.archive, inside / "env.tar.gz")
+    shutil.copy(target_env.archive, inside / "env.tar.gz")
     write_env_model(model_dir, "beside", "$$TRITON_MODEL_DIRECTORY/../shared-env.tar.gz")
-    shutil.copy(serving_env.archive, model_dir / "shared-env.tar.gz")
+    shutil.copy(target_env.archive, model_dir / "shared-env.tar.gz")
     cache = tmp_path / "env-cache"
-    minor = int(PYTHON_VERSION.split(".")[1])
+    python_version = target_env.python_version
+    minor = int(python_version.split(".")[1])
     env = {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "inside", "SERVE_ENV_CACHE": str(cache)}
 
     first = start_serve(opt_ml, **env).wait_ready()
@@ -145,7 +150,7 @@ def test_models_run_in_their_environment_which_is_unpacked_once_and_reused_on_re
     (unpacked,) = [path for path in cache.iterdir() if path.is_dir()]
     # Both models import the module only the environment has, from the cache.
     for name in ("inside", "beside"):
-        assert f"model {name} runs on Python {PYTHON_VERSION} from {unpacked}; probe: only" in (
+        assert f"model {name} runs on Python {python_version} from {unpacked}; probe: only" in (
             first.output
         )
     assert "2 model(s) use 1 environment(s); 1 unpacked now, 0 from the cache" in first.output

@@ -172,6 +172,7 @@ def fake_docker(
 ) -> DockerRecorder:
     """Put the stand-in first on PATH (ahead of any real docker)."""
     log_path = tmp_path / "docker-calls.jsonl"
+    monkeypatch.delenv("CONTAINER_ENGINE", raising=False)
     monkeypatch.setenv("PATH", f"{docker_bin}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DOCKER_LOG", str(log_path))
     monkeypatch.delenv("FAKE_DOCKER_FAIL", raising=False)

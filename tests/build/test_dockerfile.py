@@ -22,7 +22,8 @@ from packaging.requirements import Requirement
 from tests.build.conftest import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-REQUIREMENTS = REPO_ROOT / "container" / "requirements.txt"
+LOCKS = REPO_ROOT / "container" / "requirements"
+STANDINS = REPO_ROOT / "build" / "standin"
 
 
 def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
@@ -90,6 +91,7 @@ def test_sagemaker_labels() -> None:
     assert labels == {
         "com.amazonaws.sagemaker.capabilities.accept-bind-to-port": "true",
         "com.amazonaws.sagemaker.capabilities.multi-models": "true",
+        "org.opencontainers.image.base.name": '"${BASE_IMAGE}:${TRITON_VERSION}-py3"',
     }
 
 
@@ -97,24 +99,24 @@ def test_exposes_the_sagemaker_port() -> None:
     assert only("EXPOSE") == "8080"
 
 
-def test_both_docker_run_forms_start_serve_under_tini() -> None:
+def test_nvidias_entrypoint_then_tini_then_serve() -> None:
     entrypoint, cmd = exec_form("ENTRYPOINT"), exec_form("CMD")
-    assert entrypoint == ["/usr/bin/tini", "-g", "--", "serve"]
+    assert entrypoint == ["/opt/nvidia/nvidia_entrypoint.sh", "/usr/bin/tini", "-g", "--"]
     plain = entrypoint + cmd  # docker run IMAGE
     sagemaker = [*entrypoint, "serve"]  # docker run IMAGE serve: replaces CMD
-    assert plain == sagemaker == ["/usr/bin/tini", "-g", "--", "serve", "serve"]
+    assert plain == sagemaker
 
 
-def test_serve_accepts_the_argument_the_image_gives_it() -> None:
-    serve_args = (exec_form("ENTRYPOINT") + exec_form("CMD"))[4:]
-    result = subprocess.run(
-        [sys.executable, "-m", "serve", *serve_args, "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stderr
+def test_serve_runs_with_or_without_the_serve_argument() -> None:
+    for args in ([], ["serve"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "serve", *args, "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO_ROOT,
+        )
+        assert result.returncode == 0, result.stderr
     bogus = subprocess.run(
         [sys.executable, "-m", "serve", "bogus", "--help"],
         capture_output=True,
@@ -131,7 +133,7 @@ def test_front_packages_come_from_the_distribution_without_extras() -> None:
     run = runs[0]
     assert "apt-get install -y --no-install-recommends nginx-light tini" in run
     assert run.index("apt-get update") < run.index("apt-get install")
-    assert run.endswith("rm -rf /var/lib/apt/lists/*")
+    assert run.endswith("apt-get clean && rm -rf /var/lib/apt/lists/*")
 
 
 def test_tini_and_triton_paths() -> None:
@@ -145,7 +147,7 @@ def test_dependencies_are_installed_before_the_code_is_copied() -> None:
     def index(predicate) -> int:
         return next(i for i, step in enumerate(steps) if predicate(*step))
 
-    copy_requirements = index(lambda n, v: n == "COPY" and "container/requirements.txt" in v)
+    copy_requirements = index(lambda n, v: n == "COPY" and v.startswith("container/requirements/"))
     install_requirements = index(lambda n, v: n == "RUN" and "--requirement" in v)
     copy_code = index(lambda n, v: n == "COPY" and v.startswith("serve/"))
     install_code = index(lambda n, v: n == "RUN" and "--no-deps" in v)
@@ -190,37 +192,80 @@ def test_no_credentials_in_the_image() -> None:
     assert not re.search(r"(?i)(secret|password|access_key|token)\s*=", text)
 
 
-def pinned_requirements() -> dict[str, Requirement]:
-    lines = [
-        line.split("#", 1)[0].strip()
-        for line in REQUIREMENTS.read_text().splitlines()
-        if line.split("#", 1)[0].strip()
+def lock_files(layer: str) -> list[Path]:
+    found = sorted(LOCKS.glob(f"{layer}-py3.*.txt"))
+    assert found, f"no {layer} locks in {LOCKS}"
+    return found
+
+
+def pinned_requirements(lock: Path) -> dict[str, Requirement]:
+    """Every package of a lock, each pinned with == and carrying its hashes."""
+    entries = [
+        entry.strip()
+        for entry in lock.read_text().replace("\\\n", " ").splitlines()
+        if entry.strip() and not entry.lstrip().startswith("#")
     ]
-    requirements = [Requirement(line) for line in lines]
-    for requirement in requirements:
+    pinned: dict[str, Requirement] = {}
+    for entry in entries:
+        requirement_text, _, hashes = entry.partition(" --hash=")
+        assert hashes.startswith("sha256:"), f"{lock.name}: {requirement_text} has no hash"
+        requirement = Requirement(requirement_text)
         specifiers = list(requirement.specifier)
         assert len(specifiers) == 1 and specifiers[0].operator == "==", (
-            f"{requirement} is not pinned with =="
+            f"{lock.name}: {requirement} is not pinned with =="
         )
-    return {requirement.name.lower(): requirement for requirement in requirements}
+        pinned[requirement.name.lower()] = requirement
+    return pinned
 
 
-def test_image_requirements_satisfy_what_serve_declares() -> None:
-    """The project is installed with --no-deps: its dependencies must all be pinned here."""
+def test_every_supported_python_has_both_locks_written_by_make_lock() -> None:
+    pythons = {
+        re.search(r"^# python: (3\.\d+)$", containerfile.read_text(), re.M).group(1)
+        for containerfile in STANDINS.glob("*.Containerfile")
+    }
+    assert pythons == {"3.10", "3.12"}
+    make_lock = re.search(r"^LOCK_PYTHONS := (.*)$", (REPO_ROOT / "Makefile").read_text(), re.M)
+    assert set(make_lock.group(1).split()) == pythons
+    for python in pythons:
+        for layer, source in (("serve", "pyproject.toml"), ("models", "models.in")):
+            lock = LOCKS / f"{layer}-py{python}.txt"
+            header = lock.read_text().splitlines()[1]
+            assert f"uv pip compile {source}" in header.replace("container/requirements/", "")
+            assert f"--python-version {python}" in header and "--generate-hashes" in header
+
+
+def test_image_locks_satisfy_what_serve_declares() -> None:
+    """The project is installed with --no-deps: its dependencies must all be in the lock."""
     declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pinned = pinned_requirements()
-    for line in declared:
-        needed = Requirement(line)
-        assert needed.name.lower() in pinned, f"{needed.name} is missing from {REQUIREMENTS}"
-        have = pinned[needed.name.lower()]
-        version = next(iter(have.specifier)).version
-        assert needed.specifier.contains(version), f"{have} does not satisfy {needed}"
-        assert needed.extras <= have.extras, f"{have} lacks extras of {needed}"
+    for lock in lock_files("serve"):
+        pinned = pinned_requirements(lock)
+        for line in declared:
+            needed = Requirement(line)
+            assert needed.name.lower() in pinned, f"{needed.name} is missing from {lock.name}"
+            have = pinned[needed.name.lower()]
+            version = next(iter(have.specifier)).version
+            assert needed.specifier.contains(version), (
+                f"{lock.name}: {have} does not satisfy {needed}"
+            )
+
+
+def test_the_model_libraries_lock_holds_what_models_in_asks_for() -> None:
+    wanted = [
+        Requirement(line)
+        for line in (LOCKS / "models.in").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for lock in lock_files("models"):
+        pinned = pinned_requirements(lock)
+        for requirement in wanted:
+            version = next(iter(pinned[requirement.name.lower()].specifier)).version
+            assert requirement.specifier.contains(version), f"{lock.name}: {requirement}"
 
 
 def test_numpy_stays_below_2_for_the_python_backend() -> None:
-    numpy = pinned_requirements()["numpy"]
-    assert int(next(iter(numpy.specifier)).version.split(".")[0]) < 2
+    for lock in lock_files("serve") + lock_files("models"):
+        numpy = pinned_requirements(lock)["numpy"]
+        assert int(next(iter(numpy.specifier)).version.split(".")[0]) < 2, lock.name
 
 
 def test_example_backend_is_a_python_based_backend() -> None:

@@ -151,8 +151,32 @@ def test_missing_docker_is_a_clear_error(
     monkeypatch.setenv("PATH", str(empty))
     result = smtriton("image", "--context", str(REPO_ROOT), "--tag", "x")
     assert result.code == 1
-    assert "docker not found on PATH" in result.err
+    assert "neither docker nor podman was found on PATH" in result.err
     assert "Traceback" not in result.err
+
+
+def test_podman_builds_where_there_is_no_docker(
+    smtriton: Smtriton,
+    fake_docker: DockerRecorder,
+    docker_bin: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (docker_bin / "docker").rename(docker_bin / "podman")
+    monkeypatch.setenv("PATH", str(docker_bin))
+    result = smtriton("image", "--context", str(REPO_ROOT), "--tag", "x")
+    assert result.code == 0, result.err
+    assert [argv[0] for argv in fake_docker.argvs()] == ["build"]
+    assert "$ podman build" in result.err
+
+
+def test_container_engine_names_the_engine_outright(
+    smtriton: Smtriton, fake_docker: DockerRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONTAINER_ENGINE", "no-such-engine")
+    result = smtriton("image", "--context", str(REPO_ROOT), "--tag", "x")
+    assert result.code == 1
+    assert "CONTAINER_ENGINE=no-such-engine is not a command on PATH" in result.err
+    assert fake_docker.argvs() == []
 
 
 # --- push ---------------------------------------------------------------------------------
