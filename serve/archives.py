@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from serve.errors import ArtifactError
+from serve.errors import ArtifactError, is_out_of_space, out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -242,21 +242,32 @@ def safe_extract(archive: Path, destination: Path, limits: ExtractionLimits) -> 
     `destination` must not exist; its parent is created. On success it appears
     complete in one rename; on any failure nothing is left behind and a refused
     or unreadable archive raises `ArtifactError` naming the archive, the member
-    and what to do.
+    and what to do. A file system that fills up raises `InsufficientStorage`
+    (507) naming the archive, the destination and the sizes.
     """
     if destination.exists() or destination.is_symlink():
         raise FileExistsError(f"extraction destination {destination} already exists")
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(destination), dir=destination.parent))
     started = time.monotonic()
+    extraction = _Extraction(staging, limits)
     try:
-        extraction = _extract(archive, staging, limits)
+        _extract(archive, extraction)
         # mkdtemp made it private; the result is an ordinary folder.
         staging.chmod(0o755)
         os.rename(staging, destination)
     except _Refused as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise ArtifactError(f"archive {archive}: {exc}") from exc.__cause__
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not is_out_of_space(exc):
+            raise
+        raise out_of_space(
+            destination,
+            f"unpacking {archive} ({archive.stat().st_size} bytes) into {destination}, "
+            f"which needs more than the {extraction.bytes_written} bytes written when it filled up",
+        ) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -328,8 +339,8 @@ def _is_model_folder(path: Path) -> bool:
     return any(child.is_dir() and child.name.isdigit() for child in path.iterdir())
 
 
-def _extract(archive: Path, root: Path, limits: ExtractionLimits) -> _Extraction:
-    extraction = _Extraction(root, limits)
+def _extract(archive: Path, extraction: _Extraction) -> None:
+    limits = extraction.limits
     budget = limits.max_total_bytes + limits.max_members * _HEADER_ALLOWANCE + _TRAILER_ALLOWANCE
     with archive.open("rb") as raw, _decompressed(raw) as source:
         stream = _Stream(source, budget)
@@ -350,7 +361,6 @@ def _extract(archive: Path, root: Path, limits: ExtractionLimits) -> _Extraction
                 f"member ends); upload it again or {_REBUILD}"
             )
     extraction.finish()
-    return extraction
 
 
 def _decompressed(raw: BinaryIO) -> BinaryIO:

@@ -76,12 +76,12 @@ def _add_multi_model_routes(app: Flask, registry: ModelRegistry) -> None:
         if not isinstance(body, dict) or not {"model_name", "url"} <= body.keys():
             raise ArtifactError('the body must be {"model_name": NAME, "url": FOLDER}')
         log.info(
-            "loading model %r from %s (target model %s)",
+            "loading model %r from %r (target model %s)",
             body["model_name"],
             body["url"],
             request.headers.get("X-Amzn-SageMaker-Target-Model", "not given"),
         )
-        model = registry.load(body["model_name"], str(body["url"]))
+        model = registry.load(body["model_name"], body["url"])
         return json_response(200, {"status": "loaded", **model.describe()})
 
     @app.get("/models/<name>")

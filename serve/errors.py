@@ -6,6 +6,10 @@ printed and `serve` exits non-zero. Messages say what was wrong and what to do.
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 
 class ServeError(Exception):
     """A failure a user can act on."""
@@ -41,3 +45,61 @@ class InsufficientMemory(ServeError):
     """CPU or GPU memory ran out; on multi-model endpoints SageMaker evicts and retries."""
 
     status = 507
+
+
+class InsufficientStorage(ServeError):
+    """A file system ran out of space; on multi-model endpoints SageMaker evicts and retries."""
+
+    status = 507
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True for the file system errors a full disk (or a spent quota) raises."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space(path: Path, doing: str) -> InsufficientStorage:
+    """The 507 for a full file system: what filled it, where, and its size and free space."""
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    usage = shutil.disk_usage(folder)
+    return InsufficientStorage(
+        f"no space left on the file system of {path} while {doing}; it has {usage.free} of "
+        f"{usage.total} bytes free: free space there, or unload other models"
+    )
+
+
+# nginx's name for a request head larger than its buffers; HTTP's is 431.
+NGINX_HEADER_TOO_LARGE = 494
+
+
+def front_errors(max_body_bytes: int, public_routes: str) -> dict[int, tuple[int, str]]:
+    """The answers nginx writes itself, by the status nginx gives them: (status sent, message).
+
+    nginx answers malformed requests, its limits and an internal service that
+    did not answer before any Python runs; the front's config turns each into
+    the same `{"error": ...}` body as every other answer. A message must not
+    hold `$` (nginx would read a variable).
+    """
+    return {
+        400: (400, "the request is not valid HTTP/1.1 (its request line, a header, or its chunks)"),
+        404: (404, f"no such route; this endpoint answers {public_routes}"),
+        405: (405, "this method is not allowed on this route"),
+        411: (411, "this request needs a Content-Length or a chunked body"),
+        413: (
+            413,
+            f"the request body is larger than {max_body_bytes} bytes (SERVE_MAX_BODY_BYTES)",
+        ),
+        414: (414, "the request URI is longer than the front accepts (8 KiB)"),
+        NGINX_HEADER_TOO_LARGE: (
+            431,
+            "the request's headers are larger than the front accepts (8 KiB a line, 32 KiB in all)",
+        ),
+        500: (500, "internal error in the front; see the container log"),
+        501: (501, "this Transfer-Encoding is not supported; send chunked or a Content-Length"),
+        502: (502, "an internal service of the front did not answer; see the container log"),
+        503: (503, "the model server is not available; see the container log"),
+        504: (504, "an internal service of the front did not answer in time"),
+        505: (505, "this HTTP version is not supported; use HTTP/1.1"),
+    }

@@ -18,7 +18,10 @@ from urllib.parse import quote
 import jinja2
 
 from serve.access_log import ACCESS_LOG_FORMAT
-from serve.errors import ConfigError
+from serve.errors import ConfigError, front_errors
+from serve.multi_model import longest_answer
+from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
+from serve.payloads.v2 import HEADER_LENGTH
 from serve.settings import Settings
 
 _TEMPLATES = jinja2.Environment(
@@ -28,6 +31,11 @@ _TEMPLATES = jinja2.Environment(
 )
 # Workers never need root; Debian and Ubuntu name the unprivileged group nogroup.
 UNPRIVILEGED_USER = "nobody nogroup"
+# Headers the front sets to talk to its internal services: the payload service's
+# model and route, and Triton's binary header length. nginx sets every one of them
+# on every upstream request (empty unless the front means it), so a client's copy
+# never reaches a service.
+INTERNAL_HEADERS = (MODEL_HEADER, INFERENCE_HEADER, HEADER_LENGTH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,7 @@ class FrontConfig:
             access_log_format=ACCESS_LOG_FORMAT,
             error_log_level="warn",
             max_body_bytes=self.settings.max_body_bytes,
+            front_errors=front_errors(self.settings.max_body_bytes, self._public_routes()),
             triton_port=self.triton_port,
             control_socket=self.control_socket,
             listen_address="0.0.0.0",
@@ -93,16 +102,21 @@ class FrontConfig:
             invocation_path=self.invocation_path(),
             streaming=self.settings.inference_type == "generate_stream",
             multi_model=self.settings.multi_model,
+            models_read_timeout=round(longest_answer(self.settings.model_load_timeout)),
             # A model that is not loaded is a 400 from Triton; the payload service
             # turns it into the contract's 404. 501: a decoupled model, which streams.
             explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",
+            internal_headers=INTERNAL_HEADERS,
+            model_header=MODEL_HEADER,
+            inference_header=INFERENCE_HEADER,
+            binary_length_header=HEADER_LENGTH,
             **self._payload_routes(),
-            public_routes=(
-                "GET /ping and /models, POST /models/NAME/invoke"
-                if self.settings.multi_model
-                else "GET /ping and POST /invocations"
-            ),
         )
+
+    def _public_routes(self) -> str:
+        if self.settings.multi_model:
+            return "GET /ping and /models, POST /models/NAME/invoke"
+        return "GET /ping and POST /invocations"
 
     def payload_socket(self) -> Path:
         """Where the payload service (serve/payloads/service.py) listens for nginx."""

@@ -16,6 +16,12 @@ names derived from SageMaker's model name:
 
 Loads, unloads and lookups of one model are serialised by a per-name lock;
 different models load concurrently.
+
+However a load fails (a refusal, SERVE_MODEL_LOAD_TIMEOUT, Triton gone, a full
+disk, any exception), Triton is told to let go of what it loaded and the
+prepared files are removed only once it has: registry, Triton and disk agree
+when the caller gets its answer, and a retry starts clean. Triton finishes a
+load before it unloads, so letting go may take as long as the load itself.
 """
 
 from __future__ import annotations
@@ -25,17 +31,27 @@ import binascii
 import contextlib
 import dataclasses
 import hashlib
+import http.client
 import json
 import logging
+import os
 import re
 import shutil
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
 from serve import host, model_config
-from serve.errors import ArtifactError, InsufficientMemory, ModelNotFound, ServeError
+from serve.errors import (
+    ArtifactError,
+    InsufficientMemory,
+    ModelNotFound,
+    ServeError,
+    is_out_of_space,
+    out_of_space,
+)
 from serve.model_config import CONFIG_FILE
 from serve.repository import Preparation, model_sources, prepare_model
 from serve.triton_client import TritonClient, error_message
@@ -52,13 +68,25 @@ OUT_OF_MEMORY = re.compile(
     r"|memoryerror",
     re.IGNORECASE,
 )
-UNLOAD_DEADLINE_SECONDS = 60.0
+# How long a load or unload waits for Triton to let go of an earlier failed load of
+# the same name before it answers 503 (try again later).
+SETTLE_SECONDS = 5.0
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
 class ModelAlreadyLoaded(ServeError):
     status = 409
+
+
+def longest_answer(load_timeout: float) -> float:
+    """The longest a /models call may take: what nginx waits for the control app.
+
+    A load settles an earlier failure (SETTLE_SECONDS), prepares and loads
+    within `load_timeout`, and on failure gives Triton as long again to let
+    go; an unload waits as long for Triton. A few seconds more for the rest.
+    """
+    return 2 * load_timeout + SETTLE_SECONDS + 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +112,11 @@ class ModelRegistry:
         triton: TritonClient,
         preparation: Preparation,
         env_cache_min_free_bytes: int,
+        load_timeout: float,
     ):
         self._models_dir = models_dir.resolve()
+        # SERVE_MODEL_LOAD_TIMEOUT: for a load, and again for Triton to let go of one.
+        self._load_timeout = load_timeout
         self._env_cache_min_free_bytes = env_cache_min_free_bytes
         # Preparation (and so environment eviction) runs one upload at a time,
         # so an environment being unpacked for a load is never evicted.
@@ -95,6 +126,8 @@ class ModelRegistry:
         self._triton = triton
         self._preparation = preparation
         self._loaded: dict[str, LoadedModel] = {}
+        # Failed loads Triton had not let go of in time; their files stay until it does.
+        self._stranded: dict[str, LoadedModel] = {}
         self._busy: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -103,20 +136,28 @@ class ModelRegistry:
     def load(self, name: str, url: str) -> LoadedModel:
         _check_name(name)
         with self._exclusive(name):
+            self._settle(name)
             if name in self._loaded:
                 raise ModelAlreadyLoaded(f"model {name!r} is already loaded")
             source = self._check_url(url)
             started = time.monotonic()
-            with self._preparing:
-                self._make_room()
-                model = self._prepare(name, url, source)
+            deadline = started + self._load_timeout
+            try:
+                with self._preparing:
+                    self._make_room()
+                    model = self._prepare(name, url, source)  # removes its files on failure
+            except OSError as exc:
+                if is_out_of_space(exc):
+                    raise out_of_space(
+                        Path(exc.filename or self._repository), f"preparing model {name!r}"
+                    ) from exc
+                raise
             try:
                 for name_in_triton in model.triton_names:
-                    self._triton_load(name, name_in_triton)
-            except ServeError:
-                self._unload_from_triton(model)
-                self._discard(model)
-                raise
+                    self._triton_load(name, name_in_triton, deadline)
+            except BaseException as exc:
+                released = self._abandon(model)
+                raise self._load_failure(name, exc, released) from exc
             with self._lock:
                 self._loaded[name] = model
             log.info("loaded model %r from %s in %.2f s", name, url, time.monotonic() - started)
@@ -124,8 +165,14 @@ class ModelRegistry:
 
     def unload(self, name: str) -> None:
         with self._exclusive(name):
+            self._settle(name)
             model = self.get(name)
-            self._unload_from_triton(model)
+            if not self._release(model, time.monotonic() + self._load_timeout):
+                raise ServeError(
+                    f"Triton did not let go of model {name!r} within {self._load_timeout:.0f} s "
+                    "(SERVE_MODEL_LOAD_TIMEOUT); it stays loaded, DELETE it again later",
+                    504,
+                )
             self._discard(model)
             with self._lock:
                 del self._loaded[name]
@@ -161,7 +208,10 @@ class ModelRegistry:
 
     # -- preparation ------------------------------------------------------
 
-    def _check_url(self, url: str) -> Path:
+    def _check_url(self, url: object) -> Path:
+        if not isinstance(url, str):
+            raise ArtifactError(f"url {url!r} must be a string, the folder SageMaker unpacked into")
+        _check_characters("url", url)
         source = Path(url)
         if not source.is_absolute():
             raise ArtifactError(f"url {url!r} must be an absolute path under {self._models_dir}")
@@ -174,6 +224,7 @@ class ModelRegistry:
 
     def _prepare(self, name: str, url: str, source: Path) -> LoadedModel:
         """Unpack archives, find the upload's models and prepare them under Triton names."""
+        _refuse_links_outside(source, self._models_dir)
         base = triton_name(name)
         staging = self._staging / base
         shutil.rmtree(staging, ignore_errors=True)
@@ -220,7 +271,8 @@ class ModelRegistry:
         if short <= 0:
             return
         with self._lock:
-            in_use = {sha for model in self._loaded.values() for sha in model.environments}
+            held = (*self._loaded.values(), *self._stranded.values())
+            in_use = {sha for model in held for sha in model.environments}
         freed = cache.evict(short, in_use)
         log.info(
             "environment cache: %d bytes short of SERVE_ENV_CACHE_MIN_FREE_BYTES; "
@@ -236,10 +288,14 @@ class ModelRegistry:
 
     # -- Triton -----------------------------------------------------------
 
-    def _triton_load(self, name: str, name_in_triton: str) -> None:
+    def _triton_load(self, name: str, name_in_triton: str, deadline: float) -> None:
+        """Have Triton load one model; raises TimeoutError once `deadline` has passed."""
         oom_kills_before = host.oom_kill_count()
         reply = self._triton.request(
-            "POST", f"/v2/repository/models/{name_in_triton}/load", body=b"{}"
+            "POST",
+            f"/v2/repository/models/{name_in_triton}/load",
+            body=b"{}",
+            timeout=_remaining(deadline),
         )
         if reply.status == 200:
             return
@@ -251,25 +307,92 @@ class ModelRegistry:
             raise InsufficientMemory(f"not enough memory to load model {name!r}: {message}")
         raise ServeError(f"model {name!r} failed to load: {message}", status=400)
 
-    def _unload_from_triton(self, model: LoadedModel) -> None:
-        """Unload every model of the upload and wait until Triton has let go of them."""
-        for name_in_triton in reversed(model.triton_names):
-            self._triton.request(
-                "POST",
-                f"/v2/repository/models/{name_in_triton}/unload",
-                body=json.dumps({"parameters": {"unload_dependents": True}}).encode(),
-            )
-        deadline = time.monotonic() + UNLOAD_DEADLINE_SECONDS
+    def _release(self, model: LoadedModel, deadline: float) -> bool:
+        """Unload every model of the upload; True once Triton has let go of them all.
+
+        An unload waits while Triton is still loading the model (after a load
+        that timed out): until `deadline`, then False. Triton gone (serve stops
+        with it) holds nothing any more: True.
+        """
         wanted = set(model.triton_names)
-        while time.monotonic() < deadline:
-            index = json.loads(self._triton.request("POST", "/v2/repository/index").body)
-            busy = {
-                m["name"] for m in index if m["name"] in wanted and m.get("state") != "UNAVAILABLE"
-            }
-            if not busy:
-                return
-            time.sleep(0.05)
-        log.warning("Triton still holds %s after %.0f s", ", ".join(busy), UNLOAD_DEADLINE_SECONDS)
+        busy = wanted
+        try:
+            for name_in_triton in reversed(model.triton_names):
+                self._triton.request(
+                    "POST",
+                    f"/v2/repository/models/{name_in_triton}/unload",
+                    body=json.dumps({"parameters": {"unload_dependents": True}}).encode(),
+                    timeout=_remaining(deadline),
+                )
+            while True:
+                reply = self._triton.request(
+                    "POST", "/v2/repository/index", timeout=_remaining(deadline)
+                )
+                busy = {
+                    m["name"]
+                    for m in json.loads(reply.body)
+                    if m["name"] in wanted and m.get("state") != "UNAVAILABLE"
+                }
+                if not busy or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        except TimeoutError:
+            pass
+        except (OSError, http.client.HTTPException) as exc:
+            log.warning("Triton did not answer while unloading model %r (%s)", model.name, exc)
+            return True
+        if busy:
+            log.warning("Triton still holds %s of model %r", ", ".join(sorted(busy)), model.name)
+        return not busy
+
+    def _abandon(self, model: LoadedModel) -> bool:
+        """After a failed load: Triton lets go of the upload, then its files go; True if so."""
+        if self._release(model, time.monotonic() + self._load_timeout):
+            self._discard(model)
+            return True
+        log.error(
+            "model %r: Triton did not let go of a failed load within %.0f s; its files stay "
+            "until it does (the next load or DELETE of that name tries again)",
+            model.name,
+            self._load_timeout,
+        )
+        with self._lock:
+            self._stranded[model.name] = model
+        return False
+
+    def _settle(self, name: str) -> None:
+        """Finish cleaning up an earlier failed load of `name`; 503 while Triton still holds it."""
+        with self._lock:
+            model = self._stranded.get(name)
+        if model is None:
+            return
+        if not self._release(model, time.monotonic() + min(SETTLE_SECONDS, self._load_timeout)):
+            raise ServeError(
+                f"Triton still holds model {name!r} from an earlier load that failed; "
+                "try again later",
+                503,
+            )
+        self._discard(model)
+        with self._lock:
+            del self._stranded[name]
+
+    def _load_failure(self, name: str, exc: BaseException, released: bool) -> BaseException:
+        """What the caller of a failed load gets: a status SageMaker acts on."""
+        if isinstance(exc, TimeoutError):
+            after = "was unloaded" if released else "is unloaded once Triton has loaded it"
+            return ServeError(
+                f"model {name!r} did not finish loading within {self._load_timeout:.0f} s "
+                f"(SERVE_MODEL_LOAD_TIMEOUT) and {after}; raise the setting, or make the "
+                "model load faster",
+                504,
+            )
+        if isinstance(exc, (OSError, http.client.HTTPException)):
+            return ServeError(
+                f"Triton stopped answering while loading model {name!r} ({exc!r}); "
+                "see the container log",
+                503,
+            )
+        return exc
 
     @contextlib.contextmanager
     def _exclusive(self, name: str) -> Iterator[None]:
@@ -277,6 +400,14 @@ class ModelRegistry:
             lock = self._busy.setdefault(name, threading.Lock())
         with lock:
             yield
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left until `deadline`; TimeoutError once none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the deadline has passed")
+    return left
 
 
 def triton_name(name: str) -> str:
@@ -289,6 +420,46 @@ def triton_name(name: str) -> str:
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name or "/" in name or name in {".", ".."}:
         raise ArtifactError(f"model_name {name!r} must be a non-empty string without '/'")
+    _check_characters("model_name", name)
+
+
+def _check_characters(field: str, value: str) -> None:
+    """Refuse control characters (NUL among them) and lone surrogates.
+
+    JSON carries both (`\\u0000`, `\\ud800`), but no path holds a NUL, UTF-8
+    cannot encode a surrogate, and a line break in a name would forge log lines.
+    """
+    for character in value:
+        if unicodedata.category(character) in ("Cc", "Cs"):
+            raise ArtifactError(
+                f"{field} {value!r} holds {character!r}, a control character or half of "
+                "a surrogate pair; send the name and folder SageMaker gave"
+            )
+
+
+def _refuse_links_outside(folder: Path, root: Path) -> None:
+    """Refuse an upload holding a symbolic link that leads outside `root` (the models root).
+
+    The same rule as for links in an archive: the prepared repository links to
+    the files the upload's links resolve to, and a link out would serve any
+    file of the machine as part of a model. Linked folders are followed, so
+    links inside them count too; each real folder is walked once.
+    """
+    walked: set[Path] = set()
+    for current, subfolders, files in os.walk(folder, followlinks=True):
+        real = Path(current).resolve()
+        if real in walked:
+            subfolders[:] = []
+            continue
+        walked.add(real)
+        for name in (*subfolders, *files):
+            entry = Path(current, name)
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                raise ArtifactError(
+                    f"{entry.relative_to(folder)} in {folder} is a symbolic link to "
+                    f"{os.readlink(entry)!r}, which leads outside {root}; upload the files "
+                    "themselves, or links that stay under it"
+                )
 
 
 def _model_name(folder: Path) -> str:

@@ -1,9 +1,10 @@
-"""Picking internal ports that obey SAGEMAKER_SAFE_PORT_RANGE."""
+"""Ports: the public ones must be free, internal ones obey SAGEMAKER_SAFE_PORT_RANGE."""
 
 from __future__ import annotations
 
+import errno
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from serve.errors import ConfigError
 from serve.settings import PortRange
@@ -25,3 +26,28 @@ def free_loopback_port(allowed: PortRange | None, taken: Collection[int] = ()) -
         f"no free port inside SAGEMAKER_SAFE_PORT_RANGE={allowed} for Triton's internal "
         "HTTP endpoint; widen the range"
     )
+
+
+def refuse_ports_in_use(public: Mapping[str, int]) -> None:
+    """Stop start-up, naming the variable, when a public port already has a listener.
+
+    nginx and Triton would otherwise find out only after the models have been
+    prepared, and a listener with SO_REUSEPORT would share the port with the
+    other server in silence. Like nginx, the probe sets SO_REUSEADDR, so the
+    closing connections of an earlier run do not count as a listener.
+    """
+    for variable, port in public.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise ConfigError(f"{variable}={port} cannot be used: {exc.strerror}") from exc
+                local = (
+                    " (`make serve PORT=N` locally)" if variable == "SAGEMAKER_BIND_TO_PORT" else ""
+                )
+                raise ConfigError(
+                    f"{variable}={port} is already in use by another server (a second serve?); "
+                    f"stop it, or choose a free port with {variable}{local}"
+                ) from exc

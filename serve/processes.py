@@ -6,6 +6,12 @@ is SIGTERM, not SIGKILL: nginx's master must live long enough to stop its
 workers, and Triton to remove its shared-memory regions. Its output
 is streamed, whole lines at a time, to our stdout (CloudWatch reads it), and
 the last lines are kept so a crash can be explained.
+
+Once a child has ended, whatever is left of its process group is killed:
+its own children do not get the parent-death signal. An nginx worker whose
+master died keeps the public port and answers 502; a Python-backend stub
+that Triton was starting when it stopped runs on for good, holding its
+shared-memory region in /dev/shm.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,8 @@ _READ_BYTES = 1024 * 1024
 _PIPE_BYTES = 1024 * 1024
 _GATHER_SECONDS = 0.005
 _F_SETPIPE_SZ = 1031
+_PROC = Path("/proc")
+_SHARED_MEMORY = Path("/dev/shm")
 
 
 def _stop_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -127,8 +136,34 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
             code = self._process.wait()
+        self.kill_group()
         self._relay.join(timeout=2)
         return code
+
+    def kill_group(self) -> None:
+        """Kill what is left of the child's process group, once the child has ended.
+
+        The child's own children (nginx's workers, Triton's stubs) are in its
+        group. The /dev/shm files they map go with them: their owner (Triton,
+        which removes its Python-backend regions when it stops normally) is
+        gone, and nobody else knows those names.
+        """
+        members = _group_members(self._process.pid)
+        if not members:
+            return
+        leftovers = _shared_memory_files(members)
+        log.warning(
+            "%s left %d process(es) behind (%s); killing them",
+            self.name,
+            len(members),
+            ", ".join(map(str, members)),
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+        for path in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                log.warning("removed %s, which %s's processes held", path, self.name)
 
     def describe_exit(self) -> str:
         """How the process ended, with its last output lines."""
@@ -140,3 +175,31 @@ class ManagedProcess:
         output = b"".join(self._recent).decode("utf-8", errors="replace")
         tail = "\n".join(output.splitlines()[-_TAIL_LINES:])
         return f"{self.name} exited ({how}); its last output:\n{tail}"
+
+
+def _group_members(group: int) -> list[int]:
+    """The live processes of process group `group` (zombies excluded)."""
+    members = []
+    for stat in _PROC.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command: state, ppid, pgrp.
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _shared_memory_files(pids: Iterable[int]) -> set[Path]:
+    """The /dev/shm files the processes `pids` map."""
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in (_PROC / str(pid) / "maps").read_text().splitlines():
+                # address, permissions, offset, device, inode, then the path if any.
+                fields = line.split(maxsplit=5)
+                path = fields[5] if len(fields) == 6 else ""
+                if path.startswith(f"{_SHARED_MEMORY}/") and not path.endswith("(deleted)"):
+                    found.add(Path(path))
+    return found

@@ -27,7 +27,7 @@ from serve.errors import ConfigError
 from serve.front import FrontConfig, FrontModel, nginx_argv
 from serve.multi_model import ModelRegistry
 from serve.payloads.service import PayloadService
-from serve.ports import free_loopback_port
+from serve.ports import free_loopback_port, refuse_ports_in_use
 from serve.processes import ManagedProcess
 from serve.repository import (
     PreparedRepository,
@@ -81,6 +81,7 @@ class Server:
 
     def run(self) -> int:
         """Serve until stopped or until a child fails; returns the exit code."""
+        refuse_ports_in_use(self.settings.public_ports())
         install = locate_triton(self.settings.triton_bin)
         model_python = self.settings.model_python
         if model_python is not None and not os.access(model_python, os.X_OK):
@@ -153,6 +154,7 @@ class Server:
                 triton_client,
                 self.preparation,
                 settings.env_cache_min_free_bytes,
+                settings.model_load_timeout,
             )
         control = ControlServer(create_control_app(self.state, registry), ws.control_socket)
         control.start()
@@ -213,6 +215,8 @@ class Server:
             for child in (triton, nginx):
                 code = child.poll()
                 if code is not None:
+                    # Its workers or stubs go at once: an nginx worker would keep the port.
+                    child.kill_group()
                     reason = child.describe_exit()
                     self.state.set(Phase.FAILED, reason)
                     log.error("%s; stopping", reason)

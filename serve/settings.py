@@ -21,11 +21,19 @@ from typing import Literal
 
 from serve.archives import ExtractionLimits
 from serve.errors import ConfigError
+from serve.triton_command import check_additional_args
 
 PingMode = Literal["ready", "live"]
 InferenceType = Literal["infer", "generate", "generate_stream"]
 
 MEBIBYTE = 1024 * 1024
+# The largest values the programs that get them take: sizes in bytes go to nginx
+# (off_t) and Triton's backends (int64), thread counts to Triton's int32 flags,
+# seconds to Triton's int32 flags and nginx's millisecond timers. A larger
+# number stops start-up here, named, instead of failing there.
+MAX_BYTES = 2**63 - 1
+MAX_THREADS = 2**31 - 1
+MAX_SECONDS = 2**31 - 1
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -101,7 +109,9 @@ class Settings:
     # SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING: passed to --model-namespacing
     # as given, exactly as NVIDIA's script does (so "false" turns namespacing off).
     model_namespacing: str = "true"
-    # SAGEMAKER_TRITON_ADDITIONAL_ARGS: extra tritonserver flags, shell-quoted.
+    # SAGEMAKER_TRITON_ADDITIONAL_ARGS: extra tritonserver flags, shell-quoted; those
+    # that decide what listens where, or that serve sets itself, are refused
+    # (serve/triton_command.py's RESERVED_FLAGS).
     additional_args: tuple[str, ...] = ()
     # TRITONSERVER_BIN: the server binary, when not in a standard place.
     triton_bin: Path | None = None
@@ -119,6 +129,12 @@ class Settings:
     workdir: Path | None = None
     # SERVE_STARTUP_TIMEOUT: seconds Triton may take to load the models.
     startup_timeout: float = 1800.0
+    # SERVE_MODEL_LOAD_TIMEOUT: seconds one multi-model load (preparation and Triton's
+    # load) may take before it fails with 504; Triton then gets as long again to let go
+    # of the model. The default is the longest start-up SageMaker allows a container
+    # (ContainerStartupHealthCheckTimeoutInSeconds, ModelDataDownloadTimeoutInSeconds:
+    # 3600 s at most); SageMaker documents no limit of its own for a multi-model load.
+    model_load_timeout: float = 3600.0
     # SERVE_SHUTDOWN_TIMEOUT: seconds between SIGTERM and exit; SageMaker
     # sends SIGKILL 30 s after SIGTERM.
     shutdown_timeout: float = 25.0
@@ -177,9 +193,9 @@ class Settings:
             log_info=env.text("SAGEMAKER_TRITON_LOG_INFO"),
             log_warning=env.text("SAGEMAKER_TRITON_LOG_WARNING"),
             log_error=env.text("SAGEMAKER_TRITON_LOG_ERROR"),
-            thread_count=env.positive_int("SAGEMAKER_TRITON_THREAD_COUNT"),
+            thread_count=env.positive_int("SAGEMAKER_TRITON_THREAD_COUNT", MAX_THREADS),
             buffer_manager_thread_count=env.positive_int(
-                "SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT"
+                "SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT", MAX_THREADS
             ),
             omp_num_threads=env.text("OMP_NUM_THREADS"),
             shm_default_byte_size=env.positive_int("SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE")
@@ -189,7 +205,9 @@ class Settings:
             model_load_gpu_limit=env.text("SAGEMAKER_TRITON_MODEL_LOAD_GPU_LIMIT"),
             tensorflow_version=env.text("SAGEMAKER_TRITON_TENSORFLOW_VERSION"),
             model_namespacing=env.text("SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING") or "true",
-            additional_args=env.shell_words("SAGEMAKER_TRITON_ADDITIONAL_ARGS"),
+            additional_args=check_additional_args(
+                env.shell_words("SAGEMAKER_TRITON_ADDITIONAL_ARGS")
+            ),
             triton_bin=env.path("TRITONSERVER_BIN"),
             model_python=env.path("SERVE_MODEL_PYTHON"),
             extra_backends=tuple(
@@ -198,6 +216,7 @@ class Settings:
             max_body_bytes=env.positive_int("SERVE_MAX_BODY_BYTES") or 6 * MEBIBYTE,
             workdir=env.path("SERVE_WORKDIR"),
             startup_timeout=env.positive_float("SERVE_STARTUP_TIMEOUT") or 1800.0,
+            model_load_timeout=env.positive_float("SERVE_MODEL_LOAD_TIMEOUT") or 3600.0,
             shutdown_timeout=env.positive_float("SERVE_SHUTDOWN_TIMEOUT") or 25.0,
             env_cache=env.path("SERVE_ENV_CACHE")
             or Path(tempfile.gettempdir()) / "serve-env-cache",
@@ -209,29 +228,30 @@ class Settings:
             or 2 * 1024 * MEBIBYTE,
         ).validated()
 
+    def public_ports(self) -> dict[str, int]:
+        """Every port `serve` opens on the machine's network, by the variable that sets it."""
+        ports = {"SAGEMAKER_BIND_TO_PORT": self.port}
+        if self.allow_metrics:
+            ports["SAGEMAKER_TRITON_METRICS_PORT"] = self.metrics_port
+        if self.allow_grpc:
+            ports["SAGEMAKER_TRITON_GRPC_PORT"] = self.grpc_port
+        if self.serve_metrics_port is not None:
+            ports["SERVE_METRICS_PORT"] = self.serve_metrics_port
+        return ports
+
     def validated(self) -> Settings:
         """Check rules that span several variables."""
-        if self.serve_metrics_port is not None:
-            others = {"SAGEMAKER_BIND_TO_PORT": self.port}
-            if self.allow_metrics:
-                others["SAGEMAKER_TRITON_METRICS_PORT"] = self.metrics_port
-            if self.allow_grpc:
-                others["SAGEMAKER_TRITON_GRPC_PORT"] = self.grpc_port
-            for name, port in others.items():
-                if port == self.serve_metrics_port:
-                    raise ConfigError(
-                        f"SERVE_METRICS_PORT={port} is also {name}; give the front's "
-                        "metrics a port of their own (or SERVE_METRICS_PORT=off)"
-                    )
+        public = self.public_ports()
+        for name, port in public.items():
+            if name != "SERVE_METRICS_PORT" and port == self.serve_metrics_port:
+                raise ConfigError(
+                    f"SERVE_METRICS_PORT={port} is also {name}; give the front's "
+                    "metrics a port of their own (or SERVE_METRICS_PORT=off)"
+                )
         if self.safe_port_range is not None:
-            public = {"SAGEMAKER_TRITON_GRPC_PORT": (self.allow_grpc, self.grpc_port)}
-            public["SAGEMAKER_TRITON_METRICS_PORT"] = (self.allow_metrics, self.metrics_port)
-            public["SERVE_METRICS_PORT"] = (
-                self.serve_metrics_port is not None,
-                self.serve_metrics_port,
-            )
-            for name, (enabled, port) in public.items():
-                if enabled and port not in self.safe_port_range:
+            for name, port in public.items():
+                # SageMaker's own port is the one listener the range does not cover.
+                if name != "SAGEMAKER_BIND_TO_PORT" and port not in self.safe_port_range:
                     raise ConfigError(
                         f"{name}={port} is outside SAGEMAKER_SAFE_PORT_RANGE="
                         f"{self.safe_port_range}; pick a port inside that range"
@@ -271,15 +291,18 @@ class _Reader:
             raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
         return value
 
-    def positive_int(self, name: str) -> int | None:
+    def positive_int(self, name: str, maximum: int | None = MAX_BYTES) -> int | None:
+        """A whole number from 1 to `maximum` (None: any, for callers that check their own)."""
         value = self.text(name)
         if value is None:
             return None
         if not value.isdigit() or int(value) <= 0:
             raise ConfigError(f"{name}={value!r} must be a positive whole number")
+        if maximum is not None and int(value) > maximum:
+            raise ConfigError(f"{name}={value!r} is over {maximum}, the most this setting can be")
         return int(value)
 
-    def positive_float(self, name: str) -> float | None:
+    def positive_float(self, name: str, maximum: float = MAX_SECONDS) -> float | None:
         value = self.text(name)
         if value is None:
             return None
@@ -289,10 +312,14 @@ class _Reader:
             number = -1.0
         if not number > 0:
             raise ConfigError(f"{name}={value!r} must be a positive number of seconds")
+        if not number <= maximum:
+            raise ConfigError(
+                f"{name}={value!r} is over {maximum:.0f} seconds, the most this setting can be"
+            )
         return number
 
     def port(self, name: str, default: int) -> int:
-        value = self.positive_int(name)
+        value = self.positive_int(name, maximum=None)
         if value is None:
             return default
         if value > 65535:

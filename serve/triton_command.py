@@ -10,12 +10,78 @@ that frontend.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from serve.settings import Settings
+from serve.errors import ConfigError
+
+if TYPE_CHECKING:  # settings.py checks SAGEMAKER_TRITON_ADDITIONAL_ARGS with this module
+    from serve.settings import Settings
 
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"
+
+_BEHIND_NGINX = (
+    "Triton's HTTP frontend stays on 127.0.0.1 behind nginx, which answers SageMaker's "
+    "routes on SAGEMAKER_BIND_TO_PORT"
+)
+_SAGEMAKER_FRONTEND = (
+    "Triton's own SageMaker frontend listens on every address, past nginx (and aborts on "
+    "a malformed POST /models); serve answers SageMaker's routes on SAGEMAKER_BIND_TO_PORT"
+)
+_GRPC = "use SAGEMAKER_TRITON_ALLOW_GRPC and SAGEMAKER_TRITON_GRPC_PORT instead"
+_METRICS = "use SAGEMAKER_TRITON_ALLOW_METRICS and SAGEMAKER_TRITON_METRICS_PORT instead"
+_REPOSITORY = "serve prepares the repository from $OPT_ML/model (or /models loads) instead"
+_LOADING = (
+    "serve loads every model at start, or each on POST /models on a multi-model endpoint, instead"
+)
+# Flags SAGEMAKER_TRITON_ADDITIONAL_ARGS may not carry, each with what to do instead:
+# those that decide what listens where, and those serve sets itself.
+RESERVED_FLAGS: dict[str, str] = {
+    "--allow-http": f"{_BEHIND_NGINX}; nothing to set instead",
+    "--http-address": f"{_BEHIND_NGINX}; set SAGEMAKER_BIND_TO_PORT instead",
+    "--http-port": f"{_BEHIND_NGINX}; set SAGEMAKER_BIND_TO_PORT instead",
+    "--reuse-http-port": f"{_BEHIND_NGINX}; one server per port, nothing to set instead",
+    "--allow-grpc": _GRPC,
+    "--grpc-address": f"gRPC listens on every address when on; {_GRPC}",
+    "--grpc-port": _GRPC,
+    "--reuse-grpc-port": f"one server per port; {_GRPC}",
+    "--allow-metrics": _METRICS,
+    "--metrics-address": f"metrics listen on every address when on; {_METRICS}",
+    "--metrics-port": _METRICS,
+    "--allow-sagemaker": f"{_SAGEMAKER_FRONTEND}; use serve's routes instead",
+    "--sagemaker-port": f"{_SAGEMAKER_FRONTEND}; use serve's routes instead",
+    "--sagemaker-safe-port-range": "set SAGEMAKER_SAFE_PORT_RANGE instead",
+    "--allow-vertex-ai": "Vertex AI's frontend is not SageMaker's; use serve's routes instead",
+    "--vertex-ai-port": "Vertex AI's frontend is not SageMaker's; use serve's routes instead",
+    "--model-repository": _REPOSITORY,
+    "--model-store": _REPOSITORY,
+    "--model-control-mode": _LOADING,
+    "--load-model": _LOADING,
+    "--backend-directory": "set SERVE_EXTRA_BACKENDS to add backends instead",
+}
+
+
+def check_additional_args(args: Sequence[str]) -> tuple[str, ...]:
+    """`args` (SAGEMAKER_TRITON_ADDITIONAL_ARGS), unless one names a flag of RESERVED_FLAGS.
+
+    Triton reads its command line with getopt_long, which takes any unambiguous
+    abbreviation of a flag (`--http-addr`): an argument that begins a reserved
+    flag's name is refused too. No unreserved flag of Triton 2.51 begins a
+    reserved one's name, so this refuses nothing Triton would read as one.
+    """
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--") or name == "--":
+            continue
+        for flag, instead in RESERVED_FLAGS.items():
+            if flag.startswith(name):
+                raise ConfigError(
+                    f"SAGEMAKER_TRITON_ADDITIONAL_ARGS: {arg!r} sets {flag}, which serve keeps "
+                    f"to itself: {instead}"
+                )
+    return tuple(args)
 
 
 @dataclasses.dataclass(frozen=True)

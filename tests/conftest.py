@@ -10,10 +10,12 @@ mounted read-only, the host's network, the port in SAGEMAKER_BIND_TO_PORT).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -27,8 +29,27 @@ from pathlib import Path
 import pytest
 import requests
 
+from serve.front import INTERNAL_HEADERS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "model_repository"
+# Every header the front uses to talk to its internal services, as a client could forge it.
+FORGED_INTERNAL_HEADERS = {header: "3-bogus" for header in INTERNAL_HEADERS}
+
+
+def own_address() -> str | None:
+    """This machine's own non-loopback IPv4 address, or None; tests only ever connect to it.
+
+    Connecting a UDP socket sends nothing: the kernel only picks the source
+    address it would route from.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: a route lookup, no traffic
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 def free_port() -> int:
@@ -99,6 +120,39 @@ def add_request(a: list[float], b: list[float], delay: float | None = None) -> d
     return {"inputs": inputs}
 
 
+def binary_add_request(binary_outputs: bool = False) -> tuple[bytes, str]:
+    """The add model's request (A + B = [11, 22, 33, 44]) in Triton's binary+json, and its type.
+
+    `binary_outputs` asks for C in binary too.
+    """
+    header: dict[str, object] = {
+        "inputs": [
+            {"name": n, "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}
+            for n in ("A", "B")
+        ]
+    }
+    if binary_outputs:
+        header["outputs"] = [{"name": "C", "parameters": {"binary_data": True}}]
+    head = json.dumps(header).encode()
+    body = head + struct.pack("<4f", 1, 2, 3, 4) + struct.pack("<4f", 10, 20, 30, 40)
+    return body, f"application/vnd.sagemaker-triton.binary+json;json-header-size={len(head)}"
+
+
+def own_tmpfs(mount_point: str, size: int | str) -> list[str]:
+    """A wrapper that runs its command in a mount namespace of its own, a tmpfs of `size`
+    (bytes, or "64m") mounted at `mount_point` (a shell word: "$VARIABLE" works)."""
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size={size} tmpfs {mount_point} && exec "$@"',
+        "own-tmpfs",
+    ]
+
+
 class ServeProcess:
     """A running `serve` and what it printed."""
 
@@ -160,8 +214,8 @@ class ServeProcess:
         self._reader.join(timeout=5)
         return code
 
-    def child_pids(self, name: str) -> list[int]:
-        """Processes named `name` in serve's process tree."""
+    def child_pids(self, name: str, direct: bool = False) -> list[int]:
+        """Processes named `name` in serve's process tree (`direct`: its own children only)."""
         found = []
         for status in Path("/proc").glob("[0-9]*/status"):
             with contextlib.suppress(OSError):
@@ -170,21 +224,30 @@ class ServeProcess:
                     for line in status.read_text().splitlines()
                     if ":\t" in line
                 )
-                if fields.get("Name", "").strip() == name[:15] and self._descends(status.parent):
+                if fields.get("Name", "").strip() == name[:15] and self._descends(
+                    status.parent, direct
+                ):
                     found.append(int(status.parent.name))
         return found
 
-    def _descends(self, proc: Path) -> bool:
+    def _descends(self, proc: Path, direct: bool) -> bool:
         with contextlib.suppress(OSError, ValueError):
             while True:
                 stat = (proc / "stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 if ppid == self.process.pid:
                     return True
-                if ppid <= 1:
+                if ppid <= 1 or direct:
                     return False
                 proc = Path("/proc") / str(ppid)
         return False
+
+    def workspace(self) -> Path:
+        """serve's workspace, read from the repository Triton was started on."""
+        (pid,) = self.child_pids("tritonserver", direct=True)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        repository = next(a for a in argv if a.startswith("--model-repository="))
+        return self.inside(str(Path(repository.split("=", 1)[1]).parent))
 
     def terminate(self) -> None:
         """What SageMaker does to stop a container: SIGTERM to serve."""
@@ -311,8 +374,12 @@ class ContainerServe(ServeProcess):
         (init,) = self.child_pids("tini") or self.child_pids("serve")
         return Path(f"/proc/{init}/root") / path.lstrip("/")
 
-    def child_pids(self, name: str) -> list[int]:
-        """Processes named `name` in the container's cgroup (orphans included)."""
+    def child_pids(self, name: str, direct: bool = False) -> list[int]:
+        """Processes named `name` in the container's cgroup (orphans included).
+
+        `direct`: only those whose parent has another name (serve's own children:
+        nginx's master, not its workers).
+        """
         found = []
         for status in Path("/proc").glob("[0-9]*/status"):
             with contextlib.suppress(OSError):
@@ -323,8 +390,12 @@ class ContainerServe(ServeProcess):
                     for line in status.read_text().splitlines()
                     if ":\t" in line
                 )
-                if fields.get("Name", "").strip() == name[:15]:
-                    found.append(int(status.parent.name))
+                if fields.get("Name", "").strip() != name[:15]:
+                    continue
+                parent = Path("/proc") / fields.get("PPid", "0").strip() / "comm"
+                if direct and parent.read_text().strip() == name[:15]:
+                    continue
+                found.append(int(status.parent.name))
         return found
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +13,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ServeProcess, add_request, write_add_model
+from tests.conftest import (
+    FORGED_INTERNAL_HEADERS,
+    ServeProcess,
+    add_request,
+    own_address,
+    write_add_model,
+)
+
+StartServe = Callable[..., ServeProcess]
 
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
 
@@ -166,6 +177,17 @@ def test_custom_attributes_and_unknown_headers_are_ignored_safely(
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "text/csv"])
+def test_a_clients_copy_of_the_fronts_own_headers_changes_nothing(
+    examples_server: ServeProcess, content_type: str
+) -> None:
+    body = json.dumps(ncf_request([42], [7])) if content_type == "application/json" else "42,7\n"
+    plain = invoke(examples_server, body, content_type)
+    forged = invoke(examples_server, body, content_type, headers=FORGED_INTERNAL_HEADERS)
+    assert plain.status_code == forged.status_code == 200, forged.text
+    assert forged.content == plain.content
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -232,6 +254,138 @@ def test_internal_listeners_bind_loopback_only(examples_server: ServeProcess) ->
     assert public == {examples_server.port}
     serve_sockets = listening_sockets([examples_server.process.pid])
     assert all(address == "127.0.0.1" for address, _ in serve_sockets)
+
+
+def test_from_the_machines_own_address_only_the_public_port_answers(
+    examples_server: ServeProcess,
+) -> None:
+    address = own_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    server = examples_server
+    pids = [server.process.pid, *server.child_pids("tritonserver"), *server.child_pids("nginx")]
+    listening = {port for _, port in listening_sockets(pids)}
+    assert len(listening) > 1, listening  # Triton's own port is among them
+    assert {port for port in listening if _connects(address, port)} == {server.port}
+    for path in ("/v2/repository/index", "/v2/logging", "/v2/systemsharedmemory/status"):
+        response = requests.post(f"http://{address}:{server.port}{path}", data=b"{}", timeout=5)
+        assert response.status_code == 404, (path, response.text)
+
+
+def _connects(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def raw_exchange(server: ServeProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP library would write; the status, headers and body of the answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines)
+    }
+    if headers.get("transfer-encoding") == "chunked":
+        body = _unchunk(body)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def _unchunk(body: bytes) -> bytes:
+    parts = []
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        parts.append(body[:size])
+        body = body[size + 2 :]
+    return b"".join(parts)
+
+
+NGINX_OWN_ERRORS = {
+    "malformed request line": (b"GARBAGE\r\n\r\n", 400),
+    "HTTP/1.1 without Host": (b"GET /ping HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+    "TRACE": (b"TRACE /invocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405),
+    "body over the limit, announced": (
+        b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\nConnection: close\r\n\r\n",
+        413,
+    ),
+    "URI too long": (
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        414,
+    ),
+    "header too large": (
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: "
+        + b"b" * 9000
+        + b"\r\nConnection: close\r\n\r\n",
+        431,
+    ),
+    "broken chunked body": (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        400,
+    ),
+    "unknown transfer coding": (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+        b"Connection: close\r\n\r\n",
+        501,
+    ),
+    "HTTP/2.0 in a request line": (b"GET /ping HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+}
+
+
+@pytest.mark.parametrize("case", NGINX_OWN_ERRORS)
+def test_errors_nginx_writes_itself_are_json(examples_server: ServeProcess, case: str) -> None:
+    request, status = NGINX_OWN_ERRORS[case]
+    answer_status, headers, body = raw_exchange(examples_server, request)
+    assert answer_status == status, body
+    assert headers["content-type"] == "application/json", headers
+    assert json.loads(body)["error"], body
+
+
+def test_an_internal_service_gone_is_json_too(opt_ml: Path, start_serve: StartServe) -> None:
+    server = start_serve(opt_ml, SAGEMAKER_MULTI_MODEL="true")
+    # Before any request: nginx keeps connections it has used open.
+    server.wait_until(lambda: server.child_pids("tritonserver"), 30, "Triton to start")
+    front = server.workspace() / "front"
+    (front / "control.sock").unlink()
+    (front / "payloads.sock").unlink()
+    server.wait_until(lambda: _answers(f"{server.url}/"), 30, "nginx to answer")
+    for method, path in (("GET", "/models"), ("POST", "/models/a%20b/invoke")):
+        response = requests.request(method, f"{server.url}{path}", json={}, timeout=10)
+        assert response.status_code in (502, 503), response.text
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.json()["error"]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 404
+    except requests.RequestException:
+        return False
+
+
+def test_an_internal_service_too_slow_is_json_504(opt_ml: Path, start_serve: StartServe) -> None:
+    # nginx waits for /models as long as a load may take: 2 x 1 s and a margin here.
+    server = start_serve(
+        opt_ml, SAGEMAKER_MULTI_MODEL="true", SERVE_MODEL_LOAD_TIMEOUT="1"
+    ).wait_ready()
+    os.kill(server.process.pid, signal.SIGSTOP)  # the control app answers nothing
+    try:
+        response = requests.get(f"{server.url}/models", timeout=30)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert response.status_code == 504, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"]
 
 
 @pytest.mark.container

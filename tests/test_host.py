@@ -13,7 +13,7 @@ from serve import model_config
 from serve.errors import ConfigError
 from serve.host import cpu_count, plan_python_shm, threads_per_instance
 from serve.triton_install import STUB_NAME, locate_triton, stub_python_version
-from tests.conftest import ServeProcess, add_request, write_add_model
+from tests.conftest import ServeProcess, add_request, own_tmpfs, write_add_model
 
 StartServe = Callable[..., ServeProcess]
 
@@ -50,16 +50,7 @@ def test_shm_far_too_small_is_an_error_with_the_numbers(tmp_path: Path) -> None:
 
 
 # Docker's default /dev/shm, in a mount namespace of the test's own.
-SMALL_SHM = [
-    "unshare",
-    "--mount",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$@"',
-    "small-shm",
-]
+SMALL_SHM = own_tmpfs("/dev/shm", "64m")
 
 
 def test_serve_fits_shm_into_a_small_dev_shm_and_still_serves(

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tarfile
@@ -42,6 +41,7 @@ from tests.conftest import (
     REPO_ROOT,
     ServeProcess,
     add_request,
+    binary_add_request,
     free_port,
     serve_env,
     write_add_model,
@@ -406,24 +406,6 @@ def metrics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metrics
 
 
 ADD = add_request([1, 2, 3, 4], [10, 20, 30, 40])
-
-
-def binary_add_request() -> tuple[bytes, str]:
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": n,
-                    "shape": [1, 4],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": 16},
-                }
-                for n in ("A", "B")
-            ]
-        }
-    ).encode()
-    body = header + struct.pack("<4f", 1, 2, 3, 4) + struct.pack("<4f", 10, 20, 30, 40)
-    return body, f"application/vnd.sagemaker-triton.binary+json;json-header-size={len(header)}"
 
 
 def send_traffic(url: str) -> dict[tuple[str, str, str, str], int]:

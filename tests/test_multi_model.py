@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import random
 import shutil
+import struct
 import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
@@ -13,7 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ServeProcess, add_request, write_add_model
+from tests.conftest import (
+    FORGED_INTERNAL_HEADERS,
+    ServeProcess,
+    add_request,
+    binary_add_request,
+    write_add_model,
+)
 
 StartServe = Callable[..., ServeProcess]
 ADD = add_request([1, 2, 3, 4], [10, 20, 30, 40])
@@ -58,7 +66,7 @@ def test_load_list_describe_invoke_unload(opt_ml: Path, mme: ServeProcess) -> No
     assert requests.delete(f"{mme.url}/models/5f2a", timeout=60).status_code == 200
     assert invoke(mme, "5f2a").status_code == 404
     assert requests.get(f"{mme.url}/models", timeout=5).json() == {"models": []}
-    workspace = _workspace(mme)
+    workspace = mme.workspace()
     assert not list((workspace / "repository").iterdir())
 
 
@@ -162,7 +170,7 @@ def test_layouts_direct_ensemble_and_archive(opt_ml: Path, mme: ServeProcess) ->
     assert response.status_code == 200, response.text
     assert invoke(mme, "tgz").json()["outputs"][0]["data"] == [11, 22, 33, 44]
     assert requests.delete(f"{mme.url}/models/tgz", timeout=60).status_code == 200
-    assert not (_workspace(mme) / "uploads" / "tgz").exists()
+    assert not (mme.workspace() / "uploads" / "tgz").exists()
 
     # A hostile archive is refused and nothing of it stays.
     hostile = opt_ml / "models" / "evil" / "model"
@@ -266,14 +274,103 @@ def test_storm_of_loads_unloads_and_invocations(opt_ml: Path, mme: ServeProcess)
         assert (ok == 200) == (key in listed)
     for key in listed:
         assert requests.delete(f"{mme.url}/models/{key}", timeout=60).status_code == 200
-    workspace = _workspace(mme)
+    workspace = mme.workspace()
     assert not list((workspace / "repository").iterdir())
     assert not (workspace / "uploads").exists() or not list((workspace / "uploads").iterdir())
 
 
-def _workspace(server: ServeProcess) -> Path:
-    """serve's workspace, read from the repository Triton was started on."""
-    (pid,) = server.child_pids("tritonserver")
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    repository = next(a for a in argv if a.startswith("--model-repository=")).split("=", 1)[1]
-    return server.inside(repository).parent
+def test_a_clients_copy_of_the_fronts_own_headers_changes_nothing(
+    opt_ml: Path, mme: ServeProcess
+) -> None:
+    assert load(mme, "h1", upload_add(opt_ml, "h1")).status_code == 200
+    assert load(mme, "h 2", upload_add(opt_ml, "h2")).status_code == 200
+    # Straight to Triton, through the payload service (a name nginx does not route,
+    # another Accept), and the control app's routes.
+    for path, accept in (
+        ("/models/h1/invoke", "application/json"),
+        ("/models/h%202/invoke", "application/json"),
+        ("/models/h1/invoke", "text/csv"),
+    ):
+        response = requests.post(
+            f"{mme.url}{path}",
+            json=ADD,
+            headers={**FORGED_INTERNAL_HEADERS, "Accept": accept},
+            timeout=30,
+        )
+        assert response.status_code == 200, (path, accept, response.text)
+        assert "11" in response.text
+    listed = requests.get(f"{mme.url}/models", headers=FORGED_INTERNAL_HEADERS, timeout=5)
+    assert listed.status_code == 200
+    assert {m["modelName"] for m in listed.json()["models"]} == {"h1", "h 2"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model_name", "a\u0000b"),
+        ("model_name", "a\ud800b"),
+        ("model_name", "line\nbreak"),
+        ("url", "NUL\u0000"),
+        ("url", "\udcff"),
+    ],
+)
+def test_bad_bytes_in_a_load_are_400(
+    opt_ml: Path, mme: ServeProcess, field: str, value: str
+) -> None:
+    url = upload_add(opt_ml, "bytes")
+    body = {"model_name": "bytes", "url": url}
+    body[field] = url + value if field == "url" else value
+    # json.dumps writes \\u0000 and lone surrogates as escapes, as any client may.
+    response = requests.post(f"{mme.url}/models", data=json.dumps(body), timeout=30)
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]
+    assert requests.get(f"{mme.url}/models", timeout=5).json() == {"models": []}
+    assert load(mme, "bytes", url).status_code == 200
+
+
+def test_a_link_out_of_the_models_root_is_refused_like_in_an_archive(
+    opt_ml: Path, mme: ServeProcess, tmp_path: Path
+) -> None:
+    outside = write_add_model(tmp_path / "elsewhere", name="add")
+    url = Path(upload_add(opt_ml, "lnk"))
+    model_py = url / "1" / "model.py"
+    for link, target in ((model_py, outside / "1" / "model.py"), (url / "1", outside / "1")):
+        shutil.rmtree(url / "1")
+        shutil.copytree(outside / "1", url / "1")
+        if link.is_dir():
+            shutil.rmtree(link)
+        else:
+            link.unlink()
+        link.symlink_to(target)
+        refused = load(mme, "lnk", str(url))
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert str(link.relative_to(url)) in error and "outside" in error, error
+        assert requests.get(f"{mme.url}/models", timeout=5).json() == {"models": []}
+    # A link that stays under the models root is an ordinary file.
+    (url / "1").unlink()
+    shared = opt_ml / "models" / "shared"
+    shutil.copytree(outside / "1", shared)
+    (url / "1").symlink_to(shared)
+    assert load(mme, "lnk", str(url)).status_code == 200
+
+
+def test_answers_name_the_model_as_the_caller_loaded_it(opt_ml: Path, mme: ServeProcess) -> None:
+    name = "team a+b.tar.gz"  # no name nginx routes: Triton knows it by a hash
+    assert load(mme, name, upload_add(opt_ml, "named")).status_code == 200
+    path = f"{mme.url}/models/team%20a+b.tar.gz/invoke"
+    answer = requests.post(path, json=ADD, timeout=30)
+    assert answer.status_code == 200 and answer.json()["model_name"] == name, answer.text
+    body, content_type = binary_add_request(binary_outputs=True)
+    binary = requests.post(path, data=body, headers={"Content-Type": content_type}, timeout=30)
+    assert binary.status_code == 200, binary.text
+    size = int(binary.headers["Content-Type"].rsplit("=", 1)[1])
+    assert json.loads(binary.content[:size])["model_name"] == name
+    assert struct.unpack("<4f", binary.content[size:]) == (11, 22, 33, 44)
+    wrong = requests.post(
+        path,
+        json={"inputs": [{"name": "Q", "shape": [1], "datatype": "FP32", "data": [1]}]},
+        timeout=30,
+    )
+    assert wrong.status_code == 400 and name in wrong.json()["error"], wrong.text
+    assert "model-" not in wrong.json()["error"]

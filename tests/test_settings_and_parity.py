@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -14,6 +15,8 @@ import requests
 
 from serve.errors import ConfigError
 from serve.settings import PortRange, Settings
+from serve.triton_command import RESERVED_FLAGS, check_additional_args
+from serve.triton_install import locate_triton
 from tests.conftest import ADD_MODEL_PY, ServeProcess, free_port, write_add_model
 
 StartServe = Callable[..., ServeProcess]
@@ -184,6 +187,73 @@ def test_a_workdir_nginx_workers_cannot_enter_is_refused(
     assert "or choose a folder under /tmp" in server.output
     assert "Traceback" not in server.output
     assert not (closed / "work").exists()
+
+
+# Numbers Python reads happily but the program that gets them (nginx, Triton) does not.
+OUT_OF_RANGE = {
+    "SERVE_MAX_BODY_BYTES": "99999999999999999999",
+    "SAGEMAKER_TRITON_THREAD_COUNT": "4294967296",
+    "SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE": "99999999999999999999",
+    "SERVE_SHUTDOWN_TIMEOUT": "1e400",
+    "SERVE_STARTUP_TIMEOUT": "inf",
+}
+
+
+@pytest.mark.parametrize("variable", OUT_OF_RANGE)
+def test_a_number_its_consumer_cannot_take_stops_serve_before_anything_starts(
+    opt_ml: Path, start_serve: StartServe, variable: str
+) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, **{variable: OUT_OF_RANGE[variable]})
+    assert server.wait_exit(30) == 1
+    assert f"{variable}={OUT_OF_RANGE[variable]!r}" in server.output
+    assert "Traceback" not in server.output
+    assert "starting nginx" not in server.output
+
+
+# Flags that would open what serve keeps closed, or take what serve owns, each with
+# the flag the refusal must name (abbreviated and space-separated forms too: Triton's
+# getopt_long takes both).
+REFUSED_ADDITIONAL_ARGS = [
+    ("--http-address=0.0.0.0", "--http-address"),
+    ("--http-addr=0.0.0.0", "--http-address"),
+    ("--allow-sagemaker=true --sagemaker-port={port}", "--allow-sagemaker"),
+    ("--grpc-address 0.0.0.0", "--grpc-address"),
+    ("--allow-vertex-ai=true --vertex-ai-port={port}", "--allow-vertex-ai"),
+    ("--metrics-address=0.0.0.0", "--metrics-address"),
+    ("--reuse-http-port=true", "--reuse-http-port"),
+    ("--http-port={port}", "--http-port"),
+    ("--model-repository=/tmp", "--model-repository"),
+    ("--model-store=/tmp", "--model-store"),
+    ("--model-control-mode=poll", "--model-control-mode"),
+    ("--load-model=other", "--load-model"),
+]
+
+
+@pytest.mark.parametrize(("args", "flag"), REFUSED_ADDITIONAL_ARGS)
+def test_additional_args_cannot_open_what_serve_keeps_closed(
+    opt_ml: Path, start_serve: StartServe, args: str, flag: str
+) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, SAGEMAKER_TRITON_ADDITIONAL_ARGS=args.format(port=free_port()))
+    assert server.wait_exit(30) == 1
+    message = server.output.split("SAGEMAKER_TRITON_ADDITIONAL_ARGS", 1)[1].splitlines()[0]
+    assert flag in message and "instead" in message, message
+    assert "starting" not in server.output
+
+
+def test_reserved_flags_are_tritons_and_refuse_no_other_flag() -> None:
+    """Triton's own --help: every reserved flag exists, and no other flag begins one's name."""
+    install = locate_triton(None)
+    listing = subprocess.run(
+        [str(install.binary), "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    flags = set(re.findall(r"^\s+(--[a-z0-9-]+)", listing.stdout + listing.stderr, re.MULTILINE))
+    assert "--model-repository" in flags
+    assert set(RESERVED_FLAGS) <= flags
+    for flag in flags - set(RESERVED_FLAGS):
+        assert not any(reserved.startswith(flag) for reserved in RESERVED_FLAGS), flag
+        assert check_additional_args([f"{flag}=x"]) == (f"{flag}=x",)
 
 
 def test_models_import_from_serve_model_python(

@@ -106,3 +106,71 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_second_serve_on_a_port_in_use_is_refused(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model")
+    first = start_serve(opt_ml).wait_ready()
+    second = start_serve(opt_ml, SAGEMAKER_BIND_TO_PORT=str(first.port))
+    assert second.wait_exit(30) != 0
+    assert f"SAGEMAKER_BIND_TO_PORT={first.port} is already in use" in second.output
+    assert "PORT=" in second.output.split("already in use", 1)[1].splitlines()[0]
+    # Refused before anything started; the first server keeps every request.
+    assert "starting" not in second.output
+    for _ in range(20):
+        response = requests.post(
+            f"{first.url}/invocations", json=add_request([1, 1, 1, 1], [1, 1, 1, 1]), timeout=10
+        )
+        assert response.status_code == 200
+
+
+def test_nginx_master_killed_stops_everything_at_once(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml).wait_ready()
+    (master,) = server.child_pids("nginx", direct=True)
+    workers = [pid for pid in server.child_pids("nginx") if pid != master]
+    triton = server.child_pids("tritonserver")
+    assert workers and triton
+    os.kill(master, signal.SIGKILL)
+    killed = time.monotonic()
+    code = server.wait_exit(30)
+    assert code != 0
+    assert "nginx exited (killed by signal 9)" in server.output
+    # Nothing keeps the public port: no worker answers 502/503 in the master's place.
+    _wait_all_gone(workers + triton, 5)
+    assert time.monotonic() - killed < 10
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/ping", timeout=2)
+
+
+def test_a_stop_while_triton_starts_a_stub_leaves_no_stub(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml, TEST_LOAD_DELAY="60")
+    server.wait_until(lambda: server.child_pids(STUB), 60, "the model's stub to start")
+    (stub,) = server.child_pids(STUB)
+    regions = _shm_files(stub)
+    assert regions, "the stub maps its shared-memory region"
+    server.process.send_signal(signal.SIGTERM)
+    server.wait_exit(40)
+    _wait_all_gone([stub], 5)
+    assert not [region for region in regions if region.exists()]
+
+
+STUB = "triton_python_backend_stub"
+
+
+def _shm_files(pid: int) -> set[Path]:
+    """The /dev/shm files a process maps."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {Path(line.split()[-1]) for line in maps if " /dev/shm/" in line}
+
+
+def _wait_all_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not [pid for pid in pids if _alive(pid)]

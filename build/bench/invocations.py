@@ -1,8 +1,9 @@
 """Benchmark: /invocations through `serve` against Triton's own SageMaker frontend.
 
-One `serve` runs the bundled NCF example; its Triton is also told (through
-SAGEMAKER_TRITON_ADDITIONAL_ARGS) to open Triton's own SageMaker frontend on
-a second port. Both paths therefore reach the very same model instances, and
+One `serve` runs the bundled NCF example; its Triton also opens Triton's own
+SageMaker frontend on a second port (serve_under_test.py gives serve a
+tritonserver script that adds the flags, which serve refuses in
+SAGEMAKER_TRITON_ADDITIONAL_ARGS). Both paths therefore reach the very same model instances, and
 the only difference measured is the front. wrk drives each path in turn,
 alternating for several rounds, and the medians are compared, with the CPU
 time the whole serving process tree (serve, nginx, Triton, the model's stub)

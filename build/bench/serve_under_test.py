@@ -1,10 +1,13 @@
 """One `serve` for a benchmark, with Triton's own SageMaker frontend opened beside it.
 
-Its Triton is told (through SAGEMAKER_TRITON_ADDITIONAL_ARGS) to open Triton's
-own SageMaker frontend on a second port, so both paths reach the very same
-model instances and the only difference measured is the front. Triton's v2
-HTTP port on loopback (where nginx sends traffic) is read from serve's log,
-for load generators that speak v2.
+Its Triton opens Triton's own SageMaker frontend on a second port, so both
+paths reach the very same model instances and the only difference measured is
+the front. serve refuses that flag in SAGEMAKER_TRITON_ADDITIONAL_ARGS (the
+frontend listens on every address), so the benchmark gives serve a Triton of
+its own through TRITONSERVER_BIN: a script that adds the flags and runs the
+real server, beside links to its backends and stubs. Triton's v2 HTTP port on
+loopback (where nginx sends traffic) is read from serve's log, for load
+generators that speak v2.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,6 +25,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from serve.triton_install import STUB_DIR_NAMES, locate_triton
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "model_repository"
@@ -85,11 +91,12 @@ def serve_with_reference(
         SAGEMAKER_BIND_TO_PORT=str(port),
         SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=model,
         SAGEMAKER_TRITON_LOG_VERBOSE="0",
-        SAGEMAKER_TRITON_ADDITIONAL_ARGS=(
-            f"--allow-sagemaker=true --sagemaker-port={reference_port}"
+        TRITONSERVER_BIN=str(
+            triton_with_sagemaker_frontend(work / "triton", reference_port, env_bin(extra_env))
         ),
     )
-    env.update(extra_env or {})
+    # A TRITONSERVER_BIN asked for is the one the script runs.
+    env.update({k: v for k, v in (extra_env or {}).items() if k != "TRITONSERVER_BIN"})
     log = work / "serve.log"
     with log.open("w") as output:
         serve = subprocess.Popen(
@@ -124,6 +131,36 @@ def serve_with_reference(
         except subprocess.TimeoutExpired:
             os.killpg(serve.pid, signal.SIGKILL)
             serve.wait()
+
+
+def env_bin(extra_env: Mapping[str, str] | None) -> Path | None:
+    """The TRITONSERVER_BIN a benchmark asks for, if any."""
+    value = (extra_env or {}).get("TRITONSERVER_BIN") or os.environ.get("TRITONSERVER_BIN")
+    return Path(value) if value else None
+
+
+def triton_with_sagemaker_frontend(folder: Path, port: int, configured: Path | None) -> Path:
+    """A tritonserver for serve that also opens Triton's SageMaker frontend on `port`.
+
+    `folder` becomes an installation serve can find its parts in (bin/,
+    backends/, python_backend_stubs/): the script runs the real server with
+    serve's flags and then these, which win.
+    """
+    install = locate_triton(configured)
+    root = install.binary.parent.parent
+    (folder / "bin").mkdir(parents=True)
+    (folder / "backends").symlink_to(install.backends_dir)
+    for name in STUB_DIR_NAMES:
+        if (root / name).is_dir():
+            (folder / name).symlink_to(root / name)
+    script = folder / "bin" / "tritonserver"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'exec {shlex.quote(str(install.binary))} "$@" '
+        f"--allow-sagemaker=true --sagemaker-port={port}\n"
+    )
+    script.chmod(0o755)
+    return script
 
 
 def _triton_http_port(log: Path) -> int:

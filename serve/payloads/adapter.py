@@ -97,6 +97,19 @@ class PayloadAdapter:
         if invocation.inference not in INFERENCE_TYPES:
             raise ServeError(f"unknown inference type {invocation.inference!r}", 500)
         name, key = self._resolve(invocation.model)
+        if name == invocation.model:
+            return await self._invoke(invocation, name, key)
+        # A multi-model name nginx cannot route has a hashed name in Triton; the
+        # caller sees the name it loaded, in answers and in errors.
+        try:
+            reply = await self._invoke(invocation, name, key)
+        except ServeError as exc:
+            exc.message = exc.message.replace(name, invocation.model)
+            raise
+        return _as_called(reply, name, invocation.model)
+
+    async def _invoke(self, invocation: Invocation, name: str, key: object) -> Reply:
+        """The answer of Triton's model `name` (the invoked model's name there)."""
         family, media = request_family(invocation.content_type)
         if family is Family.BINARY:
             return await self._native(invocation, name, key, Answer.BINARY)
@@ -403,6 +416,37 @@ def _check_generate_answer(body: bytes) -> None:
         return
     if isinstance(document, dict) and set(document) == {"error"}:
         raise PayloadError(str(document["error"]))
+
+
+def _as_called(reply: Reply, triton_name: str, caller: str) -> Reply:
+    """`reply` with the caller's name for the model wherever Triton wrote its own.
+
+    The names are replaced as JSON strings: Triton's hashed names are letters,
+    digits and '-', so its name appears quoted exactly so, in v2 JSON answers,
+    binary+json headers (whose size changes with it) and streamed events.
+    """
+    old, new = json.dumps(triton_name).encode(), json.dumps(caller).encode()
+    if reply.chunks is not None:
+        return dataclasses.replace(reply, chunks=_replaced(reply.chunks, old, new))
+    binary = BINARY_HEADER.match(reply.content_type)
+    if binary is not None:
+        size = int(binary.group(1))
+        header = reply.body[:size].replace(old, new)
+        content_type = f"{BINARY_JSON};json-header-size={len(header)}"
+        return dataclasses.replace(
+            reply, content_type=content_type, body=header + reply.body[size:]
+        )
+    if reply.content_type.startswith("application/json"):
+        return dataclasses.replace(reply, body=reply.body.replace(old, new))
+    return reply
+
+
+async def _replaced(chunks: AsyncIterator[bytes], old: bytes, new: bytes) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk.replace(old, new)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _failure(status: int, body: bytes) -> ServeError:
