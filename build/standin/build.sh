@@ -6,7 +6,8 @@
 # Steps: an Ubuntu root file system from Ubuntu's archive (mmdebstrap),
 # NVIDIA's OS and Python steps for that release (RELEASE.Containerfile), and
 # Triton 2.51 from the nvidia-pytriton wheel laid out as in NVIDIA's image.
-# Each step is skipped when its result exists; STANDIN_REBUILD=1 redoes all.
+# Each step is skipped when its result exists (the image: built from these
+# very files, which its label records); STANDIN_REBUILD=1 redoes all.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,9 +30,15 @@ python=$(sed -n 's/^# python: //p' "$containerfile")
 os_image=localhost/standin-ubuntu:$suite
 rebuild=${STANDIN_REBUILD:-0}
 
-exists() { "$engine" image exists "$1"; }
+exists() { "$engine" image inspect "$1" > /dev/null 2>&1; }
+# What the stand-in is made from; a change to any of it rebuilds the image.
+digest=$(cd "$here" && cat build.sh "$release.Containerfile" $(find entrypoint -type f | sort) \
+    | sha256sum | cut -c 1-16)
+built_from() {
+    "$engine" image inspect --format '{{ index .Config.Labels "standin.digest" }}' "$image" 2>/dev/null
+}
 
-if [ "$rebuild" = 1 ] || ! exists "$image"; then
+if [ "$rebuild" = 1 ] || [ "$(built_from)" != "$digest" ]; then
     mkdir -p "$work"
 
     # 1. Ubuntu as its official image has it, plus what this host needs to
@@ -84,7 +91,7 @@ if [ "$rebuild" = 1 ] || ! exists "$image"; then
     # 3. NVIDIA's steps for this release.
     echo "standin: $image"
     "$engine" build --network host --build-arg "OS_IMAGE=$os_image" \
-        --file "$containerfile" --tag "$image" "$context"
+        --label "standin.digest=$digest" --file "$containerfile" --tag "$image" "$context"
     rm -rf "$context"
 fi
 
