@@ -194,15 +194,15 @@ class Server:
         """OMP_NUM_THREADS for Triton and its stubs, unless the user set it (or one instance)."""
         if self.settings.omp_num_threads is not None:
             return None
-        cpus = host.cpu_count()
+        cpus = host.cpu_share()
         threads = host.threads_per_instance(cpus, shm.instances)
         if threads is not None:
             log.info(
                 "OMP_NUM_THREADS=%d for Triton and each of its %d Python-backend model "
-                "instances (%d CPUs); set OMP_NUM_THREADS to choose",
+                "instances (%s); set OMP_NUM_THREADS to choose",
                 threads,
                 shm.instances,
-                cpus,
+                cpus.describe(),
             )
         return threads
 
