@@ -19,7 +19,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -134,7 +134,7 @@ class PayloadAdapter:
         self,
         name: str,
         signature: ModelSignature,
-        records: list[object],
+        records: Sequence[object],
         parameters: dict[str, object],
         origin: Origin,
     ) -> tuple[Outputs, ModelSignature]:
@@ -174,7 +174,7 @@ class PayloadAdapter:
     def _infer_request(
         self,
         signature: ModelSignature,
-        records: list[object],
+        records: Sequence[object],
         parameters: dict[str, object],
         origin: Origin,
         span: range,
@@ -279,7 +279,7 @@ class PayloadAdapter:
         invocation: Invocation,
         name: str,
         signature: ModelSignature,
-        records: list[object],
+        records: Sequence[object],
         parameters: dict[str, object],
     ) -> Reply:
         """Through Triton's generate extension: decoupled models, and the generate types."""
@@ -336,7 +336,7 @@ def _decode(
     body: bytes,
     document: object,
     signature: ModelSignature,
-) -> tuple[list[object], dict[str, object], Origin]:
+) -> tuple[Sequence[object], dict[str, object], Origin]:
     """The records, request parameters, and where each record is in the body."""
     if family is Family.JSON:
         return (*json_codec.decode(document, signature), Origin())

@@ -102,7 +102,8 @@ def _check_count(count: int, signature: ModelSignature) -> None:
 
 
 def _numeric_table(records: Sequence[object], signature: ModelSignature) -> Tensors | None:
-    """Fast path: rows of plain values for fixed-size, non-BYTES inputs (CSV, number rows).
+    """Fast path: rows of plain values for fixed-size, non-BYTES inputs (CSV, number rows,
+    a .npy body's array, whose rows are the records).
 
     None when the records are not such a table, or when a value does not fit:
     the general path then finds the record that holds it, to name it.
@@ -111,14 +112,21 @@ def _numeric_table(records: Sequence[object], signature: ModelSignature) -> Tens
     sizes = [spec.fixed_size for spec in specs]
     if not specs or any(s is None or spec.is_bytes for s, spec in zip(sizes, specs, strict=True)):
         return None
-    if not signature.batched or not all(type(r) is list for r in records):
+    if not signature.batched:
         return None
-    if len(specs) == 1 and (sizes[0] != 1 or any(r and type(r[0]) is list for r in records)):
-        return None  # one input takes nested records whole: the general path
-    try:
-        table = np.asarray(records)
-    except ValueError:
-        return None
+    if isinstance(records, np.ndarray):
+        if records.ndim < 1 or records.dtype.kind not in "biuf":
+            return None
+        table = records.reshape(len(records), -1)
+    else:
+        if not all(type(r) is list for r in records):
+            return None
+        if len(specs) == 1 and (sizes[0] != 1 or any(r and type(r[0]) is list for r in records)):
+            return None  # one input takes nested records whole: the general path
+        try:
+            table = np.asarray(records)
+        except ValueError:
+            return None
     total = sum(s for s in sizes if s is not None)
     if table.ndim != 2 or table.shape[1] != total or table.dtype.kind not in "biufU":
         return None

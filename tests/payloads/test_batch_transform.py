@@ -7,6 +7,7 @@ so every answer line is checked against its own input line, in order.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -48,65 +49,63 @@ def twin_config(count: int = 1) -> str:
         """
 
 
-def write_batch_models(repository: Path, twin_instances: int = 1) -> None:
-    """twin, echo (BYTES), double (max_batch_size 0), bulk (4096) and stream (decoupled)."""
-    write_model(repository, "twin", twin_config(twin_instances), TWIN_PY, instances=None)
-    write_model(
-        repository,
-        "echo",
+def xy_config(max_batch_size: int) -> str:
+    return f"""
+        max_batch_size: {max_batch_size}
+        input [ {{ name: "X", data_type: TYPE_FP32, dims: [ 2 ] }} ]
+        output [ {{ name: "Y", data_type: TYPE_FP32, dims: [ 2 ] }} ]
+        instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+        """
+
+
+# name: (config.pbtxt without name and backend, model.py)
+MODELS = {
+    "echo": (
         """
         max_batch_size: 8
         input [ { name: "INPUT", data_type: TYPE_STRING, dims: [ 1 ] } ]
         output [ { name: "OUTPUT", data_type: TYPE_STRING, dims: [ 1 ] } ]
+        instance_group [ { kind: KIND_CPU, count: 1 } ]
         """,
         ECHO_PY,
-    )
-    write_model(
-        repository,
-        "double",
-        """
-        max_batch_size: 0
-        input [ { name: "X", data_type: TYPE_FP32, dims: [ 2 ] } ]
-        output [ { name: "Y", data_type: TYPE_FP32, dims: [ 2 ] } ]
-        """,
-        DOUBLE_PY,
-    )
-    write_model(
-        repository,
-        "bulk",
-        """
-        max_batch_size: 4096
-        input [ { name: "X", data_type: TYPE_FP32, dims: [ 2 ] } ]
-        output [ { name: "Y", data_type: TYPE_FP32, dims: [ 2 ] } ]
-        """,
-        DOUBLE_PY,
-    )
-    write_model(
-        repository,
-        "stream",
+    ),
+    # Does not batch: one Triton request per record.
+    "double": (xy_config(0), DOUBLE_PY),
+    # Batches 4096: bulk runs.
+    "bulk": (xy_config(4096), DOUBLE_PY),
+    "stream": (
         """
         max_batch_size: 0
         model_transaction_policy { decoupled: true }
         input [ { name: "text_input", data_type: TYPE_STRING, dims: [ 1 ] } ]
         output [ { name: "text_output", data_type: TYPE_STRING, dims: [ 1 ] } ]
+        instance_group [ { kind: KIND_CPU, count: 1 } ]
         """,
         STREAM_PY,
-    )
+    ),
+}
 
 
 def start_batch_server(
-    root: Path, default_model: str = "twin", twin_instances: int = 1, **env: str
+    root: Path,
+    default_model: str = "twin",
+    twin_instances: int = 1,
+    others: tuple[str, ...] = (),
+    **env: str,
 ) -> ServeProcess:
-    opt_ml = root / "opt_ml"
-    write_batch_models(opt_ml / "model", twin_instances)
+    """serve on `default_model` and `others` (twin, or one of MODELS), with `env`."""
+    repository = root / "opt_ml" / "model"
+    for name in (default_model, *others):
+        config, code = (twin_config(twin_instances), TWIN_PY) if name == "twin" else MODELS[name]
+        write_model(repository, name, config, code, instances=None)
     port = free_port()
     settings = {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": default_model, **env}
-    return ServeProcess(serve_env(opt_ml, port, **settings), port, root)
+    return ServeProcess(serve_env(root / "opt_ml", port, **settings), port, root)
 
 
 @pytest.fixture(scope="module")
 def batch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    server = start_batch_server(tmp_path_factory.mktemp("batch"))
+    server = start_batch_server(tmp_path_factory.mktemp("batch"), others=("echo", "double"))
     try:
         yield server.wait_ready()
     finally:
@@ -332,12 +331,13 @@ def test_a_payload_limit_set_by_the_job_raises_the_body_limit(tmp_path: Path) ->
     server = start_batch_server(tmp_path, "bulk", SAGEMAKER_MAX_PAYLOAD_IN_MB="12")
     try:
         server.wait_ready()
-        rows = bulk_rows(500_000)
-        body = csv_body(rows)
-        assert 6 * MIB < len(body) < 12 * MIB
-        response = invoke(server, body, "text/csv")
+        rows = bulk_rows(1_200_000).astype(np.float32)
+        buffer = io.BytesIO()
+        np.save(buffer, rows)
+        assert 6 * MIB < len(buffer.getvalue()) < 12 * MIB
+        response = invoke(server, buffer.getvalue(), "application/x-npy")
         assert response.status_code == 200, response.text[:300]
-        np.testing.assert_array_equal(csv_answer(response.text), rows.astype(np.float32) * 2)
+        np.testing.assert_array_equal(np.load(io.BytesIO(response.content)), rows * 2)
         too_large = invoke(server, b"1,2\n" * (12 * MIB // 4 + 1), "text/csv")
         assert too_large.status_code == 413
     finally:
@@ -386,8 +386,9 @@ def test_a_batch_transform_run_of_many_lines_and_a_bad_one(tmp_path: Path) -> No
     server = start_batch_server(tmp_path, "bulk", SAGEMAKER_MAX_PAYLOAD_IN_MB="1")
     try:
         server.wait_ready()
-        rows = bulk_rows(200_000)
+        rows = bulk_rows(100_000)
         lines = csv_body(rows).splitlines()
+        assert len("\n".join(lines)) > 1.5 * MIB
         started = time.monotonic()
         output, failures = transform(server, lines)
         seconds = time.monotonic() - started
@@ -395,7 +396,7 @@ def test_a_batch_transform_run_of_many_lines_and_a_bad_one(tmp_path: Path) -> No
         np.testing.assert_array_equal(csv_answer("\n".join(output)), rows.astype(np.float32) * 2)
         print(f"\n{len(lines)} lines in {seconds:.2f} s: {len(lines) / seconds:,.0f} records/s")
 
-        lines[150_001] = "1.0,oops"
+        lines[75_001] = "1.0,oops"
         output, failures = transform(server, lines)
         # The bad line fails its own request, which says where in its body it is.
         assert len(failures) == 1
