@@ -61,6 +61,8 @@ def sdk_env(
         AWS_SHARED_CREDENTIALS_FILE=str(missing),
         AWS_EC2_METADATA_DISABLED="true",
         SAGEMAKER_SUPPRESS_V2_WARNING="1",
+        # A call that fails fails the test at once: no retries against the stand-in.
+        AWS_MAX_ATTEMPTS="1",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -91,9 +93,10 @@ def run_container(
     url: str,
     mode: str = "SingleModel",
     models_dir: Path | None = None,
+    image: str = IMAGE,
 ) -> None:
-    """Tell the stand-in that IMAGE, in `mode`, runs as the serve at `url`."""
-    spec = {"image": IMAGE, "mode": mode, "url": url, "models_dir": str(models_dir or "")}
+    """Tell the stand-in that `image`, in `mode`, runs as the serve at `url`."""
+    spec = {"image": image, "mode": mode, "url": url, "models_dir": str(models_dir or "")}
     request = urllib.request.Request(
         f"{fake_aws_url}/_fake/containers", data=json.dumps(spec).encode(), method="POST"
     )
