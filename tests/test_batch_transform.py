@@ -1,7 +1,8 @@
-"""GET /execution-parameters' rule, and the batch variables' parsing, without a server.
+"""GET /execution-parameters' rule, and the batch variables' effect, without a server.
 
 The route itself, and runs against real Triton, are in
-tests/payloads/test_batch_transform.py.
+tests/payloads/test_batch_transform.py; bad values of the variables in
+tests/test_settings_and_parity.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import pytest
 from google.protobuf import text_format
 
 from serve.batch_transform import execution_parameters
-from serve.errors import ConfigError
 from serve.model_config import ModelConfig
 from serve.payloads.signature import ModelSignature
 from serve.settings import MEBIBYTE, Settings
@@ -87,18 +87,3 @@ def test_the_jobs_own_settings_are_read_and_raise_the_body_limit() -> None:
     assert settings(SAGEMAKER_MAX_PAYLOAD_IN_MB="2").max_body_bytes == 6 * MEBIBYTE
     unbounded = settings(SAGEMAKER_MAX_PAYLOAD_IN_MB="0")
     assert unbounded.max_payload_mb == 0 and unbounded.max_body_bytes == 6 * MEBIBYTE
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "message"),
-    [
-        ("SAGEMAKER_BATCH_STRATEGY", "MultiRecord", "SINGLE_RECORD, MULTI_RECORD"),
-        ("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "0", "positive whole number"),
-        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "six", "whole number"),
-        ("SAGEMAKER_BATCH", "maybe", "not a boolean"),
-    ],
-)
-def test_bad_batch_variables_stop_serve_naming_them(name: str, value: str, message: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        settings(**{name: value})
-    assert name in caught.value.message and message in caught.value.message

@@ -217,26 +217,20 @@ def test_a_model_that_does_not_batch_gets_one_request_per_record(
     assert csv_answer(response.text).tolist() == [[2 * a, 2 * b] for a, b in rows]
 
 
+@pytest.mark.parametrize(
+    ("line", "bad", "fragment"),
+    [(2718, "1.0,2.0,x,4.0", "'x'"), (2000, "1.0,2.0,3.0", "holds 3 values")],
+    ids=["not-a-number", "wrong-width"],
+)
 def test_one_bad_csv_line_among_thousands_is_400_naming_its_line(
-    batch_server: ServeProcess,
+    batch_server: ServeProcess, line: int, bad: str, fragment: str
 ) -> None:
     lines = csv_body(twin_rows(4000)).splitlines()
-    lines[2717] = "1.0,2.0,x,4.0"
+    lines[line - 1] = bad
     response = invoke(batch_server, "\n".join(lines) + "\n", "text/csv")
     assert response.status_code == 400, response.text
     message = response.json()["error"]
-    assert "line 2718" in message and "'x'" in message
-
-
-def test_one_bad_csv_line_of_the_wrong_width_is_400_naming_its_line(
-    batch_server: ServeProcess,
-) -> None:
-    lines = csv_body(twin_rows(3000)).splitlines()
-    lines[1999] = "1.0,2.0,3.0"
-    response = invoke(batch_server, "\n".join(lines), "text/csv")
-    assert response.status_code == 400, response.text
-    message = response.json()["error"]
-    assert "line 2000" in message and "holds 3 values" in message
+    assert f"line {line}" in message and fragment in message
 
 
 def test_one_bad_json_line_is_400_naming_its_line(batch_server: ServeProcess) -> None:

@@ -17,14 +17,12 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import boto3
 import pytest
 
-from tests.build.conftest import (  # noqa: F401  (fixtures used by the tests here)
+from tests.build.conftest import (  # noqa: F401  (fake_aws_url: a fixture of the tests here)
     ACCOUNT,
-    INSTANCE_TYPE,
     REGION,
-    ROLE_ARN,
+    create_fake_endpoint,
     fake_aws_url,
 )
 from tests.conftest import REPO_ROOT
@@ -105,28 +103,7 @@ def run_container(
 
 
 def create_endpoint(fake_aws_url: str, name: str) -> None:  # noqa: F811
-    """An InService endpoint of IMAGE, made directly through the stand-in's API."""
-    sagemaker = boto3.client(
-        "sagemaker",
-        endpoint_url=fake_aws_url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+    """An InService endpoint of IMAGE (one model), made directly through the stand-in's API."""
+    create_fake_endpoint(
+        fake_aws_url, name, {"Image": IMAGE, "ModelDataUrl": "s3://bucket/model.tar.gz"}
     )
-    sagemaker.create_model(
-        ModelName=name,
-        ExecutionRoleArn=ROLE_ARN,
-        PrimaryContainer={"Image": IMAGE, "ModelDataUrl": "s3://bucket/model.tar.gz"},
-    )
-    sagemaker.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": name,
-                "InstanceType": INSTANCE_TYPE,
-                "InitialInstanceCount": 1,
-            }
-        ],
-    )
-    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
