@@ -41,14 +41,14 @@ def visible_gpus(present: int, cuda_visible_devices: str | None) -> int:
     """How many of `present` GPUs CUDA enumerates under CUDA_VISIBLE_DEVICES.
 
     Entries are indexes or UUIDs (GPU-..., MIG-...); CUDA stops at the first
-    entry it cannot use (so "" and "-1" hide every GPU) and ignores repeats.
+    entry it cannot use, a repeat included (so "" and "-1" hide every GPU).
     """
     if cuda_visible_devices is None:
         return present
     seen: set[str] = set()
     for entry in (part.strip() for part in cuda_visible_devices.split(",")):
         usable = (entry.isdigit() and int(entry) < present) or entry.startswith(("GPU-", "MIG-"))
-        if not usable:
+        if not usable or entry in seen:
             break
         seen.add(entry)
     return min(len(seen), present)

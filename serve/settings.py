@@ -67,7 +67,7 @@ class Settings:
     # and SAGEMAKER_MAX_PAYLOAD_IN_MB: what a transform job set itself (SageMaker passes each
     # only when the job names it); GET /execution-parameters answers them as they are
     # (serve/batch_transform.py). A payload limit above SERVE_MAX_BODY_BYTES raises it;
-    # 0 (chunked bodies of any size, which no built-in container takes) leaves it.
+    # 0 (SageMaker's "chunked bodies of any size") leaves it.
     batch_strategy: BatchStrategy | None = None
     max_concurrent_transforms: int | None = None
     max_payload_mb: int | None = None
