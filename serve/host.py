@@ -40,16 +40,20 @@ def gpu_count(environ: Mapping[str, str] = os.environ, nvidia_proc: Path = NVIDI
 def visible_gpus(present: int, cuda_visible_devices: str | None) -> int:
     """How many of `present` GPUs CUDA enumerates under CUDA_VISIBLE_DEVICES.
 
-    Entries are indexes or UUIDs (GPU-..., MIG-...); CUDA stops at the first
-    entry it cannot use, a repeat included (so "" and "-1" hide every GPU).
+    Entries are indexes or UUIDs (GPU-..., MIG-...). CUDA stops at the first
+    entry it cannot use (so "" and "-1" hide every GPU), and a device named
+    twice hides them all (checked with torch on a 1-GPU H200 host: "0,1" and
+    "GPU-<its uuid>" give 1 device; "1,0", "0,0", "" and "-1" give none).
     """
     if cuda_visible_devices is None:
         return present
     seen: set[str] = set()
     for entry in (part.strip() for part in cuda_visible_devices.split(",")):
         usable = (entry.isdigit() and int(entry) < present) or entry.startswith(("GPU-", "MIG-"))
-        if not usable or entry in seen:
+        if not usable:
             break
+        if entry in seen:
+            return 0
         seen.add(entry)
     return min(len(seen), present)
 

@@ -108,7 +108,7 @@ def test_a_cgroup_quota_below_the_mask_sizes_threads_even_for_one_instance() -> 
         ("", 0),  # CUDA's way of hiding every GPU
         ("-1", 0),
         ("0,9,1", 1),  # CUDA stops at the first device it cannot use
-        ("1,1,2", 1),  # a repeat too
+        ("1,1,2", 0),  # a device named twice hides every one
     ],
 )
 def test_cuda_visible_devices_narrows_the_gpus_triton_sizes_by(
