@@ -29,6 +29,19 @@ fi
 echo "setup: installing Python packages"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[local,tools,dev]'
 
+# The SageMaker Python SDK (the `sdk` extra) pins importlib-metadata<7, which
+# nvidia-pytriton refuses, so it gets an environment of its own for the tests
+# that use it as a client (tests/sdk/). torch comes from .venv, through a .pth
+# read after the SDK environment's own packages, rather than a second copy.
+if [ ! -x .venv-sdk/bin/python ]; then
+    echo "setup: creating .venv-sdk"
+    "$PYTHON" -m venv .venv-sdk
+fi
+echo "setup: installing the SageMaker Python SDK into .venv-sdk"
+.venv-sdk/bin/python -m pip install -q --disable-pip-version-check -e '.[sdk]'
+purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'
+.venv/bin/python -c "$purelib" > "$(.venv-sdk/bin/python -c "$purelib")/zz-serve-venv.pth"
+
 echo "setup: training the example NCF models"
 .venv/bin/python build/examples/train_ncf.py --repository model_repository
 

@@ -4,7 +4,9 @@ nginx reaches this Flask app on a unix socket (never a public port) for:
 - `/_serve/ping`: why the endpoint is not healthy, while Triton is loading,
   after a failure, or while stopping (nginx answers healthy pings itself);
 - `/models` on a multi-model endpoint: loading, listing, describing and
-  unloading models.
+  unloading models;
+- `GET /execution-parameters` on a single-model endpoint: how a batch
+  transform job should call it (serve/batch_transform.py).
 
 Invocations that need Python (other content types and Accept, Triton's
 refusals, streams) go to the payload service instead (serve/payloads/).
@@ -18,6 +20,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from serve.batch_transform import ExecutionParameters
 from serve.errors import ArtifactError, ServeError
 from serve.multi_model import MAX_PAGE_SIZE, PAGE_SIZE, ModelRegistry
 from serve.state import Phase, ServerState
@@ -29,8 +32,13 @@ def json_response(status: int, payload: dict[str, object]) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
-def create_control_app(state: ServerState, registry: ModelRegistry | None = None) -> Flask:
-    """The control app; `registry` adds the multi-model /models routes."""
+def create_control_app(
+    state: ServerState,
+    registry: ModelRegistry | None = None,
+    execution_parameters: ExecutionParameters | None = None,
+) -> Flask:
+    """The control app; `registry` adds the multi-model /models routes, `execution_parameters`
+    batch transform's GET /execution-parameters."""
     app = Flask("serve.control")
 
     @app.errorhandler(ServeError)
@@ -55,6 +63,12 @@ def create_control_app(state: ServerState, registry: ModelRegistry | None = None
 
     if registry is not None:
         _add_multi_model_routes(app, registry)
+    if execution_parameters is not None:
+
+        @app.get("/execution-parameters")
+        def batch_execution_parameters() -> Response:
+            return json_response(200, execution_parameters.answer())
+
     return app
 
 

@@ -116,7 +116,7 @@ class FrontConfig:
     def _public_routes(self) -> str:
         if self.settings.multi_model:
             return "GET /ping and /models, POST /models/NAME/invoke"
-        return "GET /ping and POST /invocations"
+        return "GET /ping, GET /execution-parameters and POST /invocations"
 
     def payload_socket(self) -> Path:
         """Where the payload service (serve/payloads/service.py) listens for nginx."""

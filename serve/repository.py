@@ -386,11 +386,24 @@ def _archive_stem(archive: Path) -> str:
 
 
 def _link_tree(source: Path, target: Path) -> None:
-    """Recreate `source`'s folders under `target`, each file a link to the original."""
+    """Recreate `source`'s folders under `target`, each file a link to the original.
+
+    A symbolic link to nothing (a model folder packed without the sibling its
+    link names, as `tar` packs one of the NCF examples) is an error naming it:
+    Triton never finishes loading such a model, so start-up or the load would
+    wait out its whole timeout.
+    """
     source = source.resolve()
     for folder, subfolders, files in os.walk(source, followlinks=True):
         relative = Path(folder).relative_to(source)
         (target / relative).mkdir(parents=True, exist_ok=True)
         subfolders[:] = [name for name in subfolders if name != "__pycache__"]
         for name in files:
-            (target / relative / name).symlink_to(Path(folder, name).resolve())
+            original = Path(folder, name)
+            if not original.exists():
+                raise ArtifactError(
+                    f"{relative / name} in {source} is a symbolic link to "
+                    f"{os.readlink(original)!r}, which does not exist; give the file itself "
+                    "(tar --dereference, tarfile.open(..., dereference=True))"
+                )
+            (target / relative / name).symlink_to(original.resolve())

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from waitress.server import create_server
 
 from serve import host
+from serve.batch_transform import ExecutionParameters
 from serve.control_app import create_control_app
 from serve.errors import ConfigError
 from serve.front import FrontConfig, FrontModel, nginx_argv
@@ -156,7 +157,14 @@ class Server:
                 settings.env_cache_min_free_bytes,
                 settings.model_load_timeout,
             )
-        control = ControlServer(create_control_app(self.state, registry), ws.control_socket)
+        execution_parameters = None
+        if repository is not None:
+            execution_parameters = ExecutionParameters(
+                settings, triton_client, repository.default_model
+            )
+        control = ControlServer(
+            create_control_app(self.state, registry, execution_parameters), ws.control_socket
+        )
         control.start()
         # The payload service: content types, Accept, Triton's refusals, streams.
         payloads = PayloadService(front.payload_socket(), triton_port, registry)
@@ -194,15 +202,15 @@ class Server:
         """OMP_NUM_THREADS for Triton and its stubs, unless the user set it (or one instance)."""
         if self.settings.omp_num_threads is not None:
             return None
-        cpus = host.cpu_count()
+        cpus = host.cpu_share()
         threads = host.threads_per_instance(cpus, shm.instances)
         if threads is not None:
             log.info(
                 "OMP_NUM_THREADS=%d for Triton and each of its %d Python-backend model "
-                "instances (%d CPUs); set OMP_NUM_THREADS to choose",
+                "instances (%s); set OMP_NUM_THREADS to choose",
                 threads,
                 shm.instances,
-                cpus,
+                cpus.describe(),
             )
         return threads
 

@@ -25,6 +25,7 @@ from serve.triton_command import check_additional_args
 
 PingMode = Literal["ready", "live"]
 InferenceType = Literal["infer", "generate", "generate_stream"]
+BatchStrategy = Literal["SINGLE_RECORD", "MULTI_RECORD"]
 
 MEBIBYTE = 1024 * 1024
 # The largest values the programs that get them take: sizes in bytes go to nginx
@@ -60,6 +61,16 @@ class Settings:
     opt_ml: Path = Path("/opt/ml")
     # SAGEMAKER_MULTI_MODEL=true: serve a multi-model endpoint from opt_ml/models.
     multi_model: bool = False
+    # SAGEMAKER_BATCH=true: a batch transform job runs this container (SageMaker sets it).
+    batch: bool = False
+    # SAGEMAKER_BATCH_STRATEGY (SINGLE_RECORD | MULTI_RECORD), SAGEMAKER_MAX_CONCURRENT_TRANSFORMS
+    # and SAGEMAKER_MAX_PAYLOAD_IN_MB: what a transform job set itself (SageMaker passes each
+    # only when the job names it); GET /execution-parameters answers them as they are
+    # (serve/batch_transform.py). A payload limit above SERVE_MAX_BODY_BYTES raises it;
+    # 0 (SageMaker's "chunked bodies of any size") leaves it.
+    batch_strategy: BatchStrategy | None = None
+    max_concurrent_transforms: int | None = None
+    max_payload_mb: int | None = None
     # SAGEMAKER_BIND_TO_PORT: the public port (inference pipelines move it).
     port: int = 8080
     # SAGEMAKER_SAFE_PORT_RANGE: "LOW-HIGH" for every other listener.
@@ -177,6 +188,14 @@ class Settings:
         return cls(
             opt_ml=Path(env.text("OPT_ML") or "/opt/ml"),
             multi_model=multi_model,
+            batch=env.boolean("SAGEMAKER_BATCH", False),
+            batch_strategy=env.choice(  # type: ignore[arg-type]
+                "SAGEMAKER_BATCH_STRATEGY", ("SINGLE_RECORD", "MULTI_RECORD"), None
+            ),
+            max_concurrent_transforms=env.positive_int(
+                "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", MAX_THREADS
+            ),
+            max_payload_mb=env.whole_number("SAGEMAKER_MAX_PAYLOAD_IN_MB", MAX_BYTES // MEBIBYTE),
             port=env.port("SAGEMAKER_BIND_TO_PORT", 8080),
             safe_port_range=env.port_range("SAGEMAKER_SAFE_PORT_RANGE"),
             default_model_name=env.text("SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"),
@@ -240,7 +259,12 @@ class Settings:
         return ports
 
     def validated(self) -> Settings:
-        """Check rules that span several variables."""
+        """Check rules that span several variables, and apply those that raise a limit."""
+        if self.max_payload_mb and self.max_payload_mb * MEBIBYTE > self.max_body_bytes:
+            # A transform job sends bodies up to its MaxPayloadInMB: refusing them fails the job.
+            return dataclasses.replace(
+                self, max_body_bytes=self.max_payload_mb * MEBIBYTE
+            ).validated()
         public = self.public_ports()
         for name, port in public.items():
             if name != "SERVE_METRICS_PORT" and port == self.serve_metrics_port:
@@ -299,6 +323,17 @@ class _Reader:
         if not value.isdigit() or int(value) <= 0:
             raise ConfigError(f"{name}={value!r} must be a positive whole number")
         if maximum is not None and int(value) > maximum:
+            raise ConfigError(f"{name}={value!r} is over {maximum}, the most this setting can be")
+        return int(value)
+
+    def whole_number(self, name: str, maximum: int) -> int | None:
+        """A whole number from 0 to `maximum`."""
+        value = self.text(name)
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise ConfigError(f"{name}={value!r} must be a whole number (0 or more)")
+        if int(value) > maximum:
             raise ConfigError(f"{name}={value!r} is over {maximum}, the most this setting can be")
         return int(value)
 

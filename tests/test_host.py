@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,13 @@ import requests
 
 from serve import model_config
 from serve.errors import ConfigError
-from serve.host import cpu_count, plan_python_shm, threads_per_instance
+from serve.host import (
+    CpuShare,
+    cpu_count,
+    gpu_count,
+    plan_python_shm,
+    threads_per_instance,
+)
 from serve.triton_install import STUB_NAME, locate_triton, stub_python_version
 from tests.conftest import ServeProcess, add_request, own_tmpfs, write_add_model
 
@@ -68,12 +76,54 @@ def test_serve_fits_shm_into_a_small_dev_shm_and_still_serves(
 
 
 def test_threads_are_shared_out_among_instances() -> None:
-    assert threads_per_instance(16, 4) == 4
-    assert threads_per_instance(16, 3) == 5
-    assert threads_per_instance(2, 5) == 1
+    assert threads_per_instance(CpuShare(16), 4) == 4
+    assert threads_per_instance(CpuShare(16), 3) == 5
+    assert threads_per_instance(CpuShare(2), 5) == 1
     # One instance has the CPUs to itself: the libraries' own default stands.
-    assert threads_per_instance(16, 1) is None
-    assert threads_per_instance(16, 0) is None
+    assert threads_per_instance(CpuShare(16), 1) is None
+    assert threads_per_instance(CpuShare(16), 0) is None
+
+
+def test_a_cgroup_quota_below_the_mask_sizes_threads_even_for_one_instance() -> None:
+    # An inference component given 1.5 of a 16-CPU host's CPUs as a quota: OpenMP and
+    # PyTorch would start 16 threads and be throttled; 2 (the quota rounded up) fit.
+    share = CpuShare(affinity=16, quota=1.5)
+    assert share.count == 2 and share.quota_limited
+    assert threads_per_instance(share, 1) == 2
+    assert threads_per_instance(share, 2) == 1
+    assert threads_per_instance(CpuShare(16, quota=4.0), 2) == 2
+    # A quota above the mask changes nothing; a tiny one still leaves one thread.
+    assert CpuShare(2, quota=8.0).count == 2 and not CpuShare(2, quota=8.0).quota_limited
+    assert threads_per_instance(CpuShare(2, quota=8.0), 1) is None
+    assert CpuShare(8, quota=0.25).count == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "visible"),
+    [
+        (None, 8),  # unset: every GPU the driver exposes
+        ("0,1", 2),  # an inference component's share of an 8-GPU host
+        ("3", 1),
+        ("GPU-8f1c3f0e-aaaa-bbbb-cccc-0123456789ab,GPU-00000000-1111-2222-3333-444444444444", 2),
+        ("", 0),  # CUDA's way of hiding every GPU
+        ("-1", 0),
+        ("0,9,1", 1),  # CUDA stops at the first device it cannot use
+        ("1,1,2", 0),  # a device named twice hides every one
+    ],
+)
+def test_cuda_visible_devices_narrows_the_gpus_triton_sizes_by(
+    tmp_path: Path, setting: str | None, visible: int
+) -> None:
+    gpus = tmp_path / "gpus"
+    for index in range(8):
+        (gpus / f"0000:{index:02x}:00.0").mkdir(parents=True)
+    environ = {} if setting is None else {"CUDA_VISIBLE_DEVICES": setting}
+    assert gpu_count(environ, gpus) == visible
+    # A model's KIND_GPU group with no devices named gets its count per visible GPU (with
+    # none, serve moves it to the CPU: its count once).
+    config = model_config.ModelConfig(backend="python")
+    config.instance_group.add(kind=model_config.InstanceKind.KIND_GPU, count=2)
+    assert model_config.instance_count(config, gpu_count(environ, gpus)) == 2 * max(1, visible)
 
 
 # C = A + B + the instance's OMP_NUM_THREADS (0 when unset).
@@ -126,3 +176,72 @@ def test_tritonserver_bin_that_is_not_executable_is_refused(tmp_path: Path) -> N
     fake.write_text("")
     with pytest.raises(ConfigError, match=r"TRITONSERVER_BIN=.* is not an executable file"):
         locate_triton(fake)
+
+
+# The cpu controller's hierarchy, on hosts that mount it: v1 (hybrid), else v2.
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+
+
+@pytest.fixture
+def one_cpu_cgroup() -> Iterator[list[str]]:
+    """A real cgroup allowed one CPU's worth of time, and a wrapper that runs a command in it.
+
+    Needs root and a writable cpu controller (v1's cpu.cfs_quota_us, or v2's cpu.max).
+    """
+    name = f"serve-test-{uuid.uuid4().hex[:8]}"
+    if (CGROUP_V1_CPU / "cpu.cfs_quota_us").is_file():
+        group = CGROUP_V1_CPU / name
+        limit = {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
+    elif "cpu" in _read(CGROUP_V2 / "cgroup.subtree_control").split():
+        group = CGROUP_V2 / name
+        limit = {"cpu.max": "100000 100000"}
+    else:
+        pytest.skip("no cgroup cpu controller to write a quota into on this host")
+    try:
+        group.mkdir()
+        for file, value in limit.items():
+            (group / file).write_text(value)
+    except OSError as exc:
+        pytest.skip(f"cannot make a cgroup with a CPU quota here: {exc}")
+    try:
+        yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "in-cgroup"]
+    finally:
+        # Empty once serve and its children are gone (start_serve's teardown runs first).
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def test_a_cgroup_quota_sets_omp_threads_for_a_single_instance(
+    opt_ml: Path,
+    one_cpu_cgroup: list[str],
+    start_serve: StartServe,  # after the cgroup: it stops serve before the cgroup goes
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The machine's CPUs stay in the mask; only the quota says one. A single instance
+    # would otherwise run a thread per CPU of the mask, throttled to one CPU's time.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs at least 2 CPUs in the affinity mask to tell a quota from the mask")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    write_add_model(opt_ml / "model", count=1, model_py=THREADS_MODEL_PY)
+    server = start_serve(opt_ml, wrapper=one_cpu_cgroup).wait_ready()
+    response = requests.post(
+        f"{server.url}/invocations", json=add_request([0, 0, 0, 0], [0, 0, 0, 0]), timeout=10
+    )
+    assert response.json()["outputs"][0]["data"] == [1, 1, 1, 1]
+    assert "OMP_NUM_THREADS=1 for Triton and each of its 1 Python-backend" in server.output
+    assert "a cgroup quota of 1.00 CPUs of the" in server.output

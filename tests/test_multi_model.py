@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -353,6 +354,23 @@ def test_a_link_out_of_the_models_root_is_refused_like_in_an_archive(
     shutil.copytree(outside / "1", shared)
     (url / "1").symlink_to(shared)
     assert load(mme, "lnk", str(url)).status_code == 200
+
+
+def test_a_dangling_link_is_refused_not_waited_on(opt_ml: Path, mme: ServeProcess) -> None:
+    # A model folder packed on its own with `tar` keeps a link to a sibling's file as a
+    # link to nothing (the NCF examples share model.py so): Triton then never finished
+    # the load, and the load waited SERVE_MODEL_LOAD_TIMEOUT.
+    url = Path(upload_add(opt_ml, "dangling"))
+    model_py = url / "1" / "model.py"
+    model_py.unlink()
+    model_py.symlink_to("../../add/1/model.py")
+    started = time.monotonic()
+    refused = load(mme, "dangling", str(url))
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert "1/model.py" in error and "does not exist" in error and "dereference" in error
+    assert time.monotonic() - started < 10
+    assert requests.get(f"{mme.url}/models", timeout=5).json() == {"models": []}
 
 
 def test_answers_name_the_model_as_the_caller_loaded_it(opt_ml: Path, mme: ServeProcess) -> None:

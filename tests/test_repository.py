@@ -101,6 +101,18 @@ def test_top_level_config_is_served_as_one_model(opt_ml: Path, start_serve: Star
     assert tree_digest(opt_ml / "model") == before
 
 
+def test_a_link_to_nothing_stops_start_up_naming_it(opt_ml: Path, start_serve: StartServe) -> None:
+    # One NCF example packed alone keeps its link to the other's model.py, to nothing:
+    # Triton never finished loading it, and start-up waited SERVE_STARTUP_TIMEOUT.
+    folder = write_add_model(opt_ml / "model")
+    (folder / "1" / "model.py").unlink()
+    (folder / "1" / "model.py").symlink_to("../../ncf_food/1/model.py")
+    server = start_serve(opt_ml)
+    assert server.wait_exit(60) != 0
+    assert "1/model.py" in server.output and "which does not exist" in server.output
+    assert "dereference" in server.output
+
+
 def test_ensemble_and_its_steps_all_load(opt_ml: Path, start_serve: StartServe) -> None:
     repository = opt_ml / "model"
     write_add_model(repository, name="step")

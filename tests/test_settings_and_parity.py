@@ -136,6 +136,10 @@ def test_ping_mode_live_answers_200_whatever_the_model(
         ("SAGEMAKER_TRITON_THREAD_COUNT", "-1", "positive whole number"),
         ("SAGEMAKER_TRITON_ADDITIONAL_ARGS", "--x='unterminated", "cannot be split"),
         ("SERVE_SHUTDOWN_TIMEOUT", "soon", "positive number"),
+        ("SAGEMAKER_BATCH", "maybe", "not a boolean"),
+        ("SAGEMAKER_BATCH_STRATEGY", "MultiRecord", "SINGLE_RECORD, MULTI_RECORD"),
+        ("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "0", "positive whole number"),
+        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "six", "whole number"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:

@@ -14,18 +14,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from urllib.parse import quote
 
 import numpy as np
 
 from serve.errors import InsufficientMemory, ModelNotFound, ServeError
 from serve.multi_model import OUT_OF_MEMORY, ModelRegistry
-from serve.payloads import csv_codec, json_codec, npy_codec, raw_codec
+from serve.payloads import batching, csv_codec, json_codec, npy_codec, raw_codec
+from serve.payloads.batching import Origin
 from serve.payloads.errors import NotAcceptable, PayloadError, TritonUnavailable
 from serve.payloads.media import (
     BINARY_JSON,
@@ -121,24 +123,81 @@ class PayloadAdapter:
             if invocation.inference != "infer" and _names_inputs(document):
                 return await self._native(invocation, name, key, Answer.V2)
         signature = await self.signature(name, key)
-        records, parameters = _decode(family, media, invocation.body, document, signature)
+        records, parameters, origin = _decode(family, media, invocation.body, document, signature)
         if signature.decoupled or invocation.inference != "infer":
             return await self._generate(invocation, name, signature, records, parameters)
         answer = _feasible(answer_candidates(invocation.accept, DEFAULT_ANSWERS[family]), signature)
-        tensors = tensors_from_records(records, signature)
+        outputs, answered = await self._infer(name, signature, records, parameters, origin)
+        return Reply(200, answer.content_type, ENCODERS[answer](outputs, answered))
+
+    async def _infer(
+        self,
+        name: str,
+        signature: ModelSignature,
+        records: Sequence[object],
+        parameters: dict[str, object],
+        origin: Origin,
+    ) -> tuple[Outputs, ModelSignature]:
+        """Triton's answer to the records, in chunks the model takes (batching.py).
+
+        Every chunk is built, so every record checked, before any is sent: a bad
+        record costs the model nothing. The answer's signature is the one to
+        encode it with (a model that does not batch answers a batch of records).
+        """
+        spans = batching.chunks(len(records), signature)
+        requests = [
+            self._infer_request(signature, records, parameters, origin, span) for span in spans
+        ]
+        if len(requests) == 1:
+            return await self._send(name, signature, *requests[0]), signature
+        slots = asyncio.Semaphore(batching.in_flight(signature))
+
+        async def send(request: tuple[bytes, dict[str, str]], span: range) -> Outputs:
+            async with slots:
+                try:
+                    return await self._send(name, signature, *request)
+                except ServeError as exc:
+                    exc.message = f"{exc.message} (in the request's {origin.describe(span)})"
+                    raise
+
+        # Every chunk is awaited, failed or not, so none is left running unobserved; the
+        # first failure in request order is the answer.
+        results = await asyncio.gather(
+            *(send(request, span) for request, span in zip(requests, spans, strict=True)),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return batching.join(results, signature)  # type: ignore[arg-type]
+
+    def _infer_request(
+        self,
+        signature: ModelSignature,
+        records: Sequence[object],
+        parameters: dict[str, object],
+        origin: Origin,
+        span: range,
+    ) -> tuple[bytes, dict[str, str]]:
+        """One Triton request (body, headers) for the records of `span`, checked."""
+        chunk = records[span.start : span.stop]
+        tensors = tensors_from_records(chunk, signature, origin.within(span))
         extra, parameters = parameter_inputs(
             parameters, signature, record_count(tensors, signature)
         )
         for input_name, tensor in extra.items():
             tensors.setdefault(input_name, tensor)
         specs = {spec.name: spec for spec in signature.inputs}
-        body, headers = binary_request(tensors, specs, parameters, signature.answer_outputs)
+        return binary_request(tensors, specs, parameters, signature.answer_outputs)
+
+    async def _send(
+        self, name: str, signature: ModelSignature, body: bytes, headers: dict[str, str]
+    ) -> Outputs:
         reply = await self.triton.request("POST", _path(name, "infer"), body, headers)
         if reply.status != 200:
             raise _failure(reply.status, reply.body)
         wanted = tuple(spec.name for spec in signature.answer_outputs)
-        outputs = read_answer(reply.body, reply.headers, wanted)
-        return Reply(200, answer.content_type, ENCODERS[answer](outputs, signature))
+        return read_answer(reply.body, reply.headers, wanted)
 
     async def signature(self, name: str, key: object) -> ModelSignature:
         """The model's signature, read from Triton once per loaded model."""
@@ -220,7 +279,7 @@ class PayloadAdapter:
         invocation: Invocation,
         name: str,
         signature: ModelSignature,
-        records: list[object],
+        records: Sequence[object],
         parameters: dict[str, object],
     ) -> Reply:
         """Through Triton's generate extension: decoupled models, and the generate types."""
@@ -277,20 +336,23 @@ def _decode(
     body: bytes,
     document: object,
     signature: ModelSignature,
-) -> tuple[list[object], dict[str, object]]:
+) -> tuple[Sequence[object], dict[str, object], Origin]:
+    """The records, request parameters, and where each record is in the body."""
     if family is Family.JSON:
-        return json_codec.decode(document, signature)
+        return (*json_codec.decode(document, signature), Origin())
     if family is Family.JSONLINES:
-        return json_codec.decode_lines(body), {}
+        records, lines = json_codec.decode_lines(body)
+        return records, {}, Origin(lines)
     if family is Family.CSV:
         text = body.decode(media.charset, errors="replace")
-        return csv_codec.decode(text, signature, media.params.get("header")), {}
+        records, lines = csv_codec.decode(text, signature, media.params.get("header"))
+        return records, {}, Origin(lines)
     if family is Family.NPY:
-        return npy_codec.decode(body, signature), {}
+        return npy_codec.decode(body, signature), {}, Origin()
     raw_codec.check_model(signature, media.mime)
     if family is Family.TEXT:
-        return raw_codec.decode_text(body, media.charset), {}
-    return raw_codec.decode_bytes(body), {}
+        return raw_codec.decode_text(body, media.charset), {}, Origin()
+    return raw_codec.decode_bytes(body), {}, Origin()
 
 
 def _feasible(candidates: list[Answer], signature: ModelSignature) -> Answer:

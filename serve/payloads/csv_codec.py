@@ -21,22 +21,45 @@ from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 
 
-def decode(text: str, signature: ModelSignature, header: str | None = None) -> list[object]:
-    if '"' in text:
-        rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
-    else:  # nothing quoted: plain splitting reads the same, several times faster
-        rows = [line.split(",") for line in text.splitlines() if line.strip(", \t")]
+def decode(
+    text: str, signature: ModelSignature, header: str | None = None
+) -> tuple[list[object], list[int]]:
+    """The records, and the line of the body each starts on (for errors that name it)."""
+    rows, lines = _rows_and_lines(text)
     if not rows:
         raise PayloadError("the CSV body holds no records")
     first = [cell.strip() for cell in rows[0]]
     if header == "present" or (header != "absent" and _looks_like_header(first, signature)):
-        rows = rows[1:]
+        rows, lines = rows[1:], lines[1:]
         if not rows:
             raise PayloadError("the CSV body holds a header and no records")
         names = [spec.name for spec in signature.record_inputs]
         if sorted(first) == sorted(names) and all(s.fixed_size == 1 for s in signature.inputs):
-            return [dict(zip(first, row, strict=False)) for row in rows]
-    return _numbers(rows, signature)
+            return [dict(zip(first, row, strict=False)) for row in rows], lines
+    return _numbers(rows, signature), lines
+
+
+def _rows_and_lines(text: str) -> tuple[list[list[str]], list[int]]:
+    """Non-blank rows, and the line each starts on (a quoted field may hold line breaks)."""
+    if '"' not in text:  # nothing quoted: plain splitting reads the same, several times faster
+        numbered = [
+            (number, line.split(","))
+            for number, line in enumerate(text.splitlines(), start=1)
+            if line.strip(", \t")
+        ]
+        return [row for _, row in numbered], [number for number, _ in numbered]
+    rows, lines = [], []
+    reader = csv.reader(io.StringIO(text))
+    start = 1
+    try:
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                rows.append(row)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise PayloadError(f"line {start} is not valid CSV: {exc}") from exc
+    return rows, lines
 
 
 def _numbers(rows: list[list[str]], signature: ModelSignature) -> list[object]:

@@ -78,8 +78,9 @@ def decode(document: object, signature: ModelSignature) -> tuple[list[object], d
     raise PayloadError(f"a JSON {type(document).__name__} is not a request; send one of: {SHAPES}")
 
 
-def decode_lines(body: bytes) -> list[object]:
-    records = []
+def decode_lines(body: bytes) -> tuple[list[object], list[int]]:
+    """The records, and the line of the body each is on (blank lines are not records)."""
+    records, lines = [], []
     for number, line in enumerate(body.splitlines(), start=1):
         if not line.strip():
             continue
@@ -87,9 +88,10 @@ def decode_lines(body: bytes) -> list[object]:
             records.append(json.loads(line))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PayloadError(f"line {number} is not valid JSON: {exc}") from exc
+        lines.append(number)
     if not records:
         raise PayloadError("the JSON Lines body holds no records")
-    return records
+    return records, lines
 
 
 def _instances(value: object) -> list[object]:

@@ -56,8 +56,21 @@ REQUEST_TYPES: dict[str, Family] = {
     "text/csv": Family.CSV,
     "application/csv": Family.CSV,
     "application/x-npy": Family.NPY,
+    # The SageMaker Python SDK's TorchTensorSerializer: the tensor as .npy.
+    "tensor/pt": Family.NPY,
     "text/plain": Family.TEXT,
     "application/octet-stream": Family.RAW,
+    # The SDK's DataSerializer: a file's bytes as they are.
+    "file-path/raw-bytes": Family.RAW,
+}
+# Types the SDK's other serializers send, which no Triton model takes as they are: the
+# 415 says what to send instead.
+REFUSED_TYPES = {
+    "application/x-npz": "a SciPy sparse matrix (SparseMatrixSerializer); send it dense, "
+    "as application/x-npy (NumpySerializer) or text/csv",
+    "text/libsvm": "LIBSVM's sparse text (LibSVMSerializer); send the dense rows as text/csv",
+    "application/x-recordio-protobuf": "the RecordIO-protobuf of SageMaker's built-in "
+    "algorithms (RecordSerializer); send the array as application/x-npy (NumpySerializer)",
 }
 # Any image/* type is raw bytes for a model with one BYTES input.
 RAW_PREFIXES = ("image/",)
@@ -72,6 +85,8 @@ ACCEPT_TYPES: dict[str, Answer | None] = {
     "application/csv": Answer.CSV,
     "text/*": Answer.CSV,
     "application/x-npy": Answer.NPY,
+    # The SDK's TorchTensorDeserializer reads .npy.
+    "tensor/pt": Answer.NPY,
     "text/plain": Answer.TEXT,
     BINARY_JSON: Answer.BINARY,
     "text/event-stream": Answer.EVENTS,
@@ -97,7 +112,7 @@ DEFAULT_ANSWERS = {
 }
 ANSWER_NAMES = (
     "application/json (format=simple or format=v2), application/jsonlines, text/csv, "
-    "application/x-npy, text/plain"
+    "application/x-npy (or tensor/pt), text/plain"
 )
 
 
@@ -134,8 +149,9 @@ def request_family(content_type: str) -> tuple[Family, MediaType]:
     if family is None and media.mime.startswith(RAW_PREFIXES):
         family = Family.RAW
     if family is None:
+        known = f" ({REFUSED_TYPES[media.mime]})" if media.mime in REFUSED_TYPES else ""
         raise UnsupportedMediaType(
-            f"Content-Type {media.mime!r} is not supported; send one of: "
+            f"Content-Type {media.mime!r} is not supported{known}; send one of: "
             f"{', '.join(sorted(REQUEST_TYPES))}, image/*"
         )
     return family, media

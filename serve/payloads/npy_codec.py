@@ -11,6 +11,7 @@ SERVE_PAYLOAD_OUTPUTS (see signature.py).
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -19,7 +20,9 @@ from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 
 
-def decode(body: bytes, signature: ModelSignature) -> list[object]:
+def decode(body: bytes, signature: ModelSignature) -> Sequence[object]:
+    """The records: the array's rows (the array itself, sliced as it is split), or the
+    whole array as one record for a model that does not batch."""
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -28,9 +31,9 @@ def decode(body: bytes, signature: ModelSignature) -> list[object]:
         raise PayloadError("the body is an .npz archive; send one .npy array")
     if not signature.batched or array.ndim == 0:
         return [array]
-    if len(signature.record_inputs) > 1 and array.ndim == 2:
+    if len(signature.record_inputs) > 1 and array.ndim == 2 and array.dtype.kind not in "biuf":
         return array.tolist()
-    return list(array)
+    return array  # type: ignore[return-value]  # an array is a sequence of its rows
 
 
 def check(signature: ModelSignature) -> None:

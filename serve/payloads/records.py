@@ -10,14 +10,16 @@ line, an element of `{"instances": [...]}`, a JSON line. A record is
 - one value (a number, a string, bytes) for a model with one record input.
 
 Records become one batch (`[N, *dims]`) on a model that batches; a model
-with `max_batch_size: 0` takes exactly one record as its tensor. Every
-mismatch is a `PayloadError` that names the input and what it expects.
+with `max_batch_size: 0` takes exactly one record as its tensor (a request
+of more records is split before it gets here: batching.py). Every mismatch
+is a `PayloadError` that names the input, what it expects, and the record:
+by its line in the body for CSV and JSON Lines (`where`), else by its index.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -26,29 +28,40 @@ from serve.payloads.signature import ModelSignature, TensorSpec
 
 Tensors = dict[str, np.ndarray]
 SCALARS = (str, bytes, int, float, bool, np.generic)
+# Names the record at an index of the records given, in errors ("line 12", "record 3").
+Where = Callable[[int], str]
 
 
-def tensors_from_records(records: Sequence[object], signature: ModelSignature) -> Tensors:
+def by_index(index: int) -> str:
+    return f"record {index}"
+
+
+def tensors_from_records(
+    records: Sequence[object], signature: ModelSignature, where: Where = by_index
+) -> Tensors:
     """Input tensors for a batch of records, checked against the model's signature."""
     _check_count(len(records), signature)
     table = _numeric_table(records, signature)
     if table is not None:
         return table
     columns: dict[str, list[object]] = {}
+    holders: dict[str, list[int]] = {}
     for index, record in enumerate(records):
-        for spec, value in _split(record, index, signature):
+        for spec, value in _split(record, where(index), signature):
             columns.setdefault(spec.name, []).append(value)
+            holders.setdefault(spec.name, []).append(index)
     tensors: Tensors = {}
     for name, values in columns.items():
         spec = signature.input(name)
         assert spec is not None  # _split only yields the model's inputs
         if len(values) != len(records):
+            lacking = next(i for i, held in enumerate([*holders[name], -1]) if i != held)
             raise PayloadError(
-                f"input {name!r} is given in {len(values)} of {len(records)} records; "
-                "give an optional input in every record or in none"
+                f"input {name!r} is given in {len(values)} of {len(records)} records, not in "
+                f"{where(lacking)}; give an optional input in every record or in none"
             )
-        arrays = [as_array(spec, value, f"record {i}") for i, value in enumerate(values)]
-        tensors[name] = _batch(spec, arrays, signature)
+        arrays = [as_array(spec, value, where(i)) for i, value in enumerate(values)]
+        tensors[name] = _batch(spec, arrays, signature, where)
     return tensors
 
 
@@ -89,19 +102,31 @@ def _check_count(count: int, signature: ModelSignature) -> None:
 
 
 def _numeric_table(records: Sequence[object], signature: ModelSignature) -> Tensors | None:
-    """Fast path: rows of plain values for fixed-size, non-BYTES inputs (CSV, number rows)."""
+    """Fast path: rows of plain values for fixed-size, non-BYTES inputs (CSV, number rows,
+    a .npy body's array, whose rows are the records).
+
+    None when the records are not such a table, or when a value does not fit:
+    the general path then finds the record that holds it, to name it.
+    """
     specs = signature.record_inputs
     sizes = [spec.fixed_size for spec in specs]
     if not specs or any(s is None or spec.is_bytes for s, spec in zip(sizes, specs, strict=True)):
         return None
-    if not signature.batched or not all(type(r) is list for r in records):
+    if not signature.batched:
         return None
-    if len(specs) == 1 and (sizes[0] != 1 or any(r and type(r[0]) is list for r in records)):
-        return None  # one input takes nested records whole: the general path
-    try:
-        table = np.asarray(records)
-    except ValueError:
-        return None
+    if isinstance(records, np.ndarray):
+        if records.ndim < 1 or records.dtype.kind not in "biuf":
+            return None
+        table = records.reshape(len(records), -1)
+    else:
+        if not all(type(r) is list for r in records):
+            return None
+        if len(specs) == 1 and (sizes[0] != 1 or any(r and type(r[0]) is list for r in records)):
+            return None  # one input takes nested records whole: the general path
+        try:
+            table = np.asarray(records)
+        except ValueError:
+            return None
     total = sum(s for s in sizes if s is not None)
     if table.ndim != 2 or table.shape[1] != total or table.dtype.kind not in "biufU":
         return None
@@ -111,26 +136,29 @@ def _numeric_table(records: Sequence[object], signature: ModelSignature) -> Tens
         assert size is not None
         column = table[:, start : start + size]
         start += size
-        converted = _convert(spec, column, "a record")
+        try:
+            converted = _convert(spec, column, "a record")
+        except PayloadError:
+            return None
         tensors[spec.name] = converted.reshape((len(records), *spec.dims))
     return tensors
 
 
 def _split(
-    record: object, index: int, signature: ModelSignature
+    record: object, where: str, signature: ModelSignature
 ) -> list[tuple[TensorSpec, object]]:
     specs = signature.record_inputs
     if isinstance(record, Mapping):
-        return _named(record, index, signature)
+        return _named(record, where, signature)
     if len(specs) == 1:
         return [(specs[0], record)]
     if isinstance(record, SCALARS) or record is None:
         raise PayloadError(
-            f"record {index} is a single value, but model {signature.name!r} takes several "
+            f"{where} is a single value, but model {signature.name!r} takes several "
             f"inputs: {signature.describe_inputs()}; send a list of values or an object "
             "naming the inputs"
         )
-    values = _flatten(record, index)
+    values = _flatten(record, where)
     sizes = [spec.fixed_size for spec in specs]
     variable = [spec.name for spec, size in zip(specs, sizes, strict=True) if size is None]
     if variable:
@@ -142,7 +170,7 @@ def _split(
     if len(values) != total:
         needs = " + ".join(f"{spec.name} {spec.fixed_size}" for spec in specs)
         raise PayloadError(
-            f"record {index} holds {len(values)} values; model {signature.name!r} takes "
+            f"{where} holds {len(values)} values; model {signature.name!r} takes "
             f"{total} per record ({needs}): {signature.describe_inputs()}"
         )
     split: list[tuple[TensorSpec, object]] = []
@@ -155,7 +183,7 @@ def _split(
 
 
 def _named(
-    record: Mapping[object, object], index: int, signature: ModelSignature
+    record: Mapping[object, object], where: str, signature: ModelSignature
 ) -> list[tuple[TensorSpec, object]]:
     split = []
     for key, value in record.items():
@@ -163,27 +191,27 @@ def _named(
         if spec is None:
             known = ", ".join(s.describe() for s in signature.inputs)
             raise PayloadError(
-                f"record {index} names {key!r}, which is not an input of model "
+                f"{where} names {key!r}, which is not an input of model "
                 f"{signature.name!r}; its inputs are: {known}"
             )
         split.append((spec, value))
     missing = [s for s in signature.inputs if not s.optional and s.name not in record]
     if missing:
         raise PayloadError(
-            f"record {index} lacks input {missing[0].describe()} of model {signature.name!r}"
+            f"{where} lacks input {missing[0].describe()} of model {signature.name!r}"
         )
     return split
 
 
-def _flatten(record: object, index: int) -> list[object]:
+def _flatten(record: object, where: str) -> list[object]:
     if isinstance(record, np.ndarray):
         return list(record.reshape(-1))
     if not isinstance(record, Sequence):
-        raise PayloadError(f"record {index} is a {type(record).__name__}; send a list or object")
+        raise PayloadError(f"{where} is a {type(record).__name__}; send a list or object")
     flat: list[object] = []
     for value in record:
         if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-            flat.extend(_flatten(value, index))
+            flat.extend(_flatten(value, where))
         else:
             flat.append(value)
     return flat
@@ -325,15 +353,17 @@ def _expected(spec: TensorSpec) -> str:
     return f"values of dims {list(spec.dims)} (-1: any length)"
 
 
-def _batch(spec: TensorSpec, arrays: list[np.ndarray], signature: ModelSignature) -> np.ndarray:
+def _batch(
+    spec: TensorSpec, arrays: list[np.ndarray], signature: ModelSignature, where: Where = by_index
+) -> np.ndarray:
     if not signature.batched:
         return arrays[0]
-    shapes = {array.shape for array in arrays}
-    if len(shapes) > 1:
-        listed = ", ".join(str(list(s)) for s in sorted(shapes)[:3])
+    first = arrays[0].shape
+    odd = next((i for i, array in enumerate(arrays) if array.shape != first), None)
+    if odd is not None:
         raise PayloadError(
-            f"input {spec.describe()}: the records' values differ in shape ({listed}); "
-            "a batch needs one shape"
+            f"input {spec.describe()}: {where(odd)} gives shape {list(arrays[odd].shape)}, "
+            f"{where(0)} gives {list(first)}; a batch needs one shape"
         )
     if spec.is_bytes:
         stacked = np.empty((len(arrays), *arrays[0].shape), dtype=object)

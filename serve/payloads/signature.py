@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from serve.errors import ServeError
-from serve.model_config import ModelConfig
+from serve.model_config import ModelConfig, instance_count
 
 INPUTS_PARAMETER = "SERVE_PAYLOAD_INPUTS"
 OUTPUTS_PARAMETER = "SERVE_PAYLOAD_OUTPUTS"
@@ -95,6 +95,9 @@ class ModelSignature:
     record_inputs: tuple[TensorSpec, ...]
     # The outputs answers carry, in order: pinned, or all of them.
     answer_outputs: tuple[TensorSpec, ...]
+    # Execution instances Triton runs (its config lists each group's GPUs): how many
+    # requests the model works on at once.
+    instances: int = 1
 
     @property
     def batched(self) -> bool:
@@ -120,6 +123,7 @@ class ModelSignature:
             decoupled=config.model_transaction_policy.decoupled,
             record_inputs=pinned_inputs or tuple(s for s in inputs if not s.optional),
             answer_outputs=pinned_outputs or outputs,
+            instances=instance_count(config, gpu_count=1),
         )
 
     @classmethod

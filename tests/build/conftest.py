@@ -119,6 +119,34 @@ def aws(aws_env: dict[str, str]) -> boto3.Session:
     return boto3.Session(region_name=REGION)
 
 
+def create_fake_endpoint(fake_aws_url: str, name: str, container: dict[str, str]) -> str:
+    """An InService endpoint NAME of one model with `container`, made through the fake's API."""
+    sagemaker = boto3.client(
+        "sagemaker",
+        endpoint_url=fake_aws_url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    sagemaker.create_model(ModelName=name, ExecutionRoleArn=ROLE_ARN, PrimaryContainer=container)
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": name,
+                "InstanceType": INSTANCE_TYPE,
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    for _ in range(10):
+        if sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService":
+            return name
+    pytest.fail("the fake endpoint never came InService")
+
+
 @dataclass(frozen=True)
 class DockerCall:
     argv: list[str]

@@ -14,16 +14,31 @@ only here:
 - the runtime data plane (InvokeEndpoint and InvokeEndpointWithResponseStream):
   it answers with a JSON echo of what reached it, so tests can check what
   the client sent; a body starting with MODEL_ERROR makes the "container"
-  answer 400 (SageMaker's ModelError).
+  answer 400 (SageMaker's ModelError);
+- containers that run for real: `POST /_fake/containers` with `{"image":
+  IMAGE, "mode": "SingleModel" | "MultiModel", "url": "http://127.0.0.1:PORT",
+  "models_dir": DIR}` says a `serve` of that image, started as SageMaker
+  starts one for that mode, listens at URL. InvokeEndpoint on an endpoint
+  whose model names that image and mode is then passed to it as SageMaker passes it (Content-Type,
+  Accept, CustomAttributes; the answer's Content-Type and custom attributes
+  back; a 4xx/5xx becomes ModelError). A multi-model endpoint's TargetModel
+  is fetched from the model's S3 prefix, unpacked into DIR/<hash>/model,
+  loaded with POST /models and invoked at /models/<hash>/invoke.
 """
 
 from __future__ import annotations
 
 import argparse
 import binascii
+import hashlib
+import http.client
+import io
 import json
 import re
 import struct
+import tarfile
+import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from moto.core.responses import ActionResult
@@ -32,6 +47,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.s3.models import s3_backends
 from moto.sagemaker import models as sagemaker_models
 from moto.sagemaker.exceptions import ValidationError
 from moto.sagemaker.responses import SageMakerResponse
@@ -160,10 +176,30 @@ def _json_error(status: int, error_type: str, body: dict[str, Any]) -> Response:
     )
 
 
-def _endpoint_exists(request: Request, name: str) -> bool:
+def _model_error(name: str, status: int, message: str) -> Response:
+    """SageMaker's answer when the container answers 4xx/5xx: 424, with the container's own."""
+    kind = "client" if status < 500 else "server"
+    return _json_error(
+        424,
+        "ModelError",
+        {
+            "message": f'Received {kind} error ({status}) from primary with message "{message}".',
+            "OriginalStatusCode": status,
+            "OriginalMessage": message,
+            "LogStreamArn": (
+                f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
+            ),
+        },
+    )
+
+
+def _region(request: Request) -> str:
     match = re.search(r"Credential=[^/]+/\d+/([^/]+)/", request.headers.get("Authorization", ""))
-    region = match.group(1) if match else "us-east-1"
-    return name in sagemaker_models.sagemaker_backends[ACCOUNT][region].endpoints
+    return match.group(1) if match else "us-east-1"
+
+
+def _endpoint_exists(request: Request, name: str) -> bool:
+    return name in sagemaker_models.sagemaker_backends[ACCOUNT][_region(request)].endpoints
 
 
 def runtime_app(request: Request, name: str, streaming: bool) -> Response:
@@ -173,19 +209,7 @@ def runtime_app(request: Request, name: str, streaming: bool) -> Response:
         )
     body = request.get_data()
     if body.startswith(b"MODEL_ERROR"):
-        return _json_error(
-            424,
-            "ModelError",
-            {
-                "message": "Received client error (400) from primary with message "
-                '"{"error": "input user_id is missing"}".',
-                "OriginalStatusCode": 400,
-                "OriginalMessage": '{"error": "input user_id is missing"}',
-                "LogStreamArn": (
-                    f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}"
-                ),
-            },
-        )
+        return _model_error(name, 400, '{"error": "input user_id is missing"}')
     echo = json.dumps(
         {
             "endpoint": name,
@@ -224,6 +248,96 @@ def runtime_app(request: Request, name: str, streaming: bool) -> Response:
     )
 
 
+# --- containers that run for real --------------------------------------------------------------
+
+CONTAINERS_PATH = "/_fake/containers"
+# (image, mode) -> {"url": ..., "models_dir": ...}: where a serve of that image listens.
+_containers: dict[tuple[str, str], dict[str, str]] = {}
+# What SageMaker passes from InvokeEndpoint to the container, and back.
+_PASSED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+
+
+def register_container(request: Request) -> Response:
+    spec = json.loads(request.get_data())
+    key = (spec["image"], spec.get("mode", "SingleModel"))
+    _containers[key] = {"url": spec["url"], "models_dir": spec.get("models_dir", "")}
+    return Response(status=204)
+
+
+def _running_container(request: Request, name: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """The endpoint's primary container, and where it runs, if it runs for real."""
+    backend = sagemaker_models.sagemaker_backends[ACCOUNT][_region(request)]
+    endpoint = backend.endpoints.get(name)
+    if endpoint is None:
+        return None
+    config = backend.endpoint_configs[endpoint.endpoint_config_name]
+    model = backend._models[config.production_variants[0]["ModelName"]]
+    container = model.primary_container or (model.containers or [{}])[0]
+    running = _containers.get((container.get("Image", ""), container.get("Mode", "SingleModel")))
+    return (container, running) if running else None
+
+
+def _call(url: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, Any]:
+    parsed = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=120)
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+        reply = connection.getresponse()
+        return reply.status, reply.read(), reply.headers
+    finally:
+        connection.close()
+
+
+def _load_target(container: dict[str, Any], running: dict[str, str], target: str) -> str:
+    """SageMaker's part of a multi-model invocation: fetch, unpack and load TargetModel once."""
+    name = hashlib.sha256(target.encode()).hexdigest()[:32]
+    folder = Path(running["models_dir"]) / name / "model"
+    if not folder.is_dir():
+        bucket, _, prefix = container["ModelDataUrl"].removeprefix("s3://").partition("/")
+        key = prefix.rstrip("/") + "/" + target.lstrip("/") if prefix else target
+        found = s3_backends[ACCOUNT]["aws"].get_object(bucket, key)
+        if found is None:
+            raise LookupError(f"s3://{bucket}/{key} does not exist")
+        folder.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(found.value)) as archive:
+            archive.extractall(folder, filter="data")
+    body = json.dumps({"model_name": name, "url": str(folder)}).encode()
+    status, answer, _ = _call(
+        running["url"], "/models", body, {"X-Amzn-SageMaker-Target-Model": target}
+    )
+    if status not in (200, 409):
+        raise LookupError(f"loading {target} answered {status}: {answer.decode()}")
+    return name
+
+
+def forward(
+    request: Request, name: str, container: dict[str, Any], running: dict[str, str]
+) -> Response:
+    headers = {h: request.headers[h] for h in _PASSED if h in request.headers}
+    target = request.headers.get("X-Amzn-SageMaker-Target-Model")
+    path = "/invocations"
+    if container.get("Mode") == "MultiModel":
+        if not target:
+            return _json_error(
+                400, "ValidationError", {"message": "TargetModel is required for this endpoint."}
+            )
+        try:
+            path = f"/models/{_load_target(container, running, target)}/invoke"
+        except LookupError as exc:
+            return _json_error(400, "ValidationError", {"message": str(exc)})
+    status, body, reply_headers = _call(running["url"], path, request.get_data(), headers)
+    if status >= 400:
+        return _model_error(name, status, body.decode("utf-8", "replace"))
+    answer_headers = {
+        "Content-Type": reply_headers.get("Content-Type", "application/octet-stream"),
+        "x-Amzn-Invoked-Production-Variant": "AllTraffic",
+    }
+    attributes = reply_headers.get("X-Amzn-SageMaker-Custom-Attributes")
+    if attributes:
+        answer_headers["X-Amzn-SageMaker-Custom-Attributes"] = attributes
+    return Response(body, headers=answer_headers)
+
+
 class FakeAws:
     """WSGI app: the runtime data plane here, everything else to moto."""
 
@@ -231,10 +345,18 @@ class FakeAws:
         self.moto = DomainDispatcherApplication(create_backend_app)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        match = RUNTIME_PATH.match(environ.get("PATH_INFO", ""))
-        if match and environ.get("REQUEST_METHOD") == "POST":
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD")
+        if path == CONTAINERS_PATH and method == "POST":
+            return register_container(Request(environ))(environ, start_response)
+        match = RUNTIME_PATH.match(path)
+        if match and method == "POST":
             request = Request(environ)
-            response = runtime_app(request, match["name"], match["kind"].endswith("stream"))
+            streaming = match["kind"].endswith("stream")
+            running = None if streaming else _running_container(request, match["name"])
+            if running is not None:
+                response = forward(request, match["name"], *running)
+            else:
+                response = runtime_app(request, match["name"], streaming)
             return response(environ, start_response)
         return self.moto(environ, start_response)
 

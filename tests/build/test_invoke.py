@@ -12,11 +12,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import boto3
 import pytest
 from smtriton.invoke import MAX_PAYLOAD_BYTES
 
-from tests.build.conftest import INSTANCE_TYPE, ROLE_ARN, CliResult
+from tests.build.conftest import CliResult, create_fake_endpoint
 
 Smtriton = Callable[..., CliResult]
 
@@ -26,35 +25,8 @@ pytestmark = pytest.mark.usefixtures("aws_env")
 @pytest.fixture(scope="module")
 def endpoint(fake_aws_url: str) -> str:
     """One InService endpoint for the module, made directly through the fake's API."""
-    name = f"invoke-{uuid.uuid4().hex[:8]}"
-    sagemaker = boto3.client(
-        "sagemaker",
-        endpoint_url=fake_aws_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    sagemaker.create_model(
-        ModelName=name,
-        ExecutionRoleArn=ROLE_ARN,
-        PrimaryContainer={"Image": "image", "Mode": "MultiModel", "ModelDataUrl": "s3://b-1/p/"},
-    )
-    sagemaker.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": name,
-                "InstanceType": INSTANCE_TYPE,
-                "InitialInstanceCount": 1,
-            }
-        ],
-    )
-    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
-    for _ in range(10):
-        if sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService":
-            return name
-    pytest.fail("the fake endpoint never came InService")
+    container = {"Image": "image", "Mode": "MultiModel", "ModelDataUrl": "s3://b-1/p/"}
+    return create_fake_endpoint(fake_aws_url, f"invoke-{uuid.uuid4().hex[:8]}", container)
 
 
 def echo(result: CliResult) -> dict:

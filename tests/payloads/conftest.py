@@ -80,14 +80,16 @@ class TritonPythonModel:
 """
 
 
-def write_model(repository: Path, name: str, config: str, model_py: str) -> None:
+def write_model(
+    repository: Path, name: str, config: str, model_py: str, instances: int | None = 1
+) -> None:
+    """A Python-backend model; `instances` CPU instances (None: `config` says)."""
     folder = repository / name
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.py").write_text(textwrap.dedent(model_py))
+    group = f"instance_group [ {{ kind: KIND_CPU, count: {instances} }} ]\n" if instances else ""
     (folder / "config.pbtxt").write_text(
-        f'name: "{name}"\nbackend: "python"\n'
-        + textwrap.dedent(config)
-        + "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
+        f'name: "{name}"\nbackend: "python"\n' + textwrap.dedent(config) + group
     )
 
 

@@ -1,0 +1,90 @@
+"""Requests of more records than the model takes at once: split, sent together, joined.
+
+SageMaker's batch transform (SplitType=Line, BatchStrategy=MultiRecord)
+sends as many records as fit in MaxPayloadInMB, thousands of them, and
+expects one answer line per record, in order (AssembleWith=Line). Triton
+refuses more than `max_batch_size` records in one request (more than one,
+for a model that does not batch), so the records are split into chunks the
+model takes. The chunks go to Triton together, a few per model instance, so
+every instance has its next batch queued and none waits on this service
+between batches; their outputs are joined back in request order. Records
+keep their names (their lines in the body) through the split, so an error
+names the record in the body the caller sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from serve.payloads.errors import PayloadError
+from serve.payloads.records import Where
+from serve.payloads.signature import ModelSignature
+from serve.payloads.v2 import Outputs
+
+# Chunks each model instance may have queued at Triton for one request: one running
+# and one waiting is enough to keep it busy; more only holds memory.
+CHUNKS_PER_INSTANCE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """Where a request's records came from, to name one in an error."""
+
+    # The line of the body each record starts on (CSV, JSON Lines); None: by index.
+    lines: Sequence[int] | None = None
+
+    def where(self, index: int) -> str:
+        return f"line {self.lines[index]}" if self.lines is not None else f"record {index}"
+
+    def within(self, span: range) -> Where:
+        """Names for the records of `span`, indexed from its start."""
+        return lambda index: self.where(span.start + index)
+
+    def describe(self, span: range) -> str:
+        first, last = span.start, span.stop - 1
+        if self.lines is not None:
+            return f"lines {self.lines[first]}-{self.lines[last]}"
+        return f"records {first}-{last}"
+
+
+def chunks(count: int, signature: ModelSignature) -> list[range]:
+    """The spans of records each Triton request takes, in order (one span for none)."""
+    size = signature.max_batch_size if signature.batched else 1
+    return [range(start, min(start + size, count)) for start in range(0, count, size)] or [range(0)]
+
+
+def in_flight(signature: ModelSignature) -> int:
+    """Chunks of one request at Triton at once: enough to keep every instance busy."""
+    return CHUNKS_PER_INSTANCE * max(1, signature.instances)
+
+
+def join(parts: Sequence[Outputs], signature: ModelSignature) -> tuple[Outputs, ModelSignature]:
+    """The chunks' outputs as one answer, and the signature to encode it with.
+
+    A model that batches answers each chunk along its batch axis, so the
+    chunks are concatenated; one that does not answers one record per chunk,
+    so the records are stacked on a new first axis, and the answer is
+    encoded as a batch of them.
+    """
+    if len(parts) == 1:
+        return parts[0], signature
+    tensors = {}
+    for name in parts[0].tensors:
+        arrays = [part.tensors[name] for part in parts]
+        inner = {array.shape[1:] if signature.batched else array.shape for array in arrays}
+        if len(inner) > 1:
+            shapes = ", ".join(str(list(shape)) for shape in sorted(inner)[:3])
+            raise PayloadError(
+                f"model {signature.name!r} answered the request's chunks of records with "
+                f"outputs {name!r} of different shapes ({shapes}); send at most "
+                f"{max(1, signature.max_batch_size)} records per request to this model"
+            )
+        tensors[name] = np.concatenate(arrays) if signature.batched else np.stack(arrays)
+    first = parts[0]
+    joined = Outputs(first.model_name, first.model_version, tensors, first.datatypes)
+    if signature.batched:
+        return joined, signature
+    return joined, dataclasses.replace(signature, max_batch_size=len(parts))
