@@ -70,6 +70,14 @@ def out_of_space(path: Path, doing: str) -> InsufficientStorage:
     )
 
 
+def invocation_timed_out(seconds: float) -> str:
+    """The error of an invocation the model did not answer in time, nginx's and Python's alike."""
+    return (
+        f"the model did not answer within {seconds:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT); "
+        "raise it if your model needs longer"
+    )
+
+
 # nginx's name for a request head larger than its buffers; HTTP's is 431.
 NGINX_HEADER_TOO_LARGE = 494
 

@@ -9,6 +9,7 @@ for the routes that need it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import jinja2
 
 from serve.access_log import ACCESS_LOG_FORMAT
-from serve.errors import ConfigError, front_errors
+from serve.errors import ConfigError, front_errors, invocation_timed_out
 from serve.multi_model import longest_answer
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
@@ -36,6 +37,9 @@ UNPRIVILEGED_USER = "nobody nogroup"
 # on every upstream request (empty unless the front means it), so a client's copy
 # never reaches a service.
 INTERNAL_HEADERS = (MODEL_HEADER, INFERENCE_HEADER, HEADER_LENGTH)
+# The payload service answers an invocation Triton took too long for with its own 504
+# (after SAGEMAKER_MODEL_SERVER_TIMEOUT); nginx waits this much longer for that answer.
+SERVICE_MARGIN_SECONDS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +107,7 @@ class FrontConfig:
             streaming=self.settings.inference_type == "generate_stream",
             multi_model=self.settings.multi_model,
             models_read_timeout=round(longest_answer(self.settings.model_load_timeout)),
+            **self._invocation_timeouts(),
             # A model that is not loaded is a 400 from Triton; the payload service
             # turns it into the contract's 404. 501: a decoupled model, which streams.
             explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",
@@ -112,6 +117,15 @@ class FrontConfig:
             binary_length_header=HEADER_LENGTH,
             **self._payload_routes(),
         )
+
+    def _invocation_timeouts(self) -> dict[str, object]:
+        """How long nginx waits for Triton and for the payload service (milliseconds)."""
+        seconds = self.settings.invocation_timeout
+        return {
+            "invocation_timeout_ms": math.ceil(seconds * 1000),
+            "service_timeout_ms": math.ceil((seconds + SERVICE_MARGIN_SECONDS) * 1000),
+            "invocation_timed_out": invocation_timed_out(seconds),
+        }
 
     def _public_routes(self) -> str:
         if self.settings.multi_model:

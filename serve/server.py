@@ -159,7 +159,9 @@ class Server:
         control = ControlServer(create_control_app(self.state, registry), ws.control_socket)
         control.start()
         # The payload service: content types, Accept, Triton's refusals, streams.
-        payloads = PayloadService(front.payload_socket(), triton_port, registry)
+        payloads = PayloadService(
+            front.payload_socket(), triton_port, registry, settings.invocation_timeout
+        )
         payloads.start()
         # --- the front's metrics (serve/metrics.py): nginx's access log, followed off the hot path
         access_log = front.access_log()

@@ -125,6 +125,12 @@ class Settings:
     extra_backends: tuple[Path, ...] = ()
     # SERVE_MAX_BODY_BYTES: largest request body (SageMaker's own cap is 6 MB).
     max_body_bytes: int = 6 * MEBIBYTE
+    # SAGEMAKER_MODEL_SERVER_TIMEOUT (the name AWS's inference toolkit reads): seconds an
+    # invocation may take, in every layer (nginx, the payload service, its Triton client).
+    # The default covers the longest wait SageMaker allows: asynchronous inference
+    # (InvocationTimeoutSeconds) and batch transform (InvocationsTimeoutInSeconds), both
+    # up to 3600 s; real-time endpoints give up after 60 s on their own.
+    invocation_timeout: float = 3600.0
     # SERVE_WORKDIR: where the prepared repository and the front's files live.
     workdir: Path | None = None
     # SERVE_STARTUP_TIMEOUT: seconds Triton may take to load the models.
@@ -214,6 +220,7 @@ class Settings:
                 Path(part) for part in (env.text("SERVE_EXTRA_BACKENDS") or "").split(":") if part
             ),
             max_body_bytes=env.positive_int("SERVE_MAX_BODY_BYTES") or 6 * MEBIBYTE,
+            invocation_timeout=env.positive_float("SAGEMAKER_MODEL_SERVER_TIMEOUT") or 3600.0,
             workdir=env.path("SERVE_WORKDIR"),
             startup_timeout=env.positive_float("SERVE_STARTUP_TIMEOUT") or 1800.0,
             model_load_timeout=env.positive_float("SERVE_MODEL_LOAD_TIMEOUT") or 3600.0,

@@ -32,7 +32,7 @@ from urllib.parse import unquote
 
 import uvloop
 
-from serve.errors import ServeError
+from serve.errors import ServeError, invocation_timed_out
 from serve.multi_model import ModelRegistry
 from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.triton_http import TritonHttp
@@ -46,10 +46,18 @@ HEAD_LIMIT = 1 << 20
 
 
 class PayloadService:
-    def __init__(self, socket_path: Path, triton_port: int, registry: ModelRegistry | None = None):
+    def __init__(
+        self,
+        socket_path: Path,
+        triton_port: int,
+        registry: ModelRegistry | None = None,
+        timeout: float = 3600.0,
+    ):
+        """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT)."""
         self.socket_path = socket_path
         self._triton_port = triton_port
         self._registry = registry
+        self._timeout = timeout
         # uvloop's loop runs the callbacks in C: the service's share of the time to a
         # first streamed chunk fell by a quarter to a half against asyncio's own loop
         # (two same-process A/B runs), and by 0.1 ms through serve on an H200 host.
@@ -74,7 +82,7 @@ class PayloadService:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            adapter = PayloadAdapter(TritonHttp(self._triton_port), self._registry)
+            adapter = PayloadAdapter(TritonHttp(self._triton_port, self._timeout), self._registry)
             self._server = self._loop.run_until_complete(
                 self._loop.create_unix_server(
                     lambda: _NginxConnection(adapter, self._registry), path=str(self.socket_path)
@@ -98,7 +106,13 @@ class PayloadService:
 
 
 class _NginxConnection(asyncio.Protocol):
-    """One kept-alive connection from nginx: requests in, one at a time, answers out."""
+    """One kept-alive connection from nginx: requests in, one at a time, answers out.
+
+    nginx closes the connection when its caller goes away; the request in flight
+    is then cancelled, which lets go of its body and of its connection to Triton
+    at once (Triton finishes the model's work; nobody reads the answer). Other
+    requests, on other connections, are not touched.
+    """
 
     def __init__(self, adapter: PayloadAdapter, registry: ModelRegistry | None):
         self._adapter = adapter
@@ -108,6 +122,7 @@ class _NginxConnection(asyncio.Protocol):
         self._busy = False
         self._closed = False
         self._writable: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -115,6 +130,8 @@ class _NginxConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.resume_writing()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     def pause_writing(self) -> None:
         self._writable = asyncio.get_running_loop().create_future()
@@ -143,14 +160,17 @@ class _NginxConnection(asyncio.Protocol):
                 self._close()
             return
         self._busy = True
-        asyncio.get_running_loop().create_task(self._serve(*request))
+        self._task = asyncio.get_running_loop().create_task(self._serve(*request))
 
     async def _serve(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
-        reply = await self._answer(method, target, headers, body)
-        if reply.chunks is None:
-            self._write(reply)
-        else:
-            await self._write_stream(reply)
+        try:
+            reply = await self._answer(method, target, headers, body)
+            if reply.chunks is None:
+                self._write(reply)
+            else:
+                await self._write_stream(reply)
+        except asyncio.CancelledError:
+            return  # nginx's caller went away (connection_lost): nothing is left to answer
         self._busy = False
         self._next()
 
@@ -163,7 +183,8 @@ class _NginxConnection(asyncio.Protocol):
         except ServeError as exc:
             return Reply(exc.status, "application/json", _error(exc.message))
         except (asyncio.TimeoutError, TimeoutError):
-            return Reply(504, "application/json", _error("the model did not answer in time"))
+            message = invocation_timed_out(self._adapter.triton.timeout)
+            return Reply(504, "application/json", _error(message))
         except Exception as exc:
             log.exception("unexpected error adapting a payload")
             return Reply(

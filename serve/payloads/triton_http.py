@@ -133,6 +133,12 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def discard(self) -> None:
+        """Close a connection whose answer nobody will read, so it is never reused."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
     def _fail(self, error: BaseException) -> None:
         for future in (self._answer, self._stream_head):
             if future is not None and not future.done():
@@ -208,7 +214,14 @@ class _Connection(asyncio.Protocol):
 
 
 class TritonHttp:
-    def __init__(self, port: int, timeout: float = 65.0, keep: int = 128):
+    """Triton's HTTP frontend for the payload service.
+
+    `timeout` (SAGEMAKER_MODEL_SERVER_TIMEOUT) bounds the wait for an answer, or
+    for a stream's next chunk. A request cancelled while it waits (its caller
+    went away) closes its connection: the answer would arrive on it later.
+    """
+
+    def __init__(self, port: int, timeout: float = 3600.0, keep: int = 128):
         self.port = port
         self.timeout = timeout
         self._keep = keep
@@ -220,16 +233,20 @@ class TritonHttp:
         message = _message(method, path, body, headers)
         connection, reused = await self._connection()
         try:
-            reply = await self._exchange(connection, message)
-        except ConnectionError:
-            if not (reused and not connection.received_any):
-                raise _unavailable() from None
-            # Triton closed a kept-alive connection before reading the request.
-            connection, _ = await self._connection(fresh=True)
             try:
                 reply = await self._exchange(connection, message)
             except ConnectionError:
-                raise _unavailable() from None
+                if not (reused and not connection.received_any):
+                    raise _unavailable() from None
+                # Triton closed a kept-alive connection before reading the request.
+                connection, _ = await self._connection(fresh=True)
+                try:
+                    reply = await self._exchange(connection, message)
+                except ConnectionError:
+                    raise _unavailable() from None
+        except asyncio.CancelledError:
+            connection.discard()
+            raise
         self._release(connection)
         return reply
 
@@ -249,16 +266,20 @@ class TritonHttp:
         message = _message(method, path, body, headers)
         connection, reused = await self._connection()
         try:
-            status, reply_headers, arriving = await self._stream_head(connection, message)
-        except ConnectionError:
-            if not (reused and not connection.received_any):
-                raise _unavailable() from None
-            # Triton closed a kept-alive connection before reading the request.
-            connection, _ = await self._connection(fresh=True)
             try:
                 status, reply_headers, arriving = await self._stream_head(connection, message)
             except ConnectionError:
-                raise _unavailable() from None
+                if not (reused and not connection.received_any):
+                    raise _unavailable() from None
+                # Triton closed a kept-alive connection before reading the request.
+                connection, _ = await self._connection(fresh=True)
+                try:
+                    status, reply_headers, arriving = await self._stream_head(connection, message)
+                except ConnectionError:
+                    raise _unavailable() from None
+        except asyncio.CancelledError:
+            connection.discard()
+            raise
 
         async def chunks() -> AsyncGenerator[bytes, None]:
             finished = False
@@ -279,9 +300,7 @@ class TritonHttp:
                 if finished:
                     self._release(connection)
                 else:  # the caller left early: closing the connection ends Triton's request
-                    connection.closed = True
-                    if connection.transport is not None:
-                        connection.transport.close()
+                    connection.discard()
 
         return Stream(status, reply_headers, chunks())
 
