@@ -4,7 +4,9 @@ nginx reaches this Flask app on a unix socket (never a public port) for:
 - `/_serve/ping`: why the endpoint is not healthy, while Triton is loading,
   after a failure, or while stopping (nginx answers healthy pings itself);
 - `/models` on a multi-model endpoint: loading, listing, describing and
-  unloading models.
+  unloading models;
+- `/_serve/metrics`: what the public port answers at SERVE_METRICS_PATH
+  (Prometheus text; serve/metrics.py builds it).
 
 Invocations that need Python (other content types and Accept, Triton's
 refusals, streams) go to the payload service instead (serve/payloads/).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -29,8 +32,16 @@ def json_response(status: int, payload: dict[str, object]) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
-def create_control_app(state: ServerState, registry: ModelRegistry | None = None) -> Flask:
-    """The control app; `registry` adds the multi-model /models routes."""
+# A metrics exposition and its content type (serve.metrics.PublicMetrics).
+Exposition = Callable[[], tuple[bytes, str]]
+
+
+def create_control_app(
+    state: ServerState,
+    registry: ModelRegistry | None = None,
+    metrics: Exposition | None = None,
+) -> Flask:
+    """The control app; `registry` adds the multi-model /models routes, `metrics` /metrics."""
     app = Flask("serve.control")
 
     @app.errorhandler(ServeError)
@@ -52,6 +63,13 @@ def create_control_app(state: ServerState, registry: ModelRegistry | None = None
         if phase is Phase.READY:
             reason = "Triton reports the model is not ready"
         return json_response(503, {"status": phase.value, "reason": reason})
+
+    if metrics is not None:
+
+        @app.get("/_serve/metrics")
+        def metrics_text() -> Response:
+            body, content_type = metrics()
+            return Response(body, status=200, content_type=content_type)
 
     if registry is not None:
         _add_multi_model_routes(app, registry)

@@ -80,8 +80,11 @@ class FrontConfig:
         return f"/v2/models/{quote(self.default_model, safe='')}/ready"
 
     def access_log(self) -> Path | None:
-        """nginx's access log, which serve's metrics follow; None while those are off."""
-        if self.settings.serve_metrics_port is None:
+        """nginx's access log, which the front's metrics follow; None while those are off.
+
+        They are on while GET /metrics (SERVE_METRICS_PATH) or SERVE_METRICS_PORT is.
+        """
+        if self.settings.serve_metrics_port is None and self.settings.metrics_path is None:
             return None
         return self.workdir / "access.log"
 
@@ -106,6 +109,7 @@ class FrontConfig:
             invocation_path=self.invocation_path(),
             streaming=self.settings.inference_type == "generate_stream",
             multi_model=self.settings.multi_model,
+            metrics_path=self.settings.metrics_path,
             models_read_timeout=round(longest_answer(self.settings.model_load_timeout)),
             **self._invocation_timeouts(),
             # A model that is not loaded is a 400 from Triton; the payload service

@@ -126,6 +126,7 @@ class Server:
         taken = {settings.port, settings.grpc_port, settings.metrics_port}
         taken.add(settings.serve_metrics_port or settings.port)
         triton_port = free_loopback_port(settings.safe_port_range, taken)
+        triton_metrics_port = self._triton_metrics_port(taken | {triton_port})
         front = FrontConfig(
             settings=settings,
             workdir=ws.front,
@@ -144,6 +145,7 @@ class Server:
             settings=settings,
             shm_default_byte_size=shm.region_bytes,
             gpu_count=gpus,
+            loopback_metrics_port=None if settings.allow_metrics else triton_metrics_port,
         )
         registry = None
         if repository is None:
@@ -156,16 +158,10 @@ class Server:
                 settings.env_cache_min_free_bytes,
                 settings.model_load_timeout,
             )
-        control = ControlServer(create_control_app(self.state, registry), ws.control_socket)
-        control.start()
-        # The payload service: content types, Accept, Triton's refusals, streams.
-        payloads = PayloadService(
-            front.payload_socket(), triton_port, registry, settings.invocation_timeout
-        )
-        payloads.start()
         # --- the front's metrics (serve/metrics.py): nginx's access log, followed off the hot path
+        exposition = None
         access_log = front.access_log()
-        if settings.serve_metrics_port is not None and access_log is not None:
+        if access_log is not None:
             from serve.metrics import MetricsEndpoint
 
             self._metrics = MetricsEndpoint(
@@ -173,11 +169,27 @@ class Server:
                 access_log,
                 front.pid_file(),
                 startup_models=len(repository.models) if repository else 0,
+                metrics_path=settings.metrics_path,
             )
             if self.preparation.environments is not None:
                 self._metrics.metrics.watch_environment_cache(self.preparation.environments)
+            if triton_metrics_port is not None:
+                # GET /metrics: Triton's series labelled with the user's folder, not the copy.
+                source = settings.models_dir if settings.multi_model else settings.model_dir
+                exposition = self._metrics.public(
+                    TritonClient(triton_metrics_port), ws.repository, source
+                ).exposition
             self._metrics.start()
         # --- end of the front's metrics
+        control = ControlServer(
+            create_control_app(self.state, registry, exposition), ws.control_socket
+        )
+        control.start()
+        # The payload service: content types, Accept, Triton's refusals, streams.
+        payloads = PayloadService(
+            front.payload_socket(), triton_port, registry, settings.invocation_timeout
+        )
+        payloads.start()
         nginx = ManagedProcess("nginx", nginx_argv(front.write()))
         triton = ManagedProcess(
             "tritonserver",
@@ -191,6 +203,19 @@ class Server:
             control.stop()
             if self._metrics is not None:
                 self._metrics.stop()
+
+    def _triton_metrics_port(self, taken: set[int]) -> int | None:
+        """Where the front reads Triton's metrics for GET /metrics; None while that is off.
+
+        SAGEMAKER_TRITON_ALLOW_METRICS opens them on their own port (every address,
+        loopback included); otherwise Triton gets a loopback port of its own for them.
+        """
+        settings = self.settings
+        if settings.metrics_path is None:
+            return None
+        if settings.allow_metrics:
+            return settings.metrics_port
+        return free_loopback_port(settings.safe_port_range, taken, "Triton's metrics")
 
     def _omp_threads(self, shm: host.ShmPlan) -> int | None:
         """OMP_NUM_THREADS for Triton and its stubs, unless the user set it (or one instance)."""

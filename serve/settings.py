@@ -13,6 +13,7 @@ image behaves the same here.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import tempfile
 from collections.abc import Mapping
@@ -34,6 +35,11 @@ MEBIBYTE = 1024 * 1024
 MAX_BYTES = 2**63 - 1
 MAX_THREADS = 2**31 - 1
 MAX_SECONDS = 2**31 - 1
+# What SERVE_METRICS_PATH may be: nginx matches it exactly, so no pattern characters.
+METRICS_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+# Paths the public port answers otherwise (the front's own internal ones included).
+PUBLIC_ROUTES = frozenset({"", "/ping", "/invocations", "/models"})
+PUBLIC_ROUTE_PREFIXES = ("/models/", "/_serve/")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -83,6 +89,11 @@ class Settings:
     # on at SAGEMAKER_TRITON_METRICS_PORT + 1 when Triton's metrics are on, else off.
     # A port turns them on (alone too); "off" turns them off. None: off.
     serve_metrics_port: int | None = None
+    # SERVE_METRICS_PATH: where the public port answers GET with Prometheus text holding
+    # Triton's metrics and the front's (serve/metrics.py): SageMaker's detailed
+    # observability scrapes /metrics on port 8080 unless ContainerMetricsConfig names
+    # another path. "off" turns it off. None: off.
+    metrics_path: str | None = "/metrics"
     # SAGEMAKER_TRITON_LOG_VERBOSE / _LOG_INFO / _LOG_WARNING / _LOG_ERROR,
     # passed to Triton as given (verbose logging is on by default, as in NVIDIA's image).
     log_verbose: str = "true"
@@ -195,6 +206,7 @@ class Settings:
             allow_metrics=env.boolean("SAGEMAKER_TRITON_ALLOW_METRICS", False),
             metrics_port=env.port("SAGEMAKER_TRITON_METRICS_PORT", 8002),
             serve_metrics_port=_serve_metrics_port(env),
+            metrics_path=_metrics_path(env),
             log_verbose=env.text("SAGEMAKER_TRITON_LOG_VERBOSE") or "true",
             log_info=env.text("SAGEMAKER_TRITON_LOG_INFO"),
             log_warning=env.text("SAGEMAKER_TRITON_LOG_WARNING"),
@@ -350,6 +362,26 @@ class _Reader:
             return tuple(shlex.split(value))
         except ValueError as exc:
             raise ConfigError(f"{name} cannot be split into arguments: {exc}") from exc
+
+
+def _metrics_path(env: _Reader) -> str | None:
+    """SERVE_METRICS_PATH: a path of the public port, "off", or unset (/metrics)."""
+    value = env.text("SERVE_METRICS_PATH")
+    if value is None:
+        return "/metrics"
+    if value.lower() in _FALSE:
+        return None
+    if not METRICS_PATH.match(value):
+        raise ConfigError(
+            f"SERVE_METRICS_PATH={value!r} must be a path of letters, digits and . _ ~ - /, "
+            "starting with / (such as /metrics), or off"
+        )
+    if value.rstrip("/") in PUBLIC_ROUTES or value.startswith(PUBLIC_ROUTE_PREFIXES):
+        raise ConfigError(
+            f"SERVE_METRICS_PATH={value!r} is a route the endpoint answers already; "
+            "choose another path, such as /metrics"
+        )
+    return value
 
 
 def _serve_metrics_port(env: _Reader) -> int | None:

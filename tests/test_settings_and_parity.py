@@ -37,7 +37,9 @@ def test_defaults_match_nvidias_serve_script(opt_ml: Path, start_serve: StartSer
         "--model-namespacing=true",
         "--allow-sagemaker=false",
         "--allow-grpc=false",
-        "--allow-metrics=false",
+        # Unlike NVIDIA's script: Triton's metrics are on, on loopback only, for GET /metrics.
+        "--allow-metrics=true",
+        "--metrics-address=127.0.0.1",
         "--log-verbose=true",
         "--backend-config=python,shm-default-byte-size=16777216",
         "--backend-config=python,shm-growth-byte-size=1048576",
