@@ -82,7 +82,9 @@ def invocation_timed_out(seconds: float) -> str:
 NGINX_HEADER_TOO_LARGE = 494
 
 
-def front_errors(max_body_bytes: int, public_routes: str) -> dict[int, tuple[int, str]]:
+def front_errors(
+    max_body_bytes: int, public_routes: str, max_body_set_by: str = "SERVE_MAX_BODY_BYTES"
+) -> dict[int, tuple[int, str]]:
     """The answers nginx writes itself, by the status nginx gives them: (status sent, message).
 
     nginx answers malformed requests, its limits and an internal service that
@@ -97,7 +99,8 @@ def front_errors(max_body_bytes: int, public_routes: str) -> dict[int, tuple[int
         411: (411, "this request needs a Content-Length or a chunked body"),
         413: (
             413,
-            f"the request body is larger than {max_body_bytes} bytes (SERVE_MAX_BODY_BYTES)",
+            f"the request body is larger than {max_body_bytes} bytes ({max_body_set_by}; "
+            "SERVE_MAX_BODY_BYTES sets another limit)",
         ),
         414: (414, "the request URI is longer than the front accepts (8 KiB)"),
         NGINX_HEADER_TOO_LARGE: (

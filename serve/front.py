@@ -100,7 +100,12 @@ class FrontConfig:
             access_log_format=ACCESS_LOG_FORMAT,
             error_log_level="warn",
             max_body_bytes=self.settings.max_body_bytes,
-            front_errors=front_errors(self.settings.max_body_bytes, self._public_routes()),
+            body_buffer_bytes=self.settings.body_buffer_bytes,
+            front_errors=front_errors(
+                self.settings.max_body_bytes,
+                self._public_routes(),
+                self.settings.max_body_set_by,
+            ),
             triton_port=self.triton_port,
             control_socket=self.control_socket,
             listen_address="0.0.0.0",

@@ -26,6 +26,7 @@ from serve.control_app import create_control_app
 from serve.errors import ConfigError
 from serve.front import FrontConfig, FrontModel, nginx_argv
 from serve.multi_model import ModelRegistry
+from serve.payloads.body import Spool
 from serve.payloads.service import PayloadService
 from serve.ports import free_loopback_port, refuse_ports_in_use
 from serve.processes import ManagedProcess
@@ -37,7 +38,7 @@ from serve.repository import (
 from serve.settings import Settings
 from serve.state import Phase, ServerState
 from serve.triton_client import TritonClient
-from serve.triton_command import TritonCommand
+from serve.triton_command import MAX_INPUT_FLAG, TritonCommand
 from serve.triton_install import TritonInstall, locate_triton
 from serve.workspace import Workspace
 
@@ -146,6 +147,7 @@ class Server:
             shm_default_byte_size=shm.region_bytes,
             gpu_count=gpus,
             loopback_metrics_port=None if settings.allow_metrics else triton_metrics_port,
+            limits_input_size=install.accepts(MAX_INPUT_FLAG),
         )
         registry = None
         if repository is None:
@@ -187,7 +189,11 @@ class Server:
         control.start()
         # The payload service: content types, Accept, Triton's refusals, streams.
         payloads = PayloadService(
-            front.payload_socket(), triton_port, registry, settings.invocation_timeout
+            front.payload_socket(),
+            triton_port,
+            Spool(ws.front / "payload_bodies", settings.body_buffer_bytes),
+            registry,
+            settings.invocation_timeout,
         )
         payloads.start()
         nginx = ManagedProcess("nginx", nginx_argv(front.write()))

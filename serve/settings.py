@@ -28,6 +28,11 @@ PingMode = Literal["ready", "live"]
 InferenceType = Literal["infer", "generate", "generate_stream"]
 
 MEBIBYTE = 1024 * 1024
+# SageMaker's request body caps: InvokeEndpoint (6 MB, 6,291,456 bytes), batch
+# transform's MaxPayloadInMB at most, and InvokeEndpointAsync's input in S3.
+REALTIME_MAX_BODY_BYTES = 6 * MEBIBYTE
+BATCH_MAX_BODY_BYTES = 100 * MEBIBYTE
+ASYNC_MAX_BODY_BYTES = 1024 * MEBIBYTE
 # The largest values the programs that get them take: sizes in bytes go to nginx
 # (off_t) and Triton's backends (int64), thread counts to Triton's int32 flags,
 # seconds to Triton's int32 flags and nginx's millisecond timers. A larger
@@ -134,8 +139,18 @@ class Settings:
     # SERVE_EXTRA_BACKENDS: colon-separated folders of extra Triton backends
     # (one subfolder each), added beside the installation's own.
     extra_backends: tuple[Path, ...] = ()
-    # SERVE_MAX_BODY_BYTES: largest request body (SageMaker's own cap is 6 MB).
-    max_body_bytes: int = 6 * MEBIBYTE
+    # SERVE_MAX_BODY_BYTES: largest request body. Unset: SageMaker's cap for the kind of
+    # endpoint (`_max_body`): 6 MB for real-time InvokeEndpoint; batch transform
+    # (SAGEMAKER_BATCH, SAGEMAKER_MAX_PAYLOAD_IN_MB, which SageMaker sets) up to 100 MB;
+    # asynchronous inference 1 GB, which SageMaker does not announce to the container
+    # (SERVE_ASYNC_INFERENCE=true says so). Larger bodies get 413.
+    max_body_bytes: int = REALTIME_MAX_BODY_BYTES
+    # The variable that decided max_body_bytes, named in the 413's message.
+    max_body_set_by: str = "SERVE_MAX_BODY_BYTES"
+    # SERVE_BODY_BUFFER_BYTES: bodies up to this size stay in memory (nginx and the
+    # payload service); larger ones are written to the workspace's disk as they arrive.
+    # The default keeps every real-time body in memory, as on the hot path before.
+    body_buffer_bytes: int = REALTIME_MAX_BODY_BYTES
     # SAGEMAKER_MODEL_SERVER_TIMEOUT (the name AWS's inference toolkit reads): seconds an
     # invocation may take, in every layer (nginx, the payload service, its Triton client).
     # The default covers the longest wait SageMaker allows: asynchronous inference
@@ -231,7 +246,7 @@ class Settings:
             extra_backends=tuple(
                 Path(part) for part in (env.text("SERVE_EXTRA_BACKENDS") or "").split(":") if part
             ),
-            max_body_bytes=env.positive_int("SERVE_MAX_BODY_BYTES") or 6 * MEBIBYTE,
+            **_max_body(env),
             invocation_timeout=env.positive_float("SAGEMAKER_MODEL_SERVER_TIMEOUT") or 3600.0,
             workdir=env.path("SERVE_WORKDIR"),
             startup_timeout=env.positive_float("SERVE_STARTUP_TIMEOUT") or 1800.0,
@@ -362,6 +377,32 @@ class _Reader:
             return tuple(shlex.split(value))
         except ValueError as exc:
             raise ConfigError(f"{name} cannot be split into arguments: {exc}") from exc
+
+
+def _max_body(env: _Reader) -> dict[str, object]:
+    """max_body_bytes, the variable that set it, and body_buffer_bytes (never larger)."""
+    explicit = env.positive_int("SERVE_MAX_BODY_BYTES")
+    # 0 asks for bodies of any size in chunks (MaxPayloadInMB=0, for the algorithms that
+    # take them); the batch cap below applies then.
+    batch_mb = None
+    if env.text("SAGEMAKER_MAX_PAYLOAD_IN_MB") != "0":
+        batch_mb = env.positive_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", MAX_BYTES // MEBIBYTE)
+    if explicit is not None:
+        limit, set_by = explicit, "SERVE_MAX_BODY_BYTES"
+    elif batch_mb is not None:
+        limit, set_by = batch_mb * MEBIBYTE, "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+    elif env.boolean("SAGEMAKER_BATCH", False):
+        limit, set_by = BATCH_MAX_BODY_BYTES, "SAGEMAKER_BATCH"
+    elif env.boolean("SERVE_ASYNC_INFERENCE", False):
+        limit, set_by = ASYNC_MAX_BODY_BYTES, "SERVE_ASYNC_INFERENCE"
+    else:
+        limit, set_by = REALTIME_MAX_BODY_BYTES, "SERVE_MAX_BODY_BYTES"
+    buffer = env.positive_int("SERVE_BODY_BUFFER_BYTES") or REALTIME_MAX_BODY_BYTES
+    return {
+        "max_body_bytes": limit,
+        "max_body_set_by": set_by,
+        "body_buffer_bytes": min(buffer, limit),
+    }
 
 
 def _metrics_path(env: _Reader) -> str | None:

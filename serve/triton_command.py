@@ -63,6 +63,14 @@ RESERVED_FLAGS: dict[str, str] = {
 }
 
 
+# Releases after 2.51 refuse HTTP bodies over this flag's value (64 MiB by default).
+MAX_INPUT_FLAG = "--http-max-input-size"
+# What Triton is allowed per body of the front's limit (SERVE_MAX_BODY_BYTES): native
+# bodies reach it as sent, but an adapted request's binary tensors can outweigh the
+# text they came from ("1," in a CSV becomes 8 bytes of INT64).
+ADAPTED_REQUEST_GROWTH = 4
+
+
 def check_additional_args(args: Sequence[str]) -> tuple[str, ...]:
     """`args` (SAGEMAKER_TRITON_ADDITIONAL_ARGS), unless one names a flag of RESERVED_FLAGS.
 
@@ -99,6 +107,8 @@ class TritonCommand:
     # reads and relabels them: serve/metrics.py); None leaves them to
     # SAGEMAKER_TRITON_ALLOW_METRICS, which opens them on every address instead.
     loopback_metrics_port: int | None = None
+    # Whether this release has MAX_INPUT_FLAG (its --help lists it).
+    limits_input_size: bool = False
 
     def argv(self) -> list[str]:
         s = self.settings
@@ -128,6 +138,8 @@ class TritonCommand:
         elif self.loopback_metrics_port is not None:
             port = self.loopback_metrics_port
             args += [f"--metrics-address={LOOPBACK}", f"--metrics-port={port}"]
+        if self.limits_input_size:
+            args.append(f"{MAX_INPUT_FLAG}={s.max_body_bytes * ADAPTED_REQUEST_GROWTH}")
         optional = {
             "--log-info": s.log_info,
             "--log-warning": s.log_warning,

@@ -26,6 +26,7 @@ import numpy as np
 from serve.errors import InsufficientMemory, ModelNotFound, ServeError
 from serve.multi_model import OUT_OF_MEMORY, ModelRegistry
 from serve.payloads import csv_codec, json_codec, npy_codec, raw_codec
+from serve.payloads.body import Body
 from serve.payloads.errors import NotAcceptable, PayloadError, TritonUnavailable
 from serve.payloads.media import (
     BINARY_JSON,
@@ -75,7 +76,8 @@ class Invocation:
     inference: str
     content_type: str
     accept: str
-    body: bytes
+    # In memory, or spooled to disk past SERVE_BODY_BUFFER_BYTES (serve/payloads/body.py).
+    body: Body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,13 +117,13 @@ class PayloadAdapter:
             return await self._native(invocation, name, key, Answer.BINARY)
         document: object = None
         if family is Family.JSON:
-            document = json_codec.parse(invocation.body)
+            document = json_codec.parse(invocation.body.read())
             if is_v2_request(document):
                 return await self._native(invocation, name, key, Answer.V2)
             if invocation.inference != "infer" and _names_inputs(document):
                 return await self._native(invocation, name, key, Answer.V2)
         signature = await self.signature(name, key)
-        records, parameters = _decode(family, media, invocation.body, document, signature)
+        records, parameters = _decode(family, media, invocation.body.read(), document, signature)
         if signature.decoupled or invocation.inference != "infer":
             return await self._generate(invocation, name, signature, records, parameters)
         answer = _feasible(answer_candidates(invocation.accept, DEFAULT_ANSWERS[family]), signature)
@@ -212,7 +214,7 @@ class PayloadAdapter:
                 f"model {signature.name!r} is decoupled and streams through Triton's "
                 "generate route, which takes JSON; send its inputs as JSON"
             )
-        document = json_codec.parse(invocation.body)
+        document = json_codec.parse(invocation.body.read())
         return await self._generate(invocation, name, signature, *_v2_as_records(document))
 
     async def _generate(
@@ -253,7 +255,7 @@ class PayloadAdapter:
         answer = answer_candidates(invocation.accept, own, streaming=True)[0]
         return await self._stream(_path(name, "generate_stream"), body, answer)
 
-    async def _stream(self, path: str, body: bytes, answer: Answer) -> Reply:
+    async def _stream(self, path: str, body: bytes | Body, answer: Answer) -> Reply:
         stream = await self.triton.stream("POST", path, body, {"Content-Type": "application/json"})
         if stream.status != 200:
             body = b"".join([chunk async for chunk in stream.chunks])
@@ -321,7 +323,7 @@ def _names_inputs(document: object) -> bool:
 
 def _binary_header_size(invocation: Invocation) -> int:
     match = BINARY_HEADER.match(invocation.content_type)
-    if match is None or int(match.group(1)) > len(invocation.body):
+    if match is None or int(match.group(1)) > invocation.body.size:
         raise PayloadError(
             "malformed Content-Type: binary requests need exactly "
             "application/vnd.sagemaker-triton.binary+json;json-header-size=N, with N the "
@@ -330,7 +332,7 @@ def _binary_header_size(invocation: Invocation) -> int:
     size = int(match.group(1))
     if size:
         try:
-            json.loads(invocation.body[:size])
+            json.loads(invocation.body.head(size))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PayloadError(f"the request body is not valid JSON: {exc}") from exc
     return size

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http
 import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -35,6 +35,7 @@ import uvloop
 from serve.errors import ServeError, invocation_timed_out
 from serve.multi_model import ModelRegistry
 from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
+from serve.payloads.body import Body, Spool
 from serve.payloads.triton_http import TritonHttp
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,17 @@ class PayloadService:
         self,
         socket_path: Path,
         triton_port: int,
+        spool: Spool,
         registry: ModelRegistry | None = None,
         timeout: float = 3600.0,
     ):
-        """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT)."""
+        """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
+
+        `spool`: where bodies past SERVE_BODY_BUFFER_BYTES are written (serve/payloads/body.py).
+        """
         self.socket_path = socket_path
         self._triton_port = triton_port
+        self._spool = spool
         self._registry = registry
         self._timeout = timeout
         # uvloop's loop runs the callbacks in C: the service's share of the time to a
@@ -85,7 +91,8 @@ class PayloadService:
             adapter = PayloadAdapter(TritonHttp(self._triton_port, self._timeout), self._registry)
             self._server = self._loop.run_until_complete(
                 self._loop.create_unix_server(
-                    lambda: _NginxConnection(adapter, self._registry), path=str(self.socket_path)
+                    lambda: _NginxConnection(adapter, self._registry, self._spool),
+                    path=str(self.socket_path),
                 )
             )
             # nginx's unprivileged workers connect to this socket.
@@ -114,11 +121,14 @@ class _NginxConnection(asyncio.Protocol):
     requests, on other connections, are not touched.
     """
 
-    def __init__(self, adapter: PayloadAdapter, registry: ModelRegistry | None):
+    def __init__(self, adapter: PayloadAdapter, registry: ModelRegistry | None, spool: Spool):
         self._adapter = adapter
         self._registry = registry
+        self._spool = spool
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        # A request whose spooled body is still arriving.
+        self._incoming: _Request | None = None
         self._busy = False
         self._closed = False
         self._writable: asyncio.Future[None] | None = None
@@ -132,6 +142,8 @@ class _NginxConnection(asyncio.Protocol):
         self.resume_writing()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self._incoming is not None:
+            self._incoming.body.close()
 
     def pause_writing(self) -> None:
         self._writable = asyncio.get_running_loop().create_future()
@@ -142,6 +154,15 @@ class _NginxConnection(asyncio.Protocol):
         self._writable = None
 
     def data_received(self, data: bytes) -> None:
+        if self._incoming is not None:
+            # A spooled body: straight to its file. nginx sends nothing after a body
+            # before it has the answer, so whatever is left over waits in the buffer.
+            taken = self._incoming.body.write(data)
+            self._buffer += data[taken:]
+            if self._incoming.body.complete:
+                request, self._incoming = self._incoming, None
+                self._start(request)
+            return
         self._buffer += data
         self._next()
 
@@ -149,7 +170,7 @@ class _NginxConnection(asyncio.Protocol):
         if self._busy or self._closed:
             return
         try:
-            request = _parse_request(self._buffer)
+            request = _parse_request(self._buffer, self._spool)
         except ValueError as exc:
             self._write(Reply(400, "application/json", _error(f"bad request: {exc}")))
             self._close()
@@ -159,26 +180,32 @@ class _NginxConnection(asyncio.Protocol):
                 self._write(Reply(431, "application/json", _error("request head too large")))
                 self._close()
             return
-        self._busy = True
-        self._task = asyncio.get_running_loop().create_task(self._serve(*request))
+        if not request.body.complete:
+            self._incoming = request
+            return
+        self._start(request)
 
-    async def _serve(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
+    def _start(self, request: _Request) -> None:
+        self._busy = True
+        self._task = asyncio.get_running_loop().create_task(self._serve(request))
+
+    async def _serve(self, request: _Request) -> None:
         try:
-            reply = await self._answer(method, target, headers, body)
+            reply = await self._answer(request)
             if reply.chunks is None:
                 self._write(reply)
             else:
                 await self._write_stream(reply)
         except asyncio.CancelledError:
             return  # nginx's caller went away (connection_lost): nothing is left to answer
+        finally:
+            request.body.close()
         self._busy = False
         self._next()
 
-    async def _answer(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes
-    ) -> Reply:
+    async def _answer(self, request: _Request) -> Reply:
         try:
-            invocation = self._invocation(method, target, headers, body)
+            invocation = self._invocation(request)
             return await self._adapter.invoke(invocation)
         except ServeError as exc:
             return Reply(exc.status, "application/json", _error(exc.message))
@@ -191,10 +218,9 @@ class _NginxConnection(asyncio.Protocol):
                 500, "application/json", _error(f"internal error in serve: {type(exc).__name__}")
             )
 
-    def _invocation(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes
-    ) -> Invocation:
-        path = target.split("?", 1)[0]
+    def _invocation(self, request: _Request) -> Invocation:
+        method, headers, body = request.method, request.headers, request.body
+        path = request.target.split("?", 1)[0]
         if path == INVOCATIONS and MODEL_HEADER in headers:
             # Percent-encoded by nginx's config (names of any characters travel safely).
             model = unquote(headers[MODEL_HEADER])
@@ -266,8 +292,22 @@ class _NginxConnection(asyncio.Protocol):
             self._transport.close()
 
 
-def _parse_request(buffer: bytearray) -> tuple[str, str, dict[str, str], bytes] | None:
-    """One complete request from the front of `buffer` (removed from it), or None."""
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    method: str
+    target: str
+    # Header names in lower case.
+    headers: dict[str, str]
+    # Complete, or a spooled body still arriving.
+    body: Body
+
+
+def _parse_request(buffer: bytearray, spool: Spool) -> _Request | None:
+    """The request at the front of `buffer` (removed from it), or None until it is complete.
+
+    A body of a Content-Length past the spool's threshold goes to a file: what of
+    it has arrived is written there, and the request comes back incomplete.
+    """
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -283,14 +323,19 @@ def _parse_request(buffer: bytearray) -> tuple[str, str, dict[str, str], bytes] 
         parsed = _chunked_body(buffer, start)
         if parsed is None:
             return None
-        body, consumed = parsed
+        body, consumed = Body(parsed[0]), parsed[1]
     else:
         length = int(headers.get("content-length", "0"))
+        spooled = spool.body(length)
+        if spooled is not None:
+            consumed = start + spooled.write(buffer[start:])
+            del buffer[:consumed]
+            return _Request(method, target, headers, spooled)
         if len(buffer) < start + length:
             return None
-        body, consumed = bytes(buffer[start : start + length]), start + length
+        body, consumed = Body(bytes(buffer[start : start + length])), start + length
     del buffer[:consumed]
-    return method, target, headers, body
+    return _Request(method, target, headers, body)
 
 
 def _chunked_body(buffer: bytearray, start: int) -> tuple[bytes, int] | None:

@@ -13,6 +13,7 @@ import collections
 import dataclasses
 from collections.abc import AsyncGenerator, Mapping
 
+from serve.payloads.body import Body
 from serve.payloads.errors import TritonUnavailable
 
 _END = b"\r\n\r\n"
@@ -87,14 +88,25 @@ class _Connection(asyncio.Protocol):
         self._stream_head: asyncio.Future[tuple[int, dict[str, str]]] | None = None
         self._chunks: _Chunks | None = None
         self.reusable = False
+        # Set while the transport's buffer is full (a spooled body being sent).
+        self._drained: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def pause_writing(self) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.resume_writing()
         error = ConnectionError("Triton closed the connection")
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(error)
@@ -127,6 +139,15 @@ class _Connection(asyncio.Protocol):
             self._answer = loop.create_future()
         assert self.transport is not None
         self.transport.write(request)
+
+    async def send_body(self, body: Body) -> None:
+        """Write a spooled body after its head, piece by piece, as the socket takes it."""
+        async for piece in body.pieces():
+            if self.closed or self.transport is None:
+                return  # Triton answered or went away; the answer says which
+            self.transport.write(piece)
+            if self._drained is not None:
+                await self._drained
 
     def abort(self) -> None:
         self._fail(TimeoutError("Triton did not answer in time"))
@@ -228,9 +249,13 @@ class TritonHttp:
         self._idle: list[_Connection] = []
 
     async def request(
-        self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | Body = b"",
+        headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        message = _message(method, path, body, headers)
+        message = _Message(method, path, body, headers)
         connection, reused = await self._connection()
         try:
             try:
@@ -250,20 +275,23 @@ class TritonHttp:
         self._release(connection)
         return reply
 
-    async def _exchange(self, connection: _Connection, message: bytes) -> Reply:
-        connection.send(message, streaming=False)
-        assert connection._answer is not None
+    async def _exchange(self, connection: _Connection, message: _Message) -> Reply:
+        connection.send(message.head, streaming=False)
+        answer = connection._answer
+        assert answer is not None
         timer = asyncio.get_running_loop().call_later(self.timeout, connection.abort)
         try:
-            return await connection._answer
+            if message.spooled is not None:
+                await connection.send_body(message.spooled)
+            return await answer
         finally:
             timer.cancel()
 
     async def stream(
-        self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None = None
+        self, method: str, path: str, body: bytes | Body, headers: Mapping[str, str] | None = None
     ) -> Stream:
         """Send a request and return as soon as the answer's head is in."""
-        message = _message(method, path, body, headers)
+        message = _Message(method, path, body, headers)
         connection, reused = await self._connection()
         try:
             try:
@@ -305,14 +333,16 @@ class TritonHttp:
         return Stream(status, reply_headers, chunks())
 
     async def _stream_head(
-        self, connection: _Connection, message: bytes
+        self, connection: _Connection, message: _Message
     ) -> tuple[int, dict[str, str], _Chunks]:
         """The answer's status and headers, and where its chunks arrive."""
-        connection.send(message, streaming=True)
+        connection.send(message.head, streaming=True)
         head, arriving = connection._stream_head, connection._chunks
         assert head is not None and arriving is not None
         timer = asyncio.get_running_loop().call_later(self.timeout, connection.abort)
         try:
+            if message.spooled is not None:
+                await connection.send_body(message.spooled)
             status, headers = await head
         finally:
             timer.cancel()
@@ -345,10 +375,20 @@ class TritonHttp:
                 connection.transport.close()
 
 
-def _message(method: str, path: str, body: bytes, headers: Mapping[str, str] | None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: triton", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+class _Message:
+    """A request as written: its head with the body when in memory, and a spooled body after."""
+
+    def __init__(
+        self, method: str, path: str, body: bytes | Body, headers: Mapping[str, str] | None
+    ):
+        lines = [f"{method} {path} HTTP/1.1", "Host: triton", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.spooled: Body | None = None
+        if isinstance(body, Body) and not body.in_memory:
+            self.head, self.spooled = head, body
+        else:
+            self.head = head + (body.read() if isinstance(body, Body) else body)
 
 
 def _unavailable() -> TritonUnavailable:
