@@ -49,6 +49,8 @@ class FrontModel:
     name: str
     # Decoupled models answer through the payload service (streams).
     decoupled: bool = False
+    # So do models that set the answer's custom attributes (serve/custom_attributes.py).
+    custom_attributes: bool = False
 
 
 # Model names nginx can match in target_model=NAME and write into its config unquoted.
@@ -150,16 +152,20 @@ class FrontConfig:
         inference = "infer" if self.settings.multi_model else self.settings.inference_type
         # generate_stream streams whatever the model; the other routes need the payload
         # service for decoupled models (infer refuses them, Triton 2.51's generate
-        # answers their failures with 200).
+        # answers their failures with 200). On the infer route, a model's custom
+        # attributes become a header there too.
         by_name = {model.name: model for model in self.models}
 
         def target(name: str) -> dict[str, object]:
             model = by_name.get(name, FrontModel(name))
+            payloads = (model.decoupled and inference != "generate_stream") or (
+                model.custom_attributes and inference == "infer"
+            )
             return {
                 "key": name,
                 "header": quote(name, safe=""),
                 "path": f"/v2/models/{quote(name, safe='')}/{inference}",
-                "payloads": int(model.decoupled and inference != "generate_stream"),
+                "payloads": int(payloads),
             }
 
         names = sorted(by_name.keys() | ({self.default_model} if self.default_model else set()))

@@ -23,6 +23,7 @@ from waitress.server import create_server
 
 from serve import host
 from serve.control_app import create_control_app
+from serve.custom_attributes import sets_custom_attributes
 from serve.errors import ConfigError
 from serve.front import FrontConfig, FrontModel, nginx_argv
 from serve.multi_model import ModelRegistry
@@ -287,11 +288,15 @@ class Server:
 
 
 def _front_models(repository: PreparedRepository | None) -> tuple[FrontModel, ...]:
-    """The models nginx routes by target_model=NAME, and which of them stream."""
+    """The models nginx routes by target_model=NAME, and which of them need the payload service."""
     if repository is None:
         return ()
     return tuple(
-        FrontModel(m.name, bool(m.config and m.config.model_transaction_policy.decoupled))
+        FrontModel(
+            m.name,
+            decoupled=bool(m.config and m.config.model_transaction_policy.decoupled),
+            custom_attributes=bool(m.config and sets_custom_attributes(m.config)),
+        )
         for m in repository.models
     )
 

@@ -23,6 +23,9 @@ from urllib.parse import quote
 
 import numpy as np
 
+from serve.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
+from serve.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
+from serve.custom_attributes import header_value
 from serve.errors import InsufficientMemory, ModelNotFound, ServeError
 from serve.multi_model import OUT_OF_MEMORY, ModelRegistry
 from serve.payloads import csv_codec, json_codec, npy_codec, raw_codec
@@ -80,6 +83,9 @@ class Invocation:
     body: Body
 
 
+Headers = tuple[tuple[str, str], ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class Reply:
     status: int
@@ -87,6 +93,8 @@ class Reply:
     body: bytes = b""
     # A streamed answer: chunks to send as they come (body is then empty).
     chunks: AsyncIterator[bytes] | None = None
+    # More headers of the answer: the custom attributes the model set.
+    headers: Headers = ()
 
 
 class PayloadAdapter:
@@ -134,13 +142,17 @@ class PayloadAdapter:
         for input_name, tensor in extra.items():
             tensors.setdefault(input_name, tensor)
         specs = {spec.name: spec for spec in signature.inputs}
-        body, headers = binary_request(tensors, specs, parameters, signature.answer_outputs)
+        asked = signature.answer_outputs
+        if signature.custom_attributes is not None:
+            asked += (signature.custom_attributes,)
+        body, headers = binary_request(tensors, specs, parameters, asked)
         reply = await self.triton.request("POST", _path(name, "infer"), body, headers)
         if reply.status != 200:
             raise _failure(reply.status, reply.body)
-        wanted = tuple(spec.name for spec in signature.answer_outputs)
-        outputs = read_answer(reply.body, reply.headers, wanted)
-        return Reply(200, answer.content_type, ENCODERS[answer](outputs, signature))
+        outputs = read_answer(reply.body, reply.headers, tuple(spec.name for spec in asked))
+        attributes = _custom_attributes(outputs, signature)
+        encoded = ENCODERS[answer](outputs, signature)
+        return Reply(200, answer.content_type, encoded, headers=attributes)
 
     async def signature(self, name: str, key: object) -> ModelSignature:
         """The model's signature, read from Triton once per loaded model."""
@@ -196,14 +208,22 @@ class PayloadAdapter:
             raise _failure(reply.status, reply.body)
         if invocation.inference == "generate":
             _check_generate_answer(reply.body)
+        outputs, attributes = None, ()
+        if invocation.inference == "infer":
+            model = signature or await self.signature(name, key)
+            if model.custom_attributes is not None:
+                outputs = read_answer(reply.body, reply.headers)
+                attributes = _custom_attributes(outputs, model)
         if signature is None:
+            # Relayed as Triton wrote it (the custom attributes' output included).
             content_type = reply.headers.get("content-type", "application/json")
             header_size = reply.headers.get("inference-header-content-length")
             if header_size:
                 content_type = f"{BINARY_JSON};json-header-size={header_size}"
-            return Reply(200, content_type, reply.body)
-        outputs = read_answer(reply.body, reply.headers)
-        return Reply(200, answer.content_type, ENCODERS[answer](outputs, signature))
+            return Reply(200, content_type, reply.body, headers=attributes)
+        outputs = outputs or read_answer(reply.body, reply.headers)
+        encoded = ENCODERS[answer](outputs, signature)
+        return Reply(200, answer.content_type, encoded, headers=attributes)
 
     async def _v2_stream(
         self, invocation: Invocation, name: str, signature: ModelSignature, own: Answer
@@ -293,6 +313,15 @@ def _decode(
     if family is Family.TEXT:
         return raw_codec.decode_text(body, media.charset), {}
     return raw_codec.decode_bytes(body), {}
+
+
+def _custom_attributes(outputs: Outputs, signature: ModelSignature) -> Headers:
+    """The answer's header from the model's custom attributes output, taken out of `outputs`."""
+    array = outputs.tensors.pop(CUSTOM_ATTRIBUTES, None)
+    if array is None or array.size == 0:
+        return ()
+    value = header_value(signature.name, array.reshape(-1)[0])
+    return ((CUSTOM_ATTRIBUTES_HEADER, value),) if value else ()
 
 
 def _feasible(candidates: list[Answer], signature: ModelSignature) -> Answer:

@@ -245,10 +245,11 @@ class _NginxConnection(asyncio.Protocol):
     def _write(self, reply: Reply) -> None:
         if self._closed or self._transport is None:
             return
+        extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
         self._transport.write(
             (
                 f"HTTP/1.1 {reply.status} {_phrase(reply.status)}\r\n"
-                f"Content-Type: {reply.content_type}\r\n"
+                f"Content-Type: {reply.content_type}\r\n{extra}"
                 f"Content-Length: {len(reply.body)}\r\n\r\n"
             ).encode("latin-1")
             + reply.body

@@ -12,7 +12,8 @@ A model can pin how payloads map onto it with parameters in its config.pbtxt:
 
 `SERVE_PAYLOAD_INPUTS` names the inputs a record fills, in order (default:
 the required inputs in config order); `SERVE_PAYLOAD_OUTPUTS` the outputs
-answers carry, in order (default: every output in config order).
+answers carry, in order (default: every output in config order but the one
+that sets the answer's custom attributes, serve/custom_attributes.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
+from serve.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
 from serve.errors import ServeError
 from serve.model_config import ModelConfig
 
@@ -93,8 +95,10 @@ class ModelSignature:
     decoupled: bool
     # The inputs a record fills, in order: pinned, or the required ones.
     record_inputs: tuple[TensorSpec, ...]
-    # The outputs answers carry, in order: pinned, or all of them.
+    # The outputs answers carry, in order: pinned, or all of them but custom_attributes.
     answer_outputs: tuple[TensorSpec, ...]
+    # The output that sets the answer's X-Amzn-SageMaker-Custom-Attributes, if declared.
+    custom_attributes: TensorSpec | None = None
 
     @property
     def batched(self) -> bool:
@@ -119,7 +123,9 @@ class ModelSignature:
             outputs=outputs,
             decoupled=config.model_transaction_policy.decoupled,
             record_inputs=pinned_inputs or tuple(s for s in inputs if not s.optional),
-            answer_outputs=pinned_outputs or outputs,
+            answer_outputs=pinned_outputs
+            or tuple(s for s in outputs if s.name != CUSTOM_ATTRIBUTES),
+            custom_attributes=next((s for s in outputs if s.name == CUSTOM_ATTRIBUTES), None),
         )
 
     @classmethod
