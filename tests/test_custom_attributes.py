@@ -94,9 +94,7 @@ def invoke(
 
 def no_caller_header_came_back(response: requests.Response) -> bool:
     sent = {value for value in CALLER_HEADERS.values()}
-    return "X-Caller-Secret" not in response.headers and not (
-        sent & set(response.headers.values())
-    )
+    return "X-Caller-Secret" not in response.headers and not (sent & set(response.headers.values()))
 
 
 V2 = json.dumps(add_request([1, 2, 3, 4], [10, 20, 30, 40])).encode()
