@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -156,3 +157,26 @@ def test_custom_attributes_the_header_cannot_carry_are_the_models_error(
     assert response.status_code == 500
     assert "SAGEMAKER_CUSTOM_ATTRIBUTES" in response.json()["error"]
     assert "X-Injected" not in response.headers and HEADER not in response.headers
+
+
+def test_multi_model_endpoints_answer_the_models_custom_attributes(
+    opt_ml: Path, start_serve: Callable[..., ServeProcess]
+) -> None:
+    server = start_serve(opt_ml, SAGEMAKER_MULTI_MODEL="true").wait_ready()
+    url = opt_ml / "models" / "9d1f" / "model"
+    (url / "1").mkdir(parents=True)
+    (url / "1" / "model.py").write_text(textwrap.dedent(TAGGED_PY))
+    (url / "config.pbtxt").write_text(TAGGED_CONFIG)
+    load = {"model_name": "9d1f", "url": str(url)}
+    assert requests.post(f"{server.url}/models", json=load, timeout=120).status_code == 200
+    for body, content_type in (PAYLOADS["v2 JSON"](), PAYLOADS["binary+json"]()):
+        response = requests.post(
+            f"{server.url}/models/9d1f/invoke",
+            data=body,
+            headers={"Content-Type": content_type, **CALLER_HEADERS},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers[HEADER] == "model=tagged,sum=10"
+        assert no_caller_header_came_back(response)
+    assert response.content.startswith(b'{"model_name":"9d1f"')
