@@ -67,6 +67,24 @@ class TritonInstall:
         """
         return flag in help_flags(self.binary)
 
+    def wrapped(self, folder: Path, script: str) -> Path:
+        """An installation in `folder` whose bin/tritonserver is `script`; returns that file.
+
+        Its backends and stubs are links to this installation's, so `locate_triton`
+        finds every part beside the script. Benchmarks and tests use it to run the
+        real server with flags of their own (TRITONSERVER_BIN).
+        """
+        root = self.binary.parent.parent
+        (folder / "bin").mkdir(parents=True)
+        (folder / "backends").symlink_to(self.backends_dir)
+        for name in STUB_DIR_NAMES:
+            if (root / name).is_dir():
+                (folder / name).symlink_to(root / name)
+        binary = folder / "bin" / "tritonserver"
+        binary.write_text(script)
+        binary.chmod(0o755)
+        return binary
+
     def backends_folder(self, overlay: Path, extra: Sequence[Path] = ()) -> Path:
         """The backends folder Triton is given.
 

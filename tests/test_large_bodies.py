@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from serve.settings import MEBIBYTE, Settings
-from serve.triton_install import STUB_DIR_NAMES, locate_triton
+from serve.triton_install import locate_triton
 from tests.conftest import ServeProcess, write_add_model
 
 StartServe = Callable[..., ServeProcess]
@@ -191,14 +191,8 @@ def newer_triton(folder: Path, record: Path) -> Path:
     the flag) without it, beside links to the real backends and stubs.
     """
     install = locate_triton(None)
-    root = install.binary.parent.parent
-    (folder / "bin").mkdir(parents=True)
-    (folder / "backends").symlink_to(install.backends_dir)
-    for name in STUB_DIR_NAMES:
-        if (root / name).is_dir():
-            (folder / name).symlink_to(root / name)
-    script = folder / "bin" / "tritonserver"
-    script.write_text(
+    return install.wrapped(
+        folder,
         f"#!{sys.executable}\n"
         + textwrap.dedent(
             f"""
@@ -213,10 +207,8 @@ def newer_triton(folder: Path, record: Path) -> Path:
                 out.write("\\n".join(given))
             os.execv(real, [real] + [a for a in sys.argv[1:] if a not in given])
             """
-        )
+        ),
     )
-    script.chmod(0o755)
-    return script
 
 
 def test_triton_gets_the_limit_where_its_release_has_one(
