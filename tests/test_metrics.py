@@ -588,6 +588,13 @@ def test_multi_model_loads_and_unloads_are_counted(opt_ml: Path, start_serve: St
     assert requests.post(f"{server.url}/models", json=load, timeout=120).status_code == 409
     invoked = requests.post(f"{server.url}/models/7c1e/invoke", json=ADD, timeout=30)
     assert invoked.status_code == 200
+    # GET /metrics on the public port: the loaded model's series name the models root.
+    public = samples_of(scrape_public(server).text)
+    assert matching(public, "nv_inference_request_success_total", model="7c1e") == 1
+    assert (
+        matching(public, "nv_inference_request_success_total", namespace=str(opt_ml / "models"))
+        == 1
+    )
     assert requests.delete(f"{server.url}/models/7c1e", timeout=60).status_code == 200
     assert requests.delete(f"{server.url}/models/7c1e", timeout=60).status_code == 404
 
