@@ -6,7 +6,9 @@ nginx reaches this Flask app on a unix socket (never a public port) for:
 - `/models` on a multi-model endpoint: loading, listing, describing and
   unloading models;
 - `/_serve/metrics`: what the public port answers at SERVE_METRICS_PATH
-  (Prometheus text; serve/metrics.py builds it).
+  (Prometheus text; serve/metrics.py builds it);
+- `/_serve/triton-metrics`: Triton's metrics alone, for
+  SAGEMAKER_TRITON_METRICS_PORT (serve/triton_metrics.py).
 
 Invocations that need Python (other content types and Accept, Triton's
 refusals, streams) go to the payload service instead (serve/payloads/).
@@ -32,16 +34,17 @@ def json_response(status: int, payload: dict[str, object]) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
-# A metrics exposition and its content type (serve.metrics.PublicMetrics).
-Exposition = Callable[[], tuple[bytes, str]]
+# A metrics exposition and its content type; None when Triton's could not be read.
+Exposition = Callable[[], tuple[bytes | None, str]]
 
 
 def create_control_app(
     state: ServerState,
     registry: ModelRegistry | None = None,
     metrics: Exposition | None = None,
+    triton_metrics: Exposition | None = None,
 ) -> Flask:
-    """The control app; `registry` adds the multi-model /models routes, `metrics` /metrics."""
+    """The control app; `registry` adds the multi-model /models routes, the others metrics."""
     app = Flask("serve.control")
 
     @app.errorhandler(ServeError)
@@ -64,16 +67,24 @@ def create_control_app(
             reason = "Triton reports the model is not ready"
         return json_response(503, {"status": phase.value, "reason": reason})
 
-    if metrics is not None:
-
-        @app.get("/_serve/metrics")
-        def metrics_text() -> Response:
-            body, content_type = metrics()
-            return Response(body, status=200, content_type=content_type)
+    for route, exposition in (("metrics", metrics), ("triton-metrics", triton_metrics)):
+        if exposition is not None:
+            app.add_url_rule(f"/_serve/{route}", route, _metrics_view(exposition), methods=["GET"])
 
     if registry is not None:
         _add_multi_model_routes(app, registry)
     return app
+
+
+def _metrics_view(exposition: Exposition) -> Callable[[], Response]:
+    def view() -> Response:
+        body, content_type = exposition()
+        if body is None:
+            message = "Triton's metrics could not be read; see the container log"
+            return json_response(503, {"error": message})
+        return Response(body, status=200, content_type=content_type)
+
+    return view
 
 
 def _add_multi_model_routes(app: Flask, registry: ModelRegistry) -> None:

@@ -117,6 +117,8 @@ class FrontConfig:
             streaming=self.settings.inference_type == "generate_stream",
             multi_model=self.settings.multi_model,
             metrics_path=self.settings.metrics_path,
+            # SAGEMAKER_TRITON_ALLOW_METRICS: nginx answers Triton's metrics on their port.
+            triton_metrics_port=self.settings.metrics_port if self.settings.allow_metrics else None,
             models_read_timeout=round(longest_answer(self.settings.model_load_timeout)),
             **self._invocation_timeouts(),
             # A model that is not loaded is a 400 from Triton; the payload service

@@ -8,7 +8,7 @@ kept here and turned into metric families only when Prometheus scrapes.
 
 `PublicMetrics` answers GET /metrics on the public port (SageMaker's detailed
 observability scrapes it): Triton's metrics, read from loopback with stable
-labels, and the front's, in one exposition.
+labels (serve/triton_metrics.py), and the front's, in one exposition.
 
 Figures lag requests by up to about a second (nginx's flush interval plus
 one poll). nginx measures request time in milliseconds, so the smallest
@@ -35,7 +35,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -49,7 +49,7 @@ from serve.access_log import (
     unload_outcome,
 )
 from serve.errors import ConfigError
-from serve.triton_client import TritonClient
+from serve.triton_metrics import EXPOSITION_TYPE, TritonMetrics
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,6 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 _CACHE_LIMIT = 4096
-# Triton answers its metrics from memory; a scrape that waits longer finds it stuck.
-TRITON_SCRAPE_TIMEOUT_S = 5.0
 
 
 class EnvironmentCounters(Protocol):
@@ -261,51 +259,24 @@ def _environment_cache_families(caches: Sequence[EnvironmentCounters]) -> Iterat
 class PublicMetrics:
     """GET /metrics on the public port: Triton's metrics and the front's, one exposition.
 
-    Triton's metrics listen on loopback (or on SAGEMAKER_TRITON_METRICS_PORT when
-    SAGEMAKER_TRITON_ALLOW_METRICS opens them) and are read at each scrape.
-    Triton labels each model's series with the repository it loaded the model
-    from (`namespace`), which is serve's prepared copy, a new temporary folder
-    at every start: that value is replaced by the folder the models came from
-    (/opt/ml/model, as in NVIDIA's image), so series keep their identity across
-    restarts. `serve_triton_metrics_up` says whether Triton's part is there.
+    Triton's come first, read at each scrape with stable labels
+    (serve/triton_metrics.py); `serve_triton_metrics_up` says whether they are there.
     """
 
-    def __init__(
-        self, registry: CollectorRegistry, triton: TritonClient, repository: Path, source: Path
-    ):
+    def __init__(self, registry: CollectorRegistry, triton: TritonMetrics):
         self._registry = registry
         self._triton = triton
-        self._copy_label = _label("namespace", str(repository))
-        self._source_label = _label("namespace", str(source))
 
     def exposition(self) -> tuple[bytes, str]:
         """The scrape's body and its content type."""
-        triton = self._triton_metrics()
+        triton = self._triton.text()
         up = GaugeMetricFamily(
             "serve_triton_metrics_up",
             "Whether Triton's metrics could be read for this scrape (1) or not (0).",
             value=int(triton is not None),
         )
         front = generate_latest(_Scrape(self._registry, up))
-        return (triton or b"") + front, CONTENT_TYPE_PLAIN_0_0_4
-
-    def _triton_metrics(self) -> bytes | None:
-        try:
-            reply = self._triton.request("GET", "/metrics", timeout=TRITON_SCRAPE_TIMEOUT_S)
-        except OSError as exc:
-            log.warning("Triton's metrics could not be read: %s", exc)
-            return None
-        if reply.status != 200:
-            log.warning("Triton's metrics answered %d", reply.status)
-            return None
-        text = reply.body.replace(self._copy_label, self._source_label)
-        return text if text.endswith(b"\n") or not text else text + b"\n"
-
-
-def _label(name: str, value: str) -> bytes:
-    """`name="value"` as the Prometheus text format writes it."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'{name}="{escaped}"'.encode()
+        return (triton or b"") + front, EXPOSITION_TYPE
 
 
 class _Scrape(Collector):
@@ -351,9 +322,9 @@ class MetricsEndpoint:
         self._startup_models = startup_models
         self._server: WSGIServer | None = None
 
-    def public(self, triton: TritonClient, repository: Path, source: Path) -> PublicMetrics:
-        """What GET /metrics answers: Triton's (at `triton`) and these, one exposition."""
-        return PublicMetrics(self.registry, triton, repository, source)
+    def public(self, triton: TritonMetrics) -> PublicMetrics:
+        """What GET /metrics answers: Triton's and these, one exposition."""
+        return PublicMetrics(self.registry, triton)
 
     def start(self) -> None:
         if self.port is not None:

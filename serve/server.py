@@ -41,6 +41,7 @@ from serve.state import Phase, ServerState
 from serve.triton_client import TritonClient
 from serve.triton_command import MAX_INPUT_FLAG, TritonCommand
 from serve.triton_install import TritonInstall, locate_triton
+from serve.triton_metrics import TritonMetrics
 from serve.workspace import Workspace
 
 if TYPE_CHECKING:  # prometheus_client is imported only when the front's metrics are on
@@ -128,7 +129,7 @@ class Server:
         taken = {settings.port, settings.grpc_port, settings.metrics_port}
         taken.add(settings.serve_metrics_port or settings.port)
         triton_port = free_loopback_port(settings.safe_port_range, taken)
-        triton_metrics_port = self._triton_metrics_port(taken | {triton_port})
+        triton_metrics = self._triton_metrics(taken | {triton_port}, ws.repository)
         front = FrontConfig(
             settings=settings,
             workdir=ws.front,
@@ -147,7 +148,7 @@ class Server:
             settings=settings,
             shm_default_byte_size=shm.region_bytes,
             gpu_count=gpus,
-            loopback_metrics_port=None if settings.allow_metrics else triton_metrics_port,
+            loopback_metrics_port=triton_metrics.port if triton_metrics else None,
             limits_input_size=install.accepts(MAX_INPUT_FLAG),
         )
         registry = None
@@ -162,7 +163,10 @@ class Server:
                 settings.model_load_timeout,
             )
         # --- the front's metrics (serve/metrics.py): nginx's access log, followed off the hot path
-        exposition = None
+        exposition = triton_exposition = None
+        if triton_metrics is not None and settings.allow_metrics:
+            # SAGEMAKER_TRITON_METRICS_PORT: nginx serves Triton's own, relabelled.
+            triton_exposition = triton_metrics.exposition
         access_log = front.access_log()
         if access_log is not None:
             from serve.metrics import MetricsEndpoint
@@ -176,16 +180,13 @@ class Server:
             )
             if self.preparation.environments is not None:
                 self._metrics.metrics.watch_environment_cache(self.preparation.environments)
-            if triton_metrics_port is not None:
-                # GET /metrics: Triton's series labelled with the user's folder, not the copy.
-                source = settings.models_dir if settings.multi_model else settings.model_dir
-                exposition = self._metrics.public(
-                    TritonClient(triton_metrics_port), ws.repository, source
-                ).exposition
+            if triton_metrics is not None and settings.metrics_path is not None:
+                exposition = self._metrics.public(triton_metrics).exposition
             self._metrics.start()
         # --- end of the front's metrics
         control = ControlServer(
-            create_control_app(self.state, registry, exposition), ws.control_socket
+            create_control_app(self.state, registry, exposition, triton_exposition),
+            ws.control_socket,
         )
         control.start()
         # The payload service: content types, Accept, Triton's refusals, streams.
@@ -211,18 +212,19 @@ class Server:
             if self._metrics is not None:
                 self._metrics.stop()
 
-    def _triton_metrics_port(self, taken: set[int]) -> int | None:
-        """Where the front reads Triton's metrics for GET /metrics; None while that is off.
+    def _triton_metrics(self, taken: set[int], repository: Path) -> TritonMetrics | None:
+        """Triton's metrics on a loopback port of their own; None while nothing serves them.
 
-        SAGEMAKER_TRITON_ALLOW_METRICS opens them on their own port (every address,
-        loopback included); otherwise Triton gets a loopback port of its own for them.
+        The front serves them on GET /metrics (SERVE_METRICS_PATH) and on
+        SAGEMAKER_TRITON_METRICS_PORT (SAGEMAKER_TRITON_ALLOW_METRICS), labelled
+        with the folder the models came from rather than `repository`, serve's copy.
         """
         settings = self.settings
-        if settings.metrics_path is None:
+        if settings.metrics_path is None and not settings.allow_metrics:
             return None
-        if settings.allow_metrics:
-            return settings.metrics_port
-        return free_loopback_port(settings.safe_port_range, taken, "Triton's metrics")
+        port = free_loopback_port(settings.safe_port_range, taken, "Triton's metrics")
+        source = settings.models_dir if settings.multi_model else settings.model_dir
+        return TritonMetrics(port, repository, source)
 
     def _omp_threads(self, shm: host.ShmPlan) -> int | None:
         """OMP_NUM_THREADS for Triton and its stubs, unless the user set it (or one instance)."""

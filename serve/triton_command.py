@@ -103,9 +103,8 @@ class TritonCommand:
     settings: Settings
     shm_default_byte_size: int
     gpu_count: int
-    # Triton's metrics on loopback only, for GET /metrics on the public port (the front
-    # reads and relabels them: serve/metrics.py); None leaves them to
-    # SAGEMAKER_TRITON_ALLOW_METRICS, which opens them on every address instead.
+    # Triton's metrics, on loopback only: the front serves them, relabelled, on GET
+    # /metrics and on SAGEMAKER_TRITON_METRICS_PORT (serve/triton_metrics.py). None: off.
     loopback_metrics_port: int | None = None
     # Whether this release has MAX_INPUT_FLAG (its --help lists it).
     limits_input_size: bool = False
@@ -124,7 +123,7 @@ class TritonCommand:
             f"--http-address={LOOPBACK}",
             f"--http-port={self.http_port}",
             f"--allow-grpc={_flag(s.allow_grpc)}",
-            f"--allow-metrics={_flag(s.allow_metrics or self.loopback_metrics_port is not None)}",
+            f"--allow-metrics={_flag(self.loopback_metrics_port is not None)}",
             f"--log-verbose={s.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={self.shm_default_byte_size}",
             f"--backend-config=python,shm-growth-byte-size={s.shm_growth_byte_size}",
@@ -133,9 +132,7 @@ class TritonCommand:
         ]
         if s.allow_grpc:
             args += [f"--grpc-address={ALL_INTERFACES}", f"--grpc-port={s.grpc_port}"]
-        if s.allow_metrics:
-            args += [f"--metrics-address={ALL_INTERFACES}", f"--metrics-port={s.metrics_port}"]
-        elif self.loopback_metrics_port is not None:
+        if self.loopback_metrics_port is not None:
             port = self.loopback_metrics_port
             args += [f"--metrics-address={LOOPBACK}", f"--metrics-port={port}"]
         if self.limits_input_size:

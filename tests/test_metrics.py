@@ -364,10 +364,11 @@ def test_follower_reads_every_line_across_rotations(
 
 
 class MetricsServer:
-    def __init__(self, server: ServeProcess, triton_metrics: str, front_metrics: str):
+    def __init__(self, server: ServeProcess, triton_metrics: str, front_metrics: str, opt_ml: Path):
         self.server = server
         self.triton_metrics = triton_metrics
         self.front_metrics = front_metrics
+        self.opt_ml = opt_ml
 
     def scrape(self, which: str) -> str:
         url = self.triton_metrics if which == "triton" else self.front_metrics
@@ -400,6 +401,7 @@ def metrics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metrics
             server,
             f"http://127.0.0.1:{triton_metrics}/metrics",
             f"http://127.0.0.1:{front_metrics}/metrics",
+            opt_ml,
         )
     finally:
         server.stop()
@@ -482,6 +484,23 @@ def test_front_metrics_count_real_traffic(metrics_server: MetricsServer) -> None
     triton = samples_of(metrics_server.scrape("triton"))
     # The parser names Triton's counters with _total, as it names every counter.
     assert matching(triton, "nv_inference_request_success_total", model="add") >= 6
+
+
+def test_tritons_own_metrics_port_has_the_stable_labels_too(
+    metrics_server: MetricsServer,
+) -> None:
+    """SAGEMAKER_TRITON_ALLOW_METRICS: nginx answers on the port, from Triton's loopback one."""
+    send_traffic(metrics_server.server.url)
+    samples = samples_of(metrics_server.scrape("triton"))
+    namespaces = {dict(labels).get("namespace") for _, labels in triton_series(samples)}
+    assert namespaces == {str(metrics_server.opt_ml / "model")}
+    (pid,) = metrics_server.server.child_pids("tritonserver", direct=True)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert "--metrics-address=127.0.0.1" in argv
+    port = metrics_server.triton_metrics.split(":")[2].split("/")[0]
+    assert f"--metrics-port={port}" not in argv
+    wrong = requests.get(metrics_server.triton_metrics.replace("/metrics", "/v2"), timeout=5)
+    assert wrong.status_code == 404 and wrong.json()["error"]
 
 
 def test_access_log_stays_off_without_metrics(

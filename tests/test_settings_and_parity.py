@@ -79,9 +79,9 @@ def test_every_sagemaker_triton_variable_reaches_tritonserver(
         "--allow-grpc=true",
         "--grpc-address=0.0.0.0",
         f"--grpc-port={grpc}",
+        # Triton's metrics stay on loopback; nginx serves them on the port asked for.
         "--allow-metrics=true",
-        "--metrics-address=0.0.0.0",
-        f"--metrics-port={metrics}",
+        "--metrics-address=127.0.0.1",
         "--log-verbose=0",
         "--log-info=false",
         "--log-warning=true",
