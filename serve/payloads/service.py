@@ -36,6 +36,7 @@ from serve.errors import ServeError, invocation_timed_out
 from serve.multi_model import ModelRegistry
 from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
+from serve.payloads.flow import WriteFlow
 from serve.payloads.triton_http import TritonHttp
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class PayloadService:
             self._loop.close()
 
 
-class _NginxConnection(asyncio.Protocol):
+class _NginxConnection(WriteFlow):
     """One kept-alive connection from nginx: requests in, one at a time, answers out.
 
     nginx closes the connection when its caller goes away; the request in flight
@@ -131,7 +132,6 @@ class _NginxConnection(asyncio.Protocol):
         self._incoming: _Request | None = None
         self._busy = False
         self._closed = False
-        self._writable: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -144,14 +144,6 @@ class _NginxConnection(asyncio.Protocol):
             self._task.cancel()
         if self._incoming is not None:
             self._incoming.body.close()
-
-    def pause_writing(self) -> None:
-        self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
 
     def data_received(self, data: bytes) -> None:
         if self._incoming is not None:
@@ -273,8 +265,7 @@ class _NginxConnection(asyncio.Protocol):
                 if chunk:
                     self._transport.write(unsent + b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     unsent = b""
-                if self._writable is not None:
-                    await self._writable
+                await self.drained()
         except Exception as exc:
             # The answer has started: all that is left is to say so in the stream and end it.
             log.warning("stream ended early: %s", exc)

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Mapping
 
 from serve.payloads.body import Body
 from serve.payloads.errors import TritonUnavailable
+from serve.payloads.flow import WriteFlow
 
 _END = b"\r\n\r\n"
 Item = bytes | BaseException | None
@@ -73,7 +74,7 @@ class Stream:
     chunks: AsyncGenerator[bytes, None]
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(WriteFlow):
     """One connection to Triton, carrying one request at a time."""
 
     def __init__(self) -> None:
@@ -88,21 +89,11 @@ class _Connection(asyncio.Protocol):
         self._stream_head: asyncio.Future[tuple[int, dict[str, str]]] | None = None
         self._chunks: _Chunks | None = None
         self.reusable = False
-        # Set while the transport's buffer is full (a spooled body being sent).
-        self._drained: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-
-    def pause_writing(self) -> None:
-        self._drained = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self._drained = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -146,8 +137,7 @@ class _Connection(asyncio.Protocol):
             if self.closed or self.transport is None:
                 return  # Triton answered or went away; the answer says which
             self.transport.write(piece)
-            if self._drained is not None:
-                await self._drained
+            await self.drained()
 
     def abort(self) -> None:
         self._fail(TimeoutError("Triton did not answer in time"))
