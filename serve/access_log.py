@@ -58,10 +58,13 @@ KNOWN_CONTENT_TYPES = frozenset(
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 
 
-def route_of(request_uri: str) -> str:
-    """The route template of a request URI: bounded label values, no model names."""
+def route_of(request_uri: str, metrics_path: str | None = None) -> str:
+    """The route template of a request URI: bounded label values, no model names.
+
+    `metrics_path` is where the public port serves metrics (SERVE_METRICS_PATH).
+    """
     path = request_uri.split("?", 1)[0]
-    if path in ("/ping", "/invocations", "/models"):
+    if path in ("/ping", "/invocations", "/models") or path == metrics_path:
         return path
     if path.startswith("/models/"):
         rest = path[len("/models/") :]

@@ -6,7 +6,11 @@ nginx reaches this Flask app on a unix socket (never a public port) for:
 - `/models` on a multi-model endpoint: loading, listing, describing and
   unloading models;
 - `GET /execution-parameters` on a single-model endpoint: how a batch
-  transform job should call it (serve/batch_transform.py).
+  transform job should call it (serve/batch_transform.py);
+- `/_serve/metrics`: what the public port answers at SERVE_METRICS_PATH
+  (Prometheus text; serve/metrics.py builds it);
+- `/_serve/triton-metrics`: Triton's metrics alone, for
+  SAGEMAKER_TRITON_METRICS_PORT (serve/triton_metrics.py).
 
 Invocations that need Python (other content types and Accept, Triton's
 refusals, streams) go to the payload service instead (serve/payloads/).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -32,13 +37,19 @@ def json_response(status: int, payload: dict[str, object]) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
+# A metrics exposition and its content type; None when Triton's could not be read.
+Exposition = Callable[[], tuple[bytes | None, str]]
+
+
 def create_control_app(
     state: ServerState,
     registry: ModelRegistry | None = None,
     execution_parameters: ExecutionParameters | None = None,
+    metrics: Exposition | None = None,
+    triton_metrics: Exposition | None = None,
 ) -> Flask:
     """The control app; `registry` adds the multi-model /models routes, `execution_parameters`
-    batch transform's GET /execution-parameters."""
+    batch transform's GET /execution-parameters, the others metrics."""
     app = Flask("serve.control")
 
     @app.errorhandler(ServeError)
@@ -61,6 +72,10 @@ def create_control_app(
             reason = "Triton reports the model is not ready"
         return json_response(503, {"status": phase.value, "reason": reason})
 
+    for route, exposition in (("metrics", metrics), ("triton-metrics", triton_metrics)):
+        if exposition is not None:
+            app.add_url_rule(f"/_serve/{route}", route, _metrics_view(exposition), methods=["GET"])
+
     if registry is not None:
         _add_multi_model_routes(app, registry)
     if execution_parameters is not None:
@@ -70,6 +85,17 @@ def create_control_app(
             return json_response(200, execution_parameters.answer())
 
     return app
+
+
+def _metrics_view(exposition: Exposition) -> Callable[[], Response]:
+    def view() -> Response:
+        body, content_type = exposition()
+        if body is None:
+            message = "Triton's metrics could not be read; see the container log"
+            return json_response(503, {"error": message})
+        return Response(body, status=200, content_type=content_type)
+
+    return view
 
 
 def _add_multi_model_routes(app: Flask, registry: ModelRegistry) -> None:

@@ -70,11 +70,21 @@ def out_of_space(path: Path, doing: str) -> InsufficientStorage:
     )
 
 
+def invocation_timed_out(seconds: float) -> str:
+    """The error of an invocation the model did not answer in time, nginx's and Python's alike."""
+    return (
+        f"the model did not answer within {seconds:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT); "
+        "raise it if your model needs longer"
+    )
+
+
 # nginx's name for a request head larger than its buffers; HTTP's is 431.
 NGINX_HEADER_TOO_LARGE = 494
 
 
-def front_errors(max_body_bytes: int, public_routes: str) -> dict[int, tuple[int, str]]:
+def front_errors(
+    max_body_bytes: int, public_routes: str, max_body_set_by: str = "SERVE_MAX_BODY_BYTES"
+) -> dict[int, tuple[int, str]]:
     """The answers nginx writes itself, by the status nginx gives them: (status sent, message).
 
     nginx answers malformed requests, its limits and an internal service that
@@ -89,7 +99,8 @@ def front_errors(max_body_bytes: int, public_routes: str) -> dict[int, tuple[int
         411: (411, "this request needs a Content-Length or a chunked body"),
         413: (
             413,
-            f"the request body is larger than {max_body_bytes} bytes (SERVE_MAX_BODY_BYTES)",
+            f"the request body is larger than {max_body_bytes} bytes ({max_body_set_by}; "
+            "SERVE_MAX_BODY_BYTES sets another limit)",
         ),
         414: (414, "the request URI is longer than the front accepts (8 KiB)"),
         NGINX_HEADER_TOO_LARGE: (

@@ -9,6 +9,7 @@ for the routes that need it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import jinja2
 
 from serve.access_log import ACCESS_LOG_FORMAT
-from serve.errors import ConfigError, front_errors
+from serve.errors import ConfigError, front_errors, invocation_timed_out
 from serve.multi_model import longest_answer
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
@@ -36,6 +37,9 @@ UNPRIVILEGED_USER = "nobody nogroup"
 # on every upstream request (empty unless the front means it), so a client's copy
 # never reaches a service.
 INTERNAL_HEADERS = (MODEL_HEADER, INFERENCE_HEADER, HEADER_LENGTH)
+# The payload service answers an invocation Triton took too long for with its own 504
+# (after SAGEMAKER_MODEL_SERVER_TIMEOUT); nginx waits this much longer for that answer.
+SERVICE_MARGIN_SECONDS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,8 @@ class FrontModel:
     name: str
     # Decoupled models answer through the payload service (streams).
     decoupled: bool = False
+    # So do models that set the answer's custom attributes (serve/custom_attributes.py).
+    custom_attributes: bool = False
 
 
 # Model names nginx can match in target_model=NAME and write into its config unquoted.
@@ -76,8 +82,11 @@ class FrontConfig:
         return f"/v2/models/{quote(self.default_model, safe='')}/ready"
 
     def access_log(self) -> Path | None:
-        """nginx's access log, which serve's metrics follow; None while those are off."""
-        if self.settings.serve_metrics_port is None:
+        """nginx's access log, which the front's metrics follow; None while those are off.
+
+        They are on while GET /metrics (SERVE_METRICS_PATH) or SERVE_METRICS_PORT is.
+        """
+        if self.settings.serve_metrics_port is None and self.settings.metrics_path is None:
             return None
         return self.workdir / "access.log"
 
@@ -93,7 +102,12 @@ class FrontConfig:
             access_log_format=ACCESS_LOG_FORMAT,
             error_log_level="warn",
             max_body_bytes=self.settings.max_body_bytes,
-            front_errors=front_errors(self.settings.max_body_bytes, self._public_routes()),
+            body_buffer_bytes=self.settings.body_buffer_bytes,
+            front_errors=front_errors(
+                self.settings.max_body_bytes,
+                self._public_routes(),
+                self.settings.max_body_set_by,
+            ),
             triton_port=self.triton_port,
             control_socket=self.control_socket,
             listen_address="0.0.0.0",
@@ -102,7 +116,11 @@ class FrontConfig:
             invocation_path=self.invocation_path(),
             streaming=self.settings.inference_type == "generate_stream",
             multi_model=self.settings.multi_model,
+            metrics_path=self.settings.metrics_path,
+            # SAGEMAKER_TRITON_ALLOW_METRICS: nginx answers Triton's metrics on their port.
+            triton_metrics_port=self.settings.metrics_port if self.settings.allow_metrics else None,
             models_read_timeout=round(longest_answer(self.settings.model_load_timeout)),
+            **self._invocation_timeouts(),
             # A model that is not loaded is a 400 from Triton; the payload service
             # turns it into the contract's 404. 501: a decoupled model, which streams.
             explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",
@@ -112,6 +130,15 @@ class FrontConfig:
             binary_length_header=HEADER_LENGTH,
             **self._payload_routes(),
         )
+
+    def _invocation_timeouts(self) -> dict[str, object]:
+        """How long nginx waits for Triton and for the payload service (milliseconds)."""
+        seconds = self.settings.invocation_timeout
+        return {
+            "invocation_timeout_ms": math.ceil(seconds * 1000),
+            "service_timeout_ms": math.ceil((seconds + SERVICE_MARGIN_SECONDS) * 1000),
+            "invocation_timed_out": invocation_timed_out(seconds),
+        }
 
     def _public_routes(self) -> str:
         if self.settings.multi_model:
@@ -127,16 +154,20 @@ class FrontConfig:
         inference = "infer" if self.settings.multi_model else self.settings.inference_type
         # generate_stream streams whatever the model; the other routes need the payload
         # service for decoupled models (infer refuses them, Triton 2.51's generate
-        # answers their failures with 200).
+        # answers their failures with 200). On the infer route, a model's custom
+        # attributes become a header there too.
         by_name = {model.name: model for model in self.models}
 
         def target(name: str) -> dict[str, object]:
             model = by_name.get(name, FrontModel(name))
+            payloads = (model.decoupled and inference != "generate_stream") or (
+                model.custom_attributes and inference == "infer"
+            )
             return {
                 "key": name,
                 "header": quote(name, safe=""),
                 "path": f"/v2/models/{quote(name, safe='')}/{inference}",
-                "payloads": int(model.decoupled and inference != "generate_stream"),
+                "payloads": int(payloads),
             }
 
         names = sorted(by_name.keys() | ({self.default_model} if self.default_model else set()))

@@ -1,11 +1,14 @@
-"""The front's own Prometheus metrics, counted off the request path.
+"""The front's own Prometheus metrics, counted off the request path, and GET /metrics.
 
-Triton exports its metrics itself (SAGEMAKER_TRITON_ALLOW_METRICS); these are
-what only the front sees: requests, status codes and latency per route and
-content type, model loads and unloads, and the environment cache's work.
-nginx's access log carries the requests (serve/access_log.py has how it is
-written and followed); totals are kept here and turned into metric families
-only when Prometheus scrapes.
+Triton exports its metrics itself; these are what only the front sees:
+requests, status codes and latency per route and content type, model loads
+and unloads, and the environment cache's work. nginx's access log carries the
+requests (serve/access_log.py has how it is written and followed); totals are
+kept here and turned into metric families only when Prometheus scrapes.
+
+`PublicMetrics` answers GET /metrics on the public port (SageMaker's detailed
+observability scrapes it): Triton's metrics, read from loopback with stable
+labels (serve/triton_metrics.py), and the front's, in one exposition.
 
 Figures lag requests by up to about a second (nginx's flush interval plus
 one poll). nginx measures request time in milliseconds, so the smallest
@@ -26,7 +29,13 @@ from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -40,6 +49,7 @@ from serve.access_log import (
     unload_outcome,
 )
 from serve.errors import ConfigError
+from serve.triton_metrics import EXPOSITION_TYPE, TritonMetrics
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +97,8 @@ class FrontMetrics(Collector):
     held once per batch of lines.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metrics_path: str | None = None) -> None:
+        self._metrics_path = metrics_path
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str, str, str], int] = {}
         self._durations: dict[tuple[str, str], _Histogram] = {}
@@ -134,7 +145,7 @@ class FrontMetrics(Collector):
         if route is None:
             if len(self._routes) > _CACHE_LIMIT:
                 self._routes.clear()
-            route = self._routes[uri] = route_of(uri)
+            route = self._routes[uri] = route_of(uri, self._metrics_path)
         media = self._content_types.get(content_type)
         if media is None:
             if len(self._content_types) > _CACHE_LIMIT:
@@ -245,25 +256,63 @@ def _environment_cache_families(caches: Sequence[EnvironmentCounters]) -> Iterat
     )
 
 
+class PublicMetrics:
+    """GET /metrics on the public port: Triton's metrics and the front's, one exposition.
+
+    Triton's come first, read at each scrape with stable labels
+    (serve/triton_metrics.py); `serve_triton_metrics_up` says whether they are there.
+    """
+
+    def __init__(self, registry: CollectorRegistry, triton: TritonMetrics):
+        self._registry = registry
+        self._triton = triton
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The scrape's body and its content type."""
+        triton = self._triton.text()
+        up = GaugeMetricFamily(
+            "serve_triton_metrics_up",
+            "Whether Triton's metrics could be read for this scrape (1) or not (0).",
+            value=int(triton is not None),
+        )
+        front = generate_latest(_Scrape(self._registry, up))
+        return (triton or b"") + front, EXPOSITION_TYPE
+
+
+class _Scrape(Collector):
+    """A registry's families and some of one scrape's own, for generate_latest."""
+
+    def __init__(self, registry: CollectorRegistry, *families: Metric):
+        self._registry = registry
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+        yield from self._registry.collect()
+
+
 class MetricsEndpoint:
-    """The front's metrics and their HTTP listener (Prometheus text format on any path).
+    """The front's metrics, on their own port (Prometheus text on any path) when one is set.
 
     Also exports `serve`'s own process metrics (process_*: CPU, memory, file
     descriptors). `startup_models` are the models a single-model endpoint
     loads at start; `models_loaded_at_start` counts them once Triton is ready.
+    `port` None: no listener of their own (GET /metrics on the public port
+    serves them through `public`). `metrics_path` labels the scrapes' requests.
     """
 
     def __init__(
         self,
-        port: int,
+        port: int | None,
         access_log: Path,
         nginx_pid_file: Path,
         startup_models: int = 0,
         address: str = "0.0.0.0",
+        metrics_path: str | None = None,
     ):
         self.port = port
         self.address = address
-        self.metrics = FrontMetrics()
+        self.metrics = FrontMetrics(metrics_path)
         self.registry = CollectorRegistry()
         self.registry.register(self.metrics)
         ProcessCollector(registry=self.registry)
@@ -273,16 +322,21 @@ class MetricsEndpoint:
         self._startup_models = startup_models
         self._server: WSGIServer | None = None
 
+    def public(self, triton: TritonMetrics) -> PublicMetrics:
+        """What GET /metrics answers: Triton's and these, one exposition."""
+        return PublicMetrics(self.registry, triton)
+
     def start(self) -> None:
-        try:
-            self._server, _ = start_http_server(self.port, self.address, registry=self.registry)
-        except OSError as exc:
-            raise ConfigError(
-                f"the front's metrics cannot listen on port {self.port} ({exc}); set "
-                "SERVE_METRICS_PORT to a free port, or SERVE_METRICS_PORT=off"
-            ) from exc
+        if self.port is not None:
+            try:
+                self._server, _ = start_http_server(self.port, self.address, registry=self.registry)
+            except OSError as exc:
+                raise ConfigError(
+                    f"the front's metrics cannot listen on port {self.port} ({exc}); set "
+                    "SERVE_METRICS_PORT to a free port, or SERVE_METRICS_PORT=off"
+                ) from exc
+            log.info("the front's metrics are on port %d", self.port)
         self.follower.start()
-        log.info("the front's metrics are on port %d", self.port)
 
     def models_loaded_at_start(self, seconds: float) -> None:
         if self._startup_models:

@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from serve import host, model_config
+from serve.custom_attributes import sets_custom_attributes
 from serve.errors import (
     ArtifactError,
     InsufficientMemory,
@@ -225,8 +226,7 @@ class ModelRegistry:
     def _prepare(self, name: str, url: str, source: Path) -> LoadedModel:
         """Unpack archives, find the upload's models and prepare them under Triton names."""
         _refuse_links_outside(source, self._models_dir)
-        base = triton_name(name)
-        staging = self._staging / base
+        staging = self._staging / triton_name(name)
         shutil.rmtree(staging, ignore_errors=True)
         prepared: list[Path] = []
         environments: set[str] = set()
@@ -241,6 +241,7 @@ class ModelRegistry:
                     f"no model in {url}: it needs a config.pbtxt, model folders, or a model.tar.gz"
                 )
             entry = _entry_model(sources, url)
+            base = triton_name(name, routed=not _sets_custom_attributes(sources[entry]))
             renames = {
                 original: base if original == entry else f"{base}{STEP_SEPARATOR}{original}"
                 for original in sources
@@ -410,11 +411,22 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-def triton_name(name: str) -> str:
-    """The entry model's name in Triton: SageMaker's own when nginx can route it."""
-    if DIRECT_NAME.match(name):
+def triton_name(name: str, routed: bool = True) -> str:
+    """The entry model's name in Triton: SageMaker's own when nginx can route it.
+
+    `routed` False gives a name nginx's straight route to Triton does not find,
+    for models the payload service must answer (those that set the answer's
+    custom attributes: serve/custom_attributes.py): Triton's refusal of the
+    straight try sends the invocation there.
+    """
+    if routed and DIRECT_NAME.match(name):
         return name
     return "model-" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def _sets_custom_attributes(folder: Path) -> bool:
+    config = folder / CONFIG_FILE
+    return config.is_file() and sets_custom_attributes(model_config.read_config(config))
 
 
 def _check_name(name: object) -> None:

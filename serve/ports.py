@@ -10,7 +10,11 @@ from serve.errors import ConfigError
 from serve.settings import PortRange
 
 
-def free_loopback_port(allowed: PortRange | None, taken: Collection[int] = ()) -> int:
+def free_loopback_port(
+    allowed: PortRange | None,
+    taken: Collection[int] = (),
+    purpose: str = "Triton's internal HTTP endpoint",
+) -> int:
     """A port free on 127.0.0.1: any when no range is set, else one inside it."""
     candidates = [0] if allowed is None else range(allowed.low, allowed.high + 1)
     for port in candidates:
@@ -23,8 +27,7 @@ def free_loopback_port(allowed: PortRange | None, taken: Collection[int] = ()) -
                 continue
             return probe.getsockname()[1]
     raise ConfigError(
-        f"no free port inside SAGEMAKER_SAFE_PORT_RANGE={allowed} for Triton's internal "
-        "HTTP endpoint; widen the range"
+        f"no free port inside SAGEMAKER_SAFE_PORT_RANGE={allowed} for {purpose}; widen the range"
     )
 
 

@@ -24,9 +24,11 @@ from waitress.server import create_server
 from serve import host
 from serve.batch_transform import ExecutionParameters
 from serve.control_app import create_control_app
+from serve.custom_attributes import sets_custom_attributes
 from serve.errors import ConfigError
 from serve.front import FrontConfig, FrontModel, nginx_argv
 from serve.multi_model import ModelRegistry
+from serve.payloads.body import Spool
 from serve.payloads.service import PayloadService
 from serve.ports import free_loopback_port, refuse_ports_in_use
 from serve.processes import ManagedProcess
@@ -38,8 +40,9 @@ from serve.repository import (
 from serve.settings import Settings
 from serve.state import Phase, ServerState
 from serve.triton_client import TritonClient
-from serve.triton_command import TritonCommand
+from serve.triton_command import MAX_INPUT_FLAG, TritonCommand
 from serve.triton_install import TritonInstall, locate_triton
+from serve.triton_metrics import TritonMetrics
 from serve.workspace import Workspace
 
 if TYPE_CHECKING:  # prometheus_client is imported only when the front's metrics are on
@@ -127,6 +130,7 @@ class Server:
         taken = {settings.port, settings.grpc_port, settings.metrics_port}
         taken.add(settings.serve_metrics_port or settings.port)
         triton_port = free_loopback_port(settings.safe_port_range, taken)
+        triton_metrics = self._triton_metrics(taken | {triton_port}, ws.repository)
         front = FrontConfig(
             settings=settings,
             workdir=ws.front,
@@ -145,6 +149,8 @@ class Server:
             settings=settings,
             shm_default_byte_size=shm.region_bytes,
             gpu_count=gpus,
+            loopback_metrics_port=triton_metrics.port if triton_metrics else None,
+            limits_input_size=install.accepts(MAX_INPUT_FLAG),
         )
         registry = None
         if repository is None:
@@ -162,16 +168,13 @@ class Server:
             execution_parameters = ExecutionParameters(
                 settings, triton_client, repository.default_model
             )
-        control = ControlServer(
-            create_control_app(self.state, registry, execution_parameters), ws.control_socket
-        )
-        control.start()
-        # The payload service: content types, Accept, Triton's refusals, streams.
-        payloads = PayloadService(front.payload_socket(), triton_port, registry)
-        payloads.start()
         # --- the front's metrics (serve/metrics.py): nginx's access log, followed off the hot path
+        exposition = triton_exposition = None
+        if triton_metrics is not None and settings.allow_metrics:
+            # SAGEMAKER_TRITON_METRICS_PORT: nginx serves Triton's own, relabelled.
+            triton_exposition = triton_metrics.exposition
         access_log = front.access_log()
-        if settings.serve_metrics_port is not None and access_log is not None:
+        if access_log is not None:
             from serve.metrics import MetricsEndpoint
 
             self._metrics = MetricsEndpoint(
@@ -179,11 +182,30 @@ class Server:
                 access_log,
                 front.pid_file(),
                 startup_models=len(repository.models) if repository else 0,
+                metrics_path=settings.metrics_path,
             )
             if self.preparation.environments is not None:
                 self._metrics.metrics.watch_environment_cache(self.preparation.environments)
+            if triton_metrics is not None and settings.metrics_path is not None:
+                exposition = self._metrics.public(triton_metrics).exposition
             self._metrics.start()
         # --- end of the front's metrics
+        control = ControlServer(
+            create_control_app(
+                self.state, registry, execution_parameters, exposition, triton_exposition
+            ),
+            ws.control_socket,
+        )
+        control.start()
+        # The payload service: content types, Accept, Triton's refusals, streams.
+        payloads = PayloadService(
+            front.payload_socket(),
+            triton_port,
+            Spool(ws.front / "payload_bodies", settings.body_buffer_bytes),
+            registry,
+            settings.invocation_timeout,
+        )
+        payloads.start()
         nginx = ManagedProcess("nginx", nginx_argv(front.write()))
         triton = ManagedProcess(
             "tritonserver",
@@ -197,6 +219,20 @@ class Server:
             control.stop()
             if self._metrics is not None:
                 self._metrics.stop()
+
+    def _triton_metrics(self, taken: set[int], repository: Path) -> TritonMetrics | None:
+        """Triton's metrics on a loopback port of their own; None while nothing serves them.
+
+        The front serves them on GET /metrics (SERVE_METRICS_PATH) and on
+        SAGEMAKER_TRITON_METRICS_PORT (SAGEMAKER_TRITON_ALLOW_METRICS), labelled
+        with the folder the models came from rather than `repository`, serve's copy.
+        """
+        settings = self.settings
+        if settings.metrics_path is None and not settings.allow_metrics:
+            return None
+        port = free_loopback_port(settings.safe_port_range, taken, "Triton's metrics")
+        source = settings.models_dir if settings.multi_model else settings.model_dir
+        return TritonMetrics(port, repository, source)
 
     def _omp_threads(self, shm: host.ShmPlan) -> int | None:
         """OMP_NUM_THREADS for Triton and its stubs, unless the user set it (or one instance)."""
@@ -262,11 +298,15 @@ class Server:
 
 
 def _front_models(repository: PreparedRepository | None) -> tuple[FrontModel, ...]:
-    """The models nginx routes by target_model=NAME, and which of them stream."""
+    """The models nginx routes by target_model=NAME, and which of them need the payload service."""
     if repository is None:
         return ()
     return tuple(
-        FrontModel(m.name, bool(m.config and m.config.model_transaction_policy.decoupled))
+        FrontModel(
+            m.name,
+            decoupled=bool(m.config and m.config.model_transaction_policy.decoupled),
+            custom_attributes=bool(m.config and sets_custom_attributes(m.config)),
+        )
         for m in repository.models
     )
 

@@ -13,6 +13,7 @@ image behaves the same here.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import tempfile
 from collections.abc import Mapping
@@ -28,6 +29,11 @@ InferenceType = Literal["infer", "generate", "generate_stream"]
 BatchStrategy = Literal["SINGLE_RECORD", "MULTI_RECORD"]
 
 MEBIBYTE = 1024 * 1024
+# SageMaker's request body caps: InvokeEndpoint (6 MB, 6,291,456 bytes), batch
+# transform's MaxPayloadInMB at most, and InvokeEndpointAsync's input in S3.
+REALTIME_MAX_BODY_BYTES = 6 * MEBIBYTE
+BATCH_MAX_BODY_BYTES = 100 * MEBIBYTE
+ASYNC_MAX_BODY_BYTES = 1024 * MEBIBYTE
 # The largest values the programs that get them take: sizes in bytes go to nginx
 # (off_t) and Triton's backends (int64), thread counts to Triton's int32 flags,
 # seconds to Triton's int32 flags and nginx's millisecond timers. A larger
@@ -35,6 +41,11 @@ MEBIBYTE = 1024 * 1024
 MAX_BYTES = 2**63 - 1
 MAX_THREADS = 2**31 - 1
 MAX_SECONDS = 2**31 - 1
+# What SERVE_METRICS_PATH may be: nginx matches it exactly, so no pattern characters.
+METRICS_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+# Paths the public port answers otherwise (the front's own internal ones included).
+PUBLIC_ROUTES = frozenset({"", "/ping", "/invocations", "/models"})
+PUBLIC_ROUTE_PREFIXES = ("/models/", "/_serve/")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -66,8 +77,9 @@ class Settings:
     # SAGEMAKER_BATCH_STRATEGY (SINGLE_RECORD | MULTI_RECORD), SAGEMAKER_MAX_CONCURRENT_TRANSFORMS
     # and SAGEMAKER_MAX_PAYLOAD_IN_MB: what a transform job set itself (SageMaker passes each
     # only when the job names it); GET /execution-parameters answers them as they are
-    # (serve/batch_transform.py). A payload limit above SERVE_MAX_BODY_BYTES raises it;
-    # 0 (SageMaker's "chunked bodies of any size") leaves it.
+    # (serve/batch_transform.py). The body limit follows the payload limit unless
+    # SERVE_MAX_BODY_BYTES is set (`_max_body`); 0 (SageMaker's "chunked bodies of
+    # any size") leaves it at batch transform's 100 MB.
     batch_strategy: BatchStrategy | None = None
     max_concurrent_transforms: int | None = None
     max_payload_mb: int | None = None
@@ -94,6 +106,11 @@ class Settings:
     # on at SAGEMAKER_TRITON_METRICS_PORT + 1 when Triton's metrics are on, else off.
     # A port turns them on (alone too); "off" turns them off. None: off.
     serve_metrics_port: int | None = None
+    # SERVE_METRICS_PATH: where the public port answers GET with Prometheus text holding
+    # Triton's metrics and the front's (serve/metrics.py): SageMaker's detailed
+    # observability scrapes /metrics on port 8080 unless ContainerMetricsConfig names
+    # another path. "off" turns it off. None: off.
+    metrics_path: str | None = "/metrics"
     # SAGEMAKER_TRITON_LOG_VERBOSE / _LOG_INFO / _LOG_WARNING / _LOG_ERROR,
     # passed to Triton as given (verbose logging is on by default, as in NVIDIA's image).
     log_verbose: str = "true"
@@ -134,8 +151,24 @@ class Settings:
     # SERVE_EXTRA_BACKENDS: colon-separated folders of extra Triton backends
     # (one subfolder each), added beside the installation's own.
     extra_backends: tuple[Path, ...] = ()
-    # SERVE_MAX_BODY_BYTES: largest request body (SageMaker's own cap is 6 MB).
-    max_body_bytes: int = 6 * MEBIBYTE
+    # SERVE_MAX_BODY_BYTES: largest request body. Unset: SageMaker's cap for the kind of
+    # endpoint (`_max_body`): 6 MB for real-time InvokeEndpoint; batch transform
+    # (SAGEMAKER_BATCH, SAGEMAKER_MAX_PAYLOAD_IN_MB, which SageMaker sets) up to 100 MB;
+    # asynchronous inference 1 GB, which SageMaker does not announce to the container
+    # (SERVE_ASYNC_INFERENCE=true says so). Larger bodies get 413.
+    max_body_bytes: int = REALTIME_MAX_BODY_BYTES
+    # The variable that decided max_body_bytes, named in the 413's message.
+    max_body_set_by: str = "SERVE_MAX_BODY_BYTES"
+    # SERVE_BODY_BUFFER_BYTES: bodies up to this size stay in memory (nginx and the
+    # payload service); larger ones are written to the workspace's disk as they arrive.
+    # The default keeps every real-time body in memory, as on the hot path before.
+    body_buffer_bytes: int = REALTIME_MAX_BODY_BYTES
+    # SAGEMAKER_MODEL_SERVER_TIMEOUT (the name AWS's inference toolkit reads): seconds an
+    # invocation may take, in every layer (nginx, the payload service, its Triton client).
+    # The default covers the longest wait SageMaker allows: asynchronous inference
+    # (InvocationTimeoutSeconds) and batch transform (InvocationsTimeoutInSeconds), both
+    # up to 3600 s; real-time endpoints give up after 60 s on their own.
+    invocation_timeout: float = 3600.0
     # SERVE_WORKDIR: where the prepared repository and the front's files live.
     workdir: Path | None = None
     # SERVE_STARTUP_TIMEOUT: seconds Triton may take to load the models.
@@ -208,6 +241,7 @@ class Settings:
             allow_metrics=env.boolean("SAGEMAKER_TRITON_ALLOW_METRICS", False),
             metrics_port=env.port("SAGEMAKER_TRITON_METRICS_PORT", 8002),
             serve_metrics_port=_serve_metrics_port(env),
+            metrics_path=_metrics_path(env),
             log_verbose=env.text("SAGEMAKER_TRITON_LOG_VERBOSE") or "true",
             log_info=env.text("SAGEMAKER_TRITON_LOG_INFO"),
             log_warning=env.text("SAGEMAKER_TRITON_LOG_WARNING"),
@@ -232,7 +266,8 @@ class Settings:
             extra_backends=tuple(
                 Path(part) for part in (env.text("SERVE_EXTRA_BACKENDS") or "").split(":") if part
             ),
-            max_body_bytes=env.positive_int("SERVE_MAX_BODY_BYTES") or 6 * MEBIBYTE,
+            **_max_body(env),
+            invocation_timeout=env.positive_float("SAGEMAKER_MODEL_SERVER_TIMEOUT") or 3600.0,
             workdir=env.path("SERVE_WORKDIR"),
             startup_timeout=env.positive_float("SERVE_STARTUP_TIMEOUT") or 1800.0,
             model_load_timeout=env.positive_float("SERVE_MODEL_LOAD_TIMEOUT") or 3600.0,
@@ -259,12 +294,7 @@ class Settings:
         return ports
 
     def validated(self) -> Settings:
-        """Check rules that span several variables, and apply those that raise a limit."""
-        if self.max_payload_mb and self.max_payload_mb * MEBIBYTE > self.max_body_bytes:
-            # A transform job sends bodies up to its MaxPayloadInMB: refusing them fails the job.
-            return dataclasses.replace(
-                self, max_body_bytes=self.max_payload_mb * MEBIBYTE
-            ).validated()
+        """Check rules that span several variables."""
         public = self.public_ports()
         for name, port in public.items():
             if name != "SERVE_METRICS_PORT" and port == self.serve_metrics_port:
@@ -378,6 +408,52 @@ class _Reader:
             return tuple(shlex.split(value))
         except ValueError as exc:
             raise ConfigError(f"{name} cannot be split into arguments: {exc}") from exc
+
+
+def _max_body(env: _Reader) -> dict[str, object]:
+    """max_body_bytes, the variable that set it, and body_buffer_bytes (never larger)."""
+    explicit = env.positive_int("SERVE_MAX_BODY_BYTES")
+    # 0 asks for bodies of any size in chunks (MaxPayloadInMB=0, for the algorithms that
+    # take them); the batch cap below applies then.
+    batch_mb = None
+    if env.text("SAGEMAKER_MAX_PAYLOAD_IN_MB") != "0":
+        batch_mb = env.positive_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", MAX_BYTES // MEBIBYTE)
+    if explicit is not None:
+        limit, set_by = explicit, "SERVE_MAX_BODY_BYTES"
+    elif batch_mb is not None:
+        limit, set_by = batch_mb * MEBIBYTE, "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+    elif env.boolean("SAGEMAKER_BATCH", False):
+        limit, set_by = BATCH_MAX_BODY_BYTES, "SAGEMAKER_BATCH"
+    elif env.boolean("SERVE_ASYNC_INFERENCE", False):
+        limit, set_by = ASYNC_MAX_BODY_BYTES, "SERVE_ASYNC_INFERENCE"
+    else:
+        limit, set_by = REALTIME_MAX_BODY_BYTES, "SERVE_MAX_BODY_BYTES"
+    buffer = env.positive_int("SERVE_BODY_BUFFER_BYTES") or REALTIME_MAX_BODY_BYTES
+    return {
+        "max_body_bytes": limit,
+        "max_body_set_by": set_by,
+        "body_buffer_bytes": min(buffer, limit),
+    }
+
+
+def _metrics_path(env: _Reader) -> str | None:
+    """SERVE_METRICS_PATH: a path of the public port, "off", or unset (/metrics)."""
+    value = env.text("SERVE_METRICS_PATH")
+    if value is None:
+        return "/metrics"
+    if value.lower() in _FALSE:
+        return None
+    if not METRICS_PATH.match(value):
+        raise ConfigError(
+            f"SERVE_METRICS_PATH={value!r} must be a path of letters, digits and . _ ~ - /, "
+            "starting with / (such as /metrics), or off"
+        )
+    if value.rstrip("/") in PUBLIC_ROUTES or value.startswith(PUBLIC_ROUTE_PREFIXES):
+        raise ConfigError(
+            f"SERVE_METRICS_PATH={value!r} is a route the endpoint answers already; "
+            "choose another path, such as /metrics"
+        )
+    return value
 
 
 def _serve_metrics_port(env: _Reader) -> int | None:

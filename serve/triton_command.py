@@ -63,6 +63,14 @@ RESERVED_FLAGS: dict[str, str] = {
 }
 
 
+# Releases after 2.51 refuse HTTP bodies over this flag's value (64 MiB by default).
+MAX_INPUT_FLAG = "--http-max-input-size"
+# What Triton is allowed per body of the front's limit (SERVE_MAX_BODY_BYTES): native
+# bodies reach it as sent, but an adapted request's binary tensors can outweigh the
+# text they came from ("1," in a CSV becomes 8 bytes of INT64).
+ADAPTED_REQUEST_GROWTH = 4
+
+
 def check_additional_args(args: Sequence[str]) -> tuple[str, ...]:
     """`args` (SAGEMAKER_TRITON_ADDITIONAL_ARGS), unless one names a flag of RESERVED_FLAGS.
 
@@ -95,6 +103,11 @@ class TritonCommand:
     settings: Settings
     shm_default_byte_size: int
     gpu_count: int
+    # Triton's metrics, on loopback only: the front serves them, relabelled, on GET
+    # /metrics and on SAGEMAKER_TRITON_METRICS_PORT (serve/triton_metrics.py). None: off.
+    loopback_metrics_port: int | None = None
+    # Whether this release has MAX_INPUT_FLAG (its --help lists it).
+    limits_input_size: bool = False
 
     def argv(self) -> list[str]:
         s = self.settings
@@ -110,7 +123,7 @@ class TritonCommand:
             f"--http-address={LOOPBACK}",
             f"--http-port={self.http_port}",
             f"--allow-grpc={_flag(s.allow_grpc)}",
-            f"--allow-metrics={_flag(s.allow_metrics)}",
+            f"--allow-metrics={_flag(self.loopback_metrics_port is not None)}",
             f"--log-verbose={s.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={self.shm_default_byte_size}",
             f"--backend-config=python,shm-growth-byte-size={s.shm_growth_byte_size}",
@@ -119,8 +132,11 @@ class TritonCommand:
         ]
         if s.allow_grpc:
             args += [f"--grpc-address={ALL_INTERFACES}", f"--grpc-port={s.grpc_port}"]
-        if s.allow_metrics:
-            args += [f"--metrics-address={ALL_INTERFACES}", f"--metrics-port={s.metrics_port}"]
+        if self.loopback_metrics_port is not None:
+            port = self.loopback_metrics_port
+            args += [f"--metrics-address={LOOPBACK}", f"--metrics-port={port}"]
+        if self.limits_input_size:
+            args.append(f"{MAX_INPUT_FLAG}={s.max_body_bytes * ADAPTED_REQUEST_GROWTH}")
         optional = {
             "--log-info": s.log_info,
             "--log-warning": s.log_warning,

@@ -10,11 +10,13 @@ backends folder (links, nothing copied or modified) that has one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +30,7 @@ STUB_NAME = "triton_python_backend_stub"
 # Extra stubs for other Python versions: <dir>/<major.minor>/triton_python_backend_stub.
 STUB_DIR_NAMES = ("python_backend_stubs",)
 _LIBPYTHON = re.compile(rb"libpython(3\.\d+)")
+_HELP_FLAG = re.compile(r"^\s+(--[a-z0-9-]+)", re.MULTILINE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,32 @@ class TritonInstall:
         if stub.is_file():
             return stub_python_version(stub) or self.python_version
         return self.python_version
+
+    def accepts(self, flag: str) -> bool:
+        """Whether this release's command line has `flag`, as its --help lists it.
+
+        Flags come and go between releases (--http-max-input-size came after 2.51),
+        and Triton refuses to start on one it does not know.
+        """
+        return flag in help_flags(self.binary)
+
+    def wrapped(self, folder: Path, script: str) -> Path:
+        """An installation in `folder` whose bin/tritonserver is `script`; returns that file.
+
+        Its backends and stubs are links to this installation's, so `locate_triton`
+        finds every part beside the script. Benchmarks and tests use it to run the
+        real server with flags of their own (TRITONSERVER_BIN).
+        """
+        root = self.binary.parent.parent
+        (folder / "bin").mkdir(parents=True)
+        (folder / "backends").symlink_to(self.backends_dir)
+        for name in STUB_DIR_NAMES:
+            if (root / name).is_dir():
+                (folder / name).symlink_to(root / name)
+        binary = folder / "bin" / "tritonserver"
+        binary.write_text(script)
+        binary.chmod(0o755)
+        return binary
 
     def backends_folder(self, overlay: Path, extra: Sequence[Path] = ()) -> Path:
         """The backends folder Triton is given.
@@ -121,6 +150,19 @@ def locate_triton(configured: Path | None) -> TritonInstall:
         if version:
             stubs.setdefault(version, default_stub)
     return TritonInstall(binary=binary, backends_dir=backends_dir, python_stubs=stubs)
+
+
+@functools.cache
+def help_flags(binary: Path) -> frozenset[str]:
+    """The flags `binary --help` lists (Triton prints them to stderr and exits 1)."""
+    try:
+        listing = subprocess.run(
+            [str(binary), "--help"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not list %s's flags (%s); assuming Triton 2.51's", binary, exc)
+        return frozenset()
+    return frozenset(_HELP_FLAG.findall(listing.stdout + listing.stderr))
 
 
 def stub_python_version(stub: Path) -> str | None:

@@ -83,7 +83,7 @@ def test_the_jobs_own_settings_are_read_and_raise_the_body_limit() -> None:
         "BatchStrategy": "MULTI_RECORD",
         "MaxPayloadInMB": 25,
     }
-    # A smaller payload limit leaves a larger body limit alone; 0 (chunked) leaves it too.
-    assert settings(SAGEMAKER_MAX_PAYLOAD_IN_MB="2").max_body_bytes == 6 * MEBIBYTE
+    # The body limit is the job's payload limit; 0 (chunked) leaves the real-time one.
+    assert settings(SAGEMAKER_MAX_PAYLOAD_IN_MB="2").max_body_bytes == 2 * MEBIBYTE
     unbounded = settings(SAGEMAKER_MAX_PAYLOAD_IN_MB="0")
     assert unbounded.max_payload_mb == 0 and unbounded.max_body_bytes == 6 * MEBIBYTE

@@ -364,10 +364,11 @@ def test_follower_reads_every_line_across_rotations(
 
 
 class MetricsServer:
-    def __init__(self, server: ServeProcess, triton_metrics: str, front_metrics: str):
+    def __init__(self, server: ServeProcess, triton_metrics: str, front_metrics: str, opt_ml: Path):
         self.server = server
         self.triton_metrics = triton_metrics
         self.front_metrics = front_metrics
+        self.opt_ml = opt_ml
 
     def scrape(self, which: str) -> str:
         url = self.triton_metrics if which == "triton" else self.front_metrics
@@ -400,6 +401,7 @@ def metrics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metrics
             server,
             f"http://127.0.0.1:{triton_metrics}/metrics",
             f"http://127.0.0.1:{front_metrics}/metrics",
+            opt_ml,
         )
     finally:
         server.stop()
@@ -484,11 +486,30 @@ def test_front_metrics_count_real_traffic(metrics_server: MetricsServer) -> None
     assert matching(triton, "nv_inference_request_success_total", model="add") >= 6
 
 
+def test_tritons_own_metrics_port_has_the_stable_labels_too(
+    metrics_server: MetricsServer,
+) -> None:
+    """SAGEMAKER_TRITON_ALLOW_METRICS: nginx answers on the port, from Triton's loopback one."""
+    send_traffic(metrics_server.server.url)
+    samples = samples_of(metrics_server.scrape("triton"))
+    namespaces = {dict(labels).get("namespace") for _, labels in triton_series(samples)}
+    assert namespaces == {str(metrics_server.opt_ml / "model")}
+    (pid,) = metrics_server.server.child_pids("tritonserver", direct=True)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert "--metrics-address=127.0.0.1" in argv
+    port = metrics_server.triton_metrics.split(":")[2].split("/")[0]
+    assert f"--metrics-port={port}" not in argv
+    wrong = requests.get(metrics_server.triton_metrics.replace("/metrics", "/v2"), timeout=5)
+    assert wrong.status_code == 404 and wrong.json()["error"]
+
+
 def test_access_log_stays_off_without_metrics(
     opt_ml: Path, start_serve: StartServe, enterable_tmp: Path
 ) -> None:
     write_add_model(opt_ml / "model")
-    server = start_serve(opt_ml, SERVE_WORKDIR=str(enterable_tmp)).wait_ready()
+    server = start_serve(
+        opt_ml, SERVE_WORKDIR=str(enterable_tmp), SERVE_METRICS_PATH="off"
+    ).wait_ready()
     config = (enterable_tmp / "run" / "front" / "nginx.conf").read_text()
     assert "access_log off;" in config and "log_format" not in config
     assert requests.post(f"{server.url}/invocations", json=ADD, timeout=10).status_code == 200
@@ -551,7 +572,7 @@ def test_every_metric_the_dashboard_queries_is_exported(metrics_server: MetricsS
     send_traffic(metrics_server.server.url)
 
     def exported() -> set[str]:
-        return exported_names(metrics_server.scrape("front") + metrics_server.scrape("triton"))
+        return exported_names(scrape_public(metrics_server.server).text)
 
     queried = {name for query in dashboard_queries() for name in METRIC_NAME.findall(query)}
     on_gpu = host.gpu_count() > 0
@@ -561,18 +582,17 @@ def test_every_metric_the_dashboard_queries_is_exported(metrics_server: MetricsS
     )
 
 
-def test_prometheus_config_scrapes_both_default_ports() -> None:
+def test_prometheus_config_scrapes_the_public_ports_metrics_path() -> None:
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
     ports = {
-        job["job_name"]: {
-            int(target.rsplit(":", 1)[1])
-            for static in job["static_configs"]
-            for target in static["targets"]
-        }
-        for job in config["scrape_configs"]
+        int(target.rsplit(":", 1)[1])
+        for static in job["static_configs"]
+        for target in static["targets"]
     }
-    defaults = Settings.from_environ({"SAGEMAKER_TRITON_ALLOW_METRICS": "true"})
-    assert ports == {"triton": {defaults.metrics_port}, "serve": {defaults.serve_metrics_port}}
+    defaults = Settings.from_environ({})
+    assert ports == {defaults.port}
+    assert job["metrics_path"] == defaults.metrics_path
 
 
 def test_multi_model_loads_and_unloads_are_counted(opt_ml: Path, start_serve: StartServe) -> None:
@@ -587,6 +607,13 @@ def test_multi_model_loads_and_unloads_are_counted(opt_ml: Path, start_serve: St
     assert requests.post(f"{server.url}/models", json=load, timeout=120).status_code == 409
     invoked = requests.post(f"{server.url}/models/7c1e/invoke", json=ADD, timeout=30)
     assert invoked.status_code == 200
+    # GET /metrics on the public port: the loaded model's series name the models root.
+    public = samples_of(scrape_public(server).text)
+    assert matching(public, "nv_inference_request_success_total", model="7c1e") == 1
+    assert (
+        matching(public, "nv_inference_request_success_total", namespace=str(opt_ml / "models"))
+        == 1
+    )
     assert requests.delete(f"{server.url}/models/7c1e", timeout=60).status_code == 200
     assert requests.delete(f"{server.url}/models/7c1e", timeout=60).status_code == 404
 
@@ -610,3 +637,81 @@ def test_multi_model_loads_and_unloads_are_counted(opt_ml: Path, start_serve: St
         )
         == 1
     )
+
+
+# --- GET /metrics on the public port, where SageMaker's detailed observability scrapes ---
+
+
+def scrape_public(server: ServeProcess, path: str = "/metrics") -> requests.Response:
+    return requests.get(f"{server.url}{path}", timeout=10)
+
+
+def triton_series(samples: Samples) -> set[tuple[str, frozenset[tuple[str, str]]]]:
+    return {key for key in samples if key[0].startswith("nv_inference_")}
+
+
+@pytest.mark.container
+def test_public_port_serves_both_metric_sets_with_labels_stable_across_restarts(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    """No SAGEMAKER_TRITON_ALLOW_METRICS, no SERVE_METRICS_PORT: GET /metrics on 8080 as is."""
+    write_add_model(opt_ml / "model")
+    series = []
+    for _ in range(2):
+        server = start_serve(opt_ml).wait_ready()
+        assert requests.post(f"{server.url}/invocations", json=ADD, timeout=10).status_code == 200
+
+        def counted(server: ServeProcess = server) -> bool:
+            samples = samples_of(scrape_public(server).text)
+            invocations = {"route": "/invocations", "method": "POST", "code": "200"}
+            return matching(samples, "serve_requests_total", **invocations) >= 1
+
+        server.wait_until(counted, 10, "the front's metrics to count the invocation")
+        response = scrape_public(server)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        samples = samples_of(response.text)
+        assert matching(samples, "nv_inference_request_success_total", model="add") == 1
+        assert value(samples, "serve_triton_metrics_up") == 1
+        assert value(samples, "process_resident_memory_bytes") > 0
+        # Triton names its repository in a label: the user's, not serve's temporary copy.
+        namespaces = {
+            dict(labels).get("namespace") for name, labels in triton_series(samples) if labels
+        }
+        assert namespaces == {server.sagemaker_path(opt_ml / "model")}, namespaces
+        series.append(triton_series(samples))
+        server.stop()
+    assert series[0] == series[1]
+
+
+def test_metrics_path_can_move_or_be_turned_off(opt_ml: Path, start_serve: StartServe) -> None:
+    write_add_model(opt_ml / "model")
+    moved = start_serve(opt_ml, SERVE_METRICS_PATH="/observability/metrics").wait_ready()
+    assert scrape_public(moved).status_code == 404
+    response = scrape_public(moved, "/observability/metrics")
+    assert response.status_code == 200
+    assert "nv_inference_request_success" in response.text
+    assert "serve_requests_total" in response.text
+    assert requests.post(f"{moved.url}/observability/metrics", timeout=5).status_code == 405
+    moved.stop()
+
+    off = start_serve(opt_ml, SERVE_METRICS_PATH="off").wait_ready()
+    assert scrape_public(off).status_code == 404
+    (pid,) = off.child_pids("tritonserver", direct=True)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert "--allow-metrics=false" in argv
+    assert not (off.workspace() / "front" / "access.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("metrics", "SERVE_METRICS_PATH='metrics' must be a path"),
+        ("/invocations", "SERVE_METRICS_PATH='/invocations' is a route"),
+        ("/_serve/metrics", "SERVE_METRICS_PATH='/_serve/metrics' is a route"),
+        ("/metrics;", "SERVE_METRICS_PATH='/metrics;' must be a path"),
+    ],
+)
+def test_bad_metrics_paths_are_refused(path: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_environ({"SERVE_METRICS_PATH": path})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import sysconfig
@@ -16,7 +15,7 @@ import requests
 from serve.errors import ConfigError
 from serve.settings import PortRange, Settings
 from serve.triton_command import RESERVED_FLAGS, check_additional_args
-from serve.triton_install import locate_triton
+from serve.triton_install import help_flags, locate_triton
 from tests.conftest import ADD_MODEL_PY, ServeProcess, free_port, write_add_model
 
 StartServe = Callable[..., ServeProcess]
@@ -37,7 +36,9 @@ def test_defaults_match_nvidias_serve_script(opt_ml: Path, start_serve: StartSer
         "--model-namespacing=true",
         "--allow-sagemaker=false",
         "--allow-grpc=false",
-        "--allow-metrics=false",
+        # Unlike NVIDIA's script: Triton's metrics are on, on loopback only, for GET /metrics.
+        "--allow-metrics=true",
+        "--metrics-address=127.0.0.1",
         "--log-verbose=true",
         "--backend-config=python,shm-default-byte-size=16777216",
         "--backend-config=python,shm-growth-byte-size=1048576",
@@ -78,9 +79,9 @@ def test_every_sagemaker_triton_variable_reaches_tritonserver(
         "--allow-grpc=true",
         "--grpc-address=0.0.0.0",
         f"--grpc-port={grpc}",
+        # Triton's metrics stay on loopback; nginx serves them on the port asked for.
         "--allow-metrics=true",
-        "--metrics-address=0.0.0.0",
-        f"--metrics-port={metrics}",
+        "--metrics-address=127.0.0.1",
         "--log-verbose=0",
         "--log-info=false",
         "--log-warning=true",
@@ -248,11 +249,7 @@ def test_additional_args_cannot_open_what_serve_keeps_closed(
 
 def test_reserved_flags_are_tritons_and_refuse_no_other_flag() -> None:
     """Triton's own --help: every reserved flag exists, and no other flag begins one's name."""
-    install = locate_triton(None)
-    listing = subprocess.run(
-        [str(install.binary), "--help"], capture_output=True, text=True, timeout=30, check=False
-    )
-    flags = set(re.findall(r"^\s+(--[a-z0-9-]+)", listing.stdout + listing.stderr, re.MULTILINE))
+    flags = set(help_flags(locate_triton(None).binary))
     assert "--model-repository" in flags
     assert set(RESERVED_FLAGS) <= flags
     for flag in flags - set(RESERVED_FLAGS):

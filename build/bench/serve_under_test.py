@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.triton_install import STUB_DIR_NAMES, locate_triton
+from serve.triton_install import locate_triton
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "model_repository"
@@ -147,20 +147,12 @@ def triton_with_sagemaker_frontend(folder: Path, port: int, configured: Path | N
     serve's flags and then these, which win.
     """
     install = locate_triton(configured)
-    root = install.binary.parent.parent
-    (folder / "bin").mkdir(parents=True)
-    (folder / "backends").symlink_to(install.backends_dir)
-    for name in STUB_DIR_NAMES:
-        if (root / name).is_dir():
-            (folder / name).symlink_to(root / name)
-    script = folder / "bin" / "tritonserver"
-    script.write_text(
+    return install.wrapped(
+        folder,
         "#!/bin/sh\n"
         f'exec {shlex.quote(str(install.binary))} "$@" '
-        f"--allow-sagemaker=true --sagemaker-port={port}\n"
+        f"--allow-sagemaker=true --sagemaker-port={port}\n",
     )
-    script.chmod(0o755)
-    return script
 
 
 def _triton_http_port(log: Path) -> int:

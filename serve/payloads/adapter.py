@@ -24,10 +24,14 @@ from urllib.parse import quote
 
 import numpy as np
 
+from serve.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
+from serve.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
+from serve.custom_attributes import header_value
 from serve.errors import InsufficientMemory, ModelNotFound, ServeError
 from serve.multi_model import OUT_OF_MEMORY, ModelRegistry
 from serve.payloads import batching, csv_codec, json_codec, npy_codec, raw_codec
 from serve.payloads.batching import Origin
+from serve.payloads.body import Body
 from serve.payloads.errors import NotAcceptable, PayloadError, TritonUnavailable
 from serve.payloads.media import (
     BINARY_JSON,
@@ -77,7 +81,11 @@ class Invocation:
     inference: str
     content_type: str
     accept: str
-    body: bytes
+    # In memory, or spooled to disk past SERVE_BODY_BUFFER_BYTES (serve/payloads/body.py).
+    body: Body
+
+
+Headers = tuple[tuple[str, str], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +95,8 @@ class Reply:
     body: bytes = b""
     # A streamed answer: chunks to send as they come (body is then empty).
     chunks: AsyncIterator[bytes] | None = None
+    # More headers of the answer: the custom attributes the model set.
+    headers: Headers = ()
 
 
 class PayloadAdapter:
@@ -117,18 +127,21 @@ class PayloadAdapter:
             return await self._native(invocation, name, key, Answer.BINARY)
         document: object = None
         if family is Family.JSON:
-            document = json_codec.parse(invocation.body)
+            document = json_codec.parse(invocation.body.read())
             if is_v2_request(document):
                 return await self._native(invocation, name, key, Answer.V2)
             if invocation.inference != "infer" and _names_inputs(document):
                 return await self._native(invocation, name, key, Answer.V2)
         signature = await self.signature(name, key)
-        records, parameters, origin = _decode(family, media, invocation.body, document, signature)
+        body = invocation.body.read()
+        records, parameters, origin = _decode(family, media, body, document, signature)
         if signature.decoupled or invocation.inference != "infer":
             return await self._generate(invocation, name, signature, records, parameters)
         answer = _feasible(answer_candidates(invocation.accept, DEFAULT_ANSWERS[family]), signature)
         outputs, answered = await self._infer(name, signature, records, parameters, origin)
-        return Reply(200, answer.content_type, ENCODERS[answer](outputs, answered))
+        attributes = _custom_attributes(outputs, signature)
+        encoded = ENCODERS[answer](outputs, answered)
+        return Reply(200, answer.content_type, encoded, headers=attributes)
 
     async def _infer(
         self,
@@ -188,7 +201,7 @@ class PayloadAdapter:
         for input_name, tensor in extra.items():
             tensors.setdefault(input_name, tensor)
         specs = {spec.name: spec for spec in signature.inputs}
-        return binary_request(tensors, specs, parameters, signature.answer_outputs)
+        return binary_request(tensors, specs, parameters, signature.asked_outputs)
 
     async def _send(
         self, name: str, signature: ModelSignature, body: bytes, headers: dict[str, str]
@@ -196,7 +209,7 @@ class PayloadAdapter:
         reply = await self.triton.request("POST", _path(name, "infer"), body, headers)
         if reply.status != 200:
             raise _failure(reply.status, reply.body)
-        wanted = tuple(spec.name for spec in signature.answer_outputs)
+        wanted = tuple(spec.name for spec in signature.asked_outputs)
         return read_answer(reply.body, reply.headers, wanted)
 
     async def signature(self, name: str, key: object) -> ModelSignature:
@@ -253,14 +266,22 @@ class PayloadAdapter:
             raise _failure(reply.status, reply.body)
         if invocation.inference == "generate":
             _check_generate_answer(reply.body)
+        outputs, attributes = None, ()
+        if invocation.inference == "infer":
+            model = signature or await self.signature(name, key)
+            if model.custom_attributes is not None:
+                outputs = read_answer(reply.body, reply.headers)
+                attributes = _custom_attributes(outputs, model)
         if signature is None:
+            # Relayed as Triton wrote it (the custom attributes' output included).
             content_type = reply.headers.get("content-type", "application/json")
             header_size = reply.headers.get("inference-header-content-length")
             if header_size:
                 content_type = f"{BINARY_JSON};json-header-size={header_size}"
-            return Reply(200, content_type, reply.body)
-        outputs = read_answer(reply.body, reply.headers)
-        return Reply(200, answer.content_type, ENCODERS[answer](outputs, signature))
+            return Reply(200, content_type, reply.body, headers=attributes)
+        outputs = outputs or read_answer(reply.body, reply.headers)
+        encoded = ENCODERS[answer](outputs, signature)
+        return Reply(200, answer.content_type, encoded, headers=attributes)
 
     async def _v2_stream(
         self, invocation: Invocation, name: str, signature: ModelSignature, own: Answer
@@ -271,7 +292,7 @@ class PayloadAdapter:
                 f"model {signature.name!r} is decoupled and streams through Triton's "
                 "generate route, which takes JSON; send its inputs as JSON"
             )
-        document = json_codec.parse(invocation.body)
+        document = json_codec.parse(invocation.body.read())
         return await self._generate(invocation, name, signature, *_v2_as_records(document))
 
     async def _generate(
@@ -312,7 +333,7 @@ class PayloadAdapter:
         answer = answer_candidates(invocation.accept, own, streaming=True)[0]
         return await self._stream(_path(name, "generate_stream"), body, answer)
 
-    async def _stream(self, path: str, body: bytes, answer: Answer) -> Reply:
+    async def _stream(self, path: str, body: bytes | Body, answer: Answer) -> Reply:
         stream = await self.triton.stream("POST", path, body, {"Content-Type": "application/json"})
         if stream.status != 200:
             body = b"".join([chunk async for chunk in stream.chunks])
@@ -355,6 +376,15 @@ def _decode(
     return raw_codec.decode_bytes(body), {}, Origin()
 
 
+def _custom_attributes(outputs: Outputs, signature: ModelSignature) -> Headers:
+    """The answer's header from the model's custom attributes output, taken out of `outputs`."""
+    array = outputs.tensors.pop(CUSTOM_ATTRIBUTES, None)
+    if array is None or array.size == 0:
+        return ()
+    value = header_value(signature.name, array.reshape(-1)[0])
+    return ((CUSTOM_ATTRIBUTES_HEADER, value),) if value else ()
+
+
 def _feasible(candidates: list[Answer], signature: ModelSignature) -> Answer:
     """The caller's best answer this model can be written in; 406 if none."""
     problem: NotAcceptable | None = None
@@ -383,7 +413,7 @@ def _names_inputs(document: object) -> bool:
 
 def _binary_header_size(invocation: Invocation) -> int:
     match = BINARY_HEADER.match(invocation.content_type)
-    if match is None or int(match.group(1)) > len(invocation.body):
+    if match is None or int(match.group(1)) > invocation.body.size:
         raise PayloadError(
             "malformed Content-Type: binary requests need exactly "
             "application/vnd.sagemaker-triton.binary+json;json-header-size=N, with N the "
@@ -392,7 +422,7 @@ def _binary_header_size(invocation: Invocation) -> int:
     size = int(match.group(1))
     if size:
         try:
-            json.loads(invocation.body[:size])
+            json.loads(invocation.body.head(size))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PayloadError(f"the request body is not valid JSON: {exc}") from exc
     return size

@@ -21,20 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http
 import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
 import uvloop
 
-from serve.errors import ServeError
+from serve.errors import ServeError, invocation_timed_out
 from serve.multi_model import ModelRegistry
 from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
+from serve.payloads.body import Body, Spool
+from serve.payloads.flow import WriteFlow
 from serve.payloads.triton_http import TritonHttp
 
 log = logging.getLogger(__name__)
@@ -46,10 +48,23 @@ HEAD_LIMIT = 1 << 20
 
 
 class PayloadService:
-    def __init__(self, socket_path: Path, triton_port: int, registry: ModelRegistry | None = None):
+    def __init__(
+        self,
+        socket_path: Path,
+        triton_port: int,
+        spool: Spool,
+        registry: ModelRegistry | None = None,
+        timeout: float = 3600.0,
+    ):
+        """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
+
+        `spool`: where bodies past SERVE_BODY_BUFFER_BYTES are written (serve/payloads/body.py).
+        """
         self.socket_path = socket_path
         self._triton_port = triton_port
+        self._spool = spool
         self._registry = registry
+        self._timeout = timeout
         # uvloop's loop runs the callbacks in C: the service's share of the time to a
         # first streamed chunk fell by a quarter to a half against asyncio's own loop
         # (two same-process A/B runs), and by 0.1 ms through serve on an H200 host.
@@ -74,10 +89,11 @@ class PayloadService:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            adapter = PayloadAdapter(TritonHttp(self._triton_port), self._registry)
+            adapter = PayloadAdapter(TritonHttp(self._triton_port, self._timeout), self._registry)
             self._server = self._loop.run_until_complete(
                 self._loop.create_unix_server(
-                    lambda: _NginxConnection(adapter, self._registry), path=str(self.socket_path)
+                    lambda: _NginxConnection(adapter, self._registry, self._spool),
+                    path=str(self.socket_path),
                 )
             )
             # nginx's unprivileged workers connect to this socket.
@@ -97,17 +113,26 @@ class PayloadService:
             self._loop.close()
 
 
-class _NginxConnection(asyncio.Protocol):
-    """One kept-alive connection from nginx: requests in, one at a time, answers out."""
+class _NginxConnection(WriteFlow):
+    """One kept-alive connection from nginx: requests in, one at a time, answers out.
 
-    def __init__(self, adapter: PayloadAdapter, registry: ModelRegistry | None):
+    nginx closes the connection when its caller goes away; the request in flight
+    is then cancelled, which lets go of its body and of its connection to Triton
+    at once (Triton finishes the model's work; nobody reads the answer). Other
+    requests, on other connections, are not touched.
+    """
+
+    def __init__(self, adapter: PayloadAdapter, registry: ModelRegistry | None, spool: Spool):
         self._adapter = adapter
         self._registry = registry
+        self._spool = spool
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        # A request whose spooled body is still arriving.
+        self._incoming: _Request | None = None
         self._busy = False
         self._closed = False
-        self._writable: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -115,16 +140,21 @@ class _NginxConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.resume_writing()
-
-    def pause_writing(self) -> None:
-        self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._incoming is not None:
+            self._incoming.body.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._incoming is not None:
+            # A spooled body: straight to its file. nginx sends nothing after a body
+            # before it has the answer, so whatever is left over waits in the buffer.
+            taken = self._incoming.body.write(data)
+            self._buffer += data[taken:]
+            if self._incoming.body.complete:
+                request, self._incoming = self._incoming, None
+                self._start(request)
+            return
         self._buffer += data
         self._next()
 
@@ -132,7 +162,7 @@ class _NginxConnection(asyncio.Protocol):
         if self._busy or self._closed:
             return
         try:
-            request = _parse_request(self._buffer)
+            request = _parse_request(self._buffer, self._spool)
         except ValueError as exc:
             self._write(Reply(400, "application/json", _error(f"bad request: {exc}")))
             self._close()
@@ -142,38 +172,47 @@ class _NginxConnection(asyncio.Protocol):
                 self._write(Reply(431, "application/json", _error("request head too large")))
                 self._close()
             return
-        self._busy = True
-        asyncio.get_running_loop().create_task(self._serve(*request))
+        if not request.body.complete:
+            self._incoming = request
+            return
+        self._start(request)
 
-    async def _serve(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
-        reply = await self._answer(method, target, headers, body)
-        if reply.chunks is None:
-            self._write(reply)
-        else:
-            await self._write_stream(reply)
+    def _start(self, request: _Request) -> None:
+        self._busy = True
+        self._task = asyncio.get_running_loop().create_task(self._serve(request))
+
+    async def _serve(self, request: _Request) -> None:
+        try:
+            reply = await self._answer(request)
+            if reply.chunks is None:
+                self._write(reply)
+            else:
+                await self._write_stream(reply)
+        except asyncio.CancelledError:
+            return  # nginx's caller went away (connection_lost): nothing is left to answer
+        finally:
+            request.body.close()
         self._busy = False
         self._next()
 
-    async def _answer(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes
-    ) -> Reply:
+    async def _answer(self, request: _Request) -> Reply:
         try:
-            invocation = self._invocation(method, target, headers, body)
+            invocation = self._invocation(request)
             return await self._adapter.invoke(invocation)
         except ServeError as exc:
             return Reply(exc.status, "application/json", _error(exc.message))
         except (asyncio.TimeoutError, TimeoutError):
-            return Reply(504, "application/json", _error("the model did not answer in time"))
+            message = invocation_timed_out(self._adapter.triton.timeout)
+            return Reply(504, "application/json", _error(message))
         except Exception as exc:
             log.exception("unexpected error adapting a payload")
             return Reply(
                 500, "application/json", _error(f"internal error in serve: {type(exc).__name__}")
             )
 
-    def _invocation(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes
-    ) -> Invocation:
-        path = target.split("?", 1)[0]
+    def _invocation(self, request: _Request) -> Invocation:
+        method, headers, body = request.method, request.headers, request.body
+        path = request.target.split("?", 1)[0]
         if path == INVOCATIONS and MODEL_HEADER in headers:
             # Percent-encoded by nginx's config (names of any characters travel safely).
             model = unquote(headers[MODEL_HEADER])
@@ -198,10 +237,11 @@ class _NginxConnection(asyncio.Protocol):
     def _write(self, reply: Reply) -> None:
         if self._closed or self._transport is None:
             return
+        extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
         self._transport.write(
             (
                 f"HTTP/1.1 {reply.status} {_phrase(reply.status)}\r\n"
-                f"Content-Type: {reply.content_type}\r\n"
+                f"Content-Type: {reply.content_type}\r\n{extra}"
                 f"Content-Length: {len(reply.body)}\r\n\r\n"
             ).encode("latin-1")
             + reply.body
@@ -225,8 +265,7 @@ class _NginxConnection(asyncio.Protocol):
                 if chunk:
                     self._transport.write(unsent + b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     unsent = b""
-                if self._writable is not None:
-                    await self._writable
+                await self.drained()
         except Exception as exc:
             # The answer has started: all that is left is to say so in the stream and end it.
             log.warning("stream ended early: %s", exc)
@@ -245,8 +284,22 @@ class _NginxConnection(asyncio.Protocol):
             self._transport.close()
 
 
-def _parse_request(buffer: bytearray) -> tuple[str, str, dict[str, str], bytes] | None:
-    """One complete request from the front of `buffer` (removed from it), or None."""
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    method: str
+    target: str
+    # Header names in lower case.
+    headers: dict[str, str]
+    # Complete, or a spooled body still arriving.
+    body: Body
+
+
+def _parse_request(buffer: bytearray, spool: Spool) -> _Request | None:
+    """The request at the front of `buffer` (removed from it), or None until it is complete.
+
+    A body of a Content-Length past the spool's threshold goes to a file: what of
+    it has arrived is written there, and the request comes back incomplete.
+    """
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -262,14 +315,19 @@ def _parse_request(buffer: bytearray) -> tuple[str, str, dict[str, str], bytes] 
         parsed = _chunked_body(buffer, start)
         if parsed is None:
             return None
-        body, consumed = parsed
+        body, consumed = Body(parsed[0]), parsed[1]
     else:
         length = int(headers.get("content-length", "0"))
+        spooled = spool.body(length)
+        if spooled is not None:
+            consumed = start + spooled.write(buffer[start:])
+            del buffer[:consumed]
+            return _Request(method, target, headers, spooled)
         if len(buffer) < start + length:
             return None
-        body, consumed = bytes(buffer[start : start + length]), start + length
+        body, consumed = Body(bytes(buffer[start : start + length])), start + length
     del buffer[:consumed]
-    return method, target, headers, body
+    return _Request(method, target, headers, body)
 
 
 def _chunked_body(buffer: bytearray, start: int) -> tuple[bytes, int] | None:

@@ -12,7 +12,8 @@ A model can pin how payloads map onto it with parameters in its config.pbtxt:
 
 `SERVE_PAYLOAD_INPUTS` names the inputs a record fills, in order (default:
 the required inputs in config order); `SERVE_PAYLOAD_OUTPUTS` the outputs
-answers carry, in order (default: every output in config order).
+answers carry, in order (default: every output in config order but the one
+that sets the answer's custom attributes, serve/custom_attributes.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
+from serve.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
 from serve.errors import ServeError
 from serve.model_config import ModelConfig, instance_count
 
@@ -93,15 +95,23 @@ class ModelSignature:
     decoupled: bool
     # The inputs a record fills, in order: pinned, or the required ones.
     record_inputs: tuple[TensorSpec, ...]
-    # The outputs answers carry, in order: pinned, or all of them.
+    # The outputs answers carry, in order: pinned, or all of them but custom_attributes.
     answer_outputs: tuple[TensorSpec, ...]
     # Execution instances Triton runs (its config lists each group's GPUs): how many
     # requests the model works on at once.
     instances: int = 1
+    # The output that sets the answer's X-Amzn-SageMaker-Custom-Attributes, if declared.
+    custom_attributes: TensorSpec | None = None
 
     @property
     def batched(self) -> bool:
         return self.max_batch_size > 0
+
+    @property
+    def asked_outputs(self) -> tuple[TensorSpec, ...]:
+        """What a request asks Triton for: the answer's outputs and the custom attributes."""
+        extra = (self.custom_attributes,) if self.custom_attributes is not None else ()
+        return self.answer_outputs + extra
 
     def input(self, name: str) -> TensorSpec | None:
         return next((spec for spec in self.inputs if spec.name == name), None)
@@ -122,8 +132,10 @@ class ModelSignature:
             outputs=outputs,
             decoupled=config.model_transaction_policy.decoupled,
             record_inputs=pinned_inputs or tuple(s for s in inputs if not s.optional),
-            answer_outputs=pinned_outputs or outputs,
+            answer_outputs=pinned_outputs
+            or tuple(s for s in outputs if s.name != CUSTOM_ATTRIBUTES),
             instances=instance_count(config, gpu_count=1),
+            custom_attributes=next((s for s in outputs if s.name == CUSTOM_ATTRIBUTES), None),
         )
 
     @classmethod

@@ -13,7 +13,9 @@ import collections
 import dataclasses
 from collections.abc import AsyncGenerator, Mapping
 
+from serve.payloads.body import Body
 from serve.payloads.errors import TritonUnavailable
+from serve.payloads.flow import WriteFlow
 
 _END = b"\r\n\r\n"
 Item = bytes | BaseException | None
@@ -72,7 +74,7 @@ class Stream:
     chunks: AsyncGenerator[bytes, None]
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(WriteFlow):
     """One connection to Triton, carrying one request at a time."""
 
     def __init__(self) -> None:
@@ -95,6 +97,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.resume_writing()
         error = ConnectionError("Triton closed the connection")
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(error)
@@ -128,8 +131,22 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(request)
 
+    async def send_body(self, body: Body) -> None:
+        """Write a spooled body after its head, piece by piece, as the socket takes it."""
+        async for piece in body.pieces():
+            if self.closed or self.transport is None:
+                return  # Triton answered or went away; the answer says which
+            self.transport.write(piece)
+            await self.drained()
+
     def abort(self) -> None:
         self._fail(TimeoutError("Triton did not answer in time"))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def discard(self) -> None:
+        """Close a connection whose answer nobody will read, so it is never reused."""
+        self.closed = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -208,57 +225,79 @@ class _Connection(asyncio.Protocol):
 
 
 class TritonHttp:
-    def __init__(self, port: int, timeout: float = 65.0, keep: int = 128):
+    """Triton's HTTP frontend for the payload service.
+
+    `timeout` (SAGEMAKER_MODEL_SERVER_TIMEOUT) bounds the wait for an answer, or
+    for a stream's next chunk. A request cancelled while it waits (its caller
+    went away) closes its connection: the answer would arrive on it later.
+    """
+
+    def __init__(self, port: int, timeout: float = 3600.0, keep: int = 128):
         self.port = port
         self.timeout = timeout
         self._keep = keep
         self._idle: list[_Connection] = []
 
     async def request(
-        self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | Body = b"",
+        headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        message = _message(method, path, body, headers)
+        message = _Message(method, path, body, headers)
         connection, reused = await self._connection()
         try:
-            reply = await self._exchange(connection, message)
-        except ConnectionError:
-            if not (reused and not connection.received_any):
-                raise _unavailable() from None
-            # Triton closed a kept-alive connection before reading the request.
-            connection, _ = await self._connection(fresh=True)
             try:
                 reply = await self._exchange(connection, message)
             except ConnectionError:
-                raise _unavailable() from None
+                if not (reused and not connection.received_any):
+                    raise _unavailable() from None
+                # Triton closed a kept-alive connection before reading the request.
+                connection, _ = await self._connection(fresh=True)
+                try:
+                    reply = await self._exchange(connection, message)
+                except ConnectionError:
+                    raise _unavailable() from None
+        except asyncio.CancelledError:
+            connection.discard()
+            raise
         self._release(connection)
         return reply
 
-    async def _exchange(self, connection: _Connection, message: bytes) -> Reply:
-        connection.send(message, streaming=False)
-        assert connection._answer is not None
+    async def _exchange(self, connection: _Connection, message: _Message) -> Reply:
+        connection.send(message.head, streaming=False)
+        answer = connection._answer
+        assert answer is not None
         timer = asyncio.get_running_loop().call_later(self.timeout, connection.abort)
         try:
-            return await connection._answer
+            if message.spooled is not None:
+                await connection.send_body(message.spooled)
+            return await answer
         finally:
             timer.cancel()
 
     async def stream(
-        self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None = None
+        self, method: str, path: str, body: bytes | Body, headers: Mapping[str, str] | None = None
     ) -> Stream:
         """Send a request and return as soon as the answer's head is in."""
-        message = _message(method, path, body, headers)
+        message = _Message(method, path, body, headers)
         connection, reused = await self._connection()
         try:
-            status, reply_headers, arriving = await self._stream_head(connection, message)
-        except ConnectionError:
-            if not (reused and not connection.received_any):
-                raise _unavailable() from None
-            # Triton closed a kept-alive connection before reading the request.
-            connection, _ = await self._connection(fresh=True)
             try:
                 status, reply_headers, arriving = await self._stream_head(connection, message)
             except ConnectionError:
-                raise _unavailable() from None
+                if not (reused and not connection.received_any):
+                    raise _unavailable() from None
+                # Triton closed a kept-alive connection before reading the request.
+                connection, _ = await self._connection(fresh=True)
+                try:
+                    status, reply_headers, arriving = await self._stream_head(connection, message)
+                except ConnectionError:
+                    raise _unavailable() from None
+        except asyncio.CancelledError:
+            connection.discard()
+            raise
 
         async def chunks() -> AsyncGenerator[bytes, None]:
             finished = False
@@ -279,21 +318,21 @@ class TritonHttp:
                 if finished:
                     self._release(connection)
                 else:  # the caller left early: closing the connection ends Triton's request
-                    connection.closed = True
-                    if connection.transport is not None:
-                        connection.transport.close()
+                    connection.discard()
 
         return Stream(status, reply_headers, chunks())
 
     async def _stream_head(
-        self, connection: _Connection, message: bytes
+        self, connection: _Connection, message: _Message
     ) -> tuple[int, dict[str, str], _Chunks]:
         """The answer's status and headers, and where its chunks arrive."""
-        connection.send(message, streaming=True)
+        connection.send(message.head, streaming=True)
         head, arriving = connection._stream_head, connection._chunks
         assert head is not None and arriving is not None
         timer = asyncio.get_running_loop().call_later(self.timeout, connection.abort)
         try:
+            if message.spooled is not None:
+                await connection.send_body(message.spooled)
             status, headers = await head
         finally:
             timer.cancel()
@@ -326,10 +365,20 @@ class TritonHttp:
                 connection.transport.close()
 
 
-def _message(method: str, path: str, body: bytes, headers: Mapping[str, str] | None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: triton", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+class _Message:
+    """A request as written: its head with the body when in memory, and a spooled body after."""
+
+    def __init__(
+        self, method: str, path: str, body: bytes | Body, headers: Mapping[str, str] | None
+    ):
+        lines = [f"{method} {path} HTTP/1.1", "Host: triton", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.spooled: Body | None = None
+        if isinstance(body, Body) and not body.in_memory:
+            self.head, self.spooled = head, body
+        else:
+            self.head = head + (body.read() if isinstance(body, Body) else body)
 
 
 def _unavailable() -> TritonUnavailable:
