@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from serve.archives import ExtractionLimits
+from serve.artifacts.archives import ExtractionLimits
 from serve.errors import ConfigError
-from serve.triton_command import check_additional_args
+from serve.triton.command import check_additional_args
 
 PingMode = Literal["ready", "live"]
 InferenceType = Literal["infer", "generate", "generate_stream"]
@@ -77,7 +77,7 @@ class Settings:
     # SAGEMAKER_BATCH_STRATEGY (SINGLE_RECORD | MULTI_RECORD), SAGEMAKER_MAX_CONCURRENT_TRANSFORMS
     # and SAGEMAKER_MAX_PAYLOAD_IN_MB: what a transform job set itself (SageMaker passes each
     # only when the job names it); GET /execution-parameters answers them as they are
-    # (serve/batch_transform.py). The body limit follows the payload limit unless
+    # (serve/control/execution_parameters.py). The body limit follows the payload limit unless
     # SERVE_MAX_BODY_BYTES is set (`_max_body`); 0 (SageMaker's "chunked bodies of
     # any size") leaves it at batch transform's 100 MB.
     batch_strategy: BatchStrategy | None = None
@@ -102,12 +102,12 @@ class Settings:
     allow_metrics: bool = False
     metrics_port: int = 8002
     # SERVE_METRICS_PORT: the front's own Prometheus metrics (requests, status codes,
-    # latency, model loads, environment cache; serve/metrics.py), public when on. Unset:
+    # latency, model loads, environment cache; serve/front/metrics.py), public when on. Unset:
     # on at SAGEMAKER_TRITON_METRICS_PORT + 1 when Triton's metrics are on, else off.
     # A port turns them on (alone too); "off" turns them off. None: off.
     serve_metrics_port: int | None = None
     # SERVE_METRICS_PATH: where the public port answers GET with Prometheus text holding
-    # Triton's metrics and the front's (serve/metrics.py): SageMaker's detailed
+    # Triton's metrics and the front's (serve/front/metrics.py): SageMaker's detailed
     # observability scrapes /metrics on port 8080 unless ContainerMetricsConfig names
     # another path. "off" turns it off. None: off.
     metrics_path: str | None = "/metrics"
@@ -124,7 +124,7 @@ class Settings:
     buffer_manager_thread_count: int | None = None
     # OMP_NUM_THREADS: OpenMP threads (PyTorch's intra-op pool, BLAS) in Triton and
     # each Python-backend model instance, passed on as given. Unset: serve sets it to
-    # CPUs / Python-backend instances when there are several (serve/host.py).
+    # CPUs / Python-backend instances when there are several (serve/runtime/host.py).
     omp_num_threads: str | None = None
     # SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE / _SHM_GROWTH_BYTE_SIZE: the Python
     # backend's shared-memory region per model instance, and its growth step.
@@ -139,7 +139,7 @@ class Settings:
     model_namespacing: str = "true"
     # SAGEMAKER_TRITON_ADDITIONAL_ARGS: extra tritonserver flags, shell-quoted; those
     # that decide what listens where, or that serve sets itself, are refused
-    # (serve/triton_command.py's RESERVED_FLAGS).
+    # (serve/triton/command.py's RESERVED_FLAGS).
     additional_args: tuple[str, ...] = ()
     # TRITONSERVER_BIN: the server binary, when not in a standard place.
     triton_bin: Path | None = None

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from serve.front import INTERNAL_HEADERS
+from serve.front.nginx import INTERNAL_HEADERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "model_repository"

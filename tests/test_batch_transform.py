@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 from google.protobuf import text_format
 
-from serve.batch_transform import execution_parameters
-from serve.model_config import ModelConfig
+from serve.control.execution_parameters import execution_parameters
 from serve.payloads.signature import ModelSignature
 from serve.settings import MEBIBYTE, Settings
+from serve.triton.model_config import ModelConfig
 
 
 def model(instance_groups: str, extra: str = "") -> ModelSignature:

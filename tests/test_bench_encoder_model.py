@@ -21,7 +21,7 @@ import numpy as np
 import requests
 import torch
 
-from serve import model_config
+from serve.triton import model_config
 from tests.conftest import REPO_ROOT, ServeProcess
 
 REPOSITORY = REPO_ROOT / "build" / "bench" / "bert_repository"

@@ -1,7 +1,7 @@
 """X-Amzn-SageMaker-Custom-Attributes back to the caller: what the model sets, nothing else.
 
 A model sets the answer's custom attributes with an output named
-SAGEMAKER_CUSTOM_ATTRIBUTES (serve/custom_attributes.py); the caller's own
+SAGEMAKER_CUSTOM_ATTRIBUTES (serve/sagemaker/custom_attributes.py); the caller's own
 custom attributes, and any other header it sent, never come back.
 """
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from serve import model_config
 from serve.errors import ConfigError
-from serve.host import (
+from serve.runtime.host import (
     CpuShare,
     cpu_count,
     gpu_count,
     plan_python_shm,
     threads_per_instance,
 )
-from serve.triton_install import STUB_NAME, locate_triton, stub_python_version
+from serve.triton import model_config
+from serve.triton.install import STUB_NAME, locate_triton, stub_python_version
 from tests.conftest import ServeProcess, add_request, own_tmpfs, write_add_model
 
 StartServe = Callable[..., ServeProcess]

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from serve.settings import MEBIBYTE, Settings
-from serve.triton_install import locate_triton
+from serve.triton.install import locate_triton
 from tests.conftest import ServeProcess, write_add_model
 
 StartServe = Callable[..., ServeProcess]

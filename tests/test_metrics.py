@@ -1,4 +1,4 @@
-"""The front's own metrics (serve/metrics.py) and Triton's, from a real serve + Triton.
+"""The front's own metrics (serve/front/metrics.py) and Triton's, from a real serve + Triton.
 
 The parsing and the log follower are checked on their own first (a real
 nginx rendered from serve's template writes the log whose rotation is
@@ -29,13 +29,13 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve import host
-from serve.access_log import AccessLogFollower, content_type_of, route_of
-from serve.archives import ExtractionLimits
-from serve.environments import EnvironmentCache
+from serve.artifacts.archives import ExtractionLimits
+from serve.artifacts.environments import EnvironmentCache
 from serve.errors import ConfigError
-from serve.front import FrontConfig, nginx_argv
-from serve.metrics import FrontMetrics
+from serve.front.access_log import AccessLogFollower, content_type_of, route_of
+from serve.front.metrics import FrontMetrics
+from serve.front.nginx import FrontConfig, nginx_argv
+from serve.runtime import host
 from serve.settings import Settings
 from tests.conftest import (
     REPO_ROOT,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from serve.artifacts.repository import Preparation, prepare_single_model_repository
 from serve.errors import ArtifactError, ConfigError
-from serve.repository import Preparation, prepare_single_model_repository
 from tests.conftest import EXAMPLES, ServeProcess, add_request, write_add_model
 
 StartServe = Callable[..., ServeProcess]

@@ -14,8 +14,8 @@ import requests
 
 from serve.errors import ConfigError
 from serve.settings import PortRange, Settings
-from serve.triton_command import RESERVED_FLAGS, check_additional_args
-from serve.triton_install import help_flags, locate_triton
+from serve.triton.command import RESERVED_FLAGS, check_additional_args
+from serve.triton.install import help_flags, locate_triton
 from tests.conftest import ADD_MODEL_PY, ServeProcess, free_port, write_add_model
 
 StartServe = Callable[..., ServeProcess]

@@ -32,9 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from serve.archives import ExtractionLimits
-from serve.environments import EnvironmentCache
-from serve.repository import Preparation, prepare_single_model_repository
+from serve.artifacts.archives import ExtractionLimits
+from serve.artifacts.environments import EnvironmentCache
+from serve.artifacts.repository import Preparation, prepare_single_model_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORK = REPO_ROOT / ".bench" / "environment-cache"

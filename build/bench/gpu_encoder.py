@@ -47,7 +47,7 @@ import torch
 from load_generators import BINARY_JSON, JSON, Measurement, require_wrk, run_wrk
 from serve_under_test import serve_with_reference
 
-from serve import model_config
+from serve.triton import model_config
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE / "bert_repository"

@@ -2,7 +2,7 @@
 
 SAGEMAKER_TRITON_LOG_VERBOSE is on by default (as in NVIDIA's image), and
 Triton then writes about nine lines per request. `serve` relays them to its
-stdout (serve/processes.py) from a thread of the same Python process as the
+stdout (serve/runtime/processes.py) from a thread of the same Python process as the
 payload service. One `serve` runs the NCF example with the verbose log on,
 wrk sends native v2 JSON, and the script prints throughput, the lines the log
 gained, and the CPU time of `serve`'s own process (not nginx's, Triton's or

@@ -44,7 +44,7 @@ for entry in "$torch_site"/{torch,torchgen,functorch,nvidia,triton,sympy,mpmath,
     [ -e "$entry" ] && ln -sfn "$entry" "$torch_view/"
 done
 echo "$torch_view" >"$site/zz-torch.pth"
-printf '#!%s\nimport sys\nfrom serve.cli import main\nsys.exit(main())\n' "$V/bin/python3" >"$V/bin/serve"
+printf '#!%s\nimport sys\nfrom serve.runtime.cli import main\nsys.exit(main())\n' "$V/bin/python3" >"$V/bin/serve"
 chmod +x "$V/bin/serve"
 export PATH=$V/bin:$T/bin:$PATH PYTHONPATH=$SRC:$G/pylib
 export TRITONSERVER_BIN=$T/pytriton/tritonserver/bin/tritonserver

@@ -27,18 +27,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve import model_config
-from serve.archives import ARCHIVE_SUFFIXES, JUNK_NAMES, ExtractionLimits, safe_extract
-from serve.environments import EnvironmentCache
-from serve.errors import ServeError
-from serve.model_config import CONFIG_FILE
-from serve.repository import (
+from serve.artifacts.archives import ARCHIVE_SUFFIXES, JUNK_NAMES, ExtractionLimits, safe_extract
+from serve.artifacts.environments import EnvironmentCache
+from serve.artifacts.repository import (
     ENV_PARAMETER,
     Preparation,
     PreparedRepository,
     model_folders,
     prepare_single_model_repository,
 )
+from serve.errors import ServeError
+from serve.triton import model_config
+from serve.triton.model_config import CONFIG_FILE
 from smtriton.aws import AwsOptions, add_aws_arguments, open_session
 from smtriton.errors import ConfigError, SmtritonError
 from smtriton.s3 import upload_file

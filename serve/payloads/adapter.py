@@ -24,14 +24,12 @@ from urllib.parse import quote
 
 import numpy as np
 
-from serve.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
-from serve.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
-from serve.custom_attributes import header_value
 from serve.errors import InsufficientMemory, ModelNotFound, ServeError
-from serve.multi_model import OUT_OF_MEMORY, ModelRegistry
-from serve.payloads import batching, csv_codec, json_codec, npy_codec, raw_codec
+from serve.multi_model.registry import OUT_OF_MEMORY, ModelRegistry
+from serve.payloads import batching
 from serve.payloads.batching import Origin
 from serve.payloads.body import Body
+from serve.payloads.codecs import csv_codec, json_codec, npy_codec, raw_codec
 from serve.payloads.errors import NotAcceptable, PayloadError, TritonUnavailable
 from serve.payloads.media import (
     BINARY_JSON,
@@ -45,8 +43,17 @@ from serve.payloads.media import (
 from serve.payloads.records import parameter_inputs, record_count, tensors_from_records
 from serve.payloads.signature import ModelSignature
 from serve.payloads.triton_http import TritonHttp
-from serve.payloads.v2 import Outputs, binary_request, is_v2_request, json_answer, read_answer
-from serve.triton_client import error_message
+from serve.payloads.v2 import (
+    Outputs,
+    binary_request,
+    is_v2_request,
+    json_answer,
+    read_answer,
+)
+from serve.sagemaker.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
+from serve.sagemaker.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
+from serve.sagemaker.custom_attributes import header_value
+from serve.triton.client import error_message
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from urllib.parse import unquote
 import uvloop
 
 from serve.errors import ServeError, invocation_timed_out
-from serve.multi_model import ModelRegistry
+from serve.multi_model.registry import ModelRegistry
 from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
 from serve.payloads.flow import WriteFlow

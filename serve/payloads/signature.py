@@ -13,7 +13,7 @@ A model can pin how payloads map onto it with parameters in its config.pbtxt:
 `SERVE_PAYLOAD_INPUTS` names the inputs a record fills, in order (default:
 the required inputs in config order); `SERVE_PAYLOAD_OUTPUTS` the outputs
 answers carry, in order (default: every output in config order but the one
-that sets the answer's custom attributes, serve/custom_attributes.py).
+that sets the answer's custom attributes, serve/sagemaker/custom_attributes.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from serve.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
 from serve.errors import ServeError
-from serve.model_config import ModelConfig, instance_count
+from serve.sagemaker.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
+from serve.triton.model_config import ModelConfig, instance_count
 
 INPUTS_PARAMETER = "SERVE_PAYLOAD_INPUTS"
 OUTPUTS_PARAMETER = "SERVE_PAYLOAD_OUTPUTS"

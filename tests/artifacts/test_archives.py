@@ -1,4 +1,4 @@
-"""serve.archives: what a safe extraction accepts, what it refuses, and what it leaves behind."""
+"""serve.artifacts.archives: what a safe extraction accepts, refuses, and leaves behind."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.archives import (
+from serve.artifacts.archives import (
     ExtractionLimits,
     discard_interrupted,
     find_model_archives,

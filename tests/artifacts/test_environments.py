@@ -1,4 +1,4 @@
-"""serve.environments: environment archives checked, unpacked once, shared and evicted."""
+"""serve.artifacts.environments: environment archives checked, unpacked once, shared and evicted."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from serve.archives import ExtractionLimits
-from serve.environments import EnvironmentCache, resolve_env_path
+from serve.artifacts.archives import ExtractionLimits
+from serve.artifacts.environments import EnvironmentCache, resolve_env_path
 from serve.errors import ArtifactError
 from tests.artifacts.conftest import (
     PROBE_MODULE,
@@ -124,8 +124,8 @@ CONCURRENT_MATERIALIZE = textwrap.dedent(
     """
     import dataclasses, json, sys
     from pathlib import Path
-    from serve.archives import ExtractionLimits
-    from serve.environments import EnvironmentCache
+    from serve.artifacts.archives import ExtractionLimits
+    from serve.artifacts.environments import EnvironmentCache
 
     cache = EnvironmentCache(Path(sys.argv[1]), ExtractionLimits())
     prepared = cache.materialize(Path(sys.argv[2]), {sys.argv[3]: Path("stub")})

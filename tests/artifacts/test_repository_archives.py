@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from serve.archives import ExtractionLimits
+from serve.artifacts.archives import ExtractionLimits
+from serve.artifacts.repository import Preparation, prepare_single_model_repository
 from serve.errors import ArtifactError, ConfigError
-from serve.repository import Preparation, prepare_single_model_repository
 from serve.settings import Settings
 from tests.artifacts.conftest import member, pack_folder, write_tar
 from tests.conftest import write_add_model

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from serve import model_config
-from serve.archives import ExtractionLimits
-from serve.environments import EnvironmentCache
+from serve.artifacts.archives import ExtractionLimits
+from serve.artifacts.environments import EnvironmentCache
+from serve.artifacts.repository import Preparation, prepare_single_model_repository
 from serve.errors import ArtifactError
-from serve.repository import Preparation, prepare_single_model_repository
+from serve.triton import model_config
 from tests.artifacts.conftest import PYTHON_VERSION, make_environment, pack_folder
 from tests.conftest import write_add_model
 
@@ -183,7 +183,7 @@ def test_without_a_cache_the_value_is_left_to_triton(tmp_path: Path) -> None:
 def test_models_naming_the_same_file_hash_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from serve import environments
+    from serve.artifacts import environments
 
     hashed: list[Path] = []
     real_sha256 = environments._sha256

@@ -14,7 +14,7 @@ import boto3
 import pytest
 from google.protobuf import text_format
 
-from serve import model_config
+from serve.triton import model_config
 from tests.artifacts.conftest import PYTHON_VERSION, make_environment, pack_folder
 from tests.build.conftest import CliResult
 from tests.conftest import write_add_model

@@ -97,7 +97,7 @@ def test_nvidias_entrypoint_runs_then_tini_runs_serve(
     # NVIDIA's entrypoint printed its banner and exported what its parts found:
     # no driver here (CPU-only), and the CUDA compat step ran before serve.
     assert server.output.lstrip().startswith("=" * 29), server.output[:500]
-    assert server.output.index(BANNER) < server.output.index("serve.server")
+    assert server.output.index(BANNER) < server.output.index("serve.runtime.server")
     variables = environ(serve)
     assert variables["NVIDIA_CPU_ONLY"] == "1"
     assert variables["CUDA_COMPAT_CHECKED"] == "/usr/local/cuda/compat"
@@ -152,7 +152,7 @@ def test_tini_forwards_sigterm_and_serve_exits_zero(
     server = start_container(image).wait_ready()
     server.terminate()
     assert server.wait_exit(30) == 0
-    assert "serve.server" in server.output
+    assert "serve.runtime.server" in server.output
 
 
 def test_any_other_command_runs_instead_of_serve(image: str) -> None:

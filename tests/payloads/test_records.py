@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from serve.model_config import ModelConfig
-from serve.payloads import csv_codec, json_codec
+from serve.payloads.codecs import csv_codec, json_codec
 from serve.payloads.errors import PayloadError
 from serve.payloads.records import tensors_from_records
 from serve.payloads.signature import ModelSignature
+from serve.triton.model_config import ModelConfig
 
 
 def signature(text: str) -> ModelSignature:

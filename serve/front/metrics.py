@@ -3,12 +3,12 @@
 Triton exports its metrics itself; these are what only the front sees:
 requests, status codes and latency per route and content type, model loads
 and unloads, and the environment cache's work. nginx's access log carries the
-requests (serve/access_log.py has how it is written and followed); totals are
+requests (serve/front/access_log.py has how it is written and followed); totals are
 kept here and turned into metric families only when Prometheus scrapes.
 
 `PublicMetrics` answers GET /metrics on the public port (SageMaker's detailed
 observability scrapes it): Triton's metrics, read from loopback with stable
-labels (serve/triton_metrics.py), and the front's, in one exposition.
+labels (serve/triton/metrics.py), and the front's, in one exposition.
 
 Figures lag requests by up to about a second (nginx's flush interval plus
 one poll). nginx measures request time in milliseconds, so the smallest
@@ -39,7 +39,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from serve.access_log import (
+from serve.errors import ConfigError
+from serve.front.access_log import (
     KNOWN_METHODS,
     AccessLogFollower,
     content_type_of,
@@ -48,8 +49,7 @@ from serve.access_log import (
     route_of,
     unload_outcome,
 )
-from serve.errors import ConfigError
-from serve.triton_metrics import EXPOSITION_TYPE, TritonMetrics
+from serve.triton.metrics import EXPOSITION_TYPE, TritonMetrics
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ _CACHE_LIMIT = 4096
 
 
 class EnvironmentCounters(Protocol):
-    """What is read from an environment cache (serve.environments.EnvironmentCache)."""
+    """What is read from an environment cache (serve.artifacts.environments.EnvironmentCache)."""
 
     hits: int
     misses: int
@@ -260,7 +260,7 @@ class PublicMetrics:
     """GET /metrics on the public port: Triton's metrics and the front's, one exposition.
 
     Triton's come first, read at each scrape with stable labels
-    (serve/triton_metrics.py); `serve_triton_metrics_up` says whether they are there.
+    (serve/triton/metrics.py); `serve_triton_metrics_up` says whether they are there.
     """
 
     def __init__(self, registry: CollectorRegistry, triton: TritonMetrics):

@@ -104,7 +104,7 @@ class TritonCommand:
     shm_default_byte_size: int
     gpu_count: int
     # Triton's metrics, on loopback only: the front serves them, relabelled, on GET
-    # /metrics and on SAGEMAKER_TRITON_METRICS_PORT (serve/triton_metrics.py). None: off.
+    # /metrics and on SAGEMAKER_TRITON_METRICS_PORT (serve/triton/metrics.py). None: off.
     loopback_metrics_port: int | None = None
     # Whether this release has MAX_INPUT_FLAG (its --help lists it).
     limits_input_size: bool = False

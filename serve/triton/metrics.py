@@ -1,7 +1,7 @@
 """Triton's Prometheus metrics, read from its loopback port, with labels that survive restarts.
 
 Triton's metrics listen on loopback only. The front serves them on the public
-port's GET /metrics (with its own, serve/metrics.py) and, when
+port's GET /metrics (with its own, serve/front/metrics.py) and, when
 SAGEMAKER_TRITON_ALLOW_METRICS asks, on SAGEMAKER_TRITON_METRICS_PORT as in
 NVIDIA's image; both read them here at each scrape.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from serve.triton_client import TritonClient
+from serve.triton.client import TritonClient
 
 log = logging.getLogger(__name__)
 

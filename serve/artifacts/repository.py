@@ -20,24 +20,24 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from serve import model_config
-from serve.archives import (
+from serve.artifacts.archives import (
     ExtractionLimits,
     find_model_archives,
     is_junk,
     model_root,
     safe_extract,
 )
-from serve.environments import (
+from serve.artifacts.environments import (
     EnvironmentCache,
     PreparedEnvironment,
     inspect_folder,
     resolve_env_path,
 )
 from serve.errors import ArtifactError, ConfigError
-from serve.model_config import CONFIG_FILE, ModelConfig
 from serve.settings import Settings
-from serve.triton_install import STUB_NAME, TritonInstall
+from serve.triton import model_config
+from serve.triton.install import STUB_NAME, TritonInstall
+from serve.triton.model_config import CONFIG_FILE, ModelConfig
 
 log = logging.getLogger(__name__)
 

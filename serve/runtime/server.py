@@ -21,32 +21,32 @@ from typing import TYPE_CHECKING
 
 from waitress.server import create_server
 
-from serve import host
-from serve.batch_transform import ExecutionParameters
-from serve.control_app import create_control_app
-from serve.custom_attributes import sets_custom_attributes
-from serve.errors import ConfigError
-from serve.front import FrontConfig, FrontModel, nginx_argv
-from serve.multi_model import ModelRegistry
-from serve.payloads.body import Spool
-from serve.payloads.service import PayloadService
-from serve.ports import free_loopback_port, refuse_ports_in_use
-from serve.processes import ManagedProcess
-from serve.repository import (
+from serve.artifacts.repository import (
     PreparedRepository,
     prepare_single_model_repository,
     server_preparation,
 )
+from serve.control.app import create_control_app
+from serve.control.execution_parameters import ExecutionParameters
+from serve.control.state import Phase, ServerState
+from serve.errors import ConfigError
+from serve.front.nginx import FrontConfig, FrontModel, nginx_argv
+from serve.multi_model.registry import ModelRegistry
+from serve.payloads.body import Spool
+from serve.payloads.service import PayloadService
+from serve.runtime import host
+from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
+from serve.runtime.processes import ManagedProcess
+from serve.runtime.workspace import Workspace
+from serve.sagemaker.custom_attributes import sets_custom_attributes
 from serve.settings import Settings
-from serve.state import Phase, ServerState
-from serve.triton_client import TritonClient
-from serve.triton_command import MAX_INPUT_FLAG, TritonCommand
-from serve.triton_install import TritonInstall, locate_triton
-from serve.triton_metrics import TritonMetrics
-from serve.workspace import Workspace
+from serve.triton.client import TritonClient
+from serve.triton.command import MAX_INPUT_FLAG, TritonCommand
+from serve.triton.install import TritonInstall, locate_triton
+from serve.triton.metrics import TritonMetrics
 
 if TYPE_CHECKING:  # prometheus_client is imported only when the front's metrics are on
-    from serve.metrics import MetricsEndpoint
+    from serve.front.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Server:
         self.settings = settings
         self.state = ServerState()
         self._stop_requested = threading.Event()
-        # The front's own metrics (serve/metrics.py); None while SERVE_METRICS_PORT is off.
+        # The front's own metrics (serve/front/metrics.py); None while SERVE_METRICS_PORT is off.
         self._metrics: MetricsEndpoint | None = None
 
     def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
@@ -95,7 +95,7 @@ class Server:
             )
         gpus = host.gpu_count()
         log.info("Triton %s; %d GPU(s) visible", install.binary, gpus)
-        # Model preparation (archives, environment cache, per-model stubs): serve/repository.py.
+        # Model preparation (archives, environment cache, per-model stubs): artifacts/repository.py.
         self.preparation = server_preparation(self.settings, install, gpus)
         with Workspace(self.settings.workdir) as workspace:
             if self.settings.multi_model:
@@ -168,14 +168,14 @@ class Server:
             execution_parameters = ExecutionParameters(
                 settings, triton_client, repository.default_model
             )
-        # --- the front's metrics (serve/metrics.py): nginx's access log, followed off the hot path
+        # --- the front's metrics (front/metrics.py): nginx's access log, followed off the hot path
         exposition = triton_exposition = None
         if triton_metrics is not None and settings.allow_metrics:
             # SAGEMAKER_TRITON_METRICS_PORT: nginx serves Triton's own, relabelled.
             triton_exposition = triton_metrics.exposition
         access_log = front.access_log()
         if access_log is not None:
-            from serve.metrics import MetricsEndpoint
+            from serve.front.metrics import MetricsEndpoint
 
             self._metrics = MetricsEndpoint(
                 settings.serve_metrics_port,

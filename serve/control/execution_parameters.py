@@ -30,7 +30,7 @@ from urllib.parse import quote
 from serve.errors import ServeError
 from serve.payloads.signature import ModelSignature
 from serve.settings import MEBIBYTE, Settings
-from serve.triton_client import TritonClient, error_message
+from serve.triton.client import TritonClient, error_message
 
 # SageMaker refuses MaxPayloadInMB over 100, and MaxConcurrentTransforms x MaxPayloadInMB too.
 PLATFORM_LIMIT_MB = 100

@@ -18,15 +18,15 @@ from urllib.parse import quote
 
 import jinja2
 
-from serve.access_log import ACCESS_LOG_FORMAT
 from serve.errors import ConfigError, front_errors, invocation_timed_out
-from serve.multi_model import longest_answer
+from serve.front.access_log import ACCESS_LOG_FORMAT
+from serve.multi_model.registry import longest_answer
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
 from serve.settings import Settings
 
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("serve", "templates"),
+    loader=jinja2.PackageLoader("serve.front", "templates"),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
 )
@@ -49,7 +49,7 @@ class FrontModel:
     name: str
     # Decoupled models answer through the payload service (streams).
     decoupled: bool = False
-    # So do models that set the answer's custom attributes (serve/custom_attributes.py).
+    # So do models that set the answer's custom attributes (serve/sagemaker/custom_attributes.py).
     custom_attributes: bool = False
 
 

@@ -32,7 +32,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.archives import ExtractionLimits, discard_interrupted, safe_extract
+from serve.artifacts.archives import ExtractionLimits, discard_interrupted, safe_extract
 from serve.errors import ArtifactError
 
 log = logging.getLogger(__name__)

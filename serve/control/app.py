@@ -6,11 +6,11 @@ nginx reaches this Flask app on a unix socket (never a public port) for:
 - `/models` on a multi-model endpoint: loading, listing, describing and
   unloading models;
 - `GET /execution-parameters` on a single-model endpoint: how a batch
-  transform job should call it (serve/batch_transform.py);
+  transform job should call it (serve/control/execution_parameters.py);
 - `/_serve/metrics`: what the public port answers at SERVE_METRICS_PATH
-  (Prometheus text; serve/metrics.py builds it);
+  (Prometheus text; serve/front/metrics.py builds it);
 - `/_serve/triton-metrics`: Triton's metrics alone, for
-  SAGEMAKER_TRITON_METRICS_PORT (serve/triton_metrics.py).
+  SAGEMAKER_TRITON_METRICS_PORT (serve/triton/metrics.py).
 
 Invocations that need Python (other content types and Accept, Triton's
 refusals, streams) go to the payload service instead (serve/payloads/).
@@ -25,10 +25,10 @@ from collections.abc import Callable
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from serve.batch_transform import ExecutionParameters
+from serve.control.execution_parameters import ExecutionParameters
+from serve.control.state import Phase, ServerState
 from serve.errors import ArtifactError, ServeError
-from serve.multi_model import MAX_PAGE_SIZE, PAGE_SIZE, ModelRegistry
-from serve.state import Phase, ServerState
+from serve.multi_model.registry import MAX_PAGE_SIZE, PAGE_SIZE, ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,11 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from serve import cgroups, model_config
 from serve.errors import ConfigError
-from serve.model_config import ModelConfig
+from serve.runtime import cgroups
 from serve.settings import MEBIBYTE
+from serve.triton import model_config
+from serve.triton.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class CpuShare:
 
 
 def cpu_share(proc_self: Path = cgroups.PROC_SELF) -> CpuShare:
-    """This process's CPUs: the affinity mask and the cgroup quota (serve/cgroups.py)."""
+    """This process's CPUs: the affinity mask and the cgroup quota (serve/runtime/cgroups.py)."""
     return CpuShare(len(os.sched_getaffinity(0)), cgroups.cpu_quota(proc_self))
 
 

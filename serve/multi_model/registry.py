@@ -43,8 +43,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-from serve import host, model_config
-from serve.custom_attributes import sets_custom_attributes
+from serve.artifacts.repository import Preparation, model_sources, prepare_model
 from serve.errors import (
     ArtifactError,
     InsufficientMemory,
@@ -53,9 +52,11 @@ from serve.errors import (
     is_out_of_space,
     out_of_space,
 )
-from serve.model_config import CONFIG_FILE
-from serve.repository import Preparation, model_sources, prepare_model
-from serve.triton_client import TritonClient, error_message
+from serve.runtime import host
+from serve.sagemaker.custom_attributes import sets_custom_attributes
+from serve.triton import model_config
+from serve.triton.client import TritonClient, error_message
+from serve.triton.model_config import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ def triton_name(name: str, routed: bool = True) -> str:
 
     `routed` False gives a name nginx's straight route to Triton does not find,
     for models the payload service must answer (those that set the answer's
-    custom attributes: serve/custom_attributes.py): Triton's refusal of the
+    custom attributes: serve/sagemaker/custom_attributes.py): Triton's refusal of the
     straight try sends the invocation there.
     """
     if routed and DIRECT_NAME.match(name):

@@ -9,7 +9,7 @@ import signal
 import sys
 
 from serve.errors import ServeError
-from serve.server import Server
+from serve.runtime.server import Server
 from serve.settings import Settings
 
 log = logging.getLogger("serve")

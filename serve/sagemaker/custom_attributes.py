@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from serve.errors import ServeError
-from serve.model_config import ModelConfig
+from serve.triton.model_config import ModelConfig
 
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 OUTPUT = "SAGEMAKER_CUSTOM_ATTRIBUTES"
