@@ -12,33 +12,79 @@ from pathlib import Path
 
 
 class ServeError(Exception):
-    """A failure a user can act on."""
+    """A failure a user can act on; subclasses name the status it is answered with."""
 
     status: int = 500
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-        if status is not None:
-            self.status = status
 
 
-class ArtifactError(ServeError):
-    """A model artifact (archive, folder, config, environment) is unusable."""
+class BadRequest(ServeError):
+    """The request itself is wrong (a field, a parameter, a token)."""
 
     status = 400
+
+
+class ArtifactError(BadRequest):
+    """A model artifact (archive, folder, config, environment) is unusable."""
+
+
+class PayloadError(BadRequest):
+    """The body does not fit the model's inputs (or cannot be read at all)."""
+
+
+class NotFound(ServeError):
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    """A request names a model this endpoint does not have loaded."""
+
+
+class MethodNotAllowed(ServeError):
+    status = 405
+
+
+class NotAcceptable(ServeError):
+    """Accept names nothing the endpoint can write for this model."""
+
+    status = 406
+
+
+class ModelAlreadyLoaded(ServeError):
+    """SageMaker's multi-model contract answers a second load of one name with 409."""
+
+    status = 409
+
+
+class UnsupportedMediaType(ServeError):
+    status = 415
 
 
 class ConfigError(ServeError):
     """The container's configuration (environment variables) is invalid."""
 
-    status = 500
+
+class ModelMisconfigured(ServeError):
+    """A model's own configuration or answer is wrong: the caller cannot fix it (500)."""
 
 
-class ModelNotFound(ServeError):
-    """A request names a model this endpoint does not have loaded."""
+class BadGateway(ServeError):
+    """Triton answered something that is not what its protocol promises."""
 
-    status = 404
+    status = 502
+
+
+class Unavailable(ServeError):
+    """Triton is not answering, or still holds what a request needs: try again later."""
+
+    status = 503
+
+
+class GatewayTimeout(ServeError):
+    status = 504
 
 
 class InsufficientMemory(ServeError):
@@ -68,6 +114,17 @@ def out_of_space(path: Path, doing: str) -> InsufficientStorage:
         f"no space left on the file system of {path} while {doing}; it has {usage.free} of "
         f"{usage.total} bytes free: free space there, or unload other models"
     )
+
+
+# Refusals nginx writes itself and the payload service repeats for what reaches it.
+POST_ONLY = "this route accepts POST only"
+GET_ONLY = "this route accepts GET only"
+EMPTY_BODY = "the request body is empty; send an inference request"
+MALFORMED_BINARY_TYPE = (
+    "malformed Content-Type: binary requests need exactly "
+    "application/vnd.sagemaker-triton.binary+json;json-header-size=N, with N the "
+    "length of the JSON header in bytes"
+)
 
 
 def invocation_timed_out(seconds: float) -> str:

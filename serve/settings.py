@@ -1,9 +1,12 @@
-"""Every environment variable `serve` honours, read once at start-up.
+"""Every environment variable `serve` honours, declared once and read once at start-up.
 
 SageMaker configures a container only through its environment, so this module
-is the one place that knows each variable by name. `Settings.from_environ`
-validates everything up front: a bad value stops `serve` before any process
-starts, with a message naming the variable and what it accepts.
+is the one place that knows each variable: its name, default, parser and the
+line of documentation the README's tables are generated from
+(`python -m serve.settings` prints them; a test keeps the README in step).
+`Settings.from_environ` validates everything up front: a bad value stops
+`serve` before any process starts, with a message naming the variable and
+what it accepts.
 
 The `SAGEMAKER_TRITON_*` variables keep the meaning and defaults of NVIDIA's
 `docker/sagemaker/serve` script, so an endpoint configured for the official
@@ -15,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from serve.artifacts.archives import ExtractionLimits
 from serve.errors import ConfigError
@@ -27,6 +31,7 @@ from serve.triton.command import check_additional_args
 PingMode = Literal["ready", "live"]
 InferenceType = Literal["infer", "generate", "generate_stream"]
 BatchStrategy = Literal["SINGLE_RECORD", "MULTI_RECORD"]
+INFERENCE_TYPES: tuple[InferenceType, ...] = ("infer", "generate", "generate_stream")
 
 MEBIBYTE = 1024 * 1024
 # SageMaker's request body caps: InvokeEndpoint (6 MB, 6,291,456 bytes), batch
@@ -49,6 +54,88 @@ PUBLIC_ROUTE_PREFIXES = ("/models/", "/_serve/")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
+Table = Literal["sagemaker", "serve"]
+TABLE_TITLES: dict[Table, str] = {
+    "sagemaker": "Variables SageMaker sets, and those NVIDIA's `serve` script honours "
+    "(same meaning and defaults)",
+    "serve": "This image's own",
+}
+# A parser gets the environment, the variable's name and the fields read so far
+# (declaration order), for defaults that depend on another setting; None: unset.
+Parser = Callable[["_Reader", str, Mapping[str, Any]], object]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One environment variable: what the README's tables say of it, and how it is read."""
+
+    name: str
+    parse: Parser
+    doc: str
+    default_doc: str
+    table: Table
+    aliases: tuple[str, ...] = ()
+
+    def row(self) -> str:
+        names = " (or ".join(f"`{n}`" for n in (self.name, *self.aliases))
+        names += ")" * len(self.aliases)
+        return f"| {names} | {self.default_doc} | {self.doc} |"
+
+
+def _shown(default: object) -> str:
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, Path):
+        return f"`{default}`"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def setting(
+    name: str,
+    default: Any,
+    parse: Parser,
+    doc: str,
+    *,
+    default_doc: str | None = None,
+    table: Table = "serve",
+    aliases: tuple[str, ...] = (),
+) -> Any:
+    """A `Settings` field read from variable `name` (a dataclass field, for the type checker)."""
+    variable = Variable(name, parse, doc, default_doc or _shown(default), table, aliases)
+    return dataclasses.field(default=default, metadata={"variable": variable})
+
+
+def _text(env: _Reader, name: str, _: Mapping[str, Any]) -> str | None:
+    return env.text(name)
+
+
+def _path(env: _Reader, name: str, _: Mapping[str, Any]) -> Path | None:
+    return env.path(name)
+
+
+def _boolean(env: _Reader, name: str, _: Mapping[str, Any]) -> bool | None:
+    return env.boolean(name)
+
+
+def _port(env: _Reader, name: str, _: Mapping[str, Any]) -> int | None:
+    return env.port(name)
+
+
+def _seconds(env: _Reader, name: str, _: Mapping[str, Any]) -> float | None:
+    return env.positive_float(name)
+
+
+def _positive(maximum: int | None = MAX_BYTES) -> Parser:
+    return lambda env, name, _: env.positive_int(name, maximum)
+
+
+def _choice(*allowed: str) -> Parser:
+    return lambda env, name, _: env.choice(name, allowed)
+
 
 @dataclasses.dataclass(frozen=True)
 class PortRange:
@@ -64,135 +151,453 @@ class PortRange:
         return f"{self.low}-{self.high}"
 
 
+def _ping_mode(env: _Reader, name: str, values: Mapping[str, Any]) -> str:
+    allowed = ("ready", "live")
+    chosen = env.choice(name, allowed) or env.choice("SAGEMAKER_TRITON_PING_MODE", allowed)
+    return chosen or ("live" if values["multi_model"] else "ready")
+
+
+def _serve_metrics_port(env: _Reader, name: str, values: Mapping[str, Any]) -> int | None:
+    """A port, "off", or unset: next to Triton's metrics when those are on."""
+    value = env.text(name)
+    if value is not None and value.lower() in _FALSE:
+        return None
+    if value is not None:
+        return env.port(name)
+    if not values["allow_metrics"]:
+        return None
+    port = int(values["metrics_port"]) + 1
+    if port > 65535:
+        raise ConfigError(
+            f"SAGEMAKER_TRITON_METRICS_PORT={port - 1} leaves no port after it for the "
+            f"front's metrics; set {name} (or {name}=off)"
+        )
+    return port
+
+
+def _metrics_path(env: _Reader, name: str, _: Mapping[str, Any]) -> str | None:
+    """A path of the public port, "off", or unset (/metrics)."""
+    value = env.text(name)
+    if value is None:
+        return "/metrics"
+    if value.lower() in _FALSE:
+        return None
+    if not METRICS_PATH.match(value):
+        raise ConfigError(
+            f"{name}={value!r} must be a path of letters, digits and . _ ~ - /, "
+            "starting with / (such as /metrics), or off"
+        )
+    if value.rstrip("/") in PUBLIC_ROUTES or value.startswith(PUBLIC_ROUTE_PREFIXES):
+        raise ConfigError(
+            f"{name}={value!r} is a route the endpoint answers already; "
+            "choose another path, such as /metrics"
+        )
+    return value
+
+
+def _body_limit(env: _Reader, values: Mapping[str, Any]) -> tuple[int, str]:
+    """The request body limit and the variable that set it."""
+    explicit = env.positive_int("SERVE_MAX_BODY_BYTES")
+    # A payload limit of 0 asks for bodies of any size in chunks (MaxPayloadInMB=0, for
+    # the algorithms that take them); the batch cap applies then.
+    if explicit is not None:
+        return explicit, "SERVE_MAX_BODY_BYTES"
+    if values["max_payload_mb"]:
+        return values["max_payload_mb"] * MEBIBYTE, "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+    if values["batch"]:
+        return BATCH_MAX_BODY_BYTES, "SAGEMAKER_BATCH"
+    if values["async_inference"]:
+        return ASYNC_MAX_BODY_BYTES, "SERVE_ASYNC_INFERENCE"
+    return REALTIME_MAX_BODY_BYTES, "SERVE_MAX_BODY_BYTES"
+
+
+def _body_buffer(env: _Reader, name: str, values: Mapping[str, Any]) -> int:
+    return min(env.positive_int(name) or REALTIME_MAX_BODY_BYTES, values["max_body_bytes"])
+
+
+def _additional_args(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[str, ...]:
+    return check_additional_args(env.shell_words(name))
+
+
+def _folders(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[Path, ...]:
+    return tuple(Path(part) for part in (env.text(name) or "").split(":") if part)
+
+
+def _env_cache(env: _Reader, name: str, _: Mapping[str, Any]) -> Path:
+    return env.path(name) or Path(tempfile.gettempdir()) / "serve-env-cache"
+
+
+def _payload_mb(env: _Reader, name: str, _: Mapping[str, Any]) -> int | None:
+    return env.whole_number(name, MAX_BYTES // MEBIBYTE)
+
+
+def _log_verbose(env: _Reader, name: str, _: Mapping[str, Any]) -> str | None:
+    return env.text(name)
+
+
+METRICS_DOC = "[container/monitoring/README.md](container/monitoring/README.md)"
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The container's configuration; field comments name the variable behind each."""
+    """The container's configuration. Fields are read in this order (later ones may
+    depend on earlier ones); each names its variable, default and documentation."""
 
-    # OPT_ML: root of SageMaker's paths (/opt/ml); tests and local runs move it.
-    opt_ml: Path = Path("/opt/ml")
-    # SAGEMAKER_MULTI_MODEL=true: serve a multi-model endpoint from opt_ml/models.
-    multi_model: bool = False
-    # SAGEMAKER_BATCH=true: a batch transform job runs this container (SageMaker sets it).
-    batch: bool = False
-    # SAGEMAKER_BATCH_STRATEGY (SINGLE_RECORD | MULTI_RECORD), SAGEMAKER_MAX_CONCURRENT_TRANSFORMS
-    # and SAGEMAKER_MAX_PAYLOAD_IN_MB: what a transform job set itself (SageMaker passes each
-    # only when the job names it); GET /execution-parameters answers them as they are
-    # (serve/control/execution_parameters.py). The body limit follows the payload limit unless
-    # SERVE_MAX_BODY_BYTES is set (`_max_body`); 0 (SageMaker's "chunked bodies of
-    # any size") leaves it at batch transform's 100 MB.
-    batch_strategy: BatchStrategy | None = None
-    max_concurrent_transforms: int | None = None
-    max_payload_mb: int | None = None
-    # SAGEMAKER_BIND_TO_PORT: the public port (inference pipelines move it).
-    port: int = 8080
-    # SAGEMAKER_SAFE_PORT_RANGE: "LOW-HIGH" for every other listener.
-    safe_port_range: PortRange | None = None
-    # SAGEMAKER_TRITON_DEFAULT_MODEL_NAME: the model /invocations runs.
-    default_model_name: str | None = None
-    # SAGEMAKER_TRITON_OVERRIDE_PING_MODE (alias SAGEMAKER_TRITON_PING_MODE):
-    # "ready" (the default model is ready) or "live" (the server is up).
-    # Defaults to ready for single-model and live for multi-model endpoints.
-    ping_mode: PingMode = "ready"
-    # SAGEMAKER_TRITON_INFERENCE_TYPE: which Triton API /invocations calls.
-    inference_type: InferenceType = "infer"
-    # SAGEMAKER_TRITON_ALLOW_GRPC / _GRPC_PORT: Triton's gRPC endpoint, public when on.
-    allow_grpc: bool = False
-    grpc_port: int = 8001
-    # SAGEMAKER_TRITON_ALLOW_METRICS / _METRICS_PORT: Prometheus metrics, public when on.
-    allow_metrics: bool = False
-    metrics_port: int = 8002
-    # SERVE_METRICS_PORT: the front's own Prometheus metrics (requests, status codes,
-    # latency, model loads, environment cache; serve/front/metrics.py), public when on. Unset:
-    # on at SAGEMAKER_TRITON_METRICS_PORT + 1 when Triton's metrics are on, else off.
-    # A port turns them on (alone too); "off" turns them off. None: off.
-    serve_metrics_port: int | None = None
-    # SERVE_METRICS_PATH: where the public port answers GET with Prometheus text holding
-    # Triton's metrics and the front's (serve/front/metrics.py): SageMaker's detailed
-    # observability scrapes /metrics on port 8080 unless ContainerMetricsConfig names
-    # another path. "off" turns it off. None: off.
-    metrics_path: str | None = "/metrics"
-    # SAGEMAKER_TRITON_LOG_VERBOSE / _LOG_INFO / _LOG_WARNING / _LOG_ERROR,
-    # passed to Triton as given (verbose logging is on by default, as in NVIDIA's image).
-    log_verbose: str = "true"
-    log_info: str | None = None
-    log_warning: str | None = None
-    log_error: str | None = None
-    # SAGEMAKER_TRITON_THREAD_COUNT: threads of the HTTP frontend that serves
-    # /invocations (Triton's --http-thread-count here; --sagemaker-thread-count there).
-    thread_count: int | None = None
-    # SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT: Triton's --buffer-manager-thread-count.
-    buffer_manager_thread_count: int | None = None
-    # OMP_NUM_THREADS: OpenMP threads (PyTorch's intra-op pool, BLAS) in Triton and
-    # each Python-backend model instance, passed on as given. Unset: serve sets it to
-    # CPUs / Python-backend instances when there are several (serve/runtime/host.py).
-    omp_num_threads: str | None = None
-    # SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE / _SHM_GROWTH_BYTE_SIZE: the Python
-    # backend's shared-memory region per model instance, and its growth step.
-    shm_default_byte_size: int = 16 * MEBIBYTE
-    shm_growth_byte_size: int = MEBIBYTE
-    # SAGEMAKER_TRITON_MODEL_LOAD_GPU_LIMIT: fraction of each GPU's memory loads may use.
-    model_load_gpu_limit: str | None = None
-    # SAGEMAKER_TRITON_TENSORFLOW_VERSION: the TensorFlow backend's version.
-    tensorflow_version: str | None = None
-    # SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING: passed to --model-namespacing
-    # as given, exactly as NVIDIA's script does (so "false" turns namespacing off).
-    model_namespacing: str = "true"
-    # SAGEMAKER_TRITON_ADDITIONAL_ARGS: extra tritonserver flags, shell-quoted; those
-    # that decide what listens where, or that serve sets itself, are refused
-    # (serve/triton/command.py's RESERVED_FLAGS).
-    additional_args: tuple[str, ...] = ()
-    # TRITONSERVER_BIN: the server binary, when not in a standard place.
-    triton_bin: Path | None = None
-    # SERVE_MODEL_PYTHON: the interpreter whose packages Python-backend models
-    # import; it goes first on Triton's PATH, where the stub finds its prefix.
-    # Unset: the one running serve (locally, the virtual environment's). The
-    # image sets the base image's /usr/bin/python3: serve's own venv stays apart.
-    model_python: Path | None = None
-    # SERVE_EXTRA_BACKENDS: colon-separated folders of extra Triton backends
-    # (one subfolder each), added beside the installation's own.
-    extra_backends: tuple[Path, ...] = ()
-    # SERVE_MAX_BODY_BYTES: largest request body. Unset: SageMaker's cap for the kind of
-    # endpoint (`_max_body`): 6 MB for real-time InvokeEndpoint; batch transform
-    # (SAGEMAKER_BATCH, SAGEMAKER_MAX_PAYLOAD_IN_MB, which SageMaker sets) up to 100 MB;
-    # asynchronous inference 1 GB, which SageMaker does not announce to the container
-    # (SERVE_ASYNC_INFERENCE=true says so). Larger bodies get 413.
-    max_body_bytes: int = REALTIME_MAX_BODY_BYTES
+    opt_ml: Path = setting(
+        "OPT_ML", Path("/opt/ml"), _path, "root of SageMaker's paths (`model/`, `models/`)"
+    )
+    multi_model: bool = setting(
+        "SAGEMAKER_MULTI_MODEL",
+        False,
+        _boolean,
+        "`true`: a multi-model endpoint (models load from `$OPT_ML/models` through `/models`)",
+        table="sagemaker",
+    )
+    batch: bool = setting(
+        "SAGEMAKER_BATCH",
+        False,
+        _boolean,
+        "`true` in a batch transform job (SageMaker sets it): request bodies up to 100 MB",
+        table="sagemaker",
+    )
+    batch_strategy: BatchStrategy | None = setting(
+        "SAGEMAKER_BATCH_STRATEGY",
+        None,
+        _choice("SINGLE_RECORD", "MULTI_RECORD"),
+        "a transform job's strategy, answered by `GET /execution-parameters` as it is",
+        table="sagemaker",
+    )
+    max_concurrent_transforms: int | None = setting(
+        "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
+        None,
+        _positive(MAX_THREADS),
+        "a transform job's concurrency, answered by `GET /execution-parameters` as it is",
+        table="sagemaker",
+    )
+    max_payload_mb: int | None = setting(
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+        None,
+        _payload_mb,
+        "a transform job's payload limit, answered by `GET /execution-parameters` as it is; "
+        "it also sets the body limit unless `SERVE_MAX_BODY_BYTES` does (0, chunked bodies "
+        "of any size, leaves it)",
+        table="sagemaker",
+    )
+    port: int = setting(
+        "SAGEMAKER_BIND_TO_PORT", 8080, _port, "the public (nginx) port", table="sagemaker"
+    )
+    safe_port_range: PortRange | None = setting(
+        "SAGEMAKER_SAFE_PORT_RANGE",
+        None,
+        lambda env, name, _: env.port_range(name),
+        "every other port is picked inside it (Triton's internal HTTP port; gRPC and "
+        "metrics ports must lie in it)",
+        table="sagemaker",
+    )
+    default_model_name: str | None = setting(
+        "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME",
+        None,
+        _text,
+        "the model `/invocations` runs",
+        default_doc="the only folder",
+        table="sagemaker",
+    )
+    ping_mode: PingMode = setting(
+        "SAGEMAKER_TRITON_OVERRIDE_PING_MODE",
+        "ready",
+        _ping_mode,
+        "`/ping` checks the default model's readiness (`ready`), or that Triton is live",
+        default_doc="`ready` (`live` for multi-model)",
+        table="sagemaker",
+        aliases=("SAGEMAKER_TRITON_PING_MODE",),
+    )
+    inference_type: InferenceType = setting(
+        "SAGEMAKER_TRITON_INFERENCE_TYPE",
+        "infer",
+        _choice(*INFERENCE_TYPES),
+        "`/invocations` calls Triton's `infer`, `generate` or `generate_stream` route",
+        table="sagemaker",
+    )
+    allow_grpc: bool = setting(
+        "SAGEMAKER_TRITON_ALLOW_GRPC",
+        False,
+        _boolean,
+        "`--allow-grpc`: Triton's gRPC endpoint, public when on",
+        table="sagemaker",
+    )
+    grpc_port: int = setting(
+        "SAGEMAKER_TRITON_GRPC_PORT", 8001, _port, "`--grpc-port`", table="sagemaker"
+    )
+    allow_metrics: bool = setting(
+        "SAGEMAKER_TRITON_ALLOW_METRICS",
+        False,
+        _boolean,
+        "Triton's metrics on `SAGEMAKER_TRITON_METRICS_PORT` (public when on); Triton itself "
+        "listens on loopback and nginx answers there, with the `namespace` label naming "
+        "`/opt/ml/model` rather than `serve`'s temporary copy",
+        table="sagemaker",
+    )
+    metrics_port: int = setting(
+        "SAGEMAKER_TRITON_METRICS_PORT", 8002, _port, "Triton's metrics port", table="sagemaker"
+    )
+    log_verbose: str = setting(
+        "SAGEMAKER_TRITON_LOG_VERBOSE",
+        "true",
+        _log_verbose,
+        "`--log-verbose`, as given. On as in NVIDIA's image; it costs about half the "
+        "throughput on two cores: production endpoints set `false` (`make serve` does)",
+        table="sagemaker",
+    )
+    log_info: str | None = setting(
+        "SAGEMAKER_TRITON_LOG_INFO",
+        None,
+        _text,
+        "`--log-info`",
+        default_doc="Triton's",
+        table="sagemaker",
+    )
+    log_warning: str | None = setting(
+        "SAGEMAKER_TRITON_LOG_WARNING",
+        None,
+        _text,
+        "`--log-warning`",
+        default_doc="Triton's",
+        table="sagemaker",
+    )
+    log_error: str | None = setting(
+        "SAGEMAKER_TRITON_LOG_ERROR",
+        None,
+        _text,
+        "`--log-error`",
+        default_doc="Triton's",
+        table="sagemaker",
+    )
+    thread_count: int | None = setting(
+        "SAGEMAKER_TRITON_THREAD_COUNT",
+        None,
+        _positive(MAX_THREADS),
+        "`--http-thread-count`: the HTTP frontend serves SageMaker traffic here "
+        "(`--sagemaker-thread-count` in NVIDIA's image)",
+        default_doc="Triton's (8)",
+        table="sagemaker",
+    )
+    buffer_manager_thread_count: int | None = setting(
+        "SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT",
+        None,
+        _positive(MAX_THREADS),
+        "`--buffer-manager-thread-count`",
+        default_doc="Triton's",
+        table="sagemaker",
+    )
+    shm_default_byte_size: int = setting(
+        "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE",
+        16 * MEBIBYTE,
+        _positive(),
+        "`--backend-config=python,shm-default-byte-size` (lowered to fit `/dev/shm`)",
+        table="sagemaker",
+    )
+    shm_growth_byte_size: int = setting(
+        "SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE",
+        MEBIBYTE,
+        _positive(),
+        "`--backend-config=python,shm-growth-byte-size`",
+        table="sagemaker",
+    )
+    model_load_gpu_limit: str | None = setting(
+        "SAGEMAKER_TRITON_MODEL_LOAD_GPU_LIMIT",
+        None,
+        _text,
+        "`--model-load-gpu-limit=<gpu>:<fraction>` for each GPU",
+        table="sagemaker",
+    )
+    tensorflow_version: str | None = setting(
+        "SAGEMAKER_TRITON_TENSORFLOW_VERSION",
+        None,
+        _text,
+        "`--backend-config=tensorflow,version`",
+        table="sagemaker",
+    )
+    model_namespacing: str = setting(
+        "SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING",
+        "true",
+        _text,
+        "`--model-namespacing`, passed as given exactly as NVIDIA's script does: set "
+        "`false` to turn namespacing off",
+        table="sagemaker",
+    )
+    additional_args: tuple[str, ...] = setting(
+        "SAGEMAKER_TRITON_ADDITIONAL_ARGS",
+        (),
+        _additional_args,
+        "extra `tritonserver` flags, shell-quoted; flags that decide what listens where, "
+        "or that `serve` sets itself, stop start-up naming the flag",
+        default_doc="unset",
+        table="sagemaker",
+    )
+    invocation_timeout: float = setting(
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+        3600.0,
+        _seconds,
+        "seconds an invocation may take in every layer of the front (nginx, the payload "
+        "service); then 504 naming the variable. AWS's inference toolkit reads the same "
+        "name (its default is 60); 3600 covers asynchronous inference and batch transform, "
+        "which wait up to an hour",
+        table="sagemaker",
+    )
+    triton_bin: Path | None = setting(
+        "TRITONSERVER_BIN",
+        None,
+        _path,
+        "the server: else `/opt/tritonserver/bin/tritonserver`, else `PATH`, else the "
+        "`nvidia-pytriton` package",
+        default_doc="found",
+    )
+    model_python: Path | None = setting(
+        "SERVE_MODEL_PYTHON",
+        None,
+        _path,
+        "the interpreter whose packages Python-backend models import: its folder goes first "
+        "on Triton's `PATH`, where the stub finds its prefix. In the image `serve` runs from "
+        "its own venv, so models see the base image's Python and the model libraries",
+        default_doc="the Python running `serve` (the image sets `/usr/bin/python3`)",
+    )
+    extra_backends: tuple[Path, ...] = setting(
+        "SERVE_EXTRA_BACKENDS",
+        (),
+        _folders,
+        "colon-separated folders of extra Triton backends (one subfolder each), added "
+        "beside Triton's own without rebuilding the image",
+        default_doc="unset",
+    )
+    metrics_path: str | None = setting(
+        "SERVE_METRICS_PATH",
+        "/metrics",
+        _metrics_path,
+        "the public port answers `GET` here with Prometheus text: Triton's metrics (their "
+        "`namespace` label naming `/opt/ml/model` rather than the prepared copy, so series "
+        "survive restarts) and the front's own. A path moves it (to match SageMaker's "
+        f"`ContainerMetricsConfig`), `off` turns it off ({METRICS_DOC})",
+        default_doc="`/metrics`",
+    )
+    serve_metrics_port: int | None = setting(
+        "SERVE_METRICS_PORT",
+        None,
+        _serve_metrics_port,
+        "the front's own Prometheus metrics on a port of their own (requests, codes, "
+        "latency per route and content type, model loads, environment cache); a port turns "
+        f"them on, `off` turns them off ({METRICS_DOC})",
+        default_doc="Triton's metrics port + 1 when `SAGEMAKER_TRITON_ALLOW_METRICS` is on, "
+        "else off",
+    )
+    async_inference: bool = setting(
+        "SERVE_ASYNC_INFERENCE",
+        False,
+        _boolean,
+        "`true`: an asynchronous endpoint, whose bodies reach 1 GB. SageMaker tells the "
+        "container nothing documented about asynchronous inference, so this is set on the "
+        "model (`Environment`), or `SERVE_MAX_BODY_BYTES` directly",
+    )
+    max_body_bytes: int = setting(
+        "SERVE_MAX_BODY_BYTES",
+        REALTIME_MAX_BODY_BYTES,
+        lambda env, name, values: _body_limit(env, values)[0],
+        "larger request bodies get 413 naming the variable that set the limit. Triton "
+        "releases that limit bodies themselves (`--http-max-input-size`, read from their "
+        "`--help`) get 4x it, since an adapted request's binary tensors can outweigh its text",
+        default_doc="SageMaker's cap: 6291456 (6 MB, real-time); `SAGEMAKER_MAX_PAYLOAD_IN_MB` "
+        "MiB, or 100 MiB with `SAGEMAKER_BATCH=true` alone; 1 GiB with "
+        "`SERVE_ASYNC_INFERENCE=true`",
+    )
     # The variable that decided max_body_bytes, named in the 413's message.
-    max_body_set_by: str = "SERVE_MAX_BODY_BYTES"
-    # SERVE_BODY_BUFFER_BYTES: bodies up to this size stay in memory (nginx and the
-    # payload service); larger ones are written to the workspace's disk as they arrive.
-    # The default keeps every real-time body in memory, as on the hot path before.
-    body_buffer_bytes: int = REALTIME_MAX_BODY_BYTES
-    # SAGEMAKER_MODEL_SERVER_TIMEOUT (the name AWS's inference toolkit reads): seconds an
-    # invocation may take, in every layer (nginx, the payload service, its Triton client).
-    # The default covers the longest wait SageMaker allows: asynchronous inference
-    # (InvocationTimeoutSeconds) and batch transform (InvocationsTimeoutInSeconds), both
-    # up to 3600 s; real-time endpoints give up after 60 s on their own.
-    invocation_timeout: float = 3600.0
-    # SERVE_WORKDIR: where the prepared repository and the front's files live.
-    workdir: Path | None = None
-    # SERVE_STARTUP_TIMEOUT: seconds Triton may take to load the models.
-    startup_timeout: float = 1800.0
-    # SERVE_MODEL_LOAD_TIMEOUT: seconds one multi-model load (preparation and Triton's
-    # load) may take before it fails with 504; Triton then gets as long again to let go
-    # of the model. The default is the longest start-up SageMaker allows a container
-    # (ContainerStartupHealthCheckTimeoutInSeconds, ModelDataDownloadTimeoutInSeconds:
-    # 3600 s at most); SageMaker documents no limit of its own for a multi-model load.
-    model_load_timeout: float = 3600.0
-    # SERVE_SHUTDOWN_TIMEOUT: seconds between SIGTERM and exit; SageMaker
-    # sends SIGKILL 30 s after SIGTERM.
-    shutdown_timeout: float = 25.0
-    # SERVE_ENV_CACHE: where EXECUTION_ENV_PATH archives are unpacked, once per
-    # archive (keyed by sha256); outside the run's workspace, so a restart reuses it.
-    env_cache: Path = Path("/tmp/serve-env-cache")
-    # SERVE_MAX_ARCHIVE_BYTES / SERVE_MAX_ARCHIVE_MEMBERS: the most one model or
-    # environment archive may unpack to; larger ones are refused as archive bombs.
-    max_archive_bytes: int = ExtractionLimits.max_total_bytes
-    max_archive_members: int = ExtractionLimits.max_members
-    # SERVE_ENV_CACHE_MIN_FREE_BYTES: on a multi-model endpoint, before each
-    # load, least-recently-used environments no loaded model uses are evicted
-    # until the cache's disk has this much free.
-    env_cache_min_free_bytes: int = 2 * 1024 * MEBIBYTE
+    max_body_set_by: str = dataclasses.field(
+        default="SERVE_MAX_BODY_BYTES",
+        metadata={"derive": lambda env, values: _body_limit(env, values)[1]},
+    )
+    body_buffer_bytes: int = setting(
+        "SERVE_BODY_BUFFER_BYTES",
+        REALTIME_MAX_BODY_BYTES,
+        _body_buffer,
+        "bodies up to this size stay in memory in nginx and the payload service; larger "
+        "ones are written to the workspace's disk as they arrive, so memory does not grow "
+        "with the body. Allow disk for two copies of the largest body in flight per "
+        "concurrent request",
+        default_doc="6291456 (never more than the body limit)",
+    )
+    omp_num_threads: str | None = setting(
+        "OMP_NUM_THREADS",
+        None,
+        _text,
+        "OpenMP (PyTorch, BLAS) threads of Triton and each model process; a value you set "
+        "is passed on as it is. Unset: CPUs / Python-backend instances when there are "
+        "several, CPUs being the affinity mask lowered to a cgroup CPU quota (`docker run "
+        "--cpus`, an inference component's share), rounded up",
+        default_doc="CPUs / Python-backend instances when there are several",
+    )
+    visible_devices: str | None = setting(
+        "CUDA_VISIBLE_DEVICES",
+        None,
+        _text,
+        "read, not set: the GPUs Triton sees, so defaults sized by GPUs (instances per GPU, "
+        "`--model-load-gpu-limit` per device, the move of `KIND_GPU` models to the CPU when "
+        "none) count only those",
+        default_doc="unset (every GPU the driver exposes)",
+    )
+    workdir: Path | None = setting(
+        "SERVE_WORKDIR",
+        None,
+        _path,
+        "where the prepared repository and the front's files live; run as root, every "
+        "folder above it must let others enter (o+x), since nginx's workers run as nobody",
+        default_doc="a temporary folder",
+    )
+    startup_timeout: float = setting(
+        "SERVE_STARTUP_TIMEOUT",
+        1800.0,
+        _seconds,
+        "seconds Triton may take to load models before `serve` gives up",
+    )
+    model_load_timeout: float = setting(
+        "SERVE_MODEL_LOAD_TIMEOUT",
+        3600.0,
+        _seconds,
+        "seconds one multi-model load (preparation and Triton's load) may take before it "
+        "fails with 504 and is undone; the longest start-up SageMaker allows a container",
+    )
+    shutdown_timeout: float = setting(
+        "SERVE_SHUTDOWN_TIMEOUT",
+        25.0,
+        _seconds,
+        "seconds from SIGTERM to exit (SageMaker kills after 30)",
+    )
+    env_cache: Path = setting(
+        "SERVE_ENV_CACHE",
+        Path(tempfile.gettempdir()) / "serve-env-cache",
+        _env_cache,
+        "where `EXECUTION_ENV_PATH` archives are unpacked, once per archive (by sha256); "
+        "outside the run's workspace, so a later start reuses it",
+        default_doc="`$TMPDIR/serve-env-cache`",
+    )
+    max_archive_bytes: int = setting(
+        "SERVE_MAX_ARCHIVE_BYTES",
+        ExtractionLimits.max_total_bytes,
+        _positive(),
+        "the most one model or environment archive may unpack to (larger: an archive bomb)",
+        default_doc=f"{ExtractionLimits.max_total_bytes} (50 GiB)",
+    )
+    max_archive_members: int = setting(
+        "SERVE_MAX_ARCHIVE_MEMBERS",
+        ExtractionLimits.max_members,
+        _positive(),
+        "the most entries one archive may hold",
+    )
+    env_cache_min_free_bytes: int = setting(
+        "SERVE_ENV_CACHE_MIN_FREE_BYTES",
+        2 * 1024 * MEBIBYTE,
+        _positive(),
+        "multi-model endpoints: before each load, environments no loaded model uses are "
+        "evicted (least recently used first) until the cache's disk has this much free",
+        default_doc=f"{2 * 1024 * MEBIBYTE} (2 GiB)",
+    )
 
     @property
     def extraction_limits(self) -> ExtractionLimits:
@@ -212,75 +617,15 @@ class Settings:
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
         """Build settings from an environment; `ConfigError` names any bad variable."""
         env = _Reader(environ)
-        multi_model = env.boolean("SAGEMAKER_MULTI_MODEL", False)
-        ping_mode = env.choice(
-            "SAGEMAKER_TRITON_OVERRIDE_PING_MODE",
-            ("ready", "live"),
-            env.choice("SAGEMAKER_TRITON_PING_MODE", ("ready", "live"), None),
-        ) or ("live" if multi_model else "ready")
-        return cls(
-            opt_ml=Path(env.text("OPT_ML") or "/opt/ml"),
-            multi_model=multi_model,
-            batch=env.boolean("SAGEMAKER_BATCH", False),
-            batch_strategy=env.choice(  # type: ignore[arg-type]
-                "SAGEMAKER_BATCH_STRATEGY", ("SINGLE_RECORD", "MULTI_RECORD"), None
-            ),
-            max_concurrent_transforms=env.positive_int(
-                "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", MAX_THREADS
-            ),
-            max_payload_mb=env.whole_number("SAGEMAKER_MAX_PAYLOAD_IN_MB", MAX_BYTES // MEBIBYTE),
-            port=env.port("SAGEMAKER_BIND_TO_PORT", 8080),
-            safe_port_range=env.port_range("SAGEMAKER_SAFE_PORT_RANGE"),
-            default_model_name=env.text("SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"),
-            ping_mode=ping_mode,  # type: ignore[arg-type]
-            inference_type=env.choice(  # type: ignore[arg-type]
-                "SAGEMAKER_TRITON_INFERENCE_TYPE", ("infer", "generate", "generate_stream"), "infer"
-            ),
-            allow_grpc=env.boolean("SAGEMAKER_TRITON_ALLOW_GRPC", False),
-            grpc_port=env.port("SAGEMAKER_TRITON_GRPC_PORT", 8001),
-            allow_metrics=env.boolean("SAGEMAKER_TRITON_ALLOW_METRICS", False),
-            metrics_port=env.port("SAGEMAKER_TRITON_METRICS_PORT", 8002),
-            serve_metrics_port=_serve_metrics_port(env),
-            metrics_path=_metrics_path(env),
-            log_verbose=env.text("SAGEMAKER_TRITON_LOG_VERBOSE") or "true",
-            log_info=env.text("SAGEMAKER_TRITON_LOG_INFO"),
-            log_warning=env.text("SAGEMAKER_TRITON_LOG_WARNING"),
-            log_error=env.text("SAGEMAKER_TRITON_LOG_ERROR"),
-            thread_count=env.positive_int("SAGEMAKER_TRITON_THREAD_COUNT", MAX_THREADS),
-            buffer_manager_thread_count=env.positive_int(
-                "SAGEMAKER_TRITON_BUFFER_MANAGER_THREAD_COUNT", MAX_THREADS
-            ),
-            omp_num_threads=env.text("OMP_NUM_THREADS"),
-            shm_default_byte_size=env.positive_int("SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE")
-            or 16 * MEBIBYTE,
-            shm_growth_byte_size=env.positive_int("SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE")
-            or MEBIBYTE,
-            model_load_gpu_limit=env.text("SAGEMAKER_TRITON_MODEL_LOAD_GPU_LIMIT"),
-            tensorflow_version=env.text("SAGEMAKER_TRITON_TENSORFLOW_VERSION"),
-            model_namespacing=env.text("SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING") or "true",
-            additional_args=check_additional_args(
-                env.shell_words("SAGEMAKER_TRITON_ADDITIONAL_ARGS")
-            ),
-            triton_bin=env.path("TRITONSERVER_BIN"),
-            model_python=env.path("SERVE_MODEL_PYTHON"),
-            extra_backends=tuple(
-                Path(part) for part in (env.text("SERVE_EXTRA_BACKENDS") or "").split(":") if part
-            ),
-            **_max_body(env),
-            invocation_timeout=env.positive_float("SAGEMAKER_MODEL_SERVER_TIMEOUT") or 3600.0,
-            workdir=env.path("SERVE_WORKDIR"),
-            startup_timeout=env.positive_float("SERVE_STARTUP_TIMEOUT") or 1800.0,
-            model_load_timeout=env.positive_float("SERVE_MODEL_LOAD_TIMEOUT") or 3600.0,
-            shutdown_timeout=env.positive_float("SERVE_SHUTDOWN_TIMEOUT") or 25.0,
-            env_cache=env.path("SERVE_ENV_CACHE")
-            or Path(tempfile.gettempdir()) / "serve-env-cache",
-            max_archive_bytes=env.positive_int("SERVE_MAX_ARCHIVE_BYTES")
-            or ExtractionLimits.max_total_bytes,
-            max_archive_members=env.positive_int("SERVE_MAX_ARCHIVE_MEMBERS")
-            or ExtractionLimits.max_members,
-            env_cache_min_free_bytes=env.positive_int("SERVE_ENV_CACHE_MIN_FREE_BYTES")
-            or 2 * 1024 * MEBIBYTE,
-        ).validated()
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            variable: Variable | None = field.metadata.get("variable")
+            if variable is not None:
+                value = variable.parse(env, variable.name, values)
+                values[field.name] = field.default if value is None else value
+            else:
+                values[field.name] = field.metadata["derive"](env, values)
+        return cls(**values).validated()
 
     def public_ports(self) -> dict[str, int]:
         """Every port `serve` opens on the machine's network, by the variable that sets it."""
@@ -313,6 +658,23 @@ class Settings:
         return self
 
 
+def variables() -> tuple[Variable, ...]:
+    """Every variable `serve` reads, in declaration order."""
+    found = (field.metadata.get("variable") for field in dataclasses.fields(Settings))
+    return tuple(variable for variable in found if variable is not None)
+
+
+def markdown_tables() -> str:
+    """The README's configuration tables, one per `Table`."""
+    parts = []
+    for table, title in TABLE_TITLES.items():
+        rows = [variable.row() for variable in variables() if variable.table == table]
+        parts.append(
+            "\n".join([f"{title}:", "", "| variable | default | meaning |", "|---|---|---|", *rows])
+        )
+    return "\n\n".join(parts) + "\n"
+
+
 class _Reader:
     """Typed access to an environment; every parse error names the variable."""
 
@@ -327,20 +689,20 @@ class _Reader:
         value = self.text(name)
         return Path(value) if value else None
 
-    def boolean(self, name: str, default: bool) -> bool:
+    def boolean(self, name: str) -> bool | None:
         value = self.text(name)
         if value is None:
-            return default
+            return None
         if value.lower() in _TRUE:
             return True
         if value.lower() in _FALSE:
             return False
         raise ConfigError(f"{name}={value!r} is not a boolean; use true or false")
 
-    def choice(self, name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+    def choice(self, name: str, allowed: tuple[str, ...]) -> str | None:
         value = self.text(name)
         if value is None:
-            return default
+            return None
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
         return value
@@ -383,10 +745,10 @@ class _Reader:
             )
         return number
 
-    def port(self, name: str, default: int) -> int:
+    def port(self, name: str) -> int | None:
         value = self.positive_int(name, maximum=None)
         if value is None:
-            return default
+            return None
         if value > 65535:
             raise ConfigError(f"{name}={value} is not a TCP port (1-65535)")
         return value
@@ -410,65 +772,5 @@ class _Reader:
             raise ConfigError(f"{name} cannot be split into arguments: {exc}") from exc
 
 
-def _max_body(env: _Reader) -> dict[str, object]:
-    """max_body_bytes, the variable that set it, and body_buffer_bytes (never larger)."""
-    explicit = env.positive_int("SERVE_MAX_BODY_BYTES")
-    # 0 asks for bodies of any size in chunks (MaxPayloadInMB=0, for the algorithms that
-    # take them); the batch cap below applies then.
-    batch_mb = None
-    if env.text("SAGEMAKER_MAX_PAYLOAD_IN_MB") != "0":
-        batch_mb = env.positive_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", MAX_BYTES // MEBIBYTE)
-    if explicit is not None:
-        limit, set_by = explicit, "SERVE_MAX_BODY_BYTES"
-    elif batch_mb is not None:
-        limit, set_by = batch_mb * MEBIBYTE, "SAGEMAKER_MAX_PAYLOAD_IN_MB"
-    elif env.boolean("SAGEMAKER_BATCH", False):
-        limit, set_by = BATCH_MAX_BODY_BYTES, "SAGEMAKER_BATCH"
-    elif env.boolean("SERVE_ASYNC_INFERENCE", False):
-        limit, set_by = ASYNC_MAX_BODY_BYTES, "SERVE_ASYNC_INFERENCE"
-    else:
-        limit, set_by = REALTIME_MAX_BODY_BYTES, "SERVE_MAX_BODY_BYTES"
-    buffer = env.positive_int("SERVE_BODY_BUFFER_BYTES") or REALTIME_MAX_BODY_BYTES
-    return {
-        "max_body_bytes": limit,
-        "max_body_set_by": set_by,
-        "body_buffer_bytes": min(buffer, limit),
-    }
-
-
-def _metrics_path(env: _Reader) -> str | None:
-    """SERVE_METRICS_PATH: a path of the public port, "off", or unset (/metrics)."""
-    value = env.text("SERVE_METRICS_PATH")
-    if value is None:
-        return "/metrics"
-    if value.lower() in _FALSE:
-        return None
-    if not METRICS_PATH.match(value):
-        raise ConfigError(
-            f"SERVE_METRICS_PATH={value!r} must be a path of letters, digits and . _ ~ - /, "
-            "starting with / (such as /metrics), or off"
-        )
-    if value.rstrip("/") in PUBLIC_ROUTES or value.startswith(PUBLIC_ROUTE_PREFIXES):
-        raise ConfigError(
-            f"SERVE_METRICS_PATH={value!r} is a route the endpoint answers already; "
-            "choose another path, such as /metrics"
-        )
-    return value
-
-
-def _serve_metrics_port(env: _Reader) -> int | None:
-    """SERVE_METRICS_PORT: a port, "off", or unset (next to Triton's when those are on)."""
-    value = env.text("SERVE_METRICS_PORT")
-    if value is not None and value.lower() in _FALSE:
-        return None
-    if value is not None:
-        return env.port("SERVE_METRICS_PORT", 0)
-    if not env.boolean("SAGEMAKER_TRITON_ALLOW_METRICS", False):
-        return None
-    port = env.port("SAGEMAKER_TRITON_METRICS_PORT", 8002) + 1
-    if port > 65535:
-        raise ConfigError(
-            f"SAGEMAKER_TRITON_METRICS_PORT={port - 1} leaves no port after it for the "
-            "front's metrics; set SERVE_METRICS_PORT (or SERVE_METRICS_PORT=off)"
-        )
-    return port
+if __name__ == "__main__":
+    sys.stdout.write(markdown_tables())

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from serve.errors import EMPTY_BODY, GET_ONLY, MALFORMED_BINARY_TYPE, POST_ONLY
+from serve.front.nginx import FrontConfig, shared_rules
+from serve.settings import Settings
 from tests.conftest import (
     FORGED_INTERNAL_HEADERS,
     ServeProcess,
@@ -24,6 +27,7 @@ from tests.conftest import (
 StartServe = Callable[..., ServeProcess]
 
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def ncf_request(users: list[int], items: list[int]) -> dict:
@@ -119,13 +123,44 @@ def test_malformed_binary_header_is_400_with_json_error(
     response = invoke(examples_server, body, content_type)
     assert response.status_code == 400, response.text
     assert response.headers["Content-Type"].startswith("application/json")
-    assert response.json()["error"]
+    # nginx refuses the spellings it can see; the payload service the size it cannot:
+    # both say the same.
+    assert response.json()["error"] == MALFORMED_BINARY_TYPE
 
 
 def test_empty_body_is_400_with_json_error(examples_server: ServeProcess) -> None:
     response = invoke(examples_server, b"", "application/json")
     assert response.status_code == 400
-    assert "empty" in response.json()["error"]
+    assert response.json()["error"] == EMPTY_BODY
+
+
+def test_nginx_takes_every_shared_rule_from_python(tmp_path: Path) -> None:
+    """The template spells no shared rule; the rendered config holds each as Python has it."""
+    template = (REPO / "serve/front/templates/nginx.conf.j2").read_text()
+    for literal in (
+        "A-Za-z0-9",
+        "sagemaker-triton",
+        POST_ONLY,
+        GET_ONLY,
+        EMPTY_BODY,
+        "malformed C",
+    ):
+        assert literal not in template, literal
+    for multi_model in ("false", "true"):
+        front = FrontConfig(
+            settings=Settings.from_environ({"SAGEMAKER_MULTI_MODEL": multi_model}),
+            workdir=tmp_path,
+            triton_port=1,
+            control_socket=tmp_path / "control.sock",
+            default_model=None if multi_model == "true" else "add",
+        )
+        rendered = front.render()
+        rules = shared_rules()
+        used = [key for key, value in rules.items() if value in rendered]
+        expected = set(rules) - (
+            {"target_model_name"} if multi_model == "true" else {"direct_model_name"}
+        )
+        assert set(used) >= expected, expected - set(used)
 
 
 @pytest.mark.parametrize("body", [b"{not json", b'{"inputs": [', b"\xff\xfe\x00garbage"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -13,7 +15,7 @@ import pytest
 import requests
 
 from serve.errors import ConfigError
-from serve.settings import PortRange, Settings
+from serve.settings import PortRange, Settings, markdown_tables, variables
 from serve.triton.command import RESERVED_FLAGS, check_additional_args
 from serve.triton.install import help_flags, locate_triton
 from tests.conftest import ADD_MODEL_PY, ServeProcess, free_port, write_add_model
@@ -167,6 +169,49 @@ def test_paths_derive_from_opt_ml_and_ping_mode_defaults() -> None:
     assert Settings.from_environ({"SAGEMAKER_SAFE_PORT_RANGE": "10-20"}).safe_port_range == (
         PortRange(10, 20)
     )
+
+
+REPO = Path(__file__).resolve().parent.parent
+# Upper-case names in serve's code that are not environment variables: config.pbtxt
+# parameters, Triton's own, the custom-attributes output, a prefix.
+NOT_VARIABLES = {
+    "SERVE_PAYLOAD_INPUTS",
+    "SERVE_PAYLOAD_OUTPUTS",
+    "TRITON_MODEL_DIRECTORY",
+    "SAGEMAKER_CUSTOM_ATTRIBUTES",
+    "SAGEMAKER_TRITON_",
+}
+
+
+def test_readme_configuration_tables_are_the_settings_declarations() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- settings:begin[^>]*-->\n(.*?)<!-- settings:end -->", readme, re.S)
+    assert block, "README.md lost its generated configuration block"
+    assert block.group(1) == markdown_tables(), (
+        "README.md's configuration tables differ from serve/settings.py: paste the output "
+        "of `python -m serve.settings` between the settings markers"
+    )
+
+
+def test_every_variable_serve_names_is_declared_once() -> None:
+    declared = [name for v in variables() for name in (v.name, *v.aliases)]
+    assert len(declared) == len(set(declared))
+    sources = [*REPO.glob("serve/**/*.py"), *REPO.glob("serve/**/*.j2")]
+    named = {
+        name
+        for source in sources
+        for name in re.findall(
+            r"\b(?:SAGEMAKER|SERVE|TRITON|OMP|CUDA)_[A-Z0-9_]+", source.read_text()
+        )
+    }
+    assert named - NOT_VARIABLES <= set(declared), sorted(named - NOT_VARIABLES - set(declared))
+
+
+def test_settings_defaults_are_those_an_empty_environment_reads() -> None:
+    """The declared default of every field is what `from_environ` gives with nothing set."""
+    read = Settings.from_environ({})
+    for field in dataclasses.fields(Settings):
+        assert getattr(read, field.name) == field.default, field.name
 
 
 def test_invalid_configuration_stops_serve_with_the_reason(

@@ -13,6 +13,7 @@ Run: `.venv/bin/python build/bench/multi_model.py` (`--help` for the knobs).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import tempfile
@@ -52,7 +53,7 @@ def upload(models_dir: Path, key: str, model_name: str) -> Path:
     shutil.copytree(EXAMPLES / MODEL, target, symlinks=False)
     config = target / "config.pbtxt"
     text = config.read_text().replace(f'name: "{MODEL}"', f'name: "{model_name}"')
-    if gpu_count() == 0:
+    if gpu_count(os.environ.get("CUDA_VISIBLE_DEVICES")) == 0:
         text = text.replace("KIND_GPU", "KIND_CPU")
     config.write_text(text)
     return target.parent

@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from serve.control.execution_parameters import ExecutionParameters
 from serve.control.state import Phase, ServerState
-from serve.errors import ArtifactError, ServeError
+from serve.errors import ArtifactError, BadRequest, ServeError
 from serve.multi_model.registry import MAX_PAGE_SIZE, PAGE_SIZE, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _add_multi_model_routes(app: Flask, registry: ModelRegistry) -> None:
         token = request.args.get("next_page_token") or request.args.get("nextPageToken")
         size = request.args.get("page_size", PAGE_SIZE, type=int)
         if not 0 < size <= MAX_PAGE_SIZE:
-            raise ServeError(f"page_size must be between 1 and {MAX_PAGE_SIZE}", 400)
+            raise BadRequest(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
         return json_response(200, registry.page(token, size))
 
     @app.post("/models")

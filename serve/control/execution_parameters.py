@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from serve.errors import ServeError
+from serve.errors import Unavailable
 from serve.payloads.signature import ModelSignature
 from serve.settings import MEBIBYTE, Settings
 from serve.triton.client import TritonClient, error_message
@@ -70,11 +70,10 @@ class ExecutionParameters:
         try:
             reply = self._triton.request("GET", path, timeout=10.0)
         except OSError as exc:
-            raise ServeError(f"Triton did not answer: {exc}", 503) from exc
+            raise Unavailable(f"Triton did not answer: {exc}") from exc
         if reply.status != 200:
-            raise ServeError(
+            raise Unavailable(
                 f"cannot read model {self._model!r}'s configuration from Triton: "
-                f"{error_message(reply.body)}",
-                503,
+                f"{error_message(reply.body)}"
             )
         return execution_parameters(self._settings, ModelSignature.from_triton_json(reply.body))

@@ -9,6 +9,7 @@ for the routes that need it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -18,11 +19,27 @@ from urllib.parse import quote
 
 import jinja2
 
-from serve.errors import ConfigError, front_errors, invocation_timed_out
+from serve.errors import (
+    EMPTY_BODY,
+    GET_ONLY,
+    MALFORMED_BINARY_TYPE,
+    POST_ONLY,
+    ConfigError,
+    front_errors,
+    invocation_timed_out,
+)
 from serve.front.access_log import ACCESS_LOG_FORMAT
 from serve.multi_model.registry import longest_answer
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
+from serve.sagemaker.contract import (
+    BINARY_CONTENT_TYPE,
+    BINARY_JSON,
+    DIRECT_MODEL_NAME,
+    TARGET_MODEL_NAME,
+    full_match,
+    pcre,
+)
 from serve.settings import Settings
 
 _TEMPLATES = jinja2.Environment(
@@ -54,7 +71,7 @@ class FrontModel:
 
 
 # Model names nginx can match in target_model=NAME and write into its config unquoted.
-TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.~-]{0,254}$")
+TARGET_NAME = full_match(TARGET_MODEL_NAME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +142,7 @@ class FrontConfig:
             # turns it into the contract's 404. 501: a decoupled model, which streams.
             explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",
             internal_headers=INTERNAL_HEADERS,
+            **shared_rules(),
             model_header=MODEL_HEADER,
             inference_header=INFERENCE_HEADER,
             binary_length_header=HEADER_LENGTH,
@@ -188,6 +206,21 @@ class FrontConfig:
         path = self.workdir / "nginx.conf"
         path.write_text(self.render(), encoding="utf-8")
         return path
+
+
+def shared_rules() -> dict[str, str]:
+    """The rules nginx applies as Python does: patterns in PCRE, messages as JSON bodies."""
+    return {
+        "binary_json": pcre(re.escape(BINARY_JSON)),
+        "binary_json_type": BINARY_JSON,
+        "binary_content_type": pcre(BINARY_CONTENT_TYPE),
+        "direct_model_name": pcre(DIRECT_MODEL_NAME),
+        "target_model_name": pcre(TARGET_MODEL_NAME),
+        "post_only": json.dumps({"error": POST_ONLY}),
+        "get_only": json.dumps({"error": GET_ONLY}),
+        "empty_body": json.dumps({"error": EMPTY_BODY}),
+        "malformed_binary_type": json.dumps({"error": MALFORMED_BINARY_TYPE}),
+    }
 
 
 def nginx_binary() -> Path:

@@ -35,7 +35,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -46,39 +45,34 @@ from pathlib import Path
 from serve.artifacts.repository import Preparation, model_sources, prepare_model
 from serve.errors import (
     ArtifactError,
+    BadRequest,
+    GatewayTimeout,
     InsufficientMemory,
+    ModelAlreadyLoaded,
     ModelNotFound,
-    ServeError,
+    Unavailable,
     is_out_of_space,
     out_of_space,
 )
 from serve.runtime import host
+from serve.sagemaker.contract import DIRECT_MODEL_NAME, full_match
 from serve.sagemaker.custom_attributes import sets_custom_attributes
 from serve.triton import model_config
-from serve.triton.client import TritonClient, error_message
+from serve.triton.client import TritonClient, triton_failure
 from serve.triton.model_config import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
 # Names nginx routes straight to Triton: SageMaker's own names are hashes.
-DIRECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+DIRECT_NAME = full_match(DIRECT_MODEL_NAME)
 # Triton neither decodes model names in its URLs nor needs them encoded when
 # they keep to these characters; '~' joins an upload's name to its steps'.
 STEP_SEPARATOR = "~"
-OUT_OF_MEMORY = re.compile(
-    r"out of memory|outofmemory|std::bad_alloc|cannot allocate memory|failed to allocate"
-    r"|memoryerror",
-    re.IGNORECASE,
-)
 # How long a load or unload waits for Triton to let go of an earlier failed load of
 # the same name before it answers 503 (try again later).
 SETTLE_SECONDS = 5.0
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-
-
-class ModelAlreadyLoaded(ServeError):
-    status = 409
 
 
 def longest_answer(load_timeout: float) -> float:
@@ -170,10 +164,9 @@ class ModelRegistry:
             self._settle(name)
             model = self.get(name)
             if not self._release(model, time.monotonic() + self._load_timeout):
-                raise ServeError(
+                raise GatewayTimeout(
                     f"Triton did not let go of model {name!r} within {self._load_timeout:.0f} s "
-                    "(SERVE_MODEL_LOAD_TIMEOUT); it stays loaded, DELETE it again later",
-                    504,
+                    "(SERVE_MODEL_LOAD_TIMEOUT); it stays loaded, DELETE it again later"
                 )
             self._discard(model)
             with self._lock:
@@ -301,13 +294,13 @@ class ModelRegistry:
         )
         if reply.status == 200:
             return
-        message = error_message(reply.body)
+        failure = triton_failure(reply.status, reply.body)
         # Triton reports a Python-backend stub killed by the OOM killer as an
         # unhealthy stub, not as out of memory; the kernel's count tells.
         killed_for_memory = host.oom_kill_count() > oom_kills_before
-        if OUT_OF_MEMORY.search(message) or killed_for_memory:
-            raise InsufficientMemory(f"not enough memory to load model {name!r}: {message}")
-        raise ServeError(f"model {name!r} failed to load: {message}", status=400)
+        if isinstance(failure, InsufficientMemory) or killed_for_memory:
+            raise InsufficientMemory(f"not enough memory to load model {name!r}: {failure.message}")
+        raise ArtifactError(f"model {name!r} failed to load: {failure.message}")
 
     def _release(self, model: LoadedModel, deadline: float) -> bool:
         """Unload every model of the upload; True once Triton has let go of them all.
@@ -369,10 +362,9 @@ class ModelRegistry:
         if model is None:
             return
         if not self._release(model, time.monotonic() + min(SETTLE_SECONDS, self._load_timeout)):
-            raise ServeError(
+            raise Unavailable(
                 f"Triton still holds model {name!r} from an earlier load that failed; "
-                "try again later",
-                503,
+                "try again later"
             )
         self._discard(model)
         with self._lock:
@@ -382,17 +374,15 @@ class ModelRegistry:
         """What the caller of a failed load gets: a status SageMaker acts on."""
         if isinstance(exc, TimeoutError):
             after = "was unloaded" if released else "is unloaded once Triton has loaded it"
-            return ServeError(
+            return GatewayTimeout(
                 f"model {name!r} did not finish loading within {self._load_timeout:.0f} s "
                 f"(SERVE_MODEL_LOAD_TIMEOUT) and {after}; raise the setting, or make the "
-                "model load faster",
-                504,
+                "model load faster"
             )
         if isinstance(exc, (OSError, http.client.HTTPException)):
-            return ServeError(
+            return Unavailable(
                 f"Triton stopped answering while loading model {name!r} ({exc!r}); "
-                "see the container log",
-                503,
+                "see the container log"
             )
         return exc
 
@@ -515,6 +505,4 @@ def _decode_token(token: str | None) -> str:
     try:
         return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ServeError(
-            f"next_page_token {token!r} is not a token this endpoint issued", 400
-        ) from exc
+        raise BadRequest(f"next_page_token {token!r} is not a token this endpoint issued") from exc

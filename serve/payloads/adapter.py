@@ -24,13 +24,19 @@ from urllib.parse import quote
 
 import numpy as np
 
-from serve.errors import InsufficientMemory, ModelNotFound, ServeError
-from serve.multi_model.registry import OUT_OF_MEMORY, ModelRegistry
+from serve.errors import (
+    MALFORMED_BINARY_TYPE,
+    ModelNotFound,
+    NotAcceptable,
+    PayloadError,
+    ServeError,
+    Unavailable,
+)
+from serve.multi_model.registry import ModelRegistry
 from serve.payloads import batching
 from serve.payloads.batching import Origin
 from serve.payloads.body import Body
 from serve.payloads.codecs import csv_codec, json_codec, npy_codec, raw_codec
-from serve.payloads.errors import NotAcceptable, PayloadError, TritonUnavailable
 from serve.payloads.media import (
     BINARY_JSON,
     DEFAULT_ANSWERS,
@@ -50,19 +56,16 @@ from serve.payloads.v2 import (
     json_answer,
     read_answer,
 )
+from serve.sagemaker.contract import BINARY_CONTENT_TYPE, full_match
 from serve.sagemaker.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
 from serve.sagemaker.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
 from serve.sagemaker.custom_attributes import header_value
-from serve.triton.client import error_message
+from serve.triton.client import error_message, triton_failure
 
 log = logging.getLogger(__name__)
 
 INFERENCE_TYPES = ("infer", "generate", "generate_stream")
-BINARY_HEADER = re.compile(
-    r"^application/vnd\.sagemaker-triton\.binary\+json;json-header-size=(\d+)", re.IGNORECASE
-)
-# Triton answers 500 for a request body its JSON parser cannot read: the caller's mistake.
-UNPARSABLE = re.compile(r"^Unable to parse|attempt to access JSON|failed to parse", re.IGNORECASE)
+BINARY_HEADER = full_match(BINARY_CONTENT_TYPE, re.IGNORECASE)
 DECOUPLED = re.compile(r"decoupled", re.IGNORECASE)
 SIGNATURE_CACHE_SIZE = 1024
 
@@ -114,7 +117,7 @@ class PayloadAdapter:
 
     async def invoke(self, invocation: Invocation) -> Reply:
         if invocation.inference not in INFERENCE_TYPES:
-            raise ServeError(f"unknown inference type {invocation.inference!r}", 500)
+            raise ServeError(f"unknown inference type {invocation.inference!r}")
         name, key = self._resolve(invocation.model)
         if name == invocation.model:
             return await self._invoke(invocation, name, key)
@@ -215,7 +218,7 @@ class PayloadAdapter:
     ) -> Outputs:
         reply = await self.triton.request("POST", _path(name, "infer"), body, headers)
         if reply.status != 200:
-            raise _failure(reply.status, reply.body)
+            raise triton_failure(reply.status, reply.body)
         wanted = tuple(spec.name for spec in signature.asked_outputs)
         return read_answer(reply.body, reply.headers, wanted)
 
@@ -226,12 +229,10 @@ class PayloadAdapter:
             return cached
         reply = await self.triton.request("GET", f"/v2/models/{quote(name, safe='')}/config")
         if reply.status != 200:
-            message = error_message(reply.body)
-            if reply.status in (400, 404) and (
-                "unknown model" in message or "not found" in message
-            ):
-                raise ModelNotFound(f"model {name!r} is not loaded: {message}")
-            raise ServeError(f"cannot read model {name!r}'s configuration: {message}", 503)
+            failure = triton_failure(reply.status, reply.body, f"model {name!r}")
+            if isinstance(failure, ModelNotFound):
+                raise failure
+            raise Unavailable(f"cannot read model {name!r}'s configuration: {failure.message}")
         signature = ModelSignature.from_triton_json(reply.body)
         if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
             self._signatures.pop(next(iter(self._signatures)))
@@ -270,7 +271,7 @@ class PayloadAdapter:
             signature = signature or await self.signature(name, key)
             return await self._v2_stream(invocation, name, signature, own)
         if reply.status != 200:
-            raise _failure(reply.status, reply.body)
+            raise triton_failure(reply.status, reply.body)
         if invocation.inference == "generate":
             _check_generate_answer(reply.body)
         outputs, attributes = None, ()
@@ -333,7 +334,7 @@ class PayloadAdapter:
                 "POST", _path(name, "generate"), body, {"Content-Type": "application/json"}
             )
             if reply.status != 200:
-                raise _failure(reply.status, reply.body)
+                raise triton_failure(reply.status, reply.body)
             _check_generate_answer(reply.body)
             return Reply(200, "application/json", reply.body)
         own = Answer.EVENTS if invocation.inference == "generate_stream" else Answer.JSONLINES
@@ -346,7 +347,7 @@ class PayloadAdapter:
             body = b"".join([chunk async for chunk in stream.chunks])
             # A stream whose first response is an error: Triton answers 400 with
             # that response as an event (data: {"error": ...}).
-            raise _failure(stream.status, _event_data(body) or body)
+            raise triton_failure(stream.status, _event_data(body) or body)
         if answer is Answer.EVENTS:
             chunks, content_type = stream.chunks, "text/event-stream"
         else:
@@ -420,13 +421,9 @@ def _names_inputs(document: object) -> bool:
 
 def _binary_header_size(invocation: Invocation) -> int:
     match = BINARY_HEADER.match(invocation.content_type)
-    if match is None or int(match.group(1)) > invocation.body.size:
-        raise PayloadError(
-            "malformed Content-Type: binary requests need exactly "
-            "application/vnd.sagemaker-triton.binary+json;json-header-size=N, with N the "
-            "length of the JSON header in bytes"
-        )
-    size = int(match.group(1))
+    if match is None or int(match.group("size")) > invocation.body.size:
+        raise PayloadError(MALFORMED_BINARY_TYPE)
+    size = int(match.group("size"))
     if size:
         try:
             json.loads(invocation.body.head(size))
@@ -529,7 +526,7 @@ def _as_called(reply: Reply, triton_name: str, caller: str) -> Reply:
         return dataclasses.replace(reply, chunks=_replaced(reply.chunks, old, new))
     binary = BINARY_HEADER.match(reply.content_type)
     if binary is not None:
-        size = int(binary.group(1))
+        size = int(binary.group("size"))
         header = reply.body[:size].replace(old, new)
         content_type = f"{BINARY_JSON};json-header-size={len(header)}"
         return dataclasses.replace(
@@ -546,17 +543,3 @@ async def _replaced(chunks: AsyncIterator[bytes], old: bytes, new: bytes) -> Asy
             yield chunk.replace(old, new)
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
-
-
-def _failure(status: int, body: bytes) -> ServeError:
-    """Triton's refusal, with a status the caller can act on."""
-    message = error_message(body)
-    if OUT_OF_MEMORY.search(message):
-        return InsufficientMemory(message)
-    if "unknown model" in message or "is not found" in message:
-        return ModelNotFound(message)
-    if status == 500 and UNPARSABLE.search(message):
-        return PayloadError(message)
-    if status == 503:
-        return TritonUnavailable(message)
-    return ServeError(message, status)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serve.payloads.errors import PayloadError
+from serve.errors import PayloadError
 from serve.payloads.records import Where
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs

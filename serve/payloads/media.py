@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from serve.payloads.errors import NotAcceptable, UnsupportedMediaType
-
-BINARY_JSON = "application/vnd.sagemaker-triton.binary+json"
+from serve.errors import NotAcceptable, UnsupportedMediaType
+from serve.sagemaker.contract import BINARY_JSON
 
 
 class Family(enum.Enum):

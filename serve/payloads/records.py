@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from serve.payloads.errors import PayloadError
+from serve.errors import PayloadError
 from serve.payloads.signature import ModelSignature, TensorSpec
 
 Tensors = dict[str, np.ndarray]

@@ -32,7 +32,15 @@ from urllib.parse import unquote
 
 import uvloop
 
-from serve.errors import ServeError, invocation_timed_out
+from serve.errors import (
+    EMPTY_BODY,
+    POST_ONLY,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServeError,
+    invocation_timed_out,
+)
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
@@ -221,11 +229,11 @@ class _NginxConnection(WriteFlow):
         ):
             model = unquote(path[len("/models/") : -len("/invoke")])
         else:
-            raise ServeError("no such route", 404)
+            raise NotFound("no such route")
         if method != "POST":
-            raise ServeError("this route accepts POST only", 405)
+            raise MethodNotAllowed(POST_ONLY)
         if not body:
-            raise ServeError("the request body is empty; send an inference request", 400)
+            raise BadRequest(EMPTY_BODY)
         return Invocation(
             model=model,
             inference=headers.get(INFERENCE_HEADER, "infer"),

@@ -25,7 +25,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from serve.errors import ServeError
+from serve.errors import ModelMisconfigured
 from serve.sagemaker.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
 from serve.triton.model_config import ModelConfig, instance_count
 
@@ -157,10 +157,9 @@ def _pinned(config: ModelConfig, key: str, specs: tuple[TensorSpec, ...]) -> tup
     unknown = [name for name in names if name not in by_name]
     if unknown or not names:
         # The model's configuration is wrong, not the request: a server-side error.
-        raise ServeError(
+        raise ModelMisconfigured(
             f"model {config.name!r}: parameter {key} in its config.pbtxt names "
             f"{', '.join(unknown) or 'nothing'}; "
-            f"it takes a comma-separated list of: {', '.join(by_name)}",
-            500,
+            f"it takes a comma-separated list of: {', '.join(by_name)}"
         )
     return tuple(by_name[name] for name in names)

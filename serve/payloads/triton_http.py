@@ -13,8 +13,8 @@ import collections
 import dataclasses
 from collections.abc import AsyncGenerator, Mapping
 
+from serve.errors import Unavailable
 from serve.payloads.body import Body
-from serve.payloads.errors import TritonUnavailable
 from serve.payloads.flow import WriteFlow
 
 _END = b"\r\n\r\n"
@@ -381,5 +381,5 @@ class _Message:
             self.head = head + (body.read() if isinstance(body, Body) else body)
 
 
-def _unavailable() -> TritonUnavailable:
-    return TritonUnavailable("the model server is not available; see the container log")
+def _unavailable() -> Unavailable:
+    return Unavailable("the model server is not available; see the container log")

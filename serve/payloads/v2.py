@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from serve.errors import ServeError
+from serve.errors import BadGateway
 from serve.payloads.signature import NUMPY_TYPES, TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -113,7 +113,7 @@ def read_answer(body: bytes, headers: Mapping[str, str], wanted: tuple[str, ...]
     try:
         head = json.loads(head_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ServeError(f"Triton's answer is not v2 JSON: {exc}", 502) from exc
+        raise BadGateway(f"Triton's answer is not v2 JSON: {exc}") from exc
     tensors: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
     offset = len(head_bytes)

@@ -8,7 +8,7 @@ import math
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from serve.errors import ConfigError
@@ -26,7 +26,7 @@ SHM_PATH = Path("/dev/shm")
 MIN_SHM_REGION = MEBIBYTE
 
 
-def gpu_count(environ: Mapping[str, str] = os.environ, nvidia_proc: Path = NVIDIA_PROC) -> int:
+def gpu_count(visible_devices: str | None, nvidia_proc: Path = NVIDIA_PROC) -> int:
     """GPUs Triton will use: those the driver exposes, narrowed by CUDA_VISIBLE_DEVICES.
 
     An endpoint given some of a host's GPUs (an inference component's share)
@@ -35,7 +35,7 @@ def gpu_count(environ: Mapping[str, str] = os.environ, nvidia_proc: Path = NVIDI
     sized by GPUs (instances per GPU, --model-load-gpu-limit per device, the
     move of KIND_GPU models to the CPU) must count the same.
     """
-    return visible_gpus(_driver_gpu_count(nvidia_proc), environ.get("CUDA_VISIBLE_DEVICES"))
+    return visible_gpus(_driver_gpu_count(nvidia_proc), visible_devices)
 
 
 def visible_gpus(present: int, cuda_visible_devices: str | None) -> int:

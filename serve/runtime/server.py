@@ -93,7 +93,7 @@ class Server:
                 f"SERVE_MODEL_PYTHON={model_python} is not an executable Python; name the "
                 "interpreter whose packages your models import (the image's is /usr/bin/python3)"
             )
-        gpus = host.gpu_count()
+        gpus = host.gpu_count(self.settings.visible_devices)
         log.info("Triton %s; %d GPU(s) visible", install.binary, gpus)
         # Model preparation (archives, environment cache, per-model stubs): artifacts/repository.py.
         self.preparation = server_preparation(self.settings, install, gpus)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from serve.errors import ServeError
+from serve.errors import ModelMisconfigured
 from serve.triton.model_config import ModelConfig
 
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -40,10 +40,9 @@ def header_value(model: str, value: object) -> str | None:
     if not text:
         return None
     if len(text) > MAX_LENGTH or not _VALUE.match(text):
-        raise ServeError(
+        raise ModelMisconfigured(
             f"model {model!r} set {OUTPUT} to {text[:60]!r}{'...' if len(text) > 60 else ''}, "
             f"which {HEADER} cannot carry: it takes 1 to {MAX_LENGTH} visible US-ASCII "
-            "characters (spaces only between them)",
-            500,
+            "characters (spaces only between them)"
         )
     return text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve.payloads.errors import NotAcceptable, UnsupportedMediaType
+from serve.errors import NotAcceptable, UnsupportedMediaType
 from serve.payloads.media import Answer, Family, answer_candidates, request_family
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from serve.errors import PayloadError
 from serve.payloads.codecs import csv_codec, json_codec
-from serve.payloads.errors import PayloadError
 from serve.payloads.records import tensors_from_records
 from serve.payloads.signature import ModelSignature
 from serve.triton.model_config import ModelConfig

@@ -16,7 +16,7 @@ import io
 
 import numpy as np
 
-from serve.payloads.errors import PayloadError
+from serve.errors import PayloadError
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from serve.payloads.errors import PayloadError
+from serve.errors import PayloadError
 from serve.payloads.records import SCALARS
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs

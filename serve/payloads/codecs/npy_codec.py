@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serve.payloads.errors import NotAcceptable, PayloadError
+from serve.errors import NotAcceptable, PayloadError
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 

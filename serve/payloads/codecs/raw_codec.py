@@ -7,7 +7,7 @@ or the bytes as sent, so an image reaches the model exactly as uploaded.
 
 from __future__ import annotations
 
-from serve.payloads.errors import NotAcceptable, UnsupportedMediaType
+from serve.errors import NotAcceptable, UnsupportedMediaType
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 

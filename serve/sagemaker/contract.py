@@ -1,0 +1,32 @@
+"""Rules of the SageMaker routes that nginx and Python both apply, written once.
+
+nginx routes and refuses most requests before any Python runs, and the payload
+service applies the same rules to what reaches it; nginx's config is rendered
+with these values (serve/front/nginx.py), so the two cannot drift. Patterns
+are written in Python's syntax; `pcre` gives nginx's spelling.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Triton's binary+json content type, and its one valid spelling with the JSON
+# header's length (nginx and Python match it case-insensitively).
+BINARY_JSON = "application/vnd.sagemaker-triton.binary+json"
+BINARY_CONTENT_TYPE = re.escape(BINARY_JSON) + r";json-header-size=(?P<size>[0-9]{1,10})(;.*)?"
+# Multi-model names nginx sends straight to Triton (SageMaker's own are hashes);
+# others go through the payload service, which knows Triton's name for them.
+DIRECT_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}"
+# Model names target_model=NAME can pick on a single-model endpoint: nginx matches
+# them and writes them into its config unquoted.
+TARGET_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.~-]{0,254}"
+
+
+def pcre(pattern: str) -> str:
+    """A pattern of this module as nginx (PCRE) spells it."""
+    return pattern.replace("(?P<", "(?<")
+
+
+def full_match(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """A pattern of this module, compiled for Python to match a whole string."""
+    return re.compile(f"^(?:{pattern})$", flags)
