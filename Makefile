@@ -103,6 +103,7 @@ lock: setup
 lint: setup
 	.venv/bin/ruff check serve tests build
 	.venv/bin/ruff format --check serve tests build
+	.venv/bin/mypy
 
 bench: setup
 	.venv/bin/python build/bench/invocations.py

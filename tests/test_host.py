@@ -14,7 +14,7 @@ import requests
 from serve.errors import ConfigError
 from serve.runtime.host import (
     CpuShare,
-    cpu_count,
+    cpu_share,
     gpu_count,
     plan_python_shm,
     threads_per_instance,
@@ -156,7 +156,7 @@ def test_model_instances_get_omp_threads_unless_the_user_chose(
     response = requests.post(
         f"{server.url}/invocations", json=add_request([0, 0, 0, 0], [0, 0, 0, 0]), timeout=10
     )
-    expected = int(given) if given else max(1, cpu_count() // 2)
+    expected = int(given) if given else max(1, cpu_share().count // 2)
     assert response.json()["outputs"][0]["data"] == [expected] * 4
     announced = f"OMP_NUM_THREADS={expected} for Triton and each of its 2 Python-backend"
     assert (announced in server.output) is (given is None)

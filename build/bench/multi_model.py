@@ -13,8 +13,8 @@ Run: `.venv/bin/python build/bench/multi_model.py` (`--help` for the knobs).
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import shutil
 import tempfile
 import urllib.request

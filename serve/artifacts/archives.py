@@ -30,14 +30,14 @@ import zlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from serve.errors import ArtifactError, is_out_of_space, out_of_space
+from serve.triton.model_config import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-CONFIG_FILE = "config.pbtxt"
 
 _CHUNK = 1 << 20
 # What one member may add to the uncompressed stream besides its data: its
@@ -345,7 +345,8 @@ def _extract(archive: Path, extraction: _Extraction) -> None:
     with archive.open("rb") as raw, _decompressed(raw) as source:
         stream = _Stream(source, budget)
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            # Stream mode only reads; tarfile's type wants a whole file object.
+            with tarfile.open(fileobj=cast(BinaryIO, stream), mode="r|") as tar:
                 for member in tar:
                     extraction.add(tar, member)
                 end = tar.offset
@@ -369,7 +370,7 @@ def _decompressed(raw: BinaryIO) -> BinaryIO:
     raw.seek(0)
     for prefix, opener in _COMPRESSED_FORMATS:
         if magic.startswith(prefix):
-            return opener(raw, "rb")
+            return cast(BinaryIO, opener(raw, "rb"))
     return raw
 
 

@@ -16,11 +16,11 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from serve.artifacts.archives import (
+    ARCHIVE_SUFFIXES,
     ExtractionLimits,
     find_model_archives,
     is_junk,
@@ -36,7 +36,7 @@ from serve.artifacts.environments import (
 from serve.errors import ArtifactError, ConfigError
 from serve.settings import Settings
 from serve.triton import model_config
-from serve.triton.install import STUB_NAME, TritonInstall
+from serve.triton.install import RUNNING_PYTHON, STUB_NAME, TritonInstall
 from serve.triton.model_config import CONFIG_FILE, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Preparation:
     # Python "major.minor" -> Python-backend stub (TritonInstall.python_stubs).
     python_stubs: Mapping[str, Path] = dataclasses.field(default_factory=dict)
     # The Python of the stub models run on unless they get one of their own.
-    default_python: str = f"{sys.version_info.major}.{sys.version_info.minor}"
+    default_python: str = RUNNING_PYTHON
     # Limits for model archives (the cache has its own, usually the same).
     extraction_limits: ExtractionLimits = dataclasses.field(default_factory=ExtractionLimits)
     # Run each stub given to a model once, as Triton will; off where the stubs
@@ -379,7 +379,7 @@ def _log_environments(models: tuple[PreparedModel, ...]) -> None:
 
 def _archive_stem(archive: Path) -> str:
     name = archive.name
-    for suffix in (".tar.gz", ".tgz", ".tar"):
+    for suffix in ARCHIVE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -33,7 +33,7 @@ from serve.multi_model.registry import MAX_PAGE_SIZE, PAGE_SIZE, ModelRegistry
 log = logging.getLogger(__name__)
 
 
-def json_response(status: int, payload: dict[str, object]) -> Response:
+def json_response(status: int, payload: Mapping[str, object]) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 

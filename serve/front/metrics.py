@@ -82,7 +82,8 @@ class _Histogram:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        cumulative, running = [], 0
+        cumulative: list[tuple[str, float]] = []
+        running = 0
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             running += count
             cumulative.append((floatToGoString(bound), running))
@@ -189,8 +190,8 @@ class FrontMetrics(Collector):
                 "measures it (1 ms resolution), by route and request content type.",
                 labels=["route", "content_type"],
             )
-            for labels, histogram in self._durations.items():
-                durations.add_metric(list(labels), histogram.buckets(), histogram.total)
+            for route_type, histogram in self._durations.items():
+                durations.add_metric(list(route_type), histogram.buckets(), histogram.total)
             received = CounterMetricFamily(
                 "serve_request_received_bytes",
                 "Bytes received in requests (line, headers and body), by route.",

@@ -180,10 +180,6 @@ class ModelRegistry:
             raise ModelNotFound(f"model {name!r} is not loaded")
         return model
 
-    def is_loaded(self, name: str) -> bool:
-        with self._lock:
-            return name in self._loaded
-
     def page(self, token: str | None, size: int = PAGE_SIZE) -> dict[str, object]:
         """One page of GET /models; the token is where the next page starts."""
         start = _decode_token(token)
@@ -196,10 +192,6 @@ class ModelRegistry:
                 page[-1]["modelName"].encode()
             ).decode()
         return result
-
-    def triton_path(self, name: str) -> str:
-        """Triton's inference route for a loaded model."""
-        return f"/v2/models/{self.get(name).triton_names[-1]}/infer"
 
     # -- preparation ------------------------------------------------------
 

@@ -38,7 +38,6 @@ from serve.payloads.batching import Origin
 from serve.payloads.body import Body
 from serve.payloads.codecs import csv_codec, json_codec, npy_codec, raw_codec
 from serve.payloads.media import (
-    BINARY_JSON,
     DEFAULT_ANSWERS,
     Answer,
     Family,
@@ -56,15 +55,16 @@ from serve.payloads.v2 import (
     json_answer,
     read_answer,
 )
-from serve.sagemaker.contract import BINARY_CONTENT_TYPE, full_match
+from serve.sagemaker.contract import BINARY_CONTENT_TYPE, BINARY_JSON, full_match
 from serve.sagemaker.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
 from serve.sagemaker.custom_attributes import OUTPUT as CUSTOM_ATTRIBUTES
 from serve.sagemaker.custom_attributes import header_value
+from serve.settings import INFERENCE_TYPES
 from serve.triton.client import error_message, triton_failure
 
 log = logging.getLogger(__name__)
 
-INFERENCE_TYPES = ("infer", "generate", "generate_stream")
+
 BINARY_HEADER = full_match(BINARY_CONTENT_TYPE, re.IGNORECASE)
 DECOUPLED = re.compile(r"decoupled", re.IGNORECASE)
 SIGNATURE_CACHE_SIZE = 1024
@@ -274,7 +274,8 @@ class PayloadAdapter:
             raise triton_failure(reply.status, reply.body)
         if invocation.inference == "generate":
             _check_generate_answer(reply.body)
-        outputs, attributes = None, ()
+        outputs = None
+        attributes: Headers = ()
         if invocation.inference == "infer":
             model = signature or await self.signature(name, key)
             if model.custom_attributes is not None:

@@ -47,9 +47,9 @@ def tensors_from_records(
     columns: dict[str, list[object]] = {}
     holders: dict[str, list[int]] = {}
     for index, record in enumerate(records):
-        for spec, value in _split(record, where(index), signature):
-            columns.setdefault(spec.name, []).append(value)
-            holders.setdefault(spec.name, []).append(index)
+        for part, value in _split(record, where(index), signature):
+            columns.setdefault(part.name, []).append(value)
+            holders.setdefault(part.name, []).append(index)
     tensors: Tensors = {}
     for name, values in columns.items():
         spec = signature.input(name)
@@ -121,7 +121,9 @@ def _numeric_table(records: Sequence[object], signature: ModelSignature) -> Tens
     else:
         if not all(type(r) is list for r in records):
             return None
-        if len(specs) == 1 and (sizes[0] != 1 or any(r and type(r[0]) is list for r in records)):
+        if len(specs) == 1 and (
+            sizes[0] != 1 or any(r and type(r[0]) is list for r in records if isinstance(r, list))
+        ):
             return None  # one input takes nested records whole: the general path
         try:
             table = np.asarray(records)

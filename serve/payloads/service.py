@@ -79,7 +79,6 @@ class PayloadService:
         self._loop = uvloop.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="payloads", daemon=True)
-        self._server: asyncio.base_events.Server | None = None
         self._failure: BaseException | None = None
 
     def start(self) -> None:
@@ -98,7 +97,7 @@ class PayloadService:
         asyncio.set_event_loop(self._loop)
         try:
             adapter = PayloadAdapter(TritonHttp(self._triton_port, self._timeout), self._registry)
-            self._server = self._loop.run_until_complete(
+            server = self._loop.run_until_complete(
                 self._loop.create_unix_server(
                     lambda: _NginxConnection(adapter, self._registry, self._spool),
                     path=str(self.socket_path),
@@ -114,10 +113,10 @@ class PayloadService:
         try:
             self._loop.run_forever()
         finally:
-            self._server.close()
+            server.close()
             adapter.triton.close()
             with contextlib.suppress(Exception):
-                self._loop.run_until_complete(self._server.wait_closed())
+                self._loop.run_until_complete(server.wait_closed())
             self._loop.close()
 
 
@@ -339,7 +338,7 @@ def _parse_request(buffer: bytearray, spool: Spool) -> _Request | None:
 
 
 def _chunked_body(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
-    parts = []
+    parts: list[bytes] = []
     position = start
     while True:
         line_end = buffer.find(b"\r\n", position)

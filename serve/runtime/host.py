@@ -109,11 +109,6 @@ def cpu_share(proc_self: Path = cgroups.PROC_SELF) -> CpuShare:
     return CpuShare(len(os.sched_getaffinity(0)), cgroups.cpu_quota(proc_self))
 
 
-def cpu_count() -> int:
-    """Whole CPUs this process may use (see CpuShare.count)."""
-    return cpu_share().count
-
-
 def threads_per_instance(cpus: CpuShare, instances: int) -> int | None:
     """OpenMP threads for each of `instances` model processes sharing `cpus`.
 
@@ -146,7 +141,6 @@ def oom_kill_count() -> int:
 class ShmPlan:
     region_bytes: int
     instances: int
-    available_bytes: int
 
 
 def plan_python_shm(
@@ -166,7 +160,7 @@ def plan_python_shm(
     )
     stat = os.statvfs(shm_path)
     available = stat.f_bavail * stat.f_frsize
-    plan = ShmPlan(region_bytes, instances, available)
+    plan = ShmPlan(region_bytes, instances)
     if instances == 0 or instances * region_bytes <= available:
         return plan
     fitted = (available // instances) // MEBIBYTE * MEBIBYTE

@@ -72,6 +72,7 @@ class ManagedProcess:
             start_new_session=True,
             preexec_fn=_stop_with_parent,
         )
+        assert self._process.stdout is not None  # stdout=PIPE
         with contextlib.suppress(OSError):  # the limit may be lower; the default works too
             fcntl.fcntl(self._process.stdout.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
         self._relay = threading.Thread(

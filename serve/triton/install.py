@@ -25,6 +25,9 @@ from serve.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# "major.minor" of the interpreter running serve: the Python-backend stub models get by default.
+RUNNING_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
 IMAGE_BINARY = Path("/opt/tritonserver/bin/tritonserver")
 STUB_NAME = "triton_python_backend_stub"
 # Extra stubs for other Python versions: <dir>/<major.minor>/triton_python_backend_stub.
@@ -45,7 +48,7 @@ class TritonInstall:
     @property
     def python_version(self) -> str:
         """The interpreter `serve` runs under, which models use by default."""
-        return f"{sys.version_info.major}.{sys.version_info.minor}"
+        return RUNNING_PYTHON
 
     @property
     def default_python(self) -> str:
@@ -95,8 +98,9 @@ class TritonInstall:
         """
         python_dir = self.backends_dir / "python"
         stub = self.python_stubs.get(self.python_version)
-        needs_stub = python_dir.is_dir() and not (python_dir / STUB_NAME).exists() and stub
-        if not needs_stub and not extra:
+        if not python_dir.is_dir() or (python_dir / STUB_NAME).exists():
+            stub = None  # no python backend, or its own stub serves
+        if stub is None and not extra:
             return self.backends_dir
         overlay.mkdir(parents=True, exist_ok=True)
         for backend in self.backends_dir.iterdir():
@@ -112,7 +116,7 @@ class TritonInstall:
                     (overlay / "python" / item.name).symlink_to(item)
                 elif item.is_file():
                     shutil.copy2(item, overlay / "python" / item.name)
-        if needs_stub:
+        if stub is not None:
             (overlay / "python" / STUB_NAME).symlink_to(stub)
             log.info("using the Python %s backend stub %s", self.python_version, stub)
         for folder in extra:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TypeAlias
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -20,7 +21,8 @@ from serve.errors import ArtifactError
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.pbtxt"
-ModelConfig = model_config_pb2.ModelConfig
+# Generated protobuf classes carry no type information: Any to the type checker.
+ModelConfig: TypeAlias = model_config_pb2.ModelConfig
 InstanceKind = model_config_pb2.ModelInstanceGroup.Kind
 
 
