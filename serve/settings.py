@@ -24,9 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from serve.artifacts.archives import ExtractionLimits
 from serve.errors import ConfigError
-from serve.triton.command import check_additional_args
 
 PingMode = Literal["ready", "live"]
 InferenceType = Literal["infer", "generate", "generate_stream"]
@@ -46,6 +44,10 @@ ASYNC_MAX_BODY_BYTES = 1024 * MEBIBYTE
 MAX_BYTES = 2**63 - 1
 MAX_THREADS = 2**31 - 1
 MAX_SECONDS = 2**31 - 1
+# The most one model or environment archive may unpack to, by default: generous,
+# since a model can be tens of GB (serve/artifacts/archives.py's ExtractionLimits).
+MAX_ARCHIVE_BYTES = 50 * 1024**3
+MAX_ARCHIVE_MEMBERS = 100_000
 # What SERVE_METRICS_PATH may be: nginx matches it exactly, so no pattern characters.
 METRICS_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 # Paths the public port answers otherwise (the front's own internal ones included).
@@ -215,8 +217,8 @@ def _body_buffer(env: _Reader, name: str, values: Mapping[str, Any]) -> int:
     return min(env.positive_int(name) or REALTIME_MAX_BODY_BYTES, values["max_body_bytes"])
 
 
-def _additional_args(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[str, ...]:
-    return check_additional_args(env.shell_words(name))
+def _shell_words(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[str, ...]:
+    return env.shell_words(name)
 
 
 def _folders(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[Path, ...]:
@@ -428,9 +430,9 @@ class Settings:
     additional_args: tuple[str, ...] = setting(
         "SAGEMAKER_TRITON_ADDITIONAL_ARGS",
         (),
-        _additional_args,
+        _shell_words,
         "extra `tritonserver` flags, shell-quoted; flags that decide what listens where, "
-        "or that `serve` sets itself, stop start-up naming the flag",
+        "or that `serve` sets itself, stop start-up naming the flag (triton/command.py)",
         default_doc="unset",
         table="sagemaker",
     )
@@ -579,14 +581,14 @@ class Settings:
     )
     max_archive_bytes: int = setting(
         "SERVE_MAX_ARCHIVE_BYTES",
-        ExtractionLimits.max_total_bytes,
+        MAX_ARCHIVE_BYTES,
         _positive(),
         "the most one model or environment archive may unpack to (larger: an archive bomb)",
-        default_doc=f"{ExtractionLimits.max_total_bytes} (50 GiB)",
+        default_doc=f"{MAX_ARCHIVE_BYTES} (50 GiB)",
     )
     max_archive_members: int = setting(
         "SERVE_MAX_ARCHIVE_MEMBERS",
-        ExtractionLimits.max_members,
+        MAX_ARCHIVE_MEMBERS,
         _positive(),
         "the most entries one archive may hold",
     )
@@ -598,10 +600,6 @@ class Settings:
         "evicted (least recently used first) until the cache's disk has this much free",
         default_doc=f"{2 * 1024 * MEBIBYTE} (2 GiB)",
     )
-
-    @property
-    def extraction_limits(self) -> ExtractionLimits:
-        return ExtractionLimits(self.max_archive_bytes, self.max_archive_members)
 
     @property
     def model_dir(self) -> Path:

@@ -24,7 +24,7 @@ from invocations import report
 from load_generators import Measurement, ncf_body, require_wrk, run_wrk
 from serve_under_test import EXAMPLES, serve_with_reference
 
-from serve.runtime.host import gpu_count
+from serve.machine.host import gpu_count
 
 MODEL = "ncf_food"
 REFERENCE_NAME = "ncf_food_reference"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from serve.errors import ArtifactError, is_out_of_space, out_of_space
+from serve.settings import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, Settings
 from serve.triton.model_config import CONFIG_FILE
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,12 @@ _REBUILD = "re-create the archive from the folder, e.g. `tar -C <folder> -czf mo
 class ExtractionLimits:
     """How much one archive may unpack to; generous, since a model can be tens of GB."""
 
-    max_total_bytes: int = 50 * 1024**3
-    max_members: int = 100_000
+    max_total_bytes: int = MAX_ARCHIVE_BYTES
+    max_members: int = MAX_ARCHIVE_MEMBERS
+
+    @classmethod
+    def of(cls, settings: Settings) -> ExtractionLimits:
+        return cls(settings.max_archive_bytes, settings.max_archive_members)
 
 
 class _Refused(Exception):

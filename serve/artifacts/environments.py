@@ -183,13 +183,13 @@ class EnvironmentCache:
             shutil.rmtree(path)
         size = safe_extract(archive, path, self.limits)
         try:
-            if not (path / "bin" / "activate").is_file():
-                raise ArtifactError(
-                    f"environment archive {archive} has no bin/activate, so it is not a "
-                    f"conda-pack or venv-pack archive; {_HOW_TO_PACK}"
-                )
-            python_version = _python_version(path, archive)
-            _check_stub(archive, python_version, available_stubs)
+            python_version = _checked_python(
+                path,
+                archive,
+                available_stubs,
+                f"environment archive {archive} has no bin/activate, so it is not a "
+                f"conda-pack or venv-pack archive; {_HOW_TO_PACK}",
+            )
             _run_conda_unpack(path, archive)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
@@ -239,13 +239,27 @@ def inspect_folder(path: Path, available_stubs: Mapping[str, Path]) -> str:
     Triton's Python backend accepts an unpacked environment as is; it still
     needs `bin/activate` and a Python some stub is built for.
     """
+    return _checked_python(
+        path,
+        path,
+        available_stubs,
+        f"environment {path} has no bin/activate, so the Python backend cannot use it; "
+        f"name an environment archive instead: {_HOW_TO_PACK}",
+    )
+
+
+def _checked_python(
+    path: Path, source: Path, available_stubs: Mapping[str, Path], not_an_environment: str
+) -> str:
+    """The Python version of the environment at `path` (from `source`), which a stub must serve.
+
+    The Python backend activates an environment with its bin/activate; without
+    one, `not_an_environment` is the error.
+    """
     if not (path / "bin" / "activate").is_file():
-        raise ArtifactError(
-            f"environment {path} has no bin/activate, so the Python backend cannot use it; "
-            f"name an environment archive instead: {_HOW_TO_PACK}"
-        )
-    python_version = _python_version(path, path)
-    _check_stub(path, python_version, available_stubs)
+        raise ArtifactError(not_an_environment)
+    python_version = _python_version(path, source)
+    _check_stub(source, python_version, available_stubs)
     return python_version
 
 

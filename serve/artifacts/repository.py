@@ -68,7 +68,7 @@ class Preparation:
 def server_preparation(settings: Settings, install: TritonInstall, gpu_count: int) -> Preparation:
     """The run's `Preparation`: limits and environment cache from settings, stubs from Triton."""
     try:
-        environments = EnvironmentCache(settings.env_cache, settings.extraction_limits)
+        environments = EnvironmentCache(settings.env_cache, ExtractionLimits.of(settings))
     except OSError as exc:
         raise ConfigError(
             f"SERVE_ENV_CACHE={settings.env_cache} cannot be used as the environment cache "
@@ -79,7 +79,7 @@ def server_preparation(settings: Settings, install: TritonInstall, gpu_count: in
         environments=environments,
         python_stubs=dict(install.python_stubs),
         default_python=install.default_python,
-        extraction_limits=settings.extraction_limits,
+        extraction_limits=ExtractionLimits.of(settings),
     )
 
 

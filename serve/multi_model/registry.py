@@ -54,7 +54,7 @@ from serve.errors import (
     is_out_of_space,
     out_of_space,
 )
-from serve.runtime import host
+from serve.machine import host
 from serve.sagemaker.contract import DIRECT_MODEL_NAME, full_match
 from serve.sagemaker.custom_attributes import sets_custom_attributes
 from serve.triton import model_config

@@ -31,17 +31,17 @@ from serve.control.execution_parameters import ExecutionParameters
 from serve.control.state import Phase, ServerState
 from serve.errors import ConfigError
 from serve.front.nginx import FrontConfig, FrontModel, nginx_argv
+from serve.machine import host
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
 from serve.payloads.service import PayloadService
-from serve.runtime import host
 from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
 from serve.runtime.processes import ManagedProcess
 from serve.runtime.workspace import Workspace
 from serve.sagemaker.custom_attributes import sets_custom_attributes
 from serve.settings import Settings
 from serve.triton.client import TritonClient
-from serve.triton.command import MAX_INPUT_FLAG, TritonCommand
+from serve.triton.command import MAX_INPUT_FLAG, TritonCommand, check_additional_args
 from serve.triton.install import TritonInstall, locate_triton
 from serve.triton.metrics import TritonMetrics
 
@@ -85,6 +85,7 @@ class Server:
 
     def run(self) -> int:
         """Serve until stopped or until a child fails; returns the exit code."""
+        check_additional_args(self.settings.additional_args)
         refuse_ports_in_use(self.settings.public_ports())
         install = locate_triton(self.settings.triton_bin)
         model_python = self.settings.model_python

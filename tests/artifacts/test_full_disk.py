@@ -18,7 +18,7 @@ import requests
 
 from tests.artifacts.test_serving import write_env_model
 from tests.conftest import ServeProcess, own_tmpfs, write_add_model
-from tests.test_multi_model import invoke, load, upload_add
+from tests.multi_model.test_multi_model import invoke, load, upload_add
 
 StartServe = Callable[..., ServeProcess]
 DISK_BYTES = 16 * 1024 * 1024

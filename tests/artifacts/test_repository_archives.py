@@ -147,8 +147,8 @@ def test_archive_limits_come_from_settings(tmp_path: Path) -> None:
     settings = Settings.from_environ(
         {"SERVE_MAX_ARCHIVE_MEMBERS": "3", "SERVE_MAX_ARCHIVE_BYTES": "1000000"}
     )
-    assert settings.extraction_limits == ExtractionLimits(1_000_000, 3)
-    assert Settings.from_environ({}).extraction_limits == ExtractionLimits()
+    assert ExtractionLimits.of(settings) == ExtractionLimits(1_000_000, 3)
+    assert ExtractionLimits.of(Settings.from_environ({})) == ExtractionLimits()
     with pytest.raises(ConfigError, match="SERVE_MAX_ARCHIVE_BYTES='lots'"):
         Settings.from_environ({"SERVE_MAX_ARCHIVE_BYTES": "lots"})
 
@@ -156,7 +156,7 @@ def test_archive_limits_come_from_settings(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "model" / "model.tar.gz") as tar:
         assert len(tar.getmembers()) > 3
     with pytest.raises(ArtifactError, match="more than 3 members"):
-        prepare(tmp_path / "model", tmp_path, extraction_limits=settings.extraction_limits)
+        prepare(tmp_path / "model", tmp_path, extraction_limits=ExtractionLimits.of(settings))
 
 
 def test_top_level_config_keeps_its_archives_as_its_own_files(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import ServeProcess
-from tests.test_front import BINARY_TYPE, binary_ncf_request, ncf_request
+from tests.front.test_front import BINARY_TYPE, binary_ncf_request, ncf_request
 
 USERS = [42, 42, 7]
 ITEMS = [7, 19, 301]

@@ -10,8 +10,8 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ServeProcess
+from tests.multi_model.test_multi_model import load, upload_add
 from tests.payloads.conftest import write_payload_models
-from tests.test_multi_model import load, upload_add
 
 StartServe = Callable[..., ServeProcess]
 

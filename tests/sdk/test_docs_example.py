@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from tests.conftest import EXAMPLES, REPO_ROOT, ServeProcess, free_port, serve_env
+from tests.front.test_front import ncf_request
 from tests.sdk.conftest import ACCOUNT, REGION, run_container, run_in_sdk
-from tests.test_front import ncf_request
 
 DOC = REPO_ROOT / "docs" / "sagemaker-sdk.md"
 # The image the page deploys.

@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from tests.conftest import ServeProcess
+from tests.front.test_front import ncf_request
 from tests.payloads.conftest import start_payload_server
 from tests.sdk.conftest import create_endpoint, run_container, run_in_sdk
-from tests.test_front import ncf_request
 
 CLIENT = Path(__file__).with_name("serializers_client.py")
 # The bytes the client sends (serializers_client.RAW).

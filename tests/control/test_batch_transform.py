@@ -2,7 +2,7 @@
 
 The route itself, and runs against real Triton, are in
 tests/payloads/test_batch_transform.py; bad values of the variables in
-tests/test_settings_and_parity.py.
+tests/test_settings.py.
 """
 
 from __future__ import annotations

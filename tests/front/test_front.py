@@ -27,7 +27,7 @@ from tests.conftest import (
 StartServe = Callable[..., ServeProcess]
 
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def ncf_request(users: list[int], items: list[int]) -> dict:

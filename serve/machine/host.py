@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from serve.errors import ConfigError
-from serve.runtime import cgroups
+from serve.machine import cgroups
 from serve.settings import MEBIBYTE
 from serve.triton import model_config
 from serve.triton.model_config import ModelConfig
@@ -105,7 +105,7 @@ class CpuShare:
 
 
 def cpu_share(proc_self: Path = cgroups.PROC_SELF) -> CpuShare:
-    """This process's CPUs: the affinity mask and the cgroup quota (serve/runtime/cgroups.py)."""
+    """This process's CPUs: the affinity mask and the cgroup quota (serve/machine/cgroups.py)."""
     return CpuShare(len(os.sched_getaffinity(0)), cgroups.cpu_quota(proc_self))
 
 

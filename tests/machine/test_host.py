@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from serve.errors import ConfigError
-from serve.runtime.host import (
+from serve.machine.host import (
     CpuShare,
     cpu_share,
     gpu_count,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.runtime.cgroups import cpu_quota
+from serve.machine.cgroups import cpu_quota
 
 
 def prepare(

@@ -35,7 +35,7 @@ from serve.errors import ConfigError
 from serve.front.access_log import AccessLogFollower, content_type_of, route_of
 from serve.front.metrics import FrontMetrics
 from serve.front.nginx import FrontConfig, nginx_argv
-from serve.runtime import host
+from serve.machine import host
 from serve.settings import Settings
 from tests.conftest import (
     REPO_ROOT,

@@ -17,7 +17,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ServeProcess, add_request
-from tests.test_multi_model import load, upload_add
+from tests.multi_model.test_multi_model import load, upload_add
 
 StartServe = Callable[..., ServeProcess]
 ADD = add_request([1, 2, 3, 4], [10, 20, 30, 40])
