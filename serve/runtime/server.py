@@ -9,6 +9,7 @@ all inside SageMaker's 30 s SIGTERM-to-SIGKILL window.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -124,7 +125,7 @@ class Server:
         gpus: int,
         repository: PreparedRepository | None,
     ) -> int:
-        """Start the front and Triton on a prepared repository (None: multi-model)."""
+        """Start the front, then Triton, on a prepared repository (None: multi-model)."""
         settings = self.settings
         configs = [m.config for m in repository.models if m.config] if repository else []
         shm = host.plan_python_shm(configs, settings.shm_default_byte_size, gpus)
@@ -132,6 +133,7 @@ class Server:
         taken.add(settings.serve_metrics_port or settings.port)
         triton_port = free_loopback_port(settings.safe_port_range, taken)
         triton_metrics = self._triton_metrics(taken | {triton_port}, ws.repository)
+        triton_client = TritonClient(triton_port)
         front = FrontConfig(
             settings=settings,
             workdir=ws.front,
@@ -140,7 +142,6 @@ class Server:
             default_model=repository.default_model if repository else None,
             models=_front_models(repository),
         )
-        triton_client = TritonClient(triton_port)
         command = TritonCommand(
             binary=install.binary,
             repository=ws.repository,
@@ -153,7 +154,30 @@ class Server:
             loopback_metrics_port=triton_metrics.port if triton_metrics else None,
             limits_input_size=install.accepts(MAX_INPUT_FLAG),
         )
+        running = _Running()
+        try:
+            nginx = self._start_front(running, front, ws, triton_client, triton_metrics, repository)
+            running.triton = triton = self._start_triton(command, shm)
+            return self._supervise(triton, nginx, triton_client, front.ping_path())
+        finally:
+            self._stop(running)
+
+    def _start_front(
+        self,
+        running: _Running,
+        front: FrontConfig,
+        ws: Workspace,
+        triton_client: TritonClient,
+        triton_metrics: TritonMetrics | None,
+        repository: PreparedRepository | None,
+    ) -> ManagedProcess:
+        """The front's metrics, the control app, the payload service, then nginx (returned).
+
+        Each is recorded in `running` as it starts, so a failure stops what did.
+        """
+        settings = self.settings
         registry = None
+        execution_parameters = None
         if repository is None:
             registry = ModelRegistry(
                 settings.models_dir,
@@ -164,18 +188,18 @@ class Server:
                 settings.env_cache_min_free_bytes,
                 settings.model_load_timeout,
             )
-        execution_parameters = None
-        if repository is not None:
+        else:
             execution_parameters = ExecutionParameters(
                 settings, triton_client, repository.default_model
             )
-        # --- the front's metrics (front/metrics.py): nginx's access log, followed off the hot path
         exposition = triton_exposition = None
         if triton_metrics is not None and settings.allow_metrics:
             # SAGEMAKER_TRITON_METRICS_PORT: nginx serves Triton's own, relabelled.
             triton_exposition = triton_metrics.exposition
         access_log = front.access_log()
         if access_log is not None:
+            # The front's metrics (front/metrics.py): nginx's access log, followed off
+            # the hot path.
             from serve.front.metrics import MetricsEndpoint
 
             self._metrics = MetricsEndpoint(
@@ -190,36 +214,29 @@ class Server:
             if triton_metrics is not None and settings.metrics_path is not None:
                 exposition = self._metrics.public(triton_metrics).exposition
             self._metrics.start()
-        # --- end of the front's metrics
-        control = ControlServer(
+        running.control = ControlServer(
             create_control_app(
                 self.state, registry, execution_parameters, exposition, triton_exposition
             ),
             ws.control_socket,
         )
-        control.start()
+        running.control.start()
         # The payload service: content types, Accept, Triton's refusals, streams.
-        payloads = PayloadService(
+        running.payloads = PayloadService(
             front.payload_socket(),
-            triton_port,
+            front.triton_port,
             Spool(ws.front / "payload_bodies", settings.body_buffer_bytes),
             registry,
             settings.invocation_timeout,
         )
-        payloads.start()
-        nginx = ManagedProcess("nginx", nginx_argv(front.write()))
-        triton = ManagedProcess(
-            "tritonserver",
-            command.argv(),
-            env=_triton_environment(self.settings.model_python, self._omp_threads(shm)),
-        )
-        try:
-            return self._supervise(triton, nginx, triton_client, front.ping_path())
-        finally:
-            self._stop(triton, nginx, payloads)
-            control.stop()
-            if self._metrics is not None:
-                self._metrics.stop()
+        running.payloads.start()
+        running.nginx = nginx = ManagedProcess("nginx", nginx_argv(front.write()))
+        return nginx
+
+    def _start_triton(self, command: TritonCommand, shm: host.ShmPlan) -> ManagedProcess:
+        """Triton, with the models' Python first on its PATH and OpenMP threads shared out."""
+        env = _triton_environment(self.settings.model_python, self._omp_threads(shm))
+        return ManagedProcess("tritonserver", command.argv(), env=env)
 
     def _triton_metrics(self, taken: set[int], repository: Path) -> TritonMetrics | None:
         """Triton's metrics on a loopback port of their own; None while nothing serves them.
@@ -285,17 +302,32 @@ class Server:
                     return 1
         return 0
 
-    def _stop(
-        self, triton: ManagedProcess, nginx: ManagedProcess, payloads: PayloadService
-    ) -> None:
+    def _stop(self, running: _Running) -> None:
         """nginx drains in-flight requests first, then Triton stops, within the deadline."""
         self.state.set(Phase.STOPPING, "shutting down")
         deadline = time.monotonic() + self.settings.shutdown_timeout
-        nginx.stop(signal.SIGQUIT, deadline - 2)
+        if running.nginx is not None:
+            running.nginx.stop(signal.SIGQUIT, deadline - 2)
         # Triton waits for open HTTP connections before it stops: close the service's.
-        payloads.stop()
-        triton.stop(signal.SIGTERM, deadline)
+        if running.payloads is not None:
+            running.payloads.stop()
+        if running.triton is not None:
+            running.triton.stop(signal.SIGTERM, deadline)
+        if running.control is not None:
+            running.control.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         log.info("stopped")
+
+
+@dataclasses.dataclass
+class _Running:
+    """What one run has started so far; stopped in reverse by `Server._stop`."""
+
+    control: ControlServer | None = None
+    payloads: PayloadService | None = None
+    nginx: ManagedProcess | None = None
+    triton: ManagedProcess | None = None
 
 
 def _front_models(repository: PreparedRepository | None) -> tuple[FrontModel, ...]:
