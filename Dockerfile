@@ -44,20 +44,16 @@ COPY container/requirements/ /tmp/requirements/
 # packages (blinker, PyYAML, ...) alone instead of failing to uninstall them,
 # and PIP_BREAK_SYSTEM_PACKAGES is what NVIDIA's Ubuntu 24.04 images set for
 # the same installs (PEP 668).
-RUN python_version="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
-    && lock="/tmp/requirements/models-py${python_version}.txt" \
-    && if [ "${MODEL_LIBRARIES}" = "true" ]; then \
-        test -f "${lock}" || { echo "no ${lock}: add Python ${python_version} to make lock" >&2; exit 1; }; \
-        PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --ignore-installed \
+RUN if [ "${MODEL_LIBRARIES}" = "true" ]; then \
+        lock="$(/tmp/requirements/lock-for.sh models)" \
+        && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --ignore-installed \
             --require-hashes --requirement "${lock}"; \
     fi
 
 # serve runs from a virtual environment of its own, so its dependencies
 # neither touch nor are touched by the packages models import. The venv is
 # never put on PATH: Triton's Python stub must find the base image's Python.
-RUN python_version="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
-    && lock="/tmp/requirements/serve-py${python_version}.txt" \
-    && { test -f "${lock}" || { echo "no ${lock}: add Python ${python_version} to make lock" >&2; exit 1; }; } \
+RUN lock="$(/tmp/requirements/lock-for.sh serve)" \
     && python3 -m venv --without-pip /opt/serve \
     && python3 -m pip --python /opt/serve/bin/python install --no-cache-dir \
         --require-hashes --requirement "${lock}" \
