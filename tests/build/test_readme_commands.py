@@ -172,6 +172,28 @@ def make_target_names() -> set[str]:
     return set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.MULTILINE))
 
 
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def anchors(doc: Path) -> set[str]:
+    """GitHub's anchors for the headings of a markdown file."""
+    headings = re.findall(r"^#+ (.+)$", doc.read_text(), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_links_between_the_docs_lead_somewhere() -> None:
+    broken = []
+    for doc in (*DOCS, REPO_ROOT / "docs" / "benchmarks.md"):
+        for target in LINK.findall(doc.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            if not linked.exists() or (anchor and anchor not in anchors(linked)):
+                broken.append(f"{doc.relative_to(REPO_ROOT)}: {target}")
+    assert not broken, broken
+
+
 def test_every_shell_block_says_how_it_is_checked() -> None:
     assert len(ALL_BLOCKS) >= 10
     unmarked = [str(block) for block in ALL_BLOCKS if block.kind not in KINDS]
@@ -196,7 +218,7 @@ def test_every_make_target_the_docs_name_exists() -> None:
 
 
 def test_readme_examples_answer_as_written_against_make_serve(make_serve: MakeServe) -> None:
-    blocks = [b for b in blocks_of("serve") if b.doc.name == "README.md"]
+    blocks = blocks_of("serve")
     assert len(blocks) >= 3
     for block in blocks:
         run_block(block, make_serve.port, make_env(make_serve.port))
@@ -229,8 +251,9 @@ def test_readme_multi_model_example_runs_as_written_against_make_serve_mme() -> 
         server.stop()
 
 
-def test_build_readmes_streaming_body_streams_from_the_bundled_model() -> None:
-    """The body `smtriton invoke --stream` sends in build/README.md, against the example."""
+def test_streaming_examples_stream_from_make_serve_streaming() -> None:
+    """README.md's streaming example, and the body `smtriton invoke --stream` sends in
+    build/README.md, against the bundled streaming model."""
     invoke = next(
         line
         for block in ALL_BLOCKS
@@ -244,6 +267,8 @@ def test_build_readmes_streaming_body_streams_from_the_bundled_model() -> None:
     server = MakeServe("serve-streaming", make_env(port), port)
     try:
         server.wait_until(lambda: server.ping_status() == 200, 300, "/ping to answer 200")
+        for block in blocks_of("serve-streaming"):
+            run_block(block, port, make_env(port))
         response = requests.post(
             f"{server.url}/invocations",
             data=body,
