@@ -1,12 +1,13 @@
-"""The shell blocks of the READMEs (README.md, build/, container/monitoring/), run as written.
+"""The shell blocks of the READMEs (and container/EXTENDING.md), run as a reader runs them.
 
 Every ```sh block carries a marker on the line before it,
 `<!-- readme-command: KIND -->`, saying how it is checked:
 
 - `serve`, `serve-mme`, `serve-streaming`: run here, line group by line
   group, with bash, against `make serve`, `make serve-mme` or `make
-  serve-streaming` started here as the block says (on a free port: the one
-  change made to what is written is `localhost:8080` becoming that port).
+  serve-streaming`, started here as the block's first line says when it
+  starts one (`NAME=VALUE make serve`), on a free port: the one change made
+  to what is written is `localhost:8080` becoming that port.
   The `# ...` lines under a command are its output: compared exactly, with
   `...` standing for any text and long decimals for any number (the example
   models' weights are trained at set-up).
@@ -39,10 +40,14 @@ DOCS = (
     REPO_ROOT / "README.md",
     REPO_ROOT / "build" / "README.md",
     REPO_ROOT / "container" / "monitoring" / "README.md",
+    REPO_ROOT / "container" / "EXTENDING.md",
+    REPO_ROOT / "model_repository" / "README.md",
+    REPO_ROOT / "streaming_repository" / "README.md",
 )
 KINDS = ("serve", "serve-mme", "serve-streaming", "make-target", "rehearse", "not-run")
 SHELL_BLOCK = re.compile(r"^```(?:sh|bash)\n(?P<body>.*?)^```", re.DOTALL | re.MULTILINE)
 MARKER = re.compile(r"<!-- readme-command: (?P<kind>[a-z-]+)(?::\s*(?P<why>.*?))? -->\n$")
+STARTS_SERVER = re.compile(r"^(?P<variables>(?:[A-Z_]+=\S+ )*)make (?P<target>serve[a-z-]*)$")
 # Decimals of trained weights vary from one set-up to the next.
 LONG_DECIMAL = re.compile(r"\d\.\d{6,}")
 
@@ -83,6 +88,19 @@ ALL_BLOCKS = [block for doc in DOCS for block in shell_blocks(doc)]
 
 def blocks_of(kind: str) -> list[Block]:
     return [block for block in ALL_BLOCKS if block.kind == kind]
+
+
+def starting_line(block: Block) -> tuple[dict[str, str], str] | None:
+    """The `[NAME=VALUE ...] make serve...` line a block starts with: its variables, target."""
+    first = block.body.splitlines()[0]
+    match = STARTS_SERVER.match(first)
+    if match is None:
+        return None
+    variables = dict(item.split("=", 1) for item in shlex.split(match["variables"] or ""))
+    return variables, match["target"]
+
+
+SELF_STARTING = [block for block in ALL_BLOCKS if starting_line(block)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +152,7 @@ def run_block(block: Block, port: int, env: Mapping[str, str], skip: str | None 
             assert matches(command.expected, done.stdout), (
                 f"{block}: {command.script}\nthe docs say:\n"
                 + "\n".join(command.expected)
-                + f"\nthe server said:\n{done.stdout}"
+                + f"\nthe server said:\n{done.stdout[:3000]}"
             )
 
 
@@ -218,7 +236,7 @@ def test_every_make_target_the_docs_name_exists() -> None:
 
 
 def test_readme_examples_answer_as_written_against_make_serve(make_serve: MakeServe) -> None:
-    blocks = blocks_of("serve")
+    blocks = [block for block in blocks_of("serve") if block not in SELF_STARTING]
     assert len(blocks) >= 3
     for block in blocks:
         run_block(block, make_serve.port, make_env(make_serve.port))
@@ -239,16 +257,25 @@ def test_make_serve_keeps_tritons_verbose_log_off_unless_asked(make_serve: MakeS
     assert "SAGEMAKER_TRITON_LOG_VERBOSE=true" in asked
 
 
-def test_readme_multi_model_example_runs_as_written_against_make_serve_mme() -> None:
-    (block,) = blocks_of("serve-mme")
-    assert block.body.startswith("make serve-mme\n")
+@pytest.mark.parametrize("block", SELF_STARTING, ids=str)
+def test_blocks_that_start_their_own_server_run_as_written(block: Block) -> None:
+    """A block opening with `make serve...` (variables before it too): that server, then
+    the rest of the block against it."""
+    variables, target = starting_line(block)  # type: ignore[misc]
+    assert block.kind == target, f"{block}: starts make {target} but is marked {block.kind}"
     port = free_port()
-    server = MakeServe("serve-mme", make_env(port), port)
+    env = {**make_env(port), **variables}
+    server = MakeServe(target, env, port)
     try:
         server.wait_until(lambda: server.ping_status() == 200, 300, "/ping to answer 200")
-        run_block(block, port, make_env(port), skip="make serve-mme")
+        run_block(block, port, make_env(port), skip=block.body.splitlines()[0])
     finally:
         server.stop()
+
+
+def test_the_self_starting_blocks_are_the_ones_expected() -> None:
+    docs = {block.doc.relative_to(REPO_ROOT).as_posix() for block in SELF_STARTING}
+    assert docs == {"README.md", "model_repository/README.md", "streaming_repository/README.md"}
 
 
 def test_streaming_examples_stream_from_make_serve_streaming() -> None:
@@ -268,7 +295,8 @@ def test_streaming_examples_stream_from_make_serve_streaming() -> None:
     try:
         server.wait_until(lambda: server.ping_status() == 200, 300, "/ping to answer 200")
         for block in blocks_of("serve-streaming"):
-            run_block(block, port, make_env(port))
+            if block not in SELF_STARTING:
+                run_block(block, port, make_env(port))
         response = requests.post(
             f"{server.url}/invocations",
             data=body,
