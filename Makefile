@@ -28,7 +28,7 @@ EXAMPLES_RELEASE := 24.10
 LOCK_PYTHONS := 3.10 3.12
 IMAGE_LOGS := .work/images
 
-.PHONY: setup serve serve-mme serve-streaming test test-images image standin lock lint bench
+.PHONY: setup serve serve-mme serve-streaming rehearse test test-images image standin lock lint bench
 
 setup: $(SETUP_STAMP)
 
@@ -37,11 +37,17 @@ $(SETUP_STAMP): pyproject.toml build/setup.sh build/examples/train_ncf.py build/
 	bash build/setup.sh
 	touch $@
 
+# Local runs keep Triton's verbose log off (it writes about nine lines a
+# request and costs throughput) unless VERBOSE=1 (or SAGEMAKER_TRITON_LOG_VERBOSE
+# in the environment) asks for it. The image keeps NVIDIA's default: on.
+VERBOSE ?=
+SERVE_LOG := SAGEMAKER_TRITON_LOG_VERBOSE=$(if $(VERBOSE),true,$${SAGEMAKER_TRITON_LOG_VERBOSE:-false})
+
 # Serve the bundled example repository on port $(PORT) with a real Triton,
 # laid out as SageMaker lays out /opt/ml (the folder is linked, never copied).
 serve: setup
 	mkdir -p .opt_ml && ln -sfn ../model_repository .opt_ml/model
-	OPT_ML=$(CURDIR)/.opt_ml SAGEMAKER_BIND_TO_PORT=$(PORT) \
+	$(SERVE_LOG) OPT_ML=$(CURDIR)/.opt_ml SAGEMAKER_BIND_TO_PORT=$(PORT) \
 	SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=$${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME:-ncf_food} \
 	.venv/bin/serve
 
@@ -53,14 +59,19 @@ serve-mme: setup
 	  mkdir -p .opt_ml/models/$$model/model && \
 	  tar -czhf .opt_ml/models/$$model/model/model.tar.gz -C model_repository $$model; \
 	done
-	OPT_ML=$(CURDIR)/.opt_ml SAGEMAKER_BIND_TO_PORT=$(PORT) SAGEMAKER_MULTI_MODEL=true \
+	$(SERVE_LOG) OPT_ML=$(CURDIR)/.opt_ml SAGEMAKER_BIND_TO_PORT=$(PORT) SAGEMAKER_MULTI_MODEL=true \
 	.venv/bin/serve
 
 # The streaming example (streaming_repository/): a text-generation pipeline
 # that streams its tokens to /invocations (a tiny BLOOM with random weights).
 serve-streaming: setup
 	mkdir -p .opt_ml/streaming && ln -sfn ../../streaming_repository .opt_ml/streaming/model
-	OPT_ML=$(CURDIR)/.opt_ml/streaming SAGEMAKER_BIND_TO_PORT=$(PORT) .venv/bin/serve
+	$(SERVE_LOG) OPT_ML=$(CURDIR)/.opt_ml/streaming SAGEMAKER_BIND_TO_PORT=$(PORT) .venv/bin/serve
+
+# smtriton's way to an endpoint (package, upload, deploy, invoke, update,
+# delete) against the local AWS stand-in, invocations reaching a real serve.
+rehearse: setup
+	bash build/rehearse.sh
 
 # Everything: lint, the local suite and the container suite, the latter
 # against an image built on each release's stand-in base.

@@ -154,11 +154,7 @@ def front_errors(
         404: (404, f"no such route; this endpoint answers {public_routes}"),
         405: (405, "this method is not allowed on this route"),
         411: (411, "this request needs a Content-Length or a chunked body"),
-        413: (
-            413,
-            f"the request body is larger than {max_body_bytes} bytes ({max_body_set_by}; "
-            "SERVE_MAX_BODY_BYTES sets another limit)",
-        ),
+        413: (413, _too_large(max_body_bytes, max_body_set_by)),
         414: (414, "the request URI is longer than the front accepts (8 KiB)"),
         NGINX_HEADER_TOO_LARGE: (
             431,
@@ -171,3 +167,11 @@ def front_errors(
         504: (504, "an internal service of the front did not answer in time"),
         505: (505, "this HTTP version is not supported; use HTTP/1.1"),
     }
+
+
+def _too_large(max_body_bytes: int, set_by: str) -> str:
+    """The 413's message: the limit, the variable behind it, and how to change it."""
+    change = "SERVE_MAX_BODY_BYTES sets another limit"
+    if set_by == "SERVE_MAX_BODY_BYTES":
+        return f"the request body is larger than {max_body_bytes} bytes; {change}"
+    return f"the request body is larger than {max_body_bytes} bytes ({set_by}); {change}"

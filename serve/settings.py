@@ -346,8 +346,9 @@ class Settings:
         "SAGEMAKER_TRITON_LOG_VERBOSE",
         "true",
         _log_verbose,
-        "`--log-verbose`, as given. On as in NVIDIA's image; it costs about half the "
-        "throughput on two cores: production endpoints set `false` (`make serve` does)",
+        "`--log-verbose`, as given. On, as in NVIDIA's image; it costs about a third of "
+        "the throughput on two cores (below): set `false` where the request rate matters "
+        "(`make serve` does, unless `VERBOSE=1`)",
         table="sagemaker",
     )
     log_info: str | None = setting(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,11 @@ def test_short_run_writes_csv_plots_and_ratios(tmp_path: Path) -> None:
             image.verify()
         with Image.open(image_path) as image:
             assert image.format == "PNG" and image.width > 300 and image.height > 200
+            # The plot names the machine, the commit and the date of the run.
+            stamp = image.info["Description"]
+        assert "CPU cores" in stamp and " · commit " in stamp, stamp
+        assert stamp.endswith(datetime.datetime.now(datetime.timezone.utc).date().isoformat())
+        assert (out / "run.txt").read_text().strip() == stamp
 
     assert "ratios, serve / target" in result.stdout
     for target in targets[1:]:
@@ -72,3 +78,5 @@ def test_earlier_results_are_plotted_again_without_measuring(tmp_path: Path) -> 
     assert "triton-sagemaker      16    0.909" in result.stdout
     for name in ("throughput.png", "latency.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(tmp_path / name) as image:
+            assert image.info["Description"] == "machine, commit and date unknown"

@@ -47,6 +47,7 @@ from load_generators import (
     run_perf_analyzer,
     run_wrk,
 )
+from run_stamp import read_stamp, run_stamp, write_stamp
 from serve_under_test import EXAMPLES, REPO_ROOT, RunningServe, serve_with_reference
 
 TARGETS = ("serve", "triton-sagemaker", "triton-v2", "perf_analyzer")
@@ -130,6 +131,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--from-csv",
         type=Path,
         help="plot and print the ratios of an earlier run's results.csv (measures nothing)",
+    )
+    parser.add_argument(
+        "--stamp",
+        help="the machine, commit and date the plots name (default: this run's; with "
+        "--from-csv, the run.txt beside the CSV)",
     )
     args = parser.parse_args(argv)
     args.concurrency = [int(level) for level in args.concurrency.split(",")]
@@ -282,8 +288,9 @@ def read_csv(path: Path) -> list[Point]:
         ]
 
 
-def plot(points: list[Point], out: Path) -> list[Path]:
-    """throughput.png and latency.png (p50 and p99), against concurrency."""
+def plot(points: list[Point], out: Path, stamp: str) -> list[Path]:
+    """throughput.png and latency.png (p50 and p99), against concurrency, each naming
+    the machine, commit and date of the run (`stamp`) under the axes and in its metadata."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,9 +316,10 @@ def plot(points: list[Point], out: Path) -> list[Path]:
     axis.set_ylim(bottom=0)
     axis.set_title(f"Throughput: {title}")
     axis.legend()
-    figure.tight_layout()
+    figure.text(0.01, 0.01, stamp, fontsize=7, color="0.35")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     throughput = out / "throughput.png"
-    figure.savefig(throughput, dpi=110)
+    figure.savefig(throughput, dpi=110, metadata={"Description": stamp})
     pyplot.close(figure)
 
     figure, axes = pyplot.subplots(1, 2, figsize=(11, 4.5))
@@ -329,9 +337,10 @@ def plot(points: list[Point], out: Path) -> list[Path]:
         axis.set_ylabel("ms")
         axis.legend()
     figure.suptitle(f"Latency: {title}")
-    figure.tight_layout()
+    figure.text(0.01, 0.01, stamp, fontsize=7, color="0.35")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     latency = out / "latency.png"
-    figure.savefig(latency, dpi=110)
+    figure.savefig(latency, dpi=110, metadata={"Description": stamp})
     pyplot.close(figure)
     return [throughput, latency]
 
@@ -373,7 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:
         points = read_csv(args.from_csv)
+        stamp = args.stamp or read_stamp(args.from_csv.parent) or "machine, commit and date unknown"
     else:
+        stamp = args.stamp or run_stamp()
         require_wrk()
         work = Path(tempfile.mkdtemp(prefix="bench-harness-"))
         try:
@@ -387,9 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         write_csv(points, args.out / "results.csv")
-    images = plot(points, args.out)
+    if args.stamp or not args.from_csv:
+        write_stamp(args.out, stamp)
+    images = plot(points, args.out, stamp)
     print_ratios(points)
     written = [*([] if args.from_csv else [args.out / "results.csv"]), *images]
+    print(f"run: {stamp}")
     print(f"\nwrote {', '.join(str(path) for path in written)}")
     return 0
 

@@ -159,9 +159,14 @@ class FrontConfig:
         }
 
     def _public_routes(self) -> str:
+        metrics = self.settings.metrics_path
         if self.settings.multi_model:
-            return "GET /ping and /models, POST /models/NAME/invoke"
-        return "GET /ping, GET /execution-parameters and POST /invocations"
+            routes = ["GET /ping", "/models", "POST /models/NAME/invoke"]
+        else:
+            routes = ["GET /ping", "GET /execution-parameters", "POST /invocations"]
+        if metrics is not None:
+            routes.insert(-1, f"GET {metrics}")
+        return ", ".join(routes[:-1]) + " and " + routes[-1]
 
     def payload_socket(self) -> Path:
         """Where the payload service (serve/payloads/service.py) listens for nginx."""

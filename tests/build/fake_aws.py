@@ -5,6 +5,9 @@ knows on 127.0.0.1, over real HTTP, to real boto3 clients. Added here, and
 only here:
 
 - UpdateEndpoint, which moto does not implement;
+- today's instance types: moto 5.2 checks endpoint configurations against an
+  old list (no ml.g5, smtriton deploy's default); the newer families
+  (NEWER_FAMILIES) are taken too, and anything else is still moto's to refuse;
 - asynchronous endpoint states: CreateEndpoint/UpdateEndpoint leave the
   endpoint Creating/Updating and each DescribeEndpoint moves it one step on,
   as SageMaker does over minutes;
@@ -142,6 +145,22 @@ def update_endpoint_response(self: SageMakerResponse) -> Any:
     return ActionResult({"EndpointArn": endpoint.arn})
 
 
+# Instance families SageMaker offers that moto 5.2's list lacks; moto's own check stays
+# for every other family, so a made-up type is still refused.
+NEWER_FAMILIES = frozenset(
+    {"g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "inf2", "trn1", "c7i", "m7i", "r7i"}
+)
+INSTANCE_TYPE = re.compile(r"^ml\.(?P<family>[a-z0-9]+)\.(?:\d*xlarge|large|medium)$")
+_original_validate_instance_type = sagemaker_models.FakeEndpointConfig.validate_instance_type
+
+
+def validate_instance_type(self: Any, instance_type: str) -> None:
+    match = INSTANCE_TYPE.match(instance_type)
+    if match is None or match["family"] not in NEWER_FAMILIES:
+        _original_validate_instance_type(self, instance_type)
+
+
+sagemaker_models.FakeEndpointConfig.validate_instance_type = validate_instance_type
 sagemaker_models.SageMakerModelBackend.create_endpoint = create_endpoint
 sagemaker_models.SageMakerModelBackend.describe_endpoint = describe_endpoint
 sagemaker_models.SageMakerModelBackend.update_endpoint = update_endpoint

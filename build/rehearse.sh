@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The way from a checkout to an endpoint, rehearsed offline (`make rehearse`).
+#
+# It runs the real smtriton commands in the order a person runs them against
+# AWS: package (and upload to S3), deploy, invoke, deploy again (an update in
+# place), invoke, delete. AWS is the project's local stand-in
+# (tests/build/fake_aws.py: moto served over HTTP, with UpdateEndpoint and
+# endpoint states added), which passes each invocation to a real `serve`
+# started here from the uploaded model.tar.gz, as SageMaker starts the
+# image. Nothing reaches AWS: the stand-in's address is in AWS_ENDPOINT_URL and
+# the credentials are made up. The stand-in and `serve` are stopped at the end,
+# whatever happens; their logs are kept in $REHEARSAL_DIR (.work/rehearsal).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=.venv/bin/python
+SMTRITON=.venv/bin/smtriton
+WORK=${REHEARSAL_DIR:-.work/rehearsal}
+ENDPOINT=rehearsal-ncf
+BUCKET=rehearsal-models
+IMAGE=123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-triton:rehearsal
+ROLE=arn:aws:iam::123456789012:role/SageMakerExecution
+BODY='{"inputs": [{"name": "user_id", "shape": [2, 1], "datatype": "INT64", "data": [42, 42]},
+                  {"name": "item_id", "shape": [2, 1], "datatype": "INT64", "data": [7, 19]}]}'
+
+step() { printf '\n== %s\n' "$*" >&2; }
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+# Polls URL until it answers 200, or fails naming LOG after SECONDS.
+wait_for() {
+    local url=$1 seconds=$2 log=$3 pid=$4
+    for _ in $(seq $((seconds * 10))); do
+        curl -fs -o /dev/null "$url" && return 0
+        kill -0 "$pid" 2>/dev/null || { echo "rehearse: exited early; see $log" >&2; tail -20 "$log" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "rehearse: $url did not answer within $seconds s; see $log" >&2
+    tail -20 "$log" >&2
+    return 1
+}
+
+rm -rf "$WORK"
+mkdir -p "$WORK/opt_ml/model"
+AWS_PID= SERVE_PID=
+stop() {
+    # serve stops its children on SIGTERM, as in a container; the stand-in is one process group.
+    if [ -n "$SERVE_PID" ]; then
+        kill -TERM "$SERVE_PID" 2>/dev/null || true
+        wait "$SERVE_PID" 2>/dev/null || true
+    fi
+    if [ -n "$AWS_PID" ]; then
+        kill -TERM -- "-$AWS_PID" 2>/dev/null || true
+        wait "$AWS_PID" 2>/dev/null || true
+    fi
+}
+trap stop EXIT
+
+step "the AWS stand-in"
+AWS_PORT=$(free_port)
+setsid "$PYTHON" tests/build/fake_aws.py --port "$AWS_PORT" >"$WORK/aws.log" 2>&1 &
+AWS_PID=$!
+wait_for "http://127.0.0.1:$AWS_PORT/moto-api/" 30 "$WORK/aws.log" "$AWS_PID"
+# Only the stand-in: no profile, credentials or region of this machine.
+unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_REGION AWS_SESSION_TOKEN
+export AWS_ENDPOINT_URL=http://127.0.0.1:$AWS_PORT AWS_DEFAULT_REGION=us-east-1 \
+    AWS_ACCESS_KEY_ID=rehearsal AWS_SECRET_ACCESS_KEY=rehearsal \
+    AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
+# The bucket exists before a real run too (aws s3 mb s3://BUCKET).
+"$PYTHON" -c "import boto3; boto3.client('s3').create_bucket(Bucket='$BUCKET')"
+
+step "smtriton package (checked with the image's own checks) and upload"
+MODEL_DATA=$("$SMTRITON" package model_repository/ncf_food model_repository/ncf_fashion \
+    --default-model ncf_food --output "$WORK/model.tar.gz" --upload "s3://$BUCKET/ncf/")
+echo "$MODEL_DATA"
+
+step "the container: serve on the uploaded model.tar.gz, unpacked as SageMaker unpacks it"
+"$PYTHON" -c "import boto3; boto3.client('s3').download_file('$BUCKET', 'ncf/model.tar.gz', '$WORK/downloaded.tar.gz')"
+tar -xzf "$WORK/downloaded.tar.gz" -C "$WORK/opt_ml/model"
+SERVE_PORT=$(free_port)
+OPT_ML=$PWD/$WORK/opt_ml SAGEMAKER_BIND_TO_PORT=$SERVE_PORT SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=ncf_food \
+    SAGEMAKER_TRITON_LOG_VERBOSE=false .venv/bin/serve >"$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
+wait_for "http://127.0.0.1:$SERVE_PORT/ping" 300 "$WORK/serve.log" "$SERVE_PID"
+curl -fs -X POST "$AWS_ENDPOINT_URL/_fake/containers" -H 'Content-Type: application/json' \
+    -d "{\"image\": \"$IMAGE\", \"mode\": \"SingleModel\", \"url\": \"http://127.0.0.1:$SERVE_PORT\"}"
+
+step "smtriton deploy (the default instance type)"
+"$SMTRITON" deploy --endpoint-name "$ENDPOINT" --image "$IMAGE" --role "$ROLE" \
+    --model-data "$MODEL_DATA" --default-model ncf_food --poll-interval 0.2
+
+step "smtriton invoke"
+"$SMTRITON" invoke --endpoint-name "$ENDPOINT" --body "$BODY"
+echo
+"$SMTRITON" invoke --endpoint-name "$ENDPOINT" --content-type text/csv --body $'42,7\n42,19\n'
+
+step "smtriton invoke with a bad record: the container's 400, as SageMaker relays it"
+if "$SMTRITON" invoke --endpoint-name "$ENDPOINT" --content-type text/csv --body $'42,x\n'; then
+    echo "rehearse: a record that is not a number was answered" >&2
+    exit 1
+fi
+
+step "smtriton deploy again: an update in place to a larger instance"
+"$SMTRITON" deploy --endpoint-name "$ENDPOINT" --image "$IMAGE" --role "$ROLE" \
+    --model-data "$MODEL_DATA" --default-model ncf_food --instance-type ml.g5.2xlarge \
+    --poll-interval 0.2
+"$SMTRITON" invoke --endpoint-name "$ENDPOINT" --body "$BODY"
+echo
+
+step "smtriton delete"
+"$SMTRITON" delete --endpoint-name "$ENDPOINT" --wait
+
+step "rehearsal done"

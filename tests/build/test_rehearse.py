@@ -1,0 +1,89 @@
+"""`make rehearse`, exactly as build/README.md documents it.
+
+The rehearsal runs the real smtriton commands (package and upload, deploy
+with the default instance type, invoke, a bad invoke, an update, delete)
+against the AWS stand-in, whose invocations reach a real `serve` on the
+uploaded archive. This test runs the documented command and checks what each
+step printed, so it fails when the command, the docs or the tooling drift
+apart, and that the rehearsal left no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from smtriton.deploy import DEFAULT_INSTANCE_TYPE
+
+from tests.build.test_readme_commands import blocks_of
+from tests.conftest import REPO_ROOT
+
+WORK = REPO_ROOT / ".work" / "rehearsal"
+
+
+def processes_started_from(folder: Path) -> list[str]:
+    """Command lines of live processes naming the rehearsal's folder or its stand-in."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        environ = cmdline.with_name("environ")
+        try:
+            env = environ.read_bytes().decode(errors="replace")
+        except OSError:
+            env = ""
+        # The rehearsal names the stand-in by a relative path; the tests' own use an absolute one.
+        if f"OPT_ML={folder}/opt_ml" in env or "tests/build/fake_aws.py" in argv[:3]:
+            found.append(" ".join(argv))
+    return found
+
+
+def test_make_rehearse_runs_the_documented_way_to_an_endpoint() -> None:
+    (block,) = blocks_of("rehearse")
+    assert block.doc == REPO_ROOT / "build" / "README.md"
+    assert block.body.strip() == "make rehearse"
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "SAGEMAKER_", "SERVE_", "OPT_ML"))
+    }
+    done = subprocess.run(
+        ["bash", "-c", block.body],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    # package: checked, uploaded to the stand-in's S3.
+    assert "checked as the image checks it" in output
+    assert "s3://rehearsal-models/ncf/model.tar.gz" in done.stdout
+    # deploy with no --instance-type: the documented default, then an update in place.
+    assert DEFAULT_INSTANCE_TYPE in (REPO_ROOT / "build" / "README.md").read_text()
+    first_deploy = _script_step("smtriton deploy (the default instance type)")
+    assert "deploy" in first_deploy and "--instance-type" not in first_deploy
+    assert done.stdout.count("rehearsal-ncf InService") == 2
+    assert "updating endpoint rehearsal-ncf" in output
+    # invoke reached the real serve: Triton's answer and the adapted CSV one.
+    assert '"model_name":"ncf_food"' in done.stdout
+    assert re.search(r"^0\.\d+\n0\.\d+$", done.stdout, flags=re.MULTILINE)
+    # A bad record: the container's own 400, as SageMaker relays it.
+    assert "smtriton invoke: error: the container answered HTTP 400" in output
+    assert "expects whole numbers; line 1 gives 'x'" in output
+    # delete, and nothing left running.
+    assert "deleted endpoint/rehearsal-ncf" in done.stdout
+    assert not processes_started_from(WORK), processes_started_from(WORK)
+
+
+def _script_step(title: str) -> str:
+    """The commands of one step of build/rehearse.sh."""
+    script = (REPO_ROOT / "build" / "rehearse.sh").read_text()
+    start = script.index(f'step "{title}"')
+    end = script.find("\nstep ", start + 1)
+    return script[start:end]
