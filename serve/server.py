@@ -37,6 +37,7 @@ from serve.repository import (
     prepare_single_model_repository,
     server_preparation,
 )
+from serve.sessions.registry import SessionRegistry
 from serve.settings import Settings
 from serve.state import Phase, ServerState
 from serve.triton_client import TritonClient
@@ -204,6 +205,8 @@ class Server:
             Spool(ws.front / "payload_bodies", settings.body_buffer_bytes),
             registry,
             settings.invocation_timeout,
+            # Stateful sessions on /invocations (serve/sessions/), single-model endpoints.
+            SessionRegistry(settings.session_ttl, settings.max_sessions) if repository else None,
         )
         payloads.start()
         nginx = ManagedProcess("nginx", nginx_argv(front.write()))

@@ -193,6 +193,20 @@ class Settings:
     # load, least-recently-used environments no loaded model uses are evicted
     # until the cache's disk has this much free.
     env_cache_min_free_bytes: int = 2 * 1024 * MEBIBYTE
+    # SERVE_SESSION_TTL_SECONDS: how long a stateful session (SageMaker's SessionId,
+    # serve/sessions/) lasts from its opening, the time its Expires announces; then its
+    # sequence is ended in Triton and the model lets go of its state. 1200 s is the
+    # default of AWS's own session manager for SageMaker containers.
+    session_ttl: float = 1200.0
+    # SERVE_MAX_SESSIONS: open sessions at most; more get 429 until some close or expire.
+    max_sessions: int = 10000
+    # SERVE_BIDIRECTIONAL_STREAMING: the WebSocket route /invocations-bidirectional-stream
+    # (InvokeEndpointWithBidirectionalStream) on single-model endpoints; it talks to
+    # Triton's gRPC streaming API on loopback, which it turns on. "false" turns both off.
+    bidirectional_streaming: bool = True
+    # SERVE_STREAM_SEND_TIMEOUT: seconds a bidirectional stream waits for its client to
+    # take the next output (backpressure) before it ends the stream (close code 1008).
+    stream_send_timeout: float = 30.0
 
     @property
     def extraction_limits(self) -> ExtractionLimits:
@@ -280,6 +294,10 @@ class Settings:
             or ExtractionLimits.max_members,
             env_cache_min_free_bytes=env.positive_int("SERVE_ENV_CACHE_MIN_FREE_BYTES")
             or 2 * 1024 * MEBIBYTE,
+            session_ttl=env.positive_float("SERVE_SESSION_TTL_SECONDS") or 1200.0,
+            max_sessions=env.positive_int("SERVE_MAX_SESSIONS", MAX_THREADS) or 10000,
+            bidirectional_streaming=env.boolean("SERVE_BIDIRECTIONAL_STREAMING", True),
+            stream_send_timeout=env.positive_float("SERVE_STREAM_SEND_TIMEOUT") or 30.0,
         ).validated()
 
     def public_ports(self) -> dict[str, int]:

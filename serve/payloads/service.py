@@ -15,6 +15,9 @@ Routes:
   Triton's route in X-Serve-Inference (infer, generate, generate_stream);
 - `POST /models/NAME/invoke` (multi-model endpoints): names nginx does not
   route itself (percent-encoded in the path).
+
+An invocation with X-Amzn-SageMaker-Session-Id goes through the stateful
+sessions of serve/sessions/ (single-model endpoints).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
 from serve.payloads.flow import WriteFlow
 from serve.payloads.triton_http import TritonHttp
+from serve.sessions.invocations import SessionInvocations
+from serve.sessions.registry import SESSION_HEADER, SessionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ class PayloadService:
         spool: Spool,
         registry: ModelRegistry | None = None,
         timeout: float = 3600.0,
+        sessions: SessionRegistry | None = None,
     ):
         """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
 
@@ -65,6 +71,8 @@ class PayloadService:
         self._spool = spool
         self._registry = registry
         self._timeout = timeout
+        # Stateful sessions (serve/sessions/): None on multi-model endpoints.
+        self._session_registry = sessions
         # uvloop's loop runs the callbacks in C: the service's share of the time to a
         # first streamed chunk fell by a quarter to a half against asyncio's own loop
         # (two same-process A/B runs), and by 0.1 ms through serve on an H200 host.
@@ -90,9 +98,13 @@ class PayloadService:
         asyncio.set_event_loop(self._loop)
         try:
             adapter = PayloadAdapter(TritonHttp(self._triton_port, self._timeout), self._registry)
+            sessions = None
+            if self._session_registry is not None:
+                sessions = SessionInvocations(adapter, self._session_registry)
+                self._loop.call_soon(sessions.start_expiry)
             self._server = self._loop.run_until_complete(
                 self._loop.create_unix_server(
-                    lambda: _NginxConnection(adapter, self._registry, self._spool),
+                    lambda: _NginxConnection(adapter, self._registry, self._spool, sessions),
                     path=str(self.socket_path),
                 )
             )
@@ -122,8 +134,15 @@ class _NginxConnection(WriteFlow):
     requests, on other connections, are not touched.
     """
 
-    def __init__(self, adapter: PayloadAdapter, registry: ModelRegistry | None, spool: Spool):
+    def __init__(
+        self,
+        adapter: PayloadAdapter,
+        registry: ModelRegistry | None,
+        spool: Spool,
+        sessions: SessionInvocations | None = None,
+    ):
         self._adapter = adapter
+        self._sessions = sessions
         self._registry = registry
         self._spool = spool
         self._transport: asyncio.Transport | None = None
@@ -198,6 +217,11 @@ class _NginxConnection(WriteFlow):
     async def _answer(self, request: _Request) -> Reply:
         try:
             invocation = self._invocation(request)
+            # --- sessions: X-Amzn-SageMaker-Session-Id on /invocations (serve/sessions/)
+            session = request.headers.get(SESSION_HEADER.lower())
+            if session is not None and self._sessions is not None:
+                return await self._sessions.invoke(session, invocation)
+            # --- end sessions
             return await self._adapter.invoke(invocation)
         except ServeError as exc:
             return Reply(exc.status, "application/json", _error(exc.message))
