@@ -23,6 +23,7 @@ from serve.errors import ConfigError, front_errors, invocation_timed_out
 from serve.multi_model import longest_answer
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
+from serve.sessions.bidirectional import ROUTE as BIDIRECTIONAL_ROUTE
 from serve.settings import Settings
 
 _TEMPLATES = jinja2.Environment(
@@ -68,6 +69,8 @@ class FrontConfig:
     worker_processes: int = 1
     # The models target_model=NAME can pick (single-model endpoints).
     models: tuple[FrontModel, ...] = ()
+    # The WebSocket route of bidirectional streams (serve/sessions/bidirectional.py).
+    bidirectional: bool = False
 
     def invocation_path(self) -> str | None:
         """Triton's route for /invocations; the inference types are named after its routes."""
@@ -129,6 +132,8 @@ class FrontConfig:
             inference_header=INFERENCE_HEADER,
             binary_length_header=HEADER_LENGTH,
             **self._payload_routes(),
+            bidirectional_socket=self.bidirectional_socket() if self.bidirectional else None,
+            bidirectional_route=BIDIRECTIONAL_ROUTE,
         )
 
     def _invocation_timeouts(self) -> dict[str, object]:
@@ -144,6 +149,10 @@ class FrontConfig:
         if self.settings.multi_model:
             return "GET /ping and /models, POST /models/NAME/invoke"
         return "GET /ping, GET /execution-parameters and POST /invocations"
+
+    def bidirectional_socket(self) -> Path:
+        """Where the bidirectional stream server listens for nginx."""
+        return self.workdir / "bidirectional.sock"
 
     def payload_socket(self) -> Path:
         """Where the payload service (serve/payloads/service.py) listens for nginx."""

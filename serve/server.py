@@ -37,6 +37,7 @@ from serve.repository import (
     prepare_single_model_repository,
     server_preparation,
 )
+from serve.sessions.bidirectional import BidirectionalServer
 from serve.sessions.registry import SessionRegistry
 from serve.settings import Settings
 from serve.state import Phase, ServerState
@@ -132,6 +133,19 @@ class Server:
         taken.add(settings.serve_metrics_port or settings.port)
         triton_port = free_loopback_port(settings.safe_port_range, taken)
         triton_metrics = self._triton_metrics(taken | {triton_port}, ws.repository)
+        # --- bidirectional streams (serve/sessions/bidirectional.py): Triton's gRPC on loopback
+        bidirectional_port = None
+        if settings.bidirectional_streaming and repository is not None:
+            bidirectional_port = (
+                settings.grpc_port
+                if settings.allow_grpc
+                else free_loopback_port(
+                    settings.safe_port_range,
+                    taken | {triton_port} | ({triton_metrics.port} if triton_metrics else set()),
+                    "Triton's internal gRPC endpoint (bidirectional streams)",
+                )
+            )
+        # --- end bidirectional streams
         front = FrontConfig(
             settings=settings,
             workdir=ws.front,
@@ -139,6 +153,7 @@ class Server:
             control_socket=ws.control_socket,
             default_model=repository.default_model if repository else None,
             models=_front_models(repository),
+            bidirectional=bidirectional_port is not None,
         )
         triton_client = TritonClient(triton_port)
         command = TritonCommand(
@@ -152,6 +167,7 @@ class Server:
             gpu_count=gpus,
             loopback_metrics_port=triton_metrics.port if triton_metrics else None,
             limits_input_size=install.accepts(MAX_INPUT_FLAG),
+            loopback_grpc_port=None if settings.allow_grpc else bidirectional_port,
         )
         registry = None
         if repository is None:
@@ -209,6 +225,12 @@ class Server:
             SessionRegistry(settings.session_ttl, settings.max_sessions) if repository else None,
         )
         payloads.start()
+        bidirectional = None
+        if bidirectional_port is not None:
+            bidirectional = BidirectionalServer(
+                front.bidirectional_socket(), bidirectional_port, settings.stream_send_timeout
+            )
+            bidirectional.start()
         nginx = ManagedProcess("nginx", nginx_argv(front.write()))
         triton = ManagedProcess(
             "tritonserver",
@@ -219,6 +241,8 @@ class Server:
             return self._supervise(triton, nginx, triton_client, front.ping_path())
         finally:
             self._stop(triton, nginx, payloads)
+            if bidirectional is not None:
+                bidirectional.stop()
             control.stop()
             if self._metrics is not None:
                 self._metrics.stop()

@@ -101,7 +101,7 @@ class PayloadService:
             sessions = None
             if self._session_registry is not None:
                 sessions = SessionInvocations(adapter, self._session_registry)
-                self._loop.call_soon(sessions.start_expiry)
+                self._loop.run_until_complete(sessions.start_expiry())
             self._server = self._loop.run_until_complete(
                 self._loop.create_unix_server(
                     lambda: _NginxConnection(adapter, self._registry, self._spool, sessions),
@@ -119,6 +119,8 @@ class PayloadService:
             self._loop.run_forever()
         finally:
             self._server.close()
+            if sessions is not None:
+                self._loop.run_until_complete(sessions.stop_expiry())
             adapter.triton.close()
             with contextlib.suppress(Exception):
                 self._loop.run_until_complete(self._server.wait_closed())

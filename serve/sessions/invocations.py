@@ -194,9 +194,14 @@ class SessionInvocations:
 
     # -- expiry -------------------------------------------------------------
 
-    def start_expiry(self) -> None:
+    async def start_expiry(self) -> None:
         """Close expired sessions in the background, on the running loop."""
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop_expiry(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
 
     async def _sweep(self) -> None:
         interval = min(max(self.registry.ttl / 10, 0.2), 30.0)

@@ -30,9 +30,10 @@ sequence_batching {
 }
 """
 
-# Answers each chunk with `copies` responses of 64 KiB: more than a client that stops
-# reading can leave unread before the stream's send timeout ends it.
+# Answers each chunk with `copies` responses of 64 KiB, 200 a second: more than a client
+# that stops reading can leave unread before the stream's send timeout ends it.
 FLOOD_PY = """
+import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -43,11 +44,12 @@ class TritonPythonModel:
             text = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)[0]
             copies = int(text or b"0")
             block = np.array([[b"x" * 65536]], dtype=object)
-            for _ in range(copies):
+            for sent in range(copies):
                 if request.is_cancelled():
-                    print("flood: cancelled", flush=True)
+                    print(f"flood: cancelled after {sent}", flush=True)
                     break
                 sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("text_out", block)]))
+                time.sleep(0.005)
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 """
