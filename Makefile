@@ -28,7 +28,7 @@ EXAMPLES_RELEASE := 24.10
 LOCK_PYTHONS := 3.10 3.12
 IMAGE_LOGS := .work/images
 
-.PHONY: setup serve serve-mme serve-streaming test test-images image standin lock lint bench
+.PHONY: setup serve serve-mme serve-streaming serve-sessions test test-images image standin lock lint bench
 
 setup: $(SETUP_STAMP)
 
@@ -61,6 +61,15 @@ serve-mme: setup
 serve-streaming: setup
 	mkdir -p .opt_ml/streaming && ln -sfn ../../streaming_repository .opt_ml/streaming/model
 	OPT_ML=$(CURDIR)/.opt_ml/streaming SAGEMAKER_BIND_TO_PORT=$(PORT) .venv/bin/serve
+
+# The sessions examples (sessions_repository/): chat_memory, a stateful model for
+# stateful sessions on /invocations, and speech_stream, a decoupled one for the
+# bidirectional streams at ws://localhost:$(PORT)/invocations-bidirectional-stream.
+serve-sessions: setup
+	mkdir -p .opt_ml/sessions && ln -sfn ../../sessions_repository .opt_ml/sessions/model
+	OPT_ML=$(CURDIR)/.opt_ml/sessions SAGEMAKER_BIND_TO_PORT=$(PORT) \
+	SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=$${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME:-chat_memory} \
+	.venv/bin/serve
 
 # Everything: lint, the local suite and the container suite, the latter
 # against an image built on each release's stand-in base.

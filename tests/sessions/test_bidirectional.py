@@ -16,12 +16,15 @@ import os
 import re
 import socket
 import struct
+from pathlib import Path
 
 import pytest
+import requests
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import ServeProcess
+from tests.sessions.conftest import start_sessions_server
 
 ROUTE = "/invocations-bidirectional-stream"
 
@@ -253,3 +256,25 @@ def test_a_client_that_stops_reading_is_closed(sessions_server: ServeProcess) ->
     finally:
         client.close()
     sessions_server.wait_until(lambda: streams_balanced(sessions_server), 10, "streams to end")
+
+
+def test_streaming_can_be_turned_off(tmp_path: Path) -> None:
+    server = start_sessions_server(tmp_path, SERVE_BIDIRECTIONAL_STREAMING="false")
+    try:
+        server.wait_ready()
+        (pid,) = server.child_pids("tritonserver")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        # Triton's gRPC stays off, as in NVIDIA's image, and the route is not there.
+        assert b"--allow-grpc=false" in argv
+        response = requests.get(f"{server.url}{ROUTE}", timeout=5)
+        assert response.status_code == 404
+        # Sessions on /invocations do not need it.
+        opened = requests.post(
+            f"{server.url}/invocations",
+            json={"requestType": "NEW_SESSION"},
+            headers={"X-Amzn-SageMaker-Session-Id": "NEW_SESSION"},
+            timeout=10,
+        )
+        assert opened.status_code == 200
+    finally:
+        server.stop()

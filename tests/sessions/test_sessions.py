@@ -219,3 +219,49 @@ def test_sessions_expire_and_release_their_state(tmp_path) -> None:
         server.wait_until(lambda: "expired; its sequence ended" in server.output, 10, "expiry log")
     finally:
         server.stop()
+
+
+def test_boto3_invoke_endpoint_sessions(sessions_server: ServeProcess) -> None:
+    """boto3's own InvokeEndpoint with SessionId, its requests sent to this container.
+
+    No SageMaker endpoint can be reached here: the runtime's URL
+    (/endpoints/NAME/invocations) is rewritten to the container's /invocations,
+    which is what SageMaker forwards, headers and body as botocore wrote them.
+    """
+    import boto3
+
+    client = boto3.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        endpoint_url=sessions_server.url,
+    )
+
+    def to_container(request: object, **_kwargs: object) -> None:
+        request.url = f"{sessions_server.url}/invocations"  # type: ignore[attr-defined]
+
+    client.meta.events.register("before-send.sagemaker-runtime.InvokeEndpoint", to_container)
+    opened = client.invoke_endpoint(
+        EndpointName="chat",
+        Body=json.dumps({"requestType": "NEW_SESSION"}),
+        ContentType="application/json",
+        SessionId="NEW_SESSION",
+    )
+    session = EXPIRES.match(opened["NewSessionId"]).group(1)  # type: ignore[union-attr]
+    for text in ("one", "two"):
+        answer = client.invoke_endpoint(
+            EndpointName="chat",
+            Body=json.dumps({"inputs": text}),
+            ContentType="application/json",
+            SessionId=session,
+        )
+    reply = json.loads(answer["Body"].read())["predictions"][0]["reply"]
+    assert json.loads(reply)["remembered"] == ["one", "two"]
+    closed = client.invoke_endpoint(
+        EndpointName="chat",
+        Body=json.dumps({"requestType": "CLOSE"}),
+        ContentType="application/json",
+        SessionId=session,
+    )
+    assert closed["ClosedSessionId"] == session

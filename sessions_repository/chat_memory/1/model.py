@@ -2,9 +2,10 @@
 
 The reply to each message names the turn and what the session said before, so a
 caller can see the state is its own; `open_sessions` counts the sessions it holds
-state for, so a caller can see closed and expired ones let go. Triton's sequence batcher sets START on a
-session's first request, END on its last (the close, whose `text` is empty) and
-CORRID to the session's correlation id; the history is dropped at END.
+state for, so a caller can see closed and expired ones let go. Triton's sequence
+batcher sets START on a session's first request, END on its last (the close,
+whose `text` is empty) and CORRID to the session's correlation id; the history
+is dropped at END.
 """
 
 import json
@@ -23,9 +24,8 @@ class TritonPythonModel:
         for request in requests:
             start = _flag(request, "START")
             end = _flag(request, "END")
-            corrid = int(pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy().reshape(-1)[0])
-            text = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)[0]
-            message = text.decode("utf-8", "replace")
+            corrid = int(_value(request, "CORRID"))
+            message = _value(request, "text").decode("utf-8", "replace")
             if start:
                 self.histories[corrid] = []
             history = self.histories.get(corrid)
@@ -42,8 +42,8 @@ class TritonPythonModel:
                 pb_utils.InferenceResponse(
                     [
                         pb_utils.Tensor("reply", np.array([[reply.encode()]], dtype=object)),
-                        pb_utils.Tensor("turn", np.array([[len(history)]], dtype=np.int32)),
-                        pb_utils.Tensor("open_sessions", np.array([[len(self.histories)]], dtype=np.int32)),
+                        pb_utils.Tensor("turn", _int32(len(history))),
+                        pb_utils.Tensor("open_sessions", _int32(len(self.histories))),
                     ]
                 )
             )
@@ -53,5 +53,13 @@ class TritonPythonModel:
         self.histories.clear()
 
 
+def _value(request, name):
+    return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
+
+
 def _flag(request, name):
-    return bool(pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0])
+    return bool(_value(request, name))
+
+
+def _int32(value):
+    return np.array([[value]], dtype=np.int32)
