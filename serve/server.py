@@ -240,9 +240,11 @@ class Server:
         try:
             return self._supervise(triton, nginx, triton_client, front.ping_path())
         finally:
-            self._stop(triton, nginx, payloads)
+            # Open streams hold nginx's graceful stop: they end first (1001, going away),
+            # their sequences ended while Triton still runs.
             if bidirectional is not None:
                 bidirectional.stop()
+            self._stop(triton, nginx, payloads)
             control.stop()
             if self._metrics is not None:
                 self._metrics.stop()

@@ -310,7 +310,8 @@ class _Stream:
             async for message in self.connection:
                 data = message.encode() if isinstance(message, str) else message
                 if not data:
-                    await self._requests.put(self.end_request())
+                    if self.sequence_id:  # a model without sequences has nothing to end
+                        await self._requests.put(self.end_request())
                     await self._requests.put(None)
                     return Ending.FINISHED
                 spec = self.signature.record_inputs[0]

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -276,5 +277,31 @@ def test_streaming_can_be_turned_off(tmp_path: Path) -> None:
             timeout=10,
         )
         assert opened.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_sigterm_ends_open_streams_and_serve_exits_promptly(tmp_path: Path) -> None:
+    server = start_sessions_server(tmp_path)
+    try:
+        server.wait_ready()
+
+        async def stream_through_sigterm() -> int | None:
+            async with connect(url(server, "speech_stream")) as ws:
+                await ws.send(pcm(1, 2, 3))
+                assert json.loads(await ws.recv())["chunk"] == 1
+                server.terminate()  # SageMaker's stop: SIGTERM to serve
+                await remaining(ws)
+                return ws.close_code
+
+        # The stream ends with 1001 (going away) instead of holding nginx's graceful stop.
+        assert run(stream_through_sigterm()) == 1001
+        # Within SageMaker's 30 s between SIGTERM and SIGKILL.
+        stopping = time.monotonic()
+        assert server.wait_exit(30) == 0
+        assert time.monotonic() - stopping < 25, server.output[-3000:]
+        assert "ending its sequence failed" not in server.output
+        # No task of the stream server or of the sessions' expiry was left behind.
+        assert "Task was destroyed but it is pending" not in server.output
     finally:
         server.stop()
