@@ -87,7 +87,14 @@ class SessionInvocations:
             self.registry.get(session_id)  # it may have expired while this request waited
             if request_type == CLOSE:
                 self.registry.remove(session)
-                reply = await self._end(session, invocation.accept)
+                try:
+                    reply = await self._end(session, invocation.accept)
+                except ServeError as exc:
+                    # Closed all the same: the caller must not use the id again.
+                    log.warning("session %s closed; its END failed: %s", session.id, exc.message)
+                    body = json.dumps({"error": f"the session is closed; {exc.message}"})
+                    reply = Reply(exc.status, "application/json", body.encode())
+                log.info("session %s closed", session.id)
                 return _with_header(reply, CLOSED_SESSION_HEADER, session.id)
             return await self._run(session, invocation)
 

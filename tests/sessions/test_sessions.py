@@ -13,6 +13,7 @@ import re
 import struct
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import requests
 
@@ -201,14 +202,17 @@ def test_requests_without_a_session_are_untouched(sessions_server: ServeProcess)
     assert "correlation ID" in response.json()["error"]
 
 
-def test_sessions_expire_and_release_their_state(tmp_path) -> None:
-    server = start_sessions_server(tmp_path, SERVE_SESSION_TTL_SECONDS="2")
+def test_sessions_expire_and_release_their_state(tmp_path: Path) -> None:
+    server = start_sessions_server(tmp_path, SERVE_SESSION_TTL_SECONDS="2", SERVE_MAX_SESSIONS="2")
     try:
         server.wait_ready()
         baseline = open_session(server)
         held = say(server, baseline, "a")["open_sessions"]
         session = open_session(server)
         assert say(server, session, "kept")["open_sessions"] == held + 1
+        too_many = invoke(server, {"requestType": "NEW_SESSION"}, "NEW_SESSION")
+        assert too_many.status_code == 429
+        assert "SERVE_MAX_SESSIONS" in too_many.json()["error"]
         time.sleep(3.5)
         expired = invoke(server, {"inputs": "late"}, session)
         assert expired.status_code == 400
