@@ -41,7 +41,7 @@ from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
 from serve.payloads.flow import WriteFlow
 from serve.payloads.triton_http import TritonHttp
-from serve.sessions.invocations import SessionInvocations
+from serve.sessions.invocations import SESSIONS_SINGLE_MODEL, SessionInvocations
 from serve.sessions.registry import SESSION_HEADER, SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,9 @@ class _NginxConnection(WriteFlow):
             invocation = self._invocation(request)
             # --- sessions: X-Amzn-SageMaker-Session-Id on /invocations (serve/sessions/)
             session = request.headers.get(SESSION_HEADER.lower())
-            if session is not None and self._sessions is not None:
+            if session is not None:
+                if self._sessions is None:
+                    raise ServeError(SESSIONS_SINGLE_MODEL, 400)
                 return await self._sessions.invoke(session, invocation)
             # --- end sessions
             return await self._adapter.invoke(invocation)

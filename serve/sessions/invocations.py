@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 REQUEST_TYPE = "requestType"
 OPEN, CLOSE = "NEW_SESSION", "CLOSE"
+SESSIONS_SINGLE_MODEL = (
+    "stateful sessions (X-Amzn-SageMaker-Session-Id) are served on single-model endpoints; "
+    "on a multi-model endpoint leave SessionId out"
+)
 # Triton refuses a sequence's request without START when it has forgotten the sequence.
 FORGOTTEN = "must specify the START flag"
 

@@ -12,17 +12,20 @@ import json
 import re
 import struct
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
 
-from tests.conftest import ServeProcess
+from tests.conftest import ServeProcess, add_request
 from tests.sessions.conftest import start_sessions_server
+from tests.test_multi_model import load, upload_add
 
 SESSION = "X-Amzn-SageMaker-Session-Id"
 NEW = "X-Amzn-SageMaker-New-Session-Id"
 CLOSED = "X-Amzn-SageMaker-Closed-Session-Id"
+StartServe = Callable[..., ServeProcess]
 EXPIRES = re.compile(r"^([0-9a-f-]{36}); Expires=(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$")
 
 
@@ -269,3 +272,22 @@ def test_boto3_invoke_endpoint_sessions(sessions_server: ServeProcess) -> None:
         SessionId=session,
     )
     assert closed["ClosedSessionId"] == session
+
+
+def test_multi_model_endpoints_refuse_sessions(opt_ml: Path, start_serve: StartServe) -> None:
+    mme = start_serve(opt_ml, SAGEMAKER_MULTI_MODEL="true").wait_ready()
+    assert load(mme, "adder", upload_add(opt_ml, "adder")).status_code == 200
+    for session in ("NEW_SESSION", "6c1b9ad2-0000-4000-8000-000000000000"):
+        refused = requests.post(
+            f"{mme.url}/models/adder/invoke",
+            json=add_request([1, 2, 3, 4], [1, 1, 1, 1]),
+            headers={SESSION: session},
+            timeout=30,
+        )
+        assert refused.status_code == 400
+        assert "single-model endpoints" in refused.json()["error"]
+    # Without the header the model answers as usual.
+    plain = requests.post(
+        f"{mme.url}/models/adder/invoke", json=add_request([1, 2, 3, 4], [1, 1, 1, 1]), timeout=30
+    )
+    assert plain.status_code == 200
