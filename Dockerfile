@@ -13,8 +13,11 @@ ARG TRITON_VERSION
 # image for models that need only numpy, and for the project's own tests.
 ARG MODEL_LIBRARIES=true
 
+# bidirectional-streaming: the WebSocket route /invocations-bidirectional-stream
+# (InvokeEndpointWithBidirectionalStream, serve/sessions/bidirectional.py).
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
       com.amazonaws.sagemaker.capabilities.multi-models=true \
+      com.amazonaws.sagemaker.capabilities.bidirectional-streaming=true \
       org.opencontainers.image.base.name="${BASE_IMAGE}:${TRITON_VERSION}-py3"
 
 # nginx is the public front; tini runs as PID 1 (after NVIDIA's entrypoint

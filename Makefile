@@ -28,7 +28,7 @@ EXAMPLES_RELEASE := 24.10
 LOCK_PYTHONS := 3.10 3.12
 IMAGE_LOGS := .work/images
 
-.PHONY: setup serve serve-mme serve-streaming rehearse test test-images image standin lock lint bench
+.PHONY: setup serve serve-mme serve-streaming serve-sessions rehearse test test-images image standin lock lint bench
 
 setup: $(SETUP_STAMP)
 
@@ -72,6 +72,15 @@ serve-streaming: setup
 # delete) against the local AWS stand-in, invocations reaching a real serve.
 rehearse: setup
 	bash build/rehearse.sh
+
+# The sessions examples (sessions_repository/): chat_memory, a stateful model for
+# stateful sessions on /invocations, and speech_stream, a decoupled one for the
+# bidirectional streams at ws://localhost:$(PORT)/invocations-bidirectional-stream.
+serve-sessions: setup
+	mkdir -p .opt_ml/sessions && ln -sfn ../../sessions_repository .opt_ml/sessions/model
+	$(SERVE_LOG) OPT_ML=$(CURDIR)/.opt_ml/sessions SAGEMAKER_BIND_TO_PORT=$(PORT) \
+	SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=$${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME:-chat_memory} \
+	.venv/bin/serve
 
 # Everything: lint, the local suite and the container suite, the latter
 # against an image built on each release's stand-in base.

@@ -43,6 +43,10 @@ class ModelNotFound(NotFound):
     """A request names a model this endpoint does not have loaded."""
 
 
+class SessionNotOpen(BadRequest):
+    """A request names a session this container does not hold."""
+
+
 class MethodNotAllowed(ServeError):
     status = 405
 
@@ -59,8 +63,20 @@ class ModelAlreadyLoaded(ServeError):
     status = 409
 
 
+class Gone(ServeError):
+    """What a request relied on is no longer there (a session whose state Triton forgot)."""
+
+    status = 410
+
+
 class UnsupportedMediaType(ServeError):
     status = 415
+
+
+class TooManySessions(ServeError):
+    """SERVE_MAX_SESSIONS sessions are open already."""
+
+    status = 429
 
 
 class ConfigError(ServeError):
@@ -116,6 +132,10 @@ def out_of_space(path: Path, doing: str) -> InsufficientStorage:
     )
 
 
+SESSIONS_SINGLE_MODEL = (
+    "stateful sessions (X-Amzn-SageMaker-Session-Id) are served on single-model endpoints; "
+    "on a multi-model endpoint leave SessionId out"
+)
 # Refusals nginx writes itself and the payload service repeats for what reaches it.
 POST_ONLY = "this route accepts POST only"
 GET_ONLY = "this route accepts GET only"

@@ -601,6 +601,35 @@ class Settings:
         "evicted (least recently used first) until the cache's disk has this much free",
         default_doc=f"{2 * 1024 * MEBIBYTE} (2 GiB)",
     )
+    session_ttl: float = setting(
+        "SERVE_SESSION_TTL_SECONDS",
+        1200.0,
+        _seconds,
+        "how long a stateful session (SageMaker's `SessionId`) lasts from its opening, the "
+        "time its `Expires` announces; then its sequence is ended in Triton and the model "
+        "lets go of its state (1200 s is the default of AWS's own session manager)",
+    )
+    max_sessions: int = setting(
+        "SERVE_MAX_SESSIONS",
+        10000,
+        _positive(MAX_THREADS),
+        "open sessions at most; more get 429 until some close or expire",
+    )
+    bidirectional_streaming: bool = setting(
+        "SERVE_BIDIRECTIONAL_STREAMING",
+        True,
+        _boolean,
+        "the WebSocket route `/invocations-bidirectional-stream` "
+        "(InvokeEndpointWithBidirectionalStream) on single-model endpoints; it talks to "
+        "Triton's gRPC streaming API on loopback, which it turns on. `false` turns both off",
+    )
+    stream_send_timeout: float = setting(
+        "SERVE_STREAM_SEND_TIMEOUT",
+        30.0,
+        _seconds,
+        "seconds a bidirectional stream waits for its client to take the next output "
+        "(backpressure) before it ends the stream (close code 1008)",
+    )
 
     @property
     def model_dir(self) -> Path:

@@ -16,6 +16,7 @@ LAYERS = (
     "artifacts",
     "multi_model",
     "payloads",
+    "sessions",
     "control",
     "front",
     "runtime",

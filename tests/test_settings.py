@@ -37,7 +37,10 @@ def test_defaults_match_nvidias_serve_script(opt_ml: Path, start_serve: StartSer
         "--model-control-mode=explicit",
         "--model-namespacing=true",
         "--allow-sagemaker=false",
-        "--allow-grpc=false",
+        # Unlike NVIDIA's script: Triton's gRPC is on, on loopback only, for the bidirectional
+        # streams (tests/sessions/ check SERVE_BIDIRECTIONAL_STREAMING=false turns it off).
+        "--allow-grpc=true",
+        "--grpc-address=127.0.0.1",
         # Unlike NVIDIA's script: Triton's metrics are on, on loopback only, for GET /metrics.
         "--allow-metrics=true",
         "--metrics-address=127.0.0.1",

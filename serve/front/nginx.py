@@ -33,13 +33,17 @@ from serve.multi_model.registry import longest_answer
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
 from serve.sagemaker.contract import (
+    BIDIRECTIONAL_ROUTE,
     BINARY_CONTENT_TYPE,
     BINARY_JSON,
     DIRECT_MODEL_NAME,
+    SESSION_HEADER,
     TARGET_MODEL_NAME,
     full_match,
+    nginx_variable,
     pcre,
 )
+from serve.sagemaker.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
 from serve.settings import Settings
 
 _TEMPLATES = jinja2.Environment(
@@ -85,6 +89,8 @@ class FrontConfig:
     worker_processes: int = 1
     # The models target_model=NAME can pick (single-model endpoints).
     models: tuple[FrontModel, ...] = ()
+    # The WebSocket route of bidirectional streams (serve/sessions/bidirectional.py).
+    bidirectional: bool = False
 
     def invocation_path(self) -> str | None:
         """Triton's route for /invocations; the inference types are named after its routes."""
@@ -147,6 +153,8 @@ class FrontConfig:
             inference_header=INFERENCE_HEADER,
             binary_length_header=HEADER_LENGTH,
             **self._payload_routes(),
+            bidirectional_socket=self.bidirectional_socket() if self.bidirectional else None,
+            bidirectional_route=BIDIRECTIONAL_ROUTE,
         )
 
     def _invocation_timeouts(self) -> dict[str, object]:
@@ -167,6 +175,10 @@ class FrontConfig:
         if metrics is not None:
             routes.insert(-1, f"GET {metrics}")
         return ", ".join(routes[:-1]) + " and " + routes[-1]
+
+    def bidirectional_socket(self) -> Path:
+        """Where the bidirectional stream server listens for nginx."""
+        return self.workdir / "bidirectional.sock"
 
     def payload_socket(self) -> Path:
         """Where the payload service (serve/payloads/service.py) listens for nginx."""
@@ -221,6 +233,8 @@ def shared_rules() -> dict[str, str]:
         "binary_content_type": pcre(BINARY_CONTENT_TYPE),
         "direct_model_name": pcre(DIRECT_MODEL_NAME),
         "target_model_name": pcre(TARGET_MODEL_NAME),
+        "session_header": nginx_variable(SESSION_HEADER),
+        "custom_attributes_header": nginx_variable(CUSTOM_ATTRIBUTES_HEADER),
         "post_only": json.dumps({"error": POST_ONLY}),
         "get_only": json.dumps({"error": GET_ONLY}),
         "empty_body": json.dumps({"error": EMPTY_BODY}),

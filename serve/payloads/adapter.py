@@ -19,7 +19,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -93,6 +93,9 @@ class Invocation:
     accept: str
     # In memory, or spooled to disk past SERVE_BODY_BUFFER_BYTES (serve/payloads/body.py).
     body: Body
+    # Request parameters for Triton the caller did not write: a session's sequence
+    # flags (serve/sessions/invocations.py), added to an adapted body's own.
+    parameters: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
 Headers = tuple[tuple[str, str], ...]
@@ -145,6 +148,7 @@ class PayloadAdapter:
         signature = await self.signature(name, key)
         body = invocation.body.read()
         records, parameters, origin = _decode(family, media, body, document, signature)
+        parameters = {**parameters, **invocation.parameters}
         if signature.decoupled or invocation.inference != "infer":
             return await self._generate(invocation, name, signature, records, parameters)
         answer = _feasible(answer_candidates(invocation.accept, DEFAULT_ANSWERS[family]), signature)

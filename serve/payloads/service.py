@@ -15,6 +15,9 @@ Routes:
   Triton's route in X-Serve-Inference (infer, generate, generate_stream);
 - `POST /models/NAME/invoke` (multi-model endpoints): names nginx does not
   route itself (percent-encoded in the path).
+
+An invocation with X-Amzn-SageMaker-Session-Id goes through the stateful
+sessions of serve/sessions/ (single-model endpoints).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote
 
 import uvloop
@@ -35,6 +40,7 @@ import uvloop
 from serve.errors import (
     EMPTY_BODY,
     POST_ONLY,
+    SESSIONS_SINGLE_MODEL,
     BadRequest,
     MethodNotAllowed,
     NotFound,
@@ -46,6 +52,7 @@ from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
 from serve.payloads.flow import WriteFlow
 from serve.payloads.triton_http import TritonHttp
+from serve.sagemaker.contract import SESSION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,20 @@ MODEL_HEADER = "x-serve-model"
 INFERENCE_HEADER = "x-serve-inference"
 INVOCATIONS = "/_serve/invocations"
 HEAD_LIMIT = 1 << 20
+
+
+class SessionHandler(Protocol):
+    """Stateful sessions on /invocations (serve/sessions/invocations.py), in the service's loop."""
+
+    async def invoke(self, session_id: str, invocation: Invocation) -> Reply: ...
+
+    async def start_expiry(self) -> None: ...
+
+    async def stop_expiry(self) -> None: ...
+
+
+# Makes the service's session handler around its adapter, in the service's own thread.
+SessionHandlers = Callable[[PayloadAdapter], SessionHandler]
 
 
 class PayloadService:
@@ -63,6 +84,7 @@ class PayloadService:
         spool: Spool,
         registry: ModelRegistry | None = None,
         timeout: float = 3600.0,
+        sessions: SessionHandlers | None = None,
     ):
         """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
 
@@ -73,6 +95,8 @@ class PayloadService:
         self._spool = spool
         self._registry = registry
         self._timeout = timeout
+        # Stateful sessions (serve/sessions/invocations.py): None on multi-model endpoints.
+        self._session_handlers = sessions
         # uvloop's loop runs the callbacks in C: the service's share of the time to a
         # first streamed chunk fell by a quarter to a half against asyncio's own loop
         # (two same-process A/B runs), and by 0.1 ms through serve on an H200 host.
@@ -97,9 +121,13 @@ class PayloadService:
         asyncio.set_event_loop(self._loop)
         try:
             adapter = PayloadAdapter(TritonHttp(self._triton_port, self._timeout), self._registry)
+            sessions = None
+            if self._session_handlers is not None:
+                sessions = self._session_handlers(adapter)
+                self._loop.run_until_complete(sessions.start_expiry())
             server = self._loop.run_until_complete(
                 self._loop.create_unix_server(
-                    lambda: _NginxConnection(adapter, self._registry, self._spool),
+                    lambda: _NginxConnection(adapter, self._registry, self._spool, sessions),
                     path=str(self.socket_path),
                 )
             )
@@ -114,6 +142,8 @@ class PayloadService:
             self._loop.run_forever()
         finally:
             server.close()
+            if sessions is not None:
+                self._loop.run_until_complete(sessions.stop_expiry())
             adapter.triton.close()
             with contextlib.suppress(Exception):
                 self._loop.run_until_complete(server.wait_closed())
@@ -129,8 +159,15 @@ class _NginxConnection(WriteFlow):
     requests, on other connections, are not touched.
     """
 
-    def __init__(self, adapter: PayloadAdapter, registry: ModelRegistry | None, spool: Spool):
+    def __init__(
+        self,
+        adapter: PayloadAdapter,
+        registry: ModelRegistry | None,
+        spool: Spool,
+        sessions: SessionHandler | None = None,
+    ):
         self._adapter = adapter
+        self._sessions = sessions
         self._registry = registry
         self._spool = spool
         self._transport: asyncio.Transport | None = None
@@ -205,6 +242,13 @@ class _NginxConnection(WriteFlow):
     async def _answer(self, request: _Request) -> Reply:
         try:
             invocation = self._invocation(request)
+            # --- sessions: X-Amzn-SageMaker-Session-Id on /invocations (serve/sessions/)
+            session = request.headers.get(SESSION_HEADER.lower())
+            if session is not None:
+                if self._sessions is None:
+                    raise BadRequest(SESSIONS_SINGLE_MODEL)
+                return await self._sessions.invoke(session, invocation)
+            # --- end sessions
             return await self._adapter.invoke(invocation)
         except ServeError as exc:
             return Reply(exc.status, "application/json", _error(exc.message))

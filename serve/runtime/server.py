@@ -35,11 +35,14 @@ from serve.front.nginx import FrontConfig, FrontModel, nginx_argv
 from serve.machine import host
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
-from serve.payloads.service import PayloadService
+from serve.payloads.service import PayloadService, SessionHandlers
 from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
 from serve.runtime.processes import ManagedProcess
 from serve.runtime.workspace import Workspace
 from serve.sagemaker.custom_attributes import sets_custom_attributes
+from serve.sessions.bidirectional import BidirectionalServer
+from serve.sessions.invocations import SessionInvocations
+from serve.sessions.registry import SessionRegistry
 from serve.settings import Settings
 from serve.triton.client import TritonClient
 from serve.triton.command import MAX_INPUT_FLAG, TritonCommand, check_additional_args
@@ -134,6 +137,10 @@ class Server:
         triton_port = free_loopback_port(settings.safe_port_range, taken)
         triton_metrics = self._triton_metrics(taken | {triton_port}, ws.repository)
         triton_client = TritonClient(triton_port)
+        bidirectional_port = None
+        if settings.bidirectional_streaming and repository is not None:
+            metrics_ports = {triton_metrics.port} if triton_metrics else set()
+            bidirectional_port = self._triton_grpc_port(taken | {triton_port} | metrics_ports)
         front = FrontConfig(
             settings=settings,
             workdir=ws.front,
@@ -141,6 +148,7 @@ class Server:
             control_socket=ws.control_socket,
             default_model=repository.default_model if repository else None,
             models=_front_models(repository),
+            bidirectional=bidirectional_port is not None,
         )
         command = TritonCommand(
             binary=install.binary,
@@ -153,10 +161,13 @@ class Server:
             gpu_count=gpus,
             loopback_metrics_port=triton_metrics.port if triton_metrics else None,
             limits_input_size=install.accepts(MAX_INPUT_FLAG),
+            loopback_grpc_port=None if settings.allow_grpc else bidirectional_port,
         )
         running = _Running()
         try:
-            nginx = self._start_front(running, front, ws, triton_client, triton_metrics, repository)
+            nginx = self._start_front(
+                running, front, ws, triton_client, triton_metrics, repository, bidirectional_port
+            )
             running.triton = triton = self._start_triton(command, shm)
             return self._supervise(triton, nginx, triton_client, front.ping_path())
         finally:
@@ -170,8 +181,10 @@ class Server:
         triton_client: TritonClient,
         triton_metrics: TritonMetrics | None,
         repository: PreparedRepository | None,
+        bidirectional_port: int | None,
     ) -> ManagedProcess:
-        """The front's metrics, the control app, the payload service, then nginx (returned).
+        """The front's metrics, the control app, the payload service, the bidirectional
+        stream server (talking to Triton's gRPC on `bidirectional_port`), then nginx.
 
         Each is recorded in `running` as it starts, so a failure stops what did.
         """
@@ -228,15 +241,43 @@ class Server:
             Spool(ws.front / "payload_bodies", settings.body_buffer_bytes),
             registry,
             settings.invocation_timeout,
+            # Stateful sessions on /invocations (serve/sessions/), single-model endpoints.
+            self._session_handlers() if repository else None,
         )
         running.payloads.start()
+        if bidirectional_port is not None:
+            running.bidirectional = BidirectionalServer(
+                front.bidirectional_socket(), bidirectional_port, settings.stream_send_timeout
+            )
+            running.bidirectional.start()
         running.nginx = nginx = ManagedProcess("nginx", nginx_argv(front.write()))
         return nginx
+
+    def _session_handlers(self) -> SessionHandlers:
+        """Stateful sessions on /invocations (serve/sessions/), for the payload service."""
+        sessions = SessionRegistry(self.settings.session_ttl, self.settings.max_sessions)
+        return lambda adapter: SessionInvocations(adapter, sessions)
 
     def _start_triton(self, command: TritonCommand, shm: host.ShmPlan) -> ManagedProcess:
         """Triton, with the models' Python first on its PATH and OpenMP threads shared out."""
         env = _triton_environment(self.settings.model_python, self._omp_threads(shm))
         return ManagedProcess("tritonserver", command.argv(), env=env)
+
+    def _triton_grpc_port(self, taken: set[int]) -> int:
+        """Triton's gRPC port for bidirectional streams (serve/sessions/bidirectional.py).
+
+        Triton's HTTP routes cannot carry a sequence to a decoupled model; its gRPC
+        stream can. The public one when SAGEMAKER_TRITON_ALLOW_GRPC opens it, else
+        one on loopback.
+        """
+        settings = self.settings
+        if settings.allow_grpc:
+            return settings.grpc_port
+        return free_loopback_port(
+            settings.safe_port_range,
+            taken,
+            "Triton's internal gRPC endpoint (bidirectional streams)",
+        )
 
     def _triton_metrics(self, taken: set[int], repository: Path) -> TritonMetrics | None:
         """Triton's metrics on a loopback port of their own; None while nothing serves them.
@@ -306,6 +347,10 @@ class Server:
         """nginx drains in-flight requests first, then Triton stops, within the deadline."""
         self.state.set(Phase.STOPPING, "shutting down")
         deadline = time.monotonic() + self.settings.shutdown_timeout
+        # Open streams would hold nginx's graceful stop: they end first (1001, going
+        # away), their sequences ended while Triton still runs.
+        if running.bidirectional is not None:
+            running.bidirectional.stop()
         if running.nginx is not None:
             running.nginx.stop(signal.SIGQUIT, deadline - 2)
         # Triton waits for open HTTP connections before it stops: close the service's.
@@ -326,6 +371,7 @@ class _Running:
 
     control: ControlServer | None = None
     payloads: PayloadService | None = None
+    bidirectional: BidirectionalServer | None = None
     nginx: ManagedProcess | None = None
     triton: ManagedProcess | None = None
 

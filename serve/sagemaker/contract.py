@@ -22,6 +22,22 @@ DIRECT_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}"
 TARGET_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.~-]{0,254}"
 
 
+# The headers of SageMaker's stateful sessions (InvokeEndpoint's SessionId,
+# NewSessionId and ClosedSessionId); nginx routes on the first.
+SESSION_HEADER = "X-Amzn-SageMaker-Session-Id"
+NEW_SESSION_HEADER = "X-Amzn-SageMaker-New-Session-Id"
+CLOSED_SESSION_HEADER = "X-Amzn-SageMaker-Closed-Session-Id"
+
+
+# InvokeEndpointWithBidirectionalStream's WebSocket route on the public port.
+BIDIRECTIONAL_ROUTE = "/invocations-bidirectional-stream"
+
+
+def nginx_variable(header: str) -> str:
+    """nginx's variable for a request header: `$http_` and the name, lower, `-` as `_`."""
+    return "$http_" + header.lower().replace("-", "_")
+
+
 def pcre(pattern: str) -> str:
     """A pattern of this module as nginx (PCRE) spells it."""
     return pattern.replace("(?P<", "(?<")

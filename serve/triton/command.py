@@ -108,6 +108,9 @@ class TritonCommand:
     loopback_metrics_port: int | None = None
     # Whether this release has MAX_INPUT_FLAG (its --help lists it).
     limits_input_size: bool = False
+    # Triton's gRPC endpoint on loopback, for the bidirectional streams
+    # (serve/sessions/bidirectional.py), when SAGEMAKER_TRITON_ALLOW_GRPC keeps it off.
+    loopback_grpc_port: int | None = None
 
     def argv(self) -> list[str]:
         s = self.settings
@@ -122,7 +125,7 @@ class TritonCommand:
             "--allow-http=true",
             f"--http-address={LOOPBACK}",
             f"--http-port={self.http_port}",
-            f"--allow-grpc={_flag(s.allow_grpc)}",
+            f"--allow-grpc={_flag(s.allow_grpc or self.loopback_grpc_port is not None)}",
             f"--allow-metrics={_flag(self.loopback_metrics_port is not None)}",
             f"--log-verbose={s.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={self.shm_default_byte_size}",
@@ -132,6 +135,8 @@ class TritonCommand:
         ]
         if s.allow_grpc:
             args += [f"--grpc-address={ALL_INTERFACES}", f"--grpc-port={s.grpc_port}"]
+        elif self.loopback_grpc_port is not None:
+            args += [f"--grpc-address={LOOPBACK}", f"--grpc-port={self.loopback_grpc_port}"]
         if self.loopback_metrics_port is not None:
             port = self.loopback_metrics_port
             args += [f"--metrics-address={LOOPBACK}", f"--metrics-port={port}"]

@@ -167,6 +167,7 @@ def test_labels_tell_sagemaker_what_the_image_can_do(image: str) -> None:
     labels = inspect(image)["Config"]["Labels"]
     assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
     assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
+    assert labels["com.amazonaws.sagemaker.capabilities.bidirectional-streaming"] == "true"
     assert re.fullmatch(r".+:\d\d\.\d\d-py3", labels["org.opencontainers.image.base.name"])
 
 

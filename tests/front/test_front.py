@@ -256,6 +256,9 @@ def test_only_sagemaker_routes_are_public(
     assert examples_server.ping_status() == 200
 
 
+IPV4_MAPPED = "0000000000000000FFFF0000"
+
+
 def listening_sockets(pids: list[int]) -> set[tuple[str, int]]:
     """(address, port) of every TCP socket the given processes listen on."""
     inodes: set[str] = set()
@@ -270,6 +273,9 @@ def listening_sockets(pids: list[int]) -> set[tuple[str, int]]:
             fields = line.split()
             if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
                 address, port = fields[1].split(":")
+                if width == 32 and address.startswith(IPV4_MAPPED):
+                    # gRPC binds 127.0.0.1 as IPv6's IPv4-mapped loopback, ::ffff:127.0.0.1.
+                    address, width = address[len(IPV4_MAPPED) :], 8
                 found.add((address if width == 32 else _ipv4(address), int(port, 16)))
     return found
 

@@ -1,0 +1,135 @@
+"""Session bookkeeping: ids, the Triton sequence behind each, expiry.
+
+SageMaker routes every request that names a session to the instance that opened
+it, so sessions live in this container's memory only: a restart (or a crash)
+forgets them, Triton's sequences with them, and their ids then get the "not
+open" error, which tells the caller to open a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import itertools
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from serve.errors import SessionNotOpen, TooManySessions
+
+NEW_SESSION = "NEW_SESSION"
+# What a session id may be: ours are UUIDs; anything else is refused before lookup.
+SESSION_ID = re.compile(r"^[A-Za-z0-9-]{1,256}$")
+
+
+class SequenceIds:
+    """Triton correlation ids, unique among the sessions and streams of this container.
+
+    Sessions (the payload service) and bidirectional streams (their own server)
+    run on different threads and may use the same model, so they share one.
+    """
+
+    def __init__(self) -> None:
+        self._count = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            return next(self._count)
+
+
+SEQUENCE_IDS = SequenceIds()
+
+
+@dataclasses.dataclass
+class Session:
+    id: str
+    # Triton's correlation id for the session's requests.
+    sequence_id: int
+    # The model the session talks to (the one invoked when it was opened).
+    model: str
+    # Seconds since the epoch after which the session is closed for the caller.
+    expires: float
+    # Whether Triton has seen the sequence's first request (START); until then no
+    # END is due when the session closes.
+    started: bool = False
+    # One request of a session at a time, in the order they come: the model's state
+    # moves one step per request.
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+    def expires_header(self) -> str:
+        """`<id>; Expires=<ISO 8601>`: the value of NEW_SESSION_HEADER."""
+        moment = datetime.datetime.fromtimestamp(self.expires, datetime.timezone.utc)
+        return f"{self.id}; Expires={moment.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
+class SessionRegistry:
+    """The open sessions of one event loop (the payload service's).
+
+    A session expires `ttl` seconds after it was opened (the time its
+    NEW_SESSION_HEADER announces), whether or not it was used since.
+    """
+
+    def __init__(
+        self,
+        ttl: float,
+        max_sessions: int,
+        ids: SequenceIds = SEQUENCE_IDS,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.ttl = ttl
+        self.max_sessions = max_sessions
+        self._ids = ids
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def open(self, model: str) -> Session:
+        if len(self._sessions) >= self.max_sessions:
+            raise TooManySessions(
+                f"{self.max_sessions} sessions are open on this instance (SERVE_MAX_SESSIONS); "
+                "close sessions you no longer use, or retry later"
+            )
+        session = Session(
+            id=str(uuid.uuid4()),
+            sequence_id=self._ids.next(),
+            model=model,
+            expires=self._clock() + self.ttl,
+        )
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session:
+        """The open session `session_id`; SessionNotOpen when there is none (or it expired)."""
+        session = self._sessions.get(session_id) if SESSION_ID.match(session_id) else None
+        if session is None or session.expires <= self._clock():
+            shown = session_id if SESSION_ID.match(session_id) else "(malformed)"
+            raise SessionNotOpen(
+                f"session {shown} is not open on this instance: it was closed, it expired "
+                f"(sessions last {self.ttl:g} s, SERVE_SESSION_TTL_SECONDS), or the container "
+                f"restarted; open a new one with SessionId {NEW_SESSION}"
+            )
+        return session
+
+    def remove(self, session: Session) -> None:
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+
+    def expired(self) -> list[Session]:
+        """The sessions past their time, taken out of the registry."""
+        now = self._clock()
+        gone = [s for s in self._sessions.values() if s.expires <= now]
+        for session in gone:
+            del self._sessions[session.id]
+        return gone
+
+    def drain(self) -> list[Session]:
+        """Every session, taken out (at shutdown)."""
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        return sessions
