@@ -63,8 +63,10 @@ TABLE_TITLES: dict[Table, str] = {
     "serve": "This image's own",
 }
 # A parser gets the environment, the variable's name and the fields read so far
-# (declaration order), for defaults that depend on another setting; None: unset.
+# (declaration order), for defaults that depend on another setting; None: unset
+# (the field keeps its default), OFF: turned off (the field is None).
 Parser = Callable[["_Reader", str, Mapping[str, Any]], object]
+OFF = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +161,11 @@ def _ping_mode(env: _Reader, name: str, values: Mapping[str, Any]) -> str:
     return chosen or ("live" if values["multi_model"] else "ready")
 
 
-def _serve_metrics_port(env: _Reader, name: str, values: Mapping[str, Any]) -> int | None:
+def _serve_metrics_port(env: _Reader, name: str, values: Mapping[str, Any]) -> object:
     """A port, "off", or unset: next to Triton's metrics when those are on."""
     value = env.text(name)
     if value is not None and value.lower() in _FALSE:
-        return None
+        return OFF
     if value is not None:
         return env.port(name)
     if not values["allow_metrics"]:
@@ -177,13 +179,13 @@ def _serve_metrics_port(env: _Reader, name: str, values: Mapping[str, Any]) -> i
     return port
 
 
-def _metrics_path(env: _Reader, name: str, _: Mapping[str, Any]) -> str | None:
+def _metrics_path(env: _Reader, name: str, _: Mapping[str, Any]) -> object:
     """A path of the public port, "off", or unset (/metrics)."""
     value = env.text(name)
     if value is None:
-        return "/metrics"
-    if value.lower() in _FALSE:
         return None
+    if value.lower() in _FALSE:
+        return OFF
     if not METRICS_PATH.match(value):
         raise ConfigError(
             f"{name}={value!r} must be a path of letters, digits and . _ ~ - /, "
@@ -650,7 +652,11 @@ class Settings:
             variable: Variable | None = field.metadata.get("variable")
             if variable is not None:
                 value = variable.parse(env, variable.name, values)
-                values[field.name] = field.default if value is None else value
+                if value is OFF:
+                    value = None
+                elif value is None:
+                    value = field.default
+                values[field.name] = value
             else:
                 values[field.name] = field.metadata["derive"](env, values)
         return cls(**values).validated()

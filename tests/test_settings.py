@@ -210,6 +210,17 @@ def test_every_variable_serve_names_is_declared_once() -> None:
     assert named - NOT_VARIABLES <= set(declared), sorted(named - NOT_VARIABLES - set(declared))
 
 
+@pytest.mark.parametrize(
+    ("variable", "field"),
+    [("SERVE_METRICS_PATH", "metrics_path"), ("SERVE_METRICS_PORT", "serve_metrics_port")],
+)
+def test_off_turns_off_a_setting_that_is_on_by_default(variable: str, field: str) -> None:
+    on = Settings.from_environ({"SAGEMAKER_TRITON_ALLOW_METRICS": "true"})
+    assert getattr(on, field) is not None
+    environ = {variable: "off", "SAGEMAKER_TRITON_ALLOW_METRICS": "true"}
+    assert getattr(Settings.from_environ(environ), field) is None
+
+
 def test_settings_defaults_are_those_an_empty_environment_reads() -> None:
     """The declared default of every field is what `from_environ` gives with nothing set."""
     read = Settings.from_environ({})

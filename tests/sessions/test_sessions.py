@@ -19,8 +19,8 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ServeProcess, add_request
+from tests.multi_model.test_multi_model import load, upload_add
 from tests.sessions.conftest import start_sessions_server
-from tests.test_multi_model import load, upload_add
 
 SESSION = "X-Amzn-SageMaker-Session-Id"
 NEW = "X-Amzn-SageMaker-New-Session-Id"
