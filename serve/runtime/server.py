@@ -165,10 +165,15 @@ class Server:
         )
         running = _Running()
         try:
-            nginx = self._start_front(
-                running, front, ws, triton_client, triton_metrics, repository, bidirectional_port
-            )
+            nginx = self._start_front(running, front, ws, triton_client, triton_metrics, repository)
             running.triton = triton = self._start_triton(command, shm)
+            if bidirectional_port is not None:
+                # After every fork: a process that forks while gRPC's threads run can
+                # abort in the child (seen: Triton killed by SIGABRT before its exec).
+                running.bidirectional = BidirectionalServer(
+                    front.bidirectional_socket(), bidirectional_port, settings.stream_send_timeout
+                )
+                running.bidirectional.start()
             return self._supervise(triton, nginx, triton_client, front.ping_path())
         finally:
             self._stop(running)
@@ -181,10 +186,8 @@ class Server:
         triton_client: TritonClient,
         triton_metrics: TritonMetrics | None,
         repository: PreparedRepository | None,
-        bidirectional_port: int | None,
     ) -> ManagedProcess:
-        """The front's metrics, the control app, the payload service, the bidirectional
-        stream server (talking to Triton's gRPC on `bidirectional_port`), then nginx.
+        """The front's metrics, the control app, the payload service, then nginx (returned).
 
         Each is recorded in `running` as it starts, so a failure stops what did.
         """
@@ -245,11 +248,6 @@ class Server:
             self._session_handlers() if repository else None,
         )
         running.payloads.start()
-        if bidirectional_port is not None:
-            running.bidirectional = BidirectionalServer(
-                front.bidirectional_socket(), bidirectional_port, settings.stream_send_timeout
-            )
-            running.bidirectional.start()
         running.nginx = nginx = ManagedProcess("nginx", nginx_argv(front.write()))
         return nginx
 
