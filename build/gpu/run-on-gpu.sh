@@ -136,4 +136,7 @@ if [ -n "${STREAMING_BENCH:-}" ]; then
 print("transformers", transformers.__version__)' 2>&1 | tail -4
     timeout 200 python build/bench/streaming.py --requests 100 | tee "$OUT/bench-streaming.txt"
 fi
+# Issue 15's speed runs (build/gpu/speed.sh).
+# shellcheck source=build/gpu/speed.sh
+[ -n "${SPEED_BENCH:-}" ] && source "$SRC/build/gpu/speed.sh"
 kill $smi_pid
