@@ -40,9 +40,6 @@ INTERNAL_HEADERS = (MODEL_HEADER, INFERENCE_HEADER, HEADER_LENGTH)
 # The payload service answers an invocation Triton took too long for with its own 504
 # (after SAGEMAKER_MODEL_SERVER_TIMEOUT); nginx waits this much longer for that answer.
 SERVICE_MARGIN_SECONDS = 5
-# JSON bodies of fewer digits of Content-Length (under 100 kB) go to Triton before
-# nginx reads them; larger ones are read first and routed by their first bytes.
-SMALL_BODY_DIGITS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +124,6 @@ class FrontConfig:
             # A model that is not loaded is a 400 from Triton; the payload service
             # turns it into the contract's 404. 501: a decoupled model, which streams.
             explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",
-            small_body_digits=SMALL_BODY_DIGITS,
             internal_headers=INTERNAL_HEADERS,
             model_header=MODEL_HEADER,
             inference_header=INFERENCE_HEADER,

@@ -242,9 +242,9 @@ def report(
         variant_rps, variant_p99 = medians[name]
         cpu_ratio = f", CPU per request {totals[name] / totals[ours]:.3f}" if totals else ""
         print(
-            f"variant / serve: throughput {variant_rps / ours_rps:.3f}, p99 latency "
+            f"{name} / serve: throughput {variant_rps / ours_rps:.3f}, p99 latency "
             f"{variant_p99 / ours_p99:.3f}{cpu_ratio}; "
-            f"variant / Triton's frontend: throughput {variant_rps / ref_rps:.3f}"
+            f"/ Triton's frontend: throughput {variant_rps / ref_rps:.3f}"
         )
 
 

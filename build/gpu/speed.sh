@@ -5,10 +5,12 @@
 #   cores 0-1 and wrk on 2-5, and no GPU (CUDA_VISIBLE_DEVICES empty: the model runs
 #   on the CPU, as on an ml.c5.large's two cores), Triton's verbose log off
 #   and on; first with the serve/ of the commit pack.sh got as BEFORE (if any);
-# - threads: the same, log off, with SAGEMAKER_TRITON_THREAD_COUNT=2 beside it;
+# - pieces: build/bench/front_pieces.py, pinned the same way: what each piece of
+#   serve's nginx config costs;
+# - threads: the same as two-core, log off, with SAGEMAKER_TRITON_THREAD_COUNT=2 beside it;
 # - streams: build/bench/streams.py, 64 and 256 streams, servers on 0-7, clients on 8-15;
 # - encoder: build/bench/gpu_encoder.py at c=64 with ENCODER_SETUPS (space-separated).
-part() { [[ " ${SPEED_PARTS:-two-core threads streams encoder} " == *" $1 "* ]]; }
+part() { [[ " ${SPEED_PARTS:-two-core pieces threads streams encoder} " == *" $1 "* ]]; }
 pinned=(--server-cpus 0,1 --load-cpus 2-5 --rounds "${SPEED_ROUNDS:-3}" --seconds "${SPEED_SECONDS:-6}")
 if part two-core; then
     if [ -f "$G/src-before.tar.xz" ]; then
@@ -17,6 +19,10 @@ if part two-core; then
             --log off "${pinned[@]}" | tee "$OUT/two-core-before.txt"
     fi
     CUDA_VISIBLE_DEVICES= timeout 400 python build/bench/invocations.py --log both "${pinned[@]}" | tee "$OUT/two-core-after.txt"
+fi
+if part pieces; then
+    CUDA_VISIBLE_DEVICES= timeout 300 python build/bench/front_pieces.py "${pinned[@]}" \
+        | tee "$OUT/two-core-pieces.txt"
 fi
 if part threads; then
     CUDA_VISIBLE_DEVICES= timeout 300 python build/bench/invocations.py --log off "${pinned[@]}" \
