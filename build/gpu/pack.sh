@@ -64,7 +64,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$OUT/wheels" \
     numpy==1.26.4 protobuf==6.33.6 flask==3.1.3 werkzeug==3.1.3 jinja2==3.1.6 \
     markupsafe==3.0.2 click==8.2.1 itsdangerous==2.2.0 blinker==1.9.0 waitress==3.0.2 \
-    uvloop==0.23.0 httptools==0.9.0
+    uvloop==0.23.0 httptools==0.9.0 prometheus-client==0.26.0
 
 # 4. `from tritonclient.grpc import model_config_pb2`, nothing else of tritonclient.
 : >"$OUT/pylib/tritonclient/__init__.py"
