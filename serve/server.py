@@ -26,7 +26,7 @@ from serve.batch_transform import ExecutionParameters
 from serve.control_app import create_control_app
 from serve.custom_attributes import sets_custom_attributes
 from serve.errors import ConfigError
-from serve.front import FrontConfig, FrontModel, nginx_argv
+from serve.front import FrontConfig, FrontModel, nginx_argv, worker_count
 from serve.multi_model import ModelRegistry
 from serve.payloads.body import Spool
 from serve.payloads.service import PayloadService
@@ -138,6 +138,7 @@ class Server:
             control_socket=ws.control_socket,
             default_model=repository.default_model if repository else None,
             models=_front_models(repository),
+            worker_processes=worker_count(host.cpu_count()),
         )
         triton_client = TritonClient(triton_port)
         command = TritonCommand(

@@ -12,7 +12,7 @@ and everything's) are printed. The pieces:
 - no access log: the log the front's metrics are read from, off;
 - JSON unread: JSON bodies go to Triton without the look at their first bytes
   (the mirror subrequest), as if no simple-shape JSON ever came;
-- two workers: worker_processes 2.
+- one worker: worker_processes 1 (serve runs two where it has two CPUs or more).
 
 Run: `.venv/bin/python build/bench/front_pieces.py [--server-cpus 0,1 --load-cpus 2-5]`.
 """
@@ -60,7 +60,7 @@ PIECES: dict[str, Edit] = {
     "copy": lambda config: config,
     "no access log": _no_access_log,
     "JSON unread": _replace('"json:10" look_at_body;', '"json:10" triton;'),
-    "two workers": _replace("worker_processes 1;", "worker_processes 2;"),
+    "one worker": _replace("worker_processes 2;", "worker_processes 1;"),
 }
 
 

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 MODEL_HEADER = "x-serve-model"
 INFERENCE_HEADER = "x-serve-inference"
 INVOCATIONS = "/_serve/invocations"
+# As nginx's own listen backlog (serve/templates/nginx.conf.j2).
+LISTEN_BACKLOG = 4096
 
 
 class PayloadService:
@@ -94,6 +96,9 @@ class PayloadService:
                 self._loop.create_unix_server(
                     lambda: _NginxConnection(adapter, self._registry, self._spool),
                     path=str(self.socket_path),
+                    # nginx opens a connection per concurrent request (streams hold theirs):
+                    # asyncio's default backlog of 100 refused some of 256 streams at once.
+                    backlog=LISTEN_BACKLOG,
                 )
             )
             # nginx's unprivileged workers connect to this socket.
