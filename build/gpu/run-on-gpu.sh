@@ -7,7 +7,8 @@
 # build/bench/gpu_encoder.py, the BERT-base-sized encoder, ENCODER_ARGS its options;
 # PAYLOAD_BENCH=1 adds build/bench/payloads.py (PAYLOAD_ARGS its options,
 # PAYLOAD_VERBOSE=1 a second run with Triton's verbose log); STREAMING_BENCH=1 adds
-# build/bench/streaming.py, with the streaming example pack.sh packs).
+# build/bench/streaming.py, with the streaming example pack.sh packs); SPEED_BENCH=1
+# adds build/gpu/speed.sh (two-core, many-streams and encoder runs; see it).
 # Everything is logged under $OUT.
 set -x
 export PYTHONUNBUFFERED=1
