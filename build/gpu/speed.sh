@@ -9,8 +9,10 @@
 #   serve's nginx config costs;
 # - threads: the same as two-core, log off, with SAGEMAKER_TRITON_THREAD_COUNT=2 beside it;
 # - streams: build/bench/streams.py, 64 and 256 streams, servers on 0-7, clients on 8-15;
-# - encoder: build/bench/gpu_encoder.py at c=64 with ENCODER_SETUPS (space-separated).
-part() { [[ " ${SPEED_PARTS:-two-core pieces threads streams encoder} " == *" $1 "* ]]; }
+# - encoder: build/bench/gpu_encoder.py at c=64 with ENCODER_SETUPS (space-separated);
+# - payloads: build/bench/payloads.py (the payload service's path) with the BEFORE
+#   commit's serve/, then this one's, twice in turn, on all cores.
+part() { [[ " ${SPEED_PARTS:-two-core pieces threads streams encoder payloads} " == *" $1 "* ]]; }
 pinned=(--server-cpus 0,1 --load-cpus 2-5 --rounds "${SPEED_ROUNDS:-3}" --seconds "${SPEED_SECONDS:-6}")
 if part two-core; then
     if [ -f "$G/src-before.tar.xz" ]; then
@@ -37,4 +39,13 @@ if part encoder; then
     for setup in ${ENCODER_SETUPS:-instances=4}; do setups+=(--setup "$setup"); done
     timeout 560 python build/bench/gpu_encoder.py --commit "$(cat "$G/COMMIT")" \
         --concurrency 64 --seconds 5 "${setups[@]}" | tee "$OUT/encoder.txt"
+fi
+if part payloads && [ -f "$G/src-before.tar.xz" ]; then
+    mkdir -p /tmp/src-before && xz -dc "$G/src-before.tar.xz" | tar -C /tmp/src-before -xf -
+    for turn in 1 2; do
+        PYTHONPATH=/tmp/src-before:$G/pylib timeout 120 python build/bench/payloads.py --batch 1 \
+            --rounds 2 --seconds 4 | tee -a "$OUT/payloads-before.txt"
+        timeout 120 python build/bench/payloads.py --batch 1 --rounds 2 --seconds 4 \
+            | tee -a "$OUT/payloads-after.txt"
+    done
 fi
