@@ -1,9 +1,9 @@
 """The payload service: the adapters behind nginx, on a unix socket of the front's.
 
 Only nginx talks to this server, over kept-alive upstream connections; its
-requests are read by serve/payloads/http_parser.py. It is an asyncio server in a thread of `serve`,
-on uvloop's event loop, written with protocol callbacks rather than streams
-(fewer wake-ups a request): a request that waits on Triton holds no thread,
+requests are read by serve/payloads/http_parser.py. It is an asyncio server in
+a thread of `serve`, on uvloop's event loop, written with protocol callbacks
+rather than streams (fewer wake-ups a request): a request that waits on Triton holds no thread,
 so as many requests as nginx sends are in Triton at once and its dynamic
 batcher can batch them. (The Flask control app under waitress reached about a quarter of
 the native throughput on the NCF example here; this reaches more than half,
