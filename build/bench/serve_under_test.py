@@ -71,6 +71,10 @@ class RunningServe:
         """CPU time used so far by serve and every process under it (nginx, Triton, stubs)."""
         return process_tree_cpu_seconds(self.pid) if self.pid else 0.0
 
+    def cpu_seconds_by_name(self) -> dict[str, float]:
+        """The same, per process name (nginx, tritonserver, the stubs, serve's Python)."""
+        return process_tree_cpu_seconds_by_name(self.pid) if self.pid else {}
+
 
 @contextlib.contextmanager
 def serve_with_reference(
@@ -165,22 +169,29 @@ def _triton_http_port(log: Path) -> int:
 
 def process_tree_cpu_seconds(root: int) -> float:
     """User + system CPU seconds of `root` and its descendants, from /proc."""
+    return sum(process_tree_cpu_seconds_by_name(root).values())
+
+
+def process_tree_cpu_seconds_by_name(root: int) -> dict[str, float]:
+    """User + system CPU seconds of `root` and its descendants, per process name."""
     parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+    ticks: dict[int, tuple[str, int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = _stat_fields(stat)
+            text = stat.read_text()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
             pid = int(stat.parent.name)
             parents[pid] = int(fields[1])
-            ticks[pid] = _cpu_ticks(fields)
-    total = 0
-    for pid, used in ticks.items():
+            ticks[pid] = (name, _cpu_ticks(fields))
+    totals: dict[str, float] = {}
+    for pid, (name, used) in ticks.items():
         ancestor = pid
         while ancestor not in (root, 0, 1) and ancestor in parents:
             ancestor = parents[ancestor]
         if ancestor == root:
-            total += used
-    return total / os.sysconf("SC_CLK_TCK")
+            totals[name] = totals.get(name, 0.0) + used / os.sysconf("SC_CLK_TCK")
+    return totals
 
 
 def process_cpu_seconds(pid: int) -> float:

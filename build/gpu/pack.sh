@@ -10,7 +10,9 @@
 set -euo pipefail
 SITE=${SITE:-.venv/lib/python3.11/site-packages}
 OUT=.gpu
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo /.gpu/ >>.git/info/exclude; }
+# In a worktree .git is a file: the exclude list is the common one.
+exclude=$(git rev-parse --git-common-dir)/info/exclude
+grep -qx '/.gpu/' "$exclude" 2>/dev/null || { mkdir -p "$(dirname "$exclude")"; echo /.gpu/ >>"$exclude"; }
 rm -rf "$OUT" && mkdir -p "$OUT/wheels" "$OUT/pylib/tritonclient/grpc"
 stage=$(mktemp -d) && trap 'rm -rf "$stage"' EXIT
 
@@ -62,7 +64,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$OUT/wheels" \
     numpy==1.26.4 protobuf==6.33.6 flask==3.1.3 werkzeug==3.1.3 jinja2==3.1.6 \
     markupsafe==3.0.2 click==8.2.1 itsdangerous==2.2.0 blinker==1.9.0 waitress==3.0.2 \
-    uvloop==0.23.0
+    uvloop==0.23.0 httptools==0.9.0 prometheus-client==0.26.0
 
 # 4. `from tritonclient.grpc import model_config_pb2`, nothing else of tritonclient.
 : >"$OUT/pylib/tritonclient/__init__.py"
@@ -71,15 +73,17 @@ cp "$SITE/tritonclient/grpc/model_config_pb2.py" "$OUT/pylib/tritonclient/grpc/"
 
 # 5. The committed code, so the run is of HEAD and not of anyone's unfinished edits.
 # (Not the sentence-embedding example: its weights and environment are made by set-up.)
-git archive --format=tar HEAD serve build/bench build/examples model_repository \
+git archive --format=tar HEAD serve build/bench build/examples build/gpu model_repository \
     streaming_repository ':(exclude)model_repository/sentence_*' | xz >"$OUT/src.tar.xz"
+# BEFORE=<commit>: that commit's serve/ too, for a benchmark of before and after.
+[ -n "${BEFORE:-}" ] && git archive --format=tar "$BEFORE" serve | xz >"$OUT/src-before.tar.xz"
 
 # 6. The streaming example's packages (make_text_generator.py's pins, and what
 #    transformers imports that a bare machine may lack) for Python 3.12, unpacked:
 #    xz packs the sources to 7 MB where the wheels take 16, under the device's
 #    64 MiB. With the random-weight generator set-up made (PAYLOAD_BENCH uses both).
 generator=streaming_repository/text_generator/1/generator
-if [ -d "$generator" ]; then
+if [ -d "$generator" ] && [ -z "${SKIP_STREAMING:-}" ]; then
     read -ra pins < <(python3 -c 'import sys; sys.path.insert(0, "build/examples")
 from make_text_generator import PACKAGES; print(*PACKAGES)')
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

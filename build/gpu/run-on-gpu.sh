@@ -7,7 +7,8 @@
 # build/bench/gpu_encoder.py, the BERT-base-sized encoder, ENCODER_ARGS its options;
 # PAYLOAD_BENCH=1 adds build/bench/payloads.py (PAYLOAD_ARGS its options,
 # PAYLOAD_VERBOSE=1 a second run with Triton's verbose log); STREAMING_BENCH=1 adds
-# build/bench/streaming.py, with the streaming example pack.sh packs).
+# build/bench/streaming.py, with the streaming example pack.sh packs); SPEED_BENCH=1
+# adds build/gpu/speed.sh (two-core, many-streams and encoder runs; see it).
 # Everything is logged under $OUT.
 set -x
 export PYTHONUNBUFFERED=1
@@ -136,4 +137,7 @@ if [ -n "${STREAMING_BENCH:-}" ]; then
 print("transformers", transformers.__version__)' 2>&1 | tail -4
     timeout 200 python build/bench/streaming.py --requests 100 | tee "$OUT/bench-streaming.txt"
 fi
+# Issue 15's speed runs (build/gpu/speed.sh).
+# shellcheck source=build/gpu/speed.sh
+[ -n "${SPEED_BENCH:-}" ] && source "$SRC/build/gpu/speed.sh"
 kill $smi_pid

@@ -1,10 +1,9 @@
 """The payload service: the adapters behind nginx, on a unix socket of the front's.
 
-Only nginx talks to this server, over kept-alive upstream connections, so it
-speaks the HTTP/1.1 nginx sends (a Content-Length body; chunked too, for
-safety) and nothing more. It is an asyncio server in a thread of `serve`,
-on uvloop's event loop, written with protocol callbacks rather than streams
-(fewer wake-ups a request): a request that waits on Triton holds no thread,
+Only nginx talks to this server, over kept-alive upstream connections; its
+requests are read by serve/payloads/http_parser.py. It is an asyncio server in
+a thread of `serve`, on uvloop's event loop, written with protocol callbacks
+rather than streams (fewer wake-ups a request): a request that waits on Triton holds no thread,
 so as many requests as nginx sends are in Triton at once and its dynamic
 batcher can batch them. (The Flask control app under waitress reached about a quarter of
 the native throughput on the NCF example here; this reaches more than half,
@@ -23,6 +22,7 @@ sessions of serve/sessions/ (single-model endpoints).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import http
@@ -51,6 +51,7 @@ from serve.multi_model.registry import ModelRegistry
 from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
 from serve.payloads.flow import WriteFlow
+from serve.payloads.http_parser import Head, HeadTooLarge, MalformedMessage, RequestReader
 from serve.payloads.triton_http import TritonHttp
 from serve.sagemaker.contract import SESSION_HEADER
 
@@ -59,7 +60,8 @@ log = logging.getLogger(__name__)
 MODEL_HEADER = "x-serve-model"
 INFERENCE_HEADER = "x-serve-inference"
 INVOCATIONS = "/_serve/invocations"
-HEAD_LIMIT = 1 << 20
+# As nginx's own listen backlog (serve/front/templates/nginx.conf.j2).
+LISTEN_BACKLOG = 4096
 
 
 class SessionHandler(Protocol):
@@ -129,6 +131,9 @@ class PayloadService:
                 self._loop.create_unix_server(
                     lambda: _NginxConnection(adapter, self._registry, self._spool, sessions),
                     path=str(self.socket_path),
+                    # nginx opens a connection per concurrent request (streams hold theirs):
+                    # asyncio's default backlog of 100 refused some of 256 streams at once.
+                    backlog=LISTEN_BACKLOG,
                 )
             )
             # nginx's unprivileged workers connect to this socket.
@@ -171,9 +176,12 @@ class _NginxConnection(WriteFlow):
         self._registry = registry
         self._spool = spool
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        # A request whose spooled body is still arriving.
+        self._reader = RequestReader(self)
+        # The request whose body is arriving (in `_parts`, or its spool file).
         self._incoming: _Request | None = None
+        self._parts: list[bytes] = []
+        # Requests read whole, waiting for the one in flight to be answered.
+        self._ready: collections.deque[_Request] = collections.deque()
         self._busy = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -186,40 +194,55 @@ class _NginxConnection(WriteFlow):
         self.resume_writing()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self._incoming is not None:
-            self._incoming.body.close()
+        for request in (self._incoming, *self._ready):
+            if request is not None:
+                request.body.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._incoming is not None:
-            # A spooled body: straight to its file. nginx sends nothing after a body
-            # before it has the answer, so whatever is left over waits in the buffer.
-            taken = self._incoming.body.write(data)
-            self._buffer += data[taken:]
-            if self._incoming.body.complete:
-                request, self._incoming = self._incoming, None
-                self._start(request)
-            return
-        self._buffer += data
-        self._next()
-
-    def _next(self) -> None:
-        if self._busy or self._closed:
+        if self._closed:
             return
         try:
-            request = _parse_request(self._buffer, self._spool)
-        except ValueError as exc:
-            self._write(Reply(400, "application/json", _error(f"bad request: {exc}")))
+            self._reader.feed(data)
+        except MalformedMessage as exc:
+            too_large = isinstance(exc, HeadTooLarge)
+            status, message = (431, "request head too large") if too_large else (400, None)
+            if not self._busy:
+                self._write(
+                    Reply(status, "application/json", _error(message or f"bad request: {exc}"))
+                )
             self._close()
             return
-        if request is None:
-            if len(self._buffer) > HEAD_LIMIT and self._buffer.find(b"\r\n\r\n") < 0:
-                self._write(Reply(431, "application/json", _error("request head too large")))
-                self._close()
+        self._next()
+
+    # -- the parser's callbacks (serve/payloads/http_parser.py) ----------------
+
+    def message_head(self, head: Head) -> None:
+        # A body of a Content-Length past the spool's threshold goes to a file as it arrives.
+        spooled = self._spool.body(head.content_length or 0)
+        self._incoming = _Request(head.method, head.target, head.headers, spooled or Body())
+        self._parts = []
+
+    def message_body(self, data: bytes) -> None:
+        assert self._incoming is not None
+        if self._incoming.body.in_memory:
+            self._parts.append(data)
+        else:
+            self._incoming.body.write(data)
+
+    def message_end(self, keep_alive: bool) -> None:
+        request, self._incoming = self._incoming, None
+        assert request is not None
+        if request.body.in_memory:
+            request = dataclasses.replace(request, body=Body(b"".join(self._parts)))
+        self._parts = []
+        self._ready.append(request)
+
+    def _next(self) -> None:
+        # nginx sends a connection's next request only once it has the last answer;
+        # one that came earlier waits its turn.
+        if self._busy or self._closed or not self._ready:
             return
-        if not request.body.complete:
-            self._incoming = request
-            return
-        self._start(request)
+        self._start(self._ready.popleft())
 
     def _start(self, request: _Request) -> None:
         self._busy = True
@@ -343,61 +366,6 @@ class _Request:
     headers: dict[str, str]
     # Complete, or a spooled body still arriving.
     body: Body
-
-
-def _parse_request(buffer: bytearray, spool: Spool) -> _Request | None:
-    """The request at the front of `buffer` (removed from it), or None until it is complete.
-
-    A body of a Content-Length past the spool's threshold goes to a file: what of
-    it has arrived is written there, and the request comes back incomplete.
-    """
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    request_line, *lines = buffer[:end].decode("latin-1").split("\r\n")
-    method, target, _version = request_line.split(" ", 2)
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    start = end + 4
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        parsed = _chunked_body(buffer, start)
-        if parsed is None:
-            return None
-        body, consumed = Body(parsed[0]), parsed[1]
-    else:
-        length = int(headers.get("content-length", "0"))
-        spooled = spool.body(length)
-        if spooled is not None:
-            consumed = start + spooled.write(buffer[start:])
-            del buffer[:consumed]
-            return _Request(method, target, headers, spooled)
-        if len(buffer) < start + length:
-            return None
-        body, consumed = Body(bytes(buffer[start : start + length])), start + length
-    del buffer[:consumed]
-    return _Request(method, target, headers, body)
-
-
-def _chunked_body(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
-    parts: list[bytes] = []
-    position = start
-    while True:
-        line_end = buffer.find(b"\r\n", position)
-        if line_end < 0:
-            return None
-        size = int(bytes(buffer[position:line_end]).split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            trailer_end = buffer.find(b"\r\n\r\n", line_end)
-            if trailer_end < 0:
-                return None
-            return b"".join(parts), trailer_end + 4
-        if len(buffer) < line_end + 2 + size + 2:
-            return None
-        parts.append(bytes(buffer[line_end + 2 : line_end + 2 + size]))
-        position = line_end + 2 + size + 2
 
 
 def _phrase(status: int) -> str:

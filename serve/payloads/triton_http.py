@@ -2,8 +2,8 @@
 
 The payload service calls Triton once per adapted request, so this client is
 as lean as asyncio allows: protocol callbacks instead of streams, a pool of
-open connections, HTTP/1.1 answers with Content-Length or chunked bodies and
-nothing else. Triton on loopback is the only server it talks to.
+open connections, answers read by serve/payloads/http_parser.py. Triton on
+loopback is the only server it talks to.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import AsyncGenerator, Mapping
 from serve.errors import Unavailable
 from serve.payloads.body import Body
 from serve.payloads.flow import WriteFlow
+from serve.payloads.http_parser import Head, MalformedMessage, ResponseReader
 
-_END = b"\r\n\r\n"
 Item = bytes | BaseException | None
 
 
@@ -81,7 +81,7 @@ class _Connection(WriteFlow):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.received_any = False
-        self._buffer = bytearray()
+        self._reader = ResponseReader(self)
         self._head: tuple[int, dict[str, str]] | None = None
         self._body: list[bytes] = []
         self._answer: asyncio.Future[Reply] | None = None
@@ -108,17 +108,15 @@ class _Connection(WriteFlow):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
-        self._buffer += data
         try:
-            self._parse()
-        except (ValueError, IndexError) as exc:
+            self._reader.feed(data)
+        except MalformedMessage as exc:
             self._fail(ConnectionError(f"unreadable answer from Triton: {exc}"))
 
     # -- requests ---------------------------------------------------------
 
     def send(self, request: bytes, streaming: bool) -> None:
         loop = asyncio.get_running_loop()
-        self._buffer.clear()
         self._head = None
         self._body = []
         self.received_any = False
@@ -160,49 +158,18 @@ class _Connection(WriteFlow):
         if self.transport is not None:
             self.transport.close()
 
-    def _parse(self) -> None:
-        if self._head is None:
-            end = self._buffer.find(_END)
-            if end < 0:
-                return
-            status_line, *lines = self._buffer[:end].decode("latin-1").split("\r\n")
-            del self._buffer[: end + 4]
-            headers = {}
-            for line in lines:
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers[name.strip().lower()] = value.strip()
-            self._head = (int(status_line.split(" ", 2)[1]), headers)
-            if self._stream_head is not None:
-                self._stream_head.set_result(self._head)
-        headers = self._head[1]
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._parse_chunks()
-        elif "content-length" in headers:
-            length = int(headers["content-length"])
-            if len(self._buffer) >= length:
-                self._deliver(bytes(self._buffer[:length]))
-                del self._buffer[:length]
-                self._finish(reusable=headers.get("connection", "").lower() != "close")
+    # -- the parser's callbacks (serve/payloads/http_parser.py) ----------------
 
-    def _parse_chunks(self) -> None:
-        while True:
-            line_end = self._buffer.find(b"\r\n")
-            if line_end < 0:
-                return
-            size = int(bytes(self._buffer[:line_end]).split(b";", 1)[0].strip() or b"0", 16)
-            # The last chunk, then trailers (if any) up to an empty line.
-            if size == 0:
-                if self._buffer.find(_END, line_end) < 0:
-                    return
-                self._buffer.clear()
-                self._finish(reusable=True)
-                return
-            if len(self._buffer) < line_end + 2 + size + 2:
-                return
-            start = line_end + 2
-            self._deliver(bytes(self._buffer[start : start + size]))
-            del self._buffer[: start + size + 2]
+    def message_head(self, head: Head) -> None:
+        self._head = (head.status, head.headers)
+        if self._stream_head is not None and not self._stream_head.done():
+            self._stream_head.set_result(self._head)
+
+    def message_body(self, data: bytes) -> None:
+        self._deliver(data)
+
+    def message_end(self, keep_alive: bool) -> None:
+        self._finish(reusable=keep_alive)
 
     def _deliver(self, chunk: bytes) -> None:
         if self._chunks is not None:

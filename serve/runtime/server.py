@@ -31,7 +31,7 @@ from serve.control.app import create_control_app
 from serve.control.execution_parameters import ExecutionParameters
 from serve.control.state import Phase, ServerState
 from serve.errors import ConfigError
-from serve.front.nginx import FrontConfig, FrontModel, nginx_argv
+from serve.front.nginx import FrontConfig, FrontModel, nginx_argv, worker_count
 from serve.machine import host
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
@@ -149,6 +149,7 @@ class Server:
             default_model=repository.default_model if repository else None,
             models=_front_models(repository),
             bidirectional=bidirectional_port is not None,
+            worker_processes=worker_count(host.cpu_share().count),
         )
         command = TritonCommand(
             binary=install.binary,
