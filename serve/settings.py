@@ -348,8 +348,8 @@ class Settings:
         "SAGEMAKER_TRITON_LOG_VERBOSE",
         "true",
         _log_verbose,
-        "`--log-verbose`, as given. On, as in NVIDIA's image; it costs about a third of "
-        "the throughput on two cores (below): set `false` where the request rate matters "
+        "`--log-verbose`, as given. On, as in NVIDIA's image; on two cores it costs 10 % to "
+        "a third of the throughput (below): set `false` where the request rate matters "
         "(`make serve` does, unless `VERBOSE=1`)",
         table="sagemaker",
     )
