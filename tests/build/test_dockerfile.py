@@ -91,6 +91,7 @@ def test_sagemaker_labels() -> None:
     assert labels == {
         "com.amazonaws.sagemaker.capabilities.accept-bind-to-port": "true",
         "com.amazonaws.sagemaker.capabilities.multi-models": "true",
+        "com.amazonaws.sagemaker.capabilities.bidirectional-streaming": "true",
         "org.opencontainers.image.base.name": '"${BASE_IMAGE}:${TRITON_VERSION}-py3"',
     }
 
