@@ -28,8 +28,6 @@ import dataclasses
 import http
 import json
 import logging
-import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +50,7 @@ from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
 from serve.payloads.flow import WriteFlow
 from serve.payloads.http_parser import Head, HeadTooLarge, MalformedMessage, RequestReader
+from serve.payloads.loop_thread import LoopThread
 from serve.payloads.triton_http import TritonHttp
 from serve.sagemaker.contract import SESSION_HEADER
 
@@ -78,7 +77,7 @@ class SessionHandler(Protocol):
 SessionHandlers = Callable[[PayloadAdapter], SessionHandler]
 
 
-class PayloadService:
+class PayloadService(LoopThread):
     def __init__(
         self,
         socket_path: Path,
@@ -92,67 +91,46 @@ class PayloadService:
 
         `spool`: where bodies past SERVE_BODY_BUFFER_BYTES are written (serve/payloads/body.py).
         """
-        self.socket_path = socket_path
+        # uvloop's loop runs the callbacks in C: the service's share of the time to a
+        # first streamed chunk fell by a quarter to a half against asyncio's own loop
+        # (two same-process A/B runs), and by 0.1 ms through serve on an H200 host.
+        super().__init__(socket_path, "payloads", uvloop.new_event_loop())
         self._triton_port = triton_port
         self._spool = spool
         self._registry = registry
         self._timeout = timeout
         # Stateful sessions (serve/sessions/invocations.py): None on multi-model endpoints.
         self._session_handlers = sessions
-        # uvloop's loop runs the callbacks in C: the service's share of the time to a
-        # first streamed chunk fell by a quarter to a half against asyncio's own loop
-        # (two same-process A/B runs), and by 0.1 ms through serve on an H200 host.
-        self._loop = uvloop.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="payloads", daemon=True)
-        self._failure: BaseException | None = None
+        self._adapter: PayloadAdapter | None = None
+        self._sessions: SessionHandler | None = None
+        self._server: asyncio.AbstractServer | None = None
 
-    def start(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        self._started.wait()
-        if self._failure is not None:
-            raise self._failure
+    async def _open(self) -> None:
+        adapter = self._adapter = PayloadAdapter(
+            TritonHttp(self._triton_port, self._timeout), self._registry
+        )
+        sessions = None
+        if self._session_handlers is not None:
+            sessions = self._sessions = self._session_handlers(adapter)
+            await sessions.start_expiry()
+        self._server = await self._loop.create_unix_server(
+            lambda: _NginxConnection(adapter, self._registry, self._spool, sessions),
+            path=str(self.socket_path),
+            # nginx opens a connection per concurrent request (streams hold theirs):
+            # asyncio's default backlog of 100 refused some of 256 streams at once.
+            backlog=LISTEN_BACKLOG,
+        )
 
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            adapter = PayloadAdapter(TritonHttp(self._triton_port, self._timeout), self._registry)
-            sessions = None
-            if self._session_handlers is not None:
-                sessions = self._session_handlers(adapter)
-                self._loop.run_until_complete(sessions.start_expiry())
-            server = self._loop.run_until_complete(
-                self._loop.create_unix_server(
-                    lambda: _NginxConnection(adapter, self._registry, self._spool, sessions),
-                    path=str(self.socket_path),
-                    # nginx opens a connection per concurrent request (streams hold theirs):
-                    # asyncio's default backlog of 100 refused some of 256 streams at once.
-                    backlog=LISTEN_BACKLOG,
-                )
-            )
-            # nginx's unprivileged workers connect to this socket.
-            os.chmod(self.socket_path, 0o666)
-        except BaseException as exc:
-            self._failure = exc
-            self._started.set()
-            return
-        self._started.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            server.close()
-            if sessions is not None:
-                self._loop.run_until_complete(sessions.stop_expiry())
-            adapter.triton.close()
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._sessions is not None:
+            await self._sessions.stop_expiry()
+        if self._adapter is not None:
+            self._adapter.triton.close()
+        if self._server is not None:
             with contextlib.suppress(Exception):
-                self._loop.run_until_complete(server.wait_closed())
-            self._loop.close()
+                await self._server.wait_closed()
 
 
 class _NginxConnection(WriteFlow):

@@ -39,7 +39,6 @@ import contextlib
 import enum
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from tritonclient.utils import InferenceServerException
 from websockets.asyncio.server import Server, ServerConnection, unix_serve
 from websockets.exceptions import ConnectionClosed
 
+from serve.payloads.loop_thread import LoopThread
 from serve.payloads.service import MODEL_HEADER
 from serve.payloads.signature import ModelSignature, TensorSpec
 from serve.sagemaker.contract import BIDIRECTIONAL_ROUTE as ROUTE
@@ -91,7 +91,7 @@ class StreamError(Exception):
         self.message = message
 
 
-class BidirectionalServer:
+class BidirectionalServer(LoopThread):
     """The WebSocket server, in a thread of `serve` with an event loop of its own."""
 
     def __init__(
@@ -101,14 +101,10 @@ class BidirectionalServer:
         send_timeout: float,
         ids: SequenceIds = SEQUENCE_IDS,
     ):
-        self.socket_path = socket_path
+        super().__init__(socket_path, "bidirectional", asyncio.new_event_loop())
         self._grpc_url = f"127.0.0.1:{grpc_port}"
         self._send_timeout = send_timeout
         self._ids = ids
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="bidirectional", daemon=True)
-        self._started = threading.Event()
-        self._failure: BaseException | None = None
         self._server: Server | None = None
         self._client: InferenceServerClient | None = None
         # Model name -> its signature and whether it has a sequence batcher.
@@ -117,36 +113,7 @@ class BidirectionalServer:
         self._releases: set[asyncio.Task[None]] = set()
         self.open_streams = 0
 
-    def start(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        self._started.wait()
-        if self._failure is not None:
-            raise self._failure
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
-            with contextlib.suppress(Exception):
-                future.result(timeout=10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._listen())
-        except BaseException as exc:
-            self._failure = exc
-            self._started.set()
-            return
-        self._started.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.close()
-
-    async def _listen(self) -> None:
+    async def _open(self) -> None:
         self._client = InferenceServerClient(self._grpc_url)
         self._server = await unix_serve(
             self._stream,
@@ -157,10 +124,8 @@ class BidirectionalServer:
             ping_timeout=20,
             close_timeout=2,
         )
-        # nginx's unprivileged workers connect to this socket.
-        self.socket_path.chmod(0o666)
 
-    async def _shutdown(self) -> None:
+    async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
