@@ -32,6 +32,7 @@ import time
 from array import array
 from pathlib import Path
 
+from invocations import cpu_list
 from serve_under_test import serve_with_reference
 
 MODEL = "token_streamer"
@@ -202,14 +203,6 @@ def measure(
     ordered = sorted(gaps)
     p99 = ordered[int(0.99 * (len(ordered) - 1))] if ordered else float("nan")
     return tokens / elapsed, p99 * 1e3, statistics.median(firsts) * 1e3
-
-
-def cpu_list(text: str) -> set[int]:
-    cpus: set[int] = set()
-    for part in filter(None, text.split(",")):
-        first, _, last = part.partition("-")
-        cpus.update(range(int(first), int(last or first) + 1))
-    return cpus
 
 
 def main() -> None:
