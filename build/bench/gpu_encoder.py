@@ -22,7 +22,8 @@ copy of the repository with those fields changed; the table records which.
 `kind=cpu` moves the instances to the CPU and `omp=N` sets OMP_NUM_THREADS
 for serve (otherwise serve shares the CPUs out among instances), to measure
 that default; `http_threads=N` sets SAGEMAKER_TRITON_THREAD_COUNT (Triton's
-HTTP threads, which parse and write v2 JSON; Triton's default is 8).
+HTTP threads, which parse v2 JSON; Triton's default is 8); `senders=N` sets
+the model's RESPONSE_THREADS (answers sent from N threads, see model.py).
 
 Run on a GPU host: `python build/bench/gpu_encoder.py` (see build/gpu/run-on-gpu.sh).
 """
@@ -54,6 +55,7 @@ REPOSITORY = HERE / "bert_repository"
 MODEL = "bert_base"
 SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
+SENDERS_PARAMETER = "RESPONSE_THREADS"
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
 TIMED_BATCHES = (1, 8, 16, 32, 64)
@@ -86,14 +88,16 @@ class Setup:
     omp: int | None = None
     # SAGEMAKER_TRITON_THREAD_COUNT (None: Triton's default).
     http_threads: int | None = None
+    # The model's RESPONSE_THREADS (None keeps the committed value).
+    senders: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
-        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N`, any subset."""
+        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N,senders=N`, any subset."""
         fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
-            if key in ("instances", "delay_us", "omp", "http_threads") and value.isdigit():
+            if key in ("instances", "delay_us", "omp", "http_threads", "senders") and value.isdigit():
                 fields[key] = int(value)
             elif key == "graphs" and value in ("on", "off"):
                 fields[key] = value == "on"
@@ -102,7 +106,7 @@ class Setup:
             elif item != "committed":
                 raise argparse.ArgumentTypeError(
                     f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu, "
-                    "omp=N or http_threads=N"
+                    "omp=N, http_threads=N or senders=N"
                 )
         return cls(**fields)
 
@@ -114,6 +118,9 @@ class Setup:
         threads = f", OMP {self.omp}" if self.omp is not None else ""
         if self.http_threads is not None:
             threads += f", {self.http_threads} HTTP threads"
+        senders = config.parameters.get(SENDERS_PARAMETER)
+        if senders is not None and int(senders.string_value or 0):
+            threads += f", {senders.string_value} sender threads"
         return (
             f"{config.instance_group[0].count} inst, {kind}, "
             f"{config.dynamic_batching.max_queue_delay_microseconds} us{threads}"
@@ -137,6 +144,8 @@ class Setup:
             config.dynamic_batching.max_queue_delay_microseconds = self.delay_us
         if self.graphs is False:
             config.parameters[GRAPHS_PARAMETER].string_value = ""
+        if self.senders is not None:
+            config.parameters[SENDERS_PARAMETER].string_value = str(self.senders)
         return config
 
 
@@ -302,7 +311,7 @@ def main() -> None:
         type=Setup.parse,
         action="append",
         help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N,"
-        "kind=cpu|gpu,omp=N,http_threads=N; default: the committed config",
+        "kind=cpu|gpu,omp=N,http_threads=N,senders=N; default: the committed config",
     )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")
