@@ -56,6 +56,7 @@ MODEL = "bert_base"
 SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
 SENDERS_PARAMETER = "RESPONSE_THREADS"
+NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "senders")
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
 TIMED_BATCHES = (1, 8, 16, 32, 64)
@@ -93,11 +94,12 @@ class Setup:
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
-        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N,senders=N`, any subset."""
+        """Any subset of `instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N,
+        senders=N`."""
         fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
-            if key in ("instances", "delay_us", "omp", "http_threads", "senders") and value.isdigit():
+            if key in NUMBER_FIELDS and value.isdigit():
                 fields[key] = int(value)
             elif key == "graphs" and value in ("on", "off"):
                 fields[key] = value == "on"

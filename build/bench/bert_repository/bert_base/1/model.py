@@ -94,7 +94,7 @@ class TritonPythonModel:
         parts = np.split(result, np.cumsum(sizes)[:-1])
         if self.senders is None:
             return [_response(part) for part in parts]
-        for request, part in zip(requests, parts):
+        for request, part in zip(requests, parts, strict=True):
             self.senders.submit(_send, request.get_response_sender(), part)
         return None
 
