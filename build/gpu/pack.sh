@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Pack what a bare GPU machine (Ubuntu 24.04, Python 3.12, torch, no network)
 # needs to run `serve` on the NCF example: a trimmed Triton from the
-# nvidia-pytriton wheel, nginx and wrk from Debian, cp312 wheels and the one
-# tritonclient module serve imports, plus the committed code (git archive
+# nvidia-pytriton wheel, nginx and wrk from Debian, serve's locked packages for
+# Python 3.12, plus the committed code (git archive
 # HEAD). Everything lands in .gpu/ (ignored, not committed, about 50 MB),
 # which build/gpu/run-on-gpu.sh unpacks there.
 #
@@ -13,7 +13,7 @@ OUT=.gpu
 # In a worktree .git is a file: the exclude list is the common one.
 exclude=$(git rev-parse --git-common-dir)/info/exclude
 grep -qx '/.gpu/' "$exclude" 2>/dev/null || { mkdir -p "$(dirname "$exclude")"; echo /.gpu/ >>"$exclude"; }
-rm -rf "$OUT" && mkdir -p "$OUT/wheels" "$OUT/pylib/tritonclient/grpc"
+rm -rf "$OUT" && mkdir -p "$OUT"
 stage=$(mktemp -d) && trap 'rm -rf "$stage"' EXIT
 
 # 1. Triton: server, backends, the 3.12 stub and the bundled libraries, in the
@@ -57,19 +57,17 @@ for b in nginx wrk; do LD_LIBRARY_PATH=$tools/lib ldd "$tools/$b" | grep -q 'not
 
 tar -C "$stage/triton" -cf - . | xz -T0 -6 >"$OUT/triton.tar.xz"
 
-# 3. Wheels for the GPU machine's Python 3.12 (numpy < 2 for the Python
-#    backend; protobuf >= 6.33.5 for tritonclient's generated model_config_pb2).
+# 3. serve's locked packages (container/requirements/serve-py3.12.txt, what the
+#    image installs) for the GPU machine's Python 3.12, unpacked and packed with
+#    xz (the wheels alone would pass the device's 64 MiB); tritonclient without
+#    the binaries its wheel carries.
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$OUT/wheels" \
-    numpy==1.26.4 protobuf==6.33.6 flask==3.1.3 werkzeug==3.1.3 jinja2==3.1.6 \
-    markupsafe==3.0.2 click==8.2.1 itsdangerous==2.2.0 blinker==1.9.0 waitress==3.0.2 \
-    uvloop==0.23.0 httptools==0.9.0 prometheus-client==0.26.0
-
-# 4. `from tritonclient.grpc import model_config_pb2`, nothing else of tritonclient.
-: >"$OUT/pylib/tritonclient/__init__.py"
-: >"$OUT/pylib/tritonclient/grpc/__init__.py"
-cp "$SITE/tritonclient/grpc/model_config_pb2.py" "$OUT/pylib/tritonclient/grpc/"
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$stage/wheels" \
+    -r container/requirements/serve-py3.12.txt 2>/dev/null
+for wheel in "$stage"/wheels/*.whl; do python3 -m zipfile -e "$wheel" "$stage/site"; done
+rm -rf "$stage/site/tritonclient/bin" "$stage/site/bin"
+tar -C "$stage/site" -cf - . | xz -T0 -9 >"$OUT/site.tar.xz"
 
 # 5. The committed code, so the run is of HEAD and not of anyone's unfinished edits.
 # (Not the sentence-embedding example: its weights and environment are made by set-up.)

@@ -36,7 +36,7 @@ python3 -c 'import sys, google.protobuf as p, numpy
 print(sys.executable, sys.base_prefix, sys.version, "protobuf", p.__version__, "numpy", numpy.__version__)'
 python3 -m venv --without-pip --system-site-packages "$V"
 site=$("$V/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$G"/wheels/*.whl
+xz -dc "$G/site.tar.xz" | tar -C "$site" -xf -
 # Only torch and what it imports: the machine's other packages (jax, scipy, ...)
 # are built for numpy 2 and break imports under the backend's numpy 1.26.
 torch_view=/tmp/torch-site && mkdir -p "$torch_view"
@@ -47,7 +47,7 @@ done
 echo "$torch_view" >"$site/zz-torch.pth"
 printf '#!%s\nimport sys\nfrom serve.runtime.cli import main\nsys.exit(main())\n' "$V/bin/python3" >"$V/bin/serve"
 chmod +x "$V/bin/serve"
-export PATH=$V/bin:$T/bin:$PATH PYTHONPATH=$SRC:$G/pylib
+export PATH=$V/bin:$T/bin:$PATH PYTHONPATH=$SRC
 export TRITONSERVER_BIN=$T/pytriton/tritonserver/bin/tritonserver
 
 # The 3.12 stub needs a shared libpython: the machine's, else Ubuntu's (carried).

@@ -17,7 +17,7 @@ pinned=(--server-cpus 0,1 --load-cpus 2-5 --rounds "${SPEED_ROUNDS:-3}" --second
 if part two-core; then
     if [ -f "$G/src-before.tar.xz" ]; then
         mkdir -p /tmp/src-before && xz -dc "$G/src-before.tar.xz" | tar -C /tmp/src-before -xf -
-        CUDA_VISIBLE_DEVICES= PYTHONPATH=/tmp/src-before:$G/pylib timeout 200 python build/bench/invocations.py \
+        CUDA_VISIBLE_DEVICES= PYTHONPATH=/tmp/src-before timeout 200 python build/bench/invocations.py \
             --log off "${pinned[@]}" | tee "$OUT/two-core-before.txt"
     fi
     CUDA_VISIBLE_DEVICES= timeout 400 python build/bench/invocations.py --log both "${pinned[@]}" | tee "$OUT/two-core-after.txt"
@@ -43,7 +43,7 @@ fi
 if part payloads && [ -f "$G/src-before.tar.xz" ]; then
     mkdir -p /tmp/src-before && xz -dc "$G/src-before.tar.xz" | tar -C /tmp/src-before -xf -
     for turn in 1 2; do
-        PYTHONPATH=/tmp/src-before:$G/pylib timeout 120 python build/bench/payloads.py --batch 1 \
+        PYTHONPATH=/tmp/src-before timeout 120 python build/bench/payloads.py --batch 1 \
             --rounds 2 --seconds 4 | tee -a "$OUT/payloads-before.txt"
         timeout 120 python build/bench/payloads.py --batch 1 --rounds 2 --seconds 4 \
             | tee -a "$OUT/payloads-after.txt"
