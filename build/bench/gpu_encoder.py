@@ -6,7 +6,8 @@ BERT-base-sized encoder with random weights (12 layers, hidden 768, 12 heads,
 intermediate 3072, fp16, sequence 128, plain torch.nn.TransformerEncoder; not
 a trained model). wrk posts one sequence per request to `serve`'s
 /invocations, as v2 JSON and as Triton's binary+json framing (binary input
-and output), at several concurrencies. The same module called in-process on
+and output), at several concurrencies, and the same bodies to Triton's own
+SageMaker frontend on the same Triton (the reference). The same module called in-process on
 the same GPU with batches of 64 (eager, fp16, timed with
 torch.cuda.synchronize) is the ceiling, in sequences per second; each served
 row's ratio is its requests (= sequences) per second over it. The ceiling is
@@ -56,6 +57,7 @@ MODEL = "bert_base"
 SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
 SENDERS_PARAMETER = "RESPONSE_THREADS"
+REFERENCE = "Triton's SageMaker frontend"
 NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "senders")
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
@@ -272,35 +274,39 @@ def serve_setup(
     concurrency: list[int],
     seconds: int,
 ) -> list[tuple[str, str, int, Measurement]]:
-    """Start serve on `repository` and run wrk at each concurrency for both payloads."""
+    """Start serve on `repository`; run wrk at each concurrency for both payloads, through
+    serve and through Triton's own SageMaker frontend on the same Triton (the reference)."""
     bodies = {"v2 JSON": (json_body(), JSON), "binary+json": binary_body()}
     rows = []
     started = time.perf_counter()
     with serve_with_reference(run_dir, MODEL, repository, environment, timeout=300) as serve:
         print(f"{label}: ready after {time.perf_counter() - started:.0f} s")
+        paths = {"serve": serve.url, REFERENCE: serve.reference_url}
         for name, (body, content_type) in bodies.items():
-            print(f"{label}, {name}: {check(serve.url, body, content_type)}")
             body_file = run_dir / f"body-{len(rows)}.bin"
             body_file.write_bytes(body)
-            url = f"{serve.url}/invocations"
-            run_wrk(url, body_file, 16, 2, content_type, 2, timeout_s=WRK_TIMEOUT_S)
-            for connections in concurrency:
-                measured = run_wrk(
-                    url,
-                    body_file,
-                    connections,
-                    seconds,
-                    content_type,
-                    threads=min(4, connections),
-                    timeout_s=WRK_TIMEOUT_S,
-                )
-                rows.append((label, name, connections, measured))
-                print(
-                    f"  c{connections}: {measured.requests_per_second:,.0f} req/s, "
-                    f"p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
-                    f"errors {measured.errors}",
-                    flush=True,
-                )
+            for path, base in paths.items():
+                print(f"{label}, {name}, {path}: {check(base, body, content_type)}")
+                url = f"{base}/invocations"
+                run_wrk(url, body_file, 16, 2, content_type, 2, timeout_s=WRK_TIMEOUT_S)
+                for connections in concurrency:
+                    measured = run_wrk(
+                        url,
+                        body_file,
+                        connections,
+                        seconds,
+                        content_type,
+                        threads=min(4, connections),
+                        timeout_s=WRK_TIMEOUT_S,
+                    )
+                    row_label = label if path == "serve" else f"{label}, {REFERENCE}"
+                    rows.append((row_label, name, connections, measured))
+                    print(
+                        f"  {path} c{connections}: {measured.requests_per_second:,.0f} req/s, "
+                        f"p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
+                        f"errors {measured.errors}",
+                        flush=True,
+                    )
     return rows
 
 
