@@ -117,6 +117,11 @@ def _text(env: _Reader, name: str, _: Mapping[str, Any]) -> str | None:
     return env.text(name)
 
 
+def _set_text(env: _Reader, name: str, _: Mapping[str, Any]) -> str | None:
+    """The text, even empty: for variables where set-but-empty means something."""
+    return env.set_text(name)
+
+
 def _path(env: _Reader, name: str, _: Mapping[str, Any]) -> Path | None:
     return env.path(name)
 
@@ -541,7 +546,8 @@ class Settings:
     visible_devices: str | None = setting(
         "CUDA_VISIBLE_DEVICES",
         None,
-        _text,
+        # Set but empty hides every GPU, as CUDA reads it.
+        _set_text,
         "read, not set: the GPUs Triton sees, so defaults sized by GPUs (instances per GPU, "
         "`--model-load-gpu-limit` per device, the move of `KIND_GPU` models to the CPU when "
         "none) count only those",
@@ -718,6 +724,10 @@ class _Reader:
     def text(self, name: str) -> str | None:
         value = self._environ.get(name, "").strip()
         return value or None
+
+    def set_text(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        return None if value is None else value.strip()
 
     def path(self, name: str) -> Path | None:
         value = self.text(name)

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from serve.errors import ConfigError
+from serve.settings import Settings
 from serve.machine.host import (
     CpuShare,
     cpu_share,
@@ -118,14 +119,15 @@ def test_cuda_visible_devices_narrows_the_gpus_triton_sizes_by(
     for index in range(8):
         (gpus / f"0000:{index:02x}:00.0").mkdir(parents=True)
     environ = {} if setting is None else {"CUDA_VISIBLE_DEVICES": setting}
-    assert gpu_count(environ.get("CUDA_VISIBLE_DEVICES"), gpus) == visible
+    visible_devices = Settings.from_environ(environ).visible_devices
+    assert gpu_count(visible_devices, gpus) == visible
     # A model's KIND_GPU group with no devices named gets its count per visible GPU (with
     # none, serve moves it to the CPU: its count once).
     config = model_config.ModelConfig(backend="python")
     config.instance_group.add(kind=model_config.InstanceKind.KIND_GPU, count=2)
-    assert model_config.instance_count(
-        config, gpu_count(environ.get("CUDA_VISIBLE_DEVICES"), gpus)
-    ) == 2 * max(1, visible)
+    assert model_config.instance_count(config, gpu_count(visible_devices, gpus)) == 2 * max(
+        1, visible
+    )
 
 
 # C = A + B + the instance's OMP_NUM_THREADS (0 when unset).
