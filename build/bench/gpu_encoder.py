@@ -23,8 +23,10 @@ copy of the repository with those fields changed; the table records which.
 `kind=cpu` moves the instances to the CPU and `omp=N` sets OMP_NUM_THREADS
 for serve (otherwise serve shares the CPUs out among instances), to measure
 that default; `http_threads=N` sets SAGEMAKER_TRITON_THREAD_COUNT (Triton's
-HTTP threads, which parse v2 JSON; Triton's default is 8); `senders=N` sets
-the model's RESPONSE_THREADS (answers sent from N threads, see model.py).
+HTTP threads, which parse v2 JSON requests; Triton's default is 8). Triton
+writes a v2 JSON answer inside the backend's send, on the model instance's
+thread: its cost stays on that thread whichever frontend is asked, which the
+reference rows show (docs/benchmarks.md).
 
 Run on a GPU host: `python build/bench/gpu_encoder.py` (see build/gpu/run-on-gpu.sh).
 """
@@ -56,9 +58,8 @@ REPOSITORY = HERE / "bert_repository"
 MODEL = "bert_base"
 SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
-SENDERS_PARAMETER = "RESPONSE_THREADS"
 REFERENCE = "Triton's SageMaker frontend"
-NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "senders")
+NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads")
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
 TIMED_BATCHES = (1, 8, 16, 32, 64)
@@ -91,13 +92,10 @@ class Setup:
     omp: int | None = None
     # SAGEMAKER_TRITON_THREAD_COUNT (None: Triton's default).
     http_threads: int | None = None
-    # The model's RESPONSE_THREADS (None keeps the committed value).
-    senders: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
-        """Any subset of `instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N,
-        senders=N`."""
+        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N`, any subset."""
         fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
@@ -110,7 +108,7 @@ class Setup:
             elif item != "committed":
                 raise argparse.ArgumentTypeError(
                     f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu, "
-                    "omp=N, http_threads=N or senders=N"
+                    "omp=N or http_threads=N"
                 )
         return cls(**fields)
 
@@ -122,9 +120,6 @@ class Setup:
         threads = f", OMP {self.omp}" if self.omp is not None else ""
         if self.http_threads is not None:
             threads += f", {self.http_threads} HTTP threads"
-        senders = config.parameters.get(SENDERS_PARAMETER)
-        if senders is not None and int(senders.string_value or 0):
-            threads += f", {senders.string_value} sender threads"
         return (
             f"{config.instance_group[0].count} inst, {kind}, "
             f"{config.dynamic_batching.max_queue_delay_microseconds} us{threads}"
@@ -148,8 +143,6 @@ class Setup:
             config.dynamic_batching.max_queue_delay_microseconds = self.delay_us
         if self.graphs is False:
             config.parameters[GRAPHS_PARAMETER].string_value = ""
-        if self.senders is not None:
-            config.parameters[SENDERS_PARAMETER].string_value = str(self.senders)
         return config
 
 
@@ -319,7 +312,7 @@ def main() -> None:
         type=Setup.parse,
         action="append",
         help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N,"
-        "kind=cpu|gpu,omp=N,http_threads=N,senders=N; default: the committed config",
+        "kind=cpu|gpu,omp=N,http_threads=N; default: the committed config",
     )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")

@@ -10,15 +10,6 @@ encoder.GraphedEncoder); an empty list runs it eagerly. Token ids go in and
 pooled vectors come out through pinned host buffers: one asynchronous copy
 each way and a single wait per batch. CPU threads are left to OMP_NUM_THREADS,
 which `serve` shares out among instances.
-
-RESPONSE_THREADS (a model parameter, 0 when absent) > 0 sends each request's
-answer through its response sender from that many threads and returns None
-from execute. Triton's HTTP frontend writes a v2 JSON answer (768 floats as
-text, about 100 us of CPU each) inside the call that sends it: returned
-responses are sent one after another on the instance's own thread after the
-batch, so the next batch waits for all of them; from sender threads they are
-written in the Python backend's thread pool while the next batch runs
-(docs/benchmarks.md, v2 JSON on the GPU).
 """
 
 from __future__ import annotations
@@ -27,7 +18,6 @@ import importlib.util
 import json
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
@@ -74,10 +64,6 @@ class TritonPythonModel:
         # Pinned (page-locked) memory lets both copies run asynchronously.
         self.host_ids = torch.empty((max_batch, sequence), dtype=torch.long, pin_memory=on_gpu)
         self.host_pooled = torch.empty((max_batch, encoder.HIDDEN), pin_memory=on_gpu)
-        threads = int(params.get("RESPONSE_THREADS") or 0)
-        self.senders = ThreadPoolExecutor(threads, "respond") if threads > 0 else None
-        if self.senders is not None:
-            pb_utils.Logger.log_info(f"bert_base: answers sent from {threads} threads")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
@@ -91,26 +77,7 @@ class TritonPythonModel:
                 torch.cuda.current_stream(self.device).synchronize()
         # A copy: the next batch overwrites the pinned buffer.
         result = pooled.numpy().copy()
-        parts = np.split(result, np.cumsum(sizes)[:-1])
-        if self.senders is None:
-            return [_response(part) for part in parts]
-        for request, part in zip(requests, parts, strict=True):
-            self.senders.submit(_send, request.get_response_sender(), part)
-        return None
-
-    def finalize(self) -> None:
-        # Answers still queued go out before the instance is unloaded.
-        if self.senders is not None:
-            self.senders.shutdown(wait=True)
-
-
-def _response(pooled: np.ndarray) -> Any:
-    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pooled", pooled)])
-
-
-def _send(sender: Any, pooled: np.ndarray) -> None:
-    """One request's answer, from a sender thread (nothing else would report a failure)."""
-    try:
-        sender.send(_response(pooled), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-    except Exception as exc:  # the client gone, the server stopping: nobody to answer
-        pb_utils.Logger.log_warn(f"bert_base: an answer could not be sent: {exc}")
+        return [
+            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pooled", part)])
+            for part in np.split(result, np.cumsum(sizes)[:-1])
+        ]
