@@ -103,6 +103,22 @@ def test_binary_invocation_matches_json_scores(examples_server: ServeProcess) ->
     assert scores == pytest.approx(expected, rel=1e-6)
 
 
+def test_v2_json_asking_for_binary_outputs_gets_them(examples_server: ServeProcess) -> None:
+    # The README's advice for large outputs: a v2 JSON request with binary_data_output
+    # is answered in Triton's binary framing, its content type SageMaker's.
+    users, items = [5, 6, 7], [1, 2, 3]
+    request = ncf_request(users, items)
+    expected = invoke(examples_server, json.dumps(request), "application/json").json()
+    request["parameters"] = {"binary_data_output": True}
+    response = invoke(examples_server, json.dumps(request), "application/json")
+    assert response.status_code == 200, response.text
+    content_type = response.headers["Content-Type"]
+    assert content_type.startswith(f"{BINARY_TYPE};json-header-size=")
+    header_size = int(content_type.rsplit("=", 1)[1])
+    scores = struct.unpack("<3f", response.content[header_size:])
+    assert scores == pytest.approx(expected["outputs"][0]["data"], rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
