@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from serve.errors import ConfigError
-from serve.settings import Settings
 from serve.machine.host import (
     CpuShare,
     cpu_share,
@@ -20,6 +19,7 @@ from serve.machine.host import (
     plan_python_shm,
     threads_per_instance,
 )
+from serve.settings import Settings
 from serve.triton import model_config
 from serve.triton.install import STUB_NAME, locate_triton, stub_python_version
 from tests.conftest import ServeProcess, add_request, own_tmpfs, write_add_model
