@@ -266,15 +266,19 @@ def serve_setup(
     run_dir: Path,
     concurrency: list[int],
     seconds: int,
+    reference_first: bool = False,
 ) -> list[tuple[str, str, int, Measurement]]:
     """Start serve on `repository`; run wrk at each concurrency for both payloads, through
-    serve and through Triton's own SageMaker frontend on the same Triton (the reference)."""
+    serve and through Triton's own SageMaker frontend on the same Triton (the reference),
+    in that order or, with `reference_first`, the other."""
     bodies = {"v2 JSON": (json_body(), JSON), "binary+json": binary_body()}
     rows = []
     started = time.perf_counter()
     with serve_with_reference(run_dir, MODEL, repository, environment, timeout=300) as serve:
         print(f"{label}: ready after {time.perf_counter() - started:.0f} s")
         paths = {"serve": serve.url, REFERENCE: serve.reference_url}
+        if reference_first:
+            paths = dict(reversed(paths.items()))
         for name, (body, content_type) in bodies.items():
             body_file = run_dir / f"body-{len(rows)}.bin"
             body_file.write_bytes(body)
@@ -340,8 +344,16 @@ def main() -> None:
             run_dir.mkdir()
             repository = repository_for(setup, committed, work)
             try:
+                # Every other setup measures the reference first: the same setup given
+                # twice tells the order's effect from the path's.
                 rows += serve_setup(
-                    label, repository, setup.environment(), run_dir, args.concurrency, args.seconds
+                    label,
+                    repository,
+                    setup.environment(),
+                    run_dir,
+                    args.concurrency,
+                    args.seconds,
+                    reference_first=number % 2 == 1,
                 )
             except SystemExit as exc:
                 # serve_with_reference's way of saying serve never became ready.
