@@ -26,9 +26,7 @@ that default; `http_threads=N` sets SAGEMAKER_TRITON_THREAD_COUNT (Triton's
 HTTP threads, which parse v2 JSON requests; Triton's default is 8). Triton
 writes a v2 JSON answer inside the backend's send, on the model instance's
 thread: its cost stays on that thread whichever frontend is asked, which the
-reference rows show (docs/benchmarks.md). `via=bert_answers` invokes the model
-of that name in front of bert_base instead, which sends the answers from CPU
-instances (its config.pbtxt says why).
+reference rows show (docs/benchmarks.md).
 
 Run on a GPU host: `python build/bench/gpu_encoder.py` (see build/gpu/run-on-gpu.sh).
 """
@@ -94,13 +92,11 @@ class Setup:
     omp: int | None = None
     # SAGEMAKER_TRITON_THREAD_COUNT (None: Triton's default).
     http_threads: int | None = None
-    # The model invoked, when not bert_base itself (a model in front of it).
-    via: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
         """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N`, any subset."""
-        fields: dict[str, int | bool | str] = {}
+        fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
             if key in NUMBER_FIELDS and value.isdigit():
@@ -109,12 +105,10 @@ class Setup:
                 fields[key] = value == "on"
             elif key == "kind" and value in ("cpu", "gpu"):
                 fields["cpu"] = value == "cpu"
-            elif key == "via" and (REPOSITORY / value / model_config.CONFIG_FILE).is_file():
-                fields["via"] = value
             elif item != "committed":
                 raise argparse.ArgumentTypeError(
                     f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu, "
-                    "omp=N, http_threads=N or via=MODEL (one beside bert_base)"
+                    "omp=N or http_threads=N"
                 )
         return cls(**fields)
 
@@ -126,8 +120,6 @@ class Setup:
         threads = f", OMP {self.omp}" if self.omp is not None else ""
         if self.http_threads is not None:
             threads += f", {self.http_threads} HTTP threads"
-        if self.via is not None:
-            threads += f", via {self.via}"
         return (
             f"{config.instance_group[0].count} inst, {kind}, "
             f"{config.dynamic_batching.max_queue_delay_microseconds} us{threads}"
@@ -269,7 +261,6 @@ def check(url: str, body: bytes, content_type: str) -> str:
 
 def serve_setup(
     label: str,
-    model: str,
     repository: Path,
     environment: dict[str, str],
     run_dir: Path,
@@ -277,13 +268,13 @@ def serve_setup(
     seconds: int,
     reference_first: bool = False,
 ) -> list[tuple[str, str, int, Measurement]]:
-    """Start serve on `repository` for `model`; run wrk at each concurrency for both
-    payloads, through serve and through Triton's own SageMaker frontend on the same Triton
-    (the reference), in that order or, with `reference_first`, the other."""
+    """Start serve on `repository`; run wrk at each concurrency for both payloads, through
+    serve and through Triton's own SageMaker frontend on the same Triton (the reference),
+    in that order or, with `reference_first`, the other."""
     bodies = {"v2 JSON": (json_body(), JSON), "binary+json": binary_body()}
     rows = []
     started = time.perf_counter()
-    with serve_with_reference(run_dir, model, repository, environment, timeout=300) as serve:
+    with serve_with_reference(run_dir, MODEL, repository, environment, timeout=300) as serve:
         print(f"{label}: ready after {time.perf_counter() - started:.0f} s")
         paths = {"serve": serve.url, REFERENCE: serve.reference_url}
         if reference_first:
@@ -325,7 +316,7 @@ def main() -> None:
         type=Setup.parse,
         action="append",
         help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N,"
-        "kind=cpu|gpu,omp=N,http_threads=N,via=MODEL; default: the committed config",
+        "kind=cpu|gpu,omp=N,http_threads=N; default: the committed config",
     )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")
@@ -357,7 +348,6 @@ def main() -> None:
                 # twice tells the order's effect from the path's.
                 rows += serve_setup(
                     label,
-                    setup.via or MODEL,
                     repository,
                     setup.environment(),
                     run_dir,
