@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# nginx and wrk for serve and its benchmarks; podman, runc and mmdebstrap
-# build and run the image and the stand-in of NVIDIA's base (build/standin/).
-DEBIAN_PACKAGES=(nginx-light wrk libb64-0d podman runc mmdebstrap)
+# nginx and wrk for serve and its benchmarks (strace for build/bench/nginx_syscalls.py);
+# podman, runc and mmdebstrap build and run the image and the stand-in of NVIDIA's
+# base (build/standin/).
+DEBIAN_PACKAGES=(nginx-light wrk strace libb64-0d podman runc mmdebstrap)
 PYTHON=${PYTHON:-python3}
 
 missing=()
