@@ -2,8 +2,8 @@
 # Pack what a bare GPU machine (Ubuntu 24.04, Python 3.12, torch, no network)
 # needs to run `serve` on the NCF example: a trimmed Triton from the
 # nvidia-pytriton wheel, nginx and wrk from Debian, serve's locked packages for
-# Python 3.12, plus the committed code (git archive
-# HEAD). Everything lands in .gpu/ (ignored, not committed, about 50 MB),
+# Python 3.12, plus the committed code (git archive HEAD). Everything lands in
+# .gpu/ (ignored, not committed, about 55 MB),
 # which build/gpu/run-on-gpu.sh unpacks there.
 #
 # Run from the repository root after `make setup` (it reads .venv/).
@@ -69,14 +69,14 @@ for wheel in "$stage"/wheels/*.whl; do python3 -m zipfile -e "$wheel" "$stage/si
 rm -rf "$stage/site/tritonclient/bin" "$stage/site/bin"
 tar -C "$stage/site" -cf - . | xz -T0 -9 >"$OUT/site.tar.xz"
 
-# 5. The committed code, so the run is of HEAD and not of anyone's unfinished edits.
+# 4. The committed code, so the run is of HEAD and not of anyone's unfinished edits.
 # (Not the sentence-embedding example: its weights and environment are made by set-up.)
 git archive --format=tar HEAD serve build/bench build/examples build/gpu model_repository \
     streaming_repository ':(exclude)model_repository/sentence_*' | xz >"$OUT/src.tar.xz"
 # BEFORE=<commit>: that commit's serve/ too, for a benchmark of before and after.
 [ -n "${BEFORE:-}" ] && git archive --format=tar "$BEFORE" serve | xz >"$OUT/src-before.tar.xz"
 
-# 6. The streaming example's packages (make_text_generator.py's pins, and what
+# 5. The streaming example's packages (make_text_generator.py's pins, and what
 #    transformers imports that a bare machine may lack) for Python 3.12, unpacked:
 #    xz packs the sources to 7 MB where the wheels take 16, under the device's
 #    64 MiB. With the random-weight generator set-up made (PAYLOAD_BENCH uses both).
