@@ -721,13 +721,14 @@ class _Reader:
     def __init__(self, environ: Mapping[str, str]):
         self._environ = environ
 
-    def text(self, name: str) -> str | None:
-        value = self._environ.get(name, "").strip()
-        return value or None
-
     def set_text(self, name: str) -> str | None:
+        """The stripped value, "" when set but empty, None when unset."""
         value = self._environ.get(name)
         return None if value is None else value.strip()
+
+    def text(self, name: str) -> str | None:
+        """The stripped value; set but empty reads as unset."""
+        return self.set_text(name) or None
 
     def path(self, name: str) -> Path | None:
         value = self.text(name)
