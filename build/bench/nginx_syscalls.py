@@ -2,7 +2,7 @@
 
 Issue 15 asked where a small host's cycles go. CPU per request (invocations.py)
 says how much each process costs; this says what nginx does for it: `strace -c`
-attached to every nginx worker while wrk sends native v2 JSON to the NCF
+attached to every nginx process while wrk sends native v2 JSON to the NCF
 example, first through serve's front, then through a bare nginx in front of the
 same Triton (build/bench/bare_proxy.py), and the calls each made per request.
 strace slows the workers, so the rates are not the point; both paths are slowed
@@ -31,32 +31,27 @@ from serve_under_test import serve_with_reference
 ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
 
 
-def worker_pids(master: int) -> list[int]:
-    """The nginx worker processes under `master` (its children named nginx)."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return [
-        int(pid) for pid in children if Path(f"/proc/{pid}/comm").read_text().strip() == "nginx"
-    ]
-
-
-def nginx_master(root: int) -> int:
-    """The nginx master among `root`'s descendants (serve starts it)."""
-    pending = [root]
+def nginx_processes(root: int) -> list[int]:
+    """Every nginx process in `root`'s tree, `root` included (a master and its workers)."""
+    found, pending = [], [root]
     while pending:
         pid = pending.pop()
         if Path(f"/proc/{pid}/comm").read_text().strip() == "nginx":
-            return pid
+            found.append(pid)
         pending += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    raise SystemExit(f"no nginx under pid {root}")
+    if not found:
+        raise SystemExit(f"no nginx under pid {root}")
+    return found
 
 
 def syscalls_per_request(
-    url: str, master: int, body_file: Path, connections: int, seconds: int
+    url: str, root: int, body_file: Path, connections: int, seconds: int
 ) -> tuple[int, dict[str, float]]:
-    """wrk against `url`, strace counting its nginx workers' calls: (requests, calls each)."""
-    output = body_file.with_suffix(f".{master}.strace")
+    """wrk against `url`, strace counting the calls of the nginx under `root`: (requests,
+    calls each). The master takes no requests; its calls, if any, count too."""
+    output = body_file.with_suffix(f".{root}.strace")
     command = ["strace", "-c", "-f", "-o", str(output)]
-    for pid in worker_pids(master):
+    for pid in nginx_processes(root):
         command += ["-p", str(pid)]
     tracer = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     time.sleep(1)
@@ -84,20 +79,20 @@ def main() -> None:
     body_file = work / "body.json"
     body_file.write_text(ncf_body(1))
     with serve_with_reference(work / "serve", args.model) as serve:
-        paths = {"serve": (serve.url, nginx_master(serve.pid))}
+        paths = {"serve": (serve.url, serve.pid)}
         with bare_proxy(work / "bare", serve.triton_http, args.model) as (bare_url, bare_pid):
             paths["bare proxy_pass"] = (bare_url, bare_pid)
             results = {}
-            for name, (url, master) in paths.items():
+            for name, (url, root) in paths.items():
                 run_wrk(f"{url}/invocations", body_file, args.connections, 1, JSON)
                 results[name] = syscalls_per_request(
-                    f"{url}/invocations", master, body_file, args.connections, args.seconds
+                    f"{url}/invocations", root, body_file, args.connections, args.seconds
                 )
     names = sorted(
         {call for _, calls in results.values() for call in calls},
         key=lambda call: -max(calls.get(call, 0.0) for _, calls in results.values()),
     )
-    print(f"nginx workers' system calls per request, {args.connections} connections, strace -c")
+    print(f"nginx's system calls per request, {args.connections} connections, strace -c")
     print(f"{'call':<16}" + "".join(f"{name:>18}" for name in results))
     for call in names:
         row = "".join(f"{calls.get(call, 0.0):>18.2f}" for _, calls in results.values())
