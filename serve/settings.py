@@ -43,6 +43,8 @@ ASYNC_MAX_BODY_BYTES = 1024 * MEBIBYTE
 # number stops start-up here, named, instead of failing there.
 MAX_BYTES = 2**63 - 1
 MAX_THREADS = 2**31 - 1
+# SERVE_V2_JSON_WRITERS at most: processes, each a payload service.
+MAX_WRITERS = 64
 MAX_SECONDS = 2**31 - 1
 # The most one model or environment archive may unpack to, by default: generous,
 # since a model can be tens of GB (serve/artifacts/archives.py's ExtractionLimits).
@@ -532,6 +534,24 @@ class Settings:
         "with the body. Allow disk for two copies of the largest body in flight per "
         "concurrent request",
         default_doc="6291456 (never more than the body limit)",
+    )
+    v2_json_writers: int | None = setting(
+        "SERVE_V2_JSON_WRITERS",
+        None,
+        lambda env, name, _: env.whole_number(name, MAX_WRITERS),
+        "processes that write the v2 JSON answers of models with large outputs (see "
+        "`SERVE_V2_JSON_MIN_VALUES`), instead of Triton, which writes them on the model "
+        "instance's thread while the next batch waits; `0` leaves every answer to Triton. "
+        "Single-model endpoints",
+        default_doc="one per 4 CPUs, at least 1",
+    )
+    v2_json_min_values: int = setting(
+        "SERVE_V2_JSON_MIN_VALUES",
+        256,
+        _positive(MAX_THREADS),
+        "serve writes a model's v2 JSON answers when one request's outputs hold this many "
+        "numbers (from its config; a variable dimension counts as 1), or any output is FP16 "
+        "or BF16 (which Triton cannot write as JSON)",
     )
     omp_num_threads: str | None = setting(
         "OMP_NUM_THREADS",

@@ -81,6 +81,8 @@ class FrontModel:
     decoupled: bool = False
     # So do models that set the answer's custom attributes (serve/sagemaker/custom_attributes.py).
     custom_attributes: bool = False
+    # serve's writers answer its v2 JSON invocations (serve/payloads/writers.py).
+    writes_json: bool = False
 
 
 # Model names nginx can match in target_model=NAME and write into its config unquoted.
@@ -100,6 +102,8 @@ class FrontConfig:
     models: tuple[FrontModel, ...] = ()
     # The WebSocket route of bidirectional streams (serve/sessions/bidirectional.py).
     bidirectional: bool = False
+    # The v2 JSON writers' processes (serve/payloads/writers.py); 0: Triton writes it all.
+    v2_json_writers: int = 0
 
     def invocation_path(self) -> str | None:
         """Triton's route for /invocations; the inference types are named after its routes."""
@@ -193,6 +197,12 @@ class FrontConfig:
         """Where the payload service (serve/payloads/service.py) listens for nginx."""
         return self.workdir / "payloads.sock"
 
+    def writer_sockets(self) -> list[Path]:
+        """The v2 JSON writers' sockets (serve/payloads/writers.py); none if no model needs them."""
+        if not any(model.writes_json for model in self.models):
+            return []
+        return [self.workdir / f"writer-{i}.sock" for i in range(self.v2_json_writers)]
+
     def _payload_routes(self) -> dict[str, object]:
         """What the template needs to route payloads and target_model (serve/payloads/)."""
         inference = "infer" if self.settings.multi_model else self.settings.inference_type
@@ -201,6 +211,7 @@ class FrontConfig:
         # answers their failures with 200). On the infer route, a model's custom
         # attributes become a header there too.
         by_name = {model.name: model for model in self.models}
+        writers = self.writer_sockets()
 
         def target(name: str) -> dict[str, object]:
             model = by_name.get(name, FrontModel(name))
@@ -212,11 +223,13 @@ class FrontConfig:
                 "header": quote(name, safe=""),
                 "path": f"/v2/models/{quote(name, safe='')}/{inference}",
                 "payloads": int(payloads),
+                "writers": int(bool(writers) and model.writes_json and inference == "infer"),
             }
 
         names = sorted(by_name.keys() | ({self.default_model} if self.default_model else set()))
         return {
             "payload_socket": self.payload_socket(),
+            "writer_sockets": writers,
             "payload_inference": inference,
             "default_target": target(self.default_model) if self.default_model else None,
             "targets": [target(name) for name in names if TARGET_NAME.match(name)],

@@ -1,6 +1,8 @@
 """One invocation nginx could not hand to Triton itself, from request to answer.
 
-- A KServe v2 body (JSON, or binary+json) goes to Triton as sent: it arrives
+- A KServe v2 body (JSON, or binary+json) goes to Triton as sent, a JSON one
+  asking for binary outputs whose JSON answer is written here (v2.py says
+  why; nginx sends v2 JSON here for models with large outputs). It arrives
   here after Triton refused it (sent once more to read the error; out of
   memory becomes 507, a body Triton cannot parse 400), or because Accept asks
   for another encoding of the answer.
@@ -50,9 +52,11 @@ from serve.payloads.signature import ModelSignature
 from serve.payloads.triton_http import TritonHttp
 from serve.payloads.v2 import (
     Outputs,
+    binary_outputs_request,
     binary_request,
     is_v2_request,
     json_answer,
+    json_from_binary,
     read_answer,
 )
 from serve.sagemaker.contract import BINARY_CONTENT_TYPE, BINARY_JSON, full_match
@@ -142,9 +146,9 @@ class PayloadAdapter:
         if family is Family.JSON:
             document = json_codec.parse(invocation.body.read())
             if is_v2_request(document):
-                return await self._native(invocation, name, key, Answer.V2)
+                return await self._native(invocation, name, key, Answer.V2, document)
             if invocation.inference != "infer" and _names_inputs(document):
-                return await self._native(invocation, name, key, Answer.V2)
+                return await self._native(invocation, name, key, Answer.V2, document)
         signature = await self.signature(name, key)
         body = invocation.body.read()
         records, parameters, origin = _decode(family, media, body, document, signature)
@@ -250,8 +254,20 @@ class PayloadAdapter:
         loaded = self._registry.get(model)  # 404 when it is not loaded
         return loaded.triton_names[-1], loaded
 
-    async def _native(self, invocation: Invocation, name: str, key: object, own: Answer) -> Reply:
-        """A v2 body: to Triton as sent; the answer relayed, or re-encoded for Accept."""
+    async def _native(
+        self,
+        invocation: Invocation,
+        name: str,
+        key: object,
+        own: Answer,
+        document: object = None,
+    ) -> Reply:
+        """A v2 body: to Triton as sent; the answer relayed, or re-encoded for Accept.
+
+        A v2 JSON `document` for the infer route goes asking for binary outputs,
+        unless it chose how they travel (v2.py says why); its JSON answer is then
+        written here.
+        """
         headers = {"Content-Type": "application/json"}
         if own is Answer.BINARY:
             headers["Inference-Header-Content-Length"] = str(_binary_header_size(invocation))
@@ -270,7 +286,10 @@ class PayloadAdapter:
         path = _path(name, invocation.inference)
         if invocation.inference == "generate_stream":
             return await self._stream(path, invocation.body, Answer.EVENTS)
-        reply = await self.triton.request("POST", path, invocation.body, headers)
+        binary_outputs = None
+        if own is Answer.V2 and invocation.inference == "infer":
+            binary_outputs = binary_outputs_request(document)
+        reply = await self.triton.request("POST", path, binary_outputs or invocation.body, headers)
         if reply.status == 501 and DECOUPLED.search(error_message(reply.body)):
             signature = signature or await self.signature(name, key)
             return await self._v2_stream(invocation, name, signature, own)
@@ -285,6 +304,14 @@ class PayloadAdapter:
             if model.custom_attributes is not None:
                 outputs = read_answer(reply.body, reply.headers)
                 attributes = _custom_attributes(outputs, model)
+        if signature is None and binary_outputs is not None:
+            # The caller's v2 JSON (the custom attributes' output included).
+            return Reply(
+                200,
+                "application/json",
+                json_from_binary(reply.body, reply.headers),
+                headers=attributes,
+            )
         if signature is None:
             # Relayed as Triton wrote it (the custom attributes' output included).
             content_type = reply.headers.get("content-type", "application/json")

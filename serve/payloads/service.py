@@ -28,6 +28,7 @@ import dataclasses
 import http
 import json
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -86,10 +87,12 @@ class PayloadService(LoopThread):
         registry: ModelRegistry | None = None,
         timeout: float = 3600.0,
         sessions: SessionHandlers | None = None,
+        listener: socket.socket | None = None,
     ):
         """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
 
         `spool`: where bodies past SERVE_BODY_BUFFER_BYTES are written (serve/payloads/body.py).
+        `listener`: a socket already listening at `socket_path` (writers.py's processes).
         """
         # uvloop's loop runs the callbacks in C: the service's share of the time to a
         # first streamed chunk fell by a quarter to a half against asyncio's own loop
@@ -101,6 +104,7 @@ class PayloadService(LoopThread):
         self._timeout = timeout
         # Stateful sessions (serve/sessions/invocations.py): None on multi-model endpoints.
         self._session_handlers = sessions
+        self._listener = listener
         self._adapter: PayloadAdapter | None = None
         self._sessions: SessionHandler | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -113,8 +117,15 @@ class PayloadService(LoopThread):
         if self._session_handlers is not None:
             sessions = self._sessions = self._session_handlers(adapter)
             await sessions.start_expiry()
+
+        def connection() -> _NginxConnection:
+            return _NginxConnection(adapter, self._registry, self._spool, sessions)
+
+        if self._listener is not None:
+            self._server = await self._loop.create_unix_server(connection, sock=self._listener)
+            return
         self._server = await self._loop.create_unix_server(
-            lambda: _NginxConnection(adapter, self._registry, self._spool, sessions),
+            connection,
             path=str(self.socket_path),
             # nginx opens a connection per concurrent request (streams hold theirs):
             # asyncio's default backlog of 100 refused some of 256 streams at once.

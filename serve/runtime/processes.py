@@ -1,4 +1,4 @@
-"""Starting and watching external processes (Triton, nginx): the one place.
+"""Starting and watching external processes (Triton, nginx, v2 JSON writers): the one place.
 
 Every child runs in its own process group with a parent-death signal, so it
 never outlives `serve`, even when `serve` is killed with SIGKILL. That signal
@@ -58,7 +58,14 @@ def _stop_with_parent() -> None:  # pragma: no cover - runs in the child before 
 class ManagedProcess:
     """One child process, its output relayed to stdout as it comes."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+    ):
+        """`pass_fds`: descriptors the child inherits (a socket it serves)."""
         self.name = name
         self.argv = list(argv)
         self._recent: collections.deque[bytes] = collections.deque()
@@ -70,6 +77,7 @@ class ManagedProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=pass_fds,
             preexec_fn=_stop_with_parent,
         )
         assert self._process.stdout is not None  # stdout=PIPE

@@ -36,6 +36,7 @@ from serve.machine import host
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
 from serve.payloads.service import PayloadService, SessionHandlers
+from serve.payloads.writers import listening_socket, writer_argv, writer_count, writes_json
 from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
 from serve.runtime.processes import ManagedProcess
 from serve.runtime.workspace import Workspace
@@ -147,9 +148,10 @@ class Server:
             triton_port=triton_port,
             control_socket=ws.control_socket,
             default_model=repository.default_model if repository else None,
-            models=_front_models(repository),
+            models=_front_models(repository, settings.v2_json_min_values),
             bidirectional=bidirectional_port is not None,
             worker_processes=worker_count(host.cpu_share().count),
+            v2_json_writers=writer_count(settings.v2_json_writers, host.cpu_share().count),
         )
         command = TritonCommand(
             binary=install.binary,
@@ -175,7 +177,8 @@ class Server:
                     front.bidirectional_socket(), bidirectional_port, settings.stream_send_timeout
                 )
                 running.bidirectional.start()
-            return self._supervise(triton, nginx, triton_client, front.ping_path())
+            children = [triton, nginx, *running.writers]
+            return self._supervise(children, triton_client, front.ping_path())
         finally:
             self._stop(running)
 
@@ -188,7 +191,7 @@ class Server:
         triton_metrics: TritonMetrics | None,
         repository: PreparedRepository | None,
     ) -> ManagedProcess:
-        """The front's metrics, the control app, the payload service, then nginx (returned).
+        """The front's metrics, the control app, the payload services, then nginx (returned).
 
         Each is recorded in `running` as it starts, so a failure stops what did.
         """
@@ -239,16 +242,27 @@ class Server:
         )
         running.control.start()
         # The payload service: content types, Accept, Triton's refusals, streams.
+        spool = ws.front / "payload_bodies"
         running.payloads = PayloadService(
             front.payload_socket(),
             front.triton_port,
-            Spool(ws.front / "payload_bodies", settings.body_buffer_bytes),
+            Spool(spool, settings.body_buffer_bytes),
             registry,
             settings.invocation_timeout,
             # Stateful sessions on /invocations (serve/sessions/), single-model endpoints.
             self._session_handlers() if repository else None,
         )
         running.payloads.start()
+        for number, path in enumerate(front.writer_sockets()):
+            # serve listens and the writer inherits the socket: ready before nginx starts.
+            with listening_socket(path) as listener:
+                running.writers.append(
+                    ManagedProcess(
+                        f"v2 JSON writer {number}",
+                        writer_argv(listener, path, front.triton_port, spool),
+                        pass_fds=(listener.fileno(),),
+                    )
+                )
         running.nginx = nginx = ManagedProcess("nginx", nginx_argv(front.write()))
         return nginx
 
@@ -308,13 +322,11 @@ class Server:
             )
         return threads
 
-    def _supervise(
-        self, triton: ManagedProcess, nginx: ManagedProcess, client: TritonClient, ping: str
-    ) -> int:
+    def _supervise(self, children: list[ManagedProcess], client: TritonClient, ping: str) -> int:
         started = time.monotonic()
         next_check = started
         while not self._stop_requested.wait(POLL_SECONDS):
-            for child in (triton, nginx):
+            for child in children:
                 code = child.poll()
                 if code is not None:
                     # Its workers or stubs go at once: an nginx worker would keep the port.
@@ -352,7 +364,9 @@ class Server:
             running.bidirectional.stop()
         if running.nginx is not None:
             running.nginx.stop(signal.SIGQUIT, deadline - 2)
-        # Triton waits for open HTTP connections before it stops: close the service's.
+        # Triton waits for open HTTP connections before it stops: close the services'.
+        for writer in running.writers:
+            writer.stop(signal.SIGTERM, deadline - 1)
         if running.payloads is not None:
             running.payloads.stop()
         if running.triton is not None:
@@ -371,12 +385,15 @@ class _Running:
     control: ControlServer | None = None
     payloads: PayloadService | None = None
     bidirectional: BidirectionalServer | None = None
+    writers: list[ManagedProcess] = dataclasses.field(default_factory=list)
     nginx: ManagedProcess | None = None
     triton: ManagedProcess | None = None
 
 
-def _front_models(repository: PreparedRepository | None) -> tuple[FrontModel, ...]:
-    """The models nginx routes by target_model=NAME, and which of them need the payload service."""
+def _front_models(
+    repository: PreparedRepository | None, json_min_values: int
+) -> tuple[FrontModel, ...]:
+    """The models nginx routes by target_model=NAME, and which need the payload services."""
     if repository is None:
         return ()
     return tuple(
@@ -384,6 +401,7 @@ def _front_models(repository: PreparedRepository | None) -> tuple[FrontModel, ..
             m.name,
             decoupled=bool(m.config and m.config.model_transaction_policy.decoupled),
             custom_attributes=bool(m.config and sets_custom_attributes(m.config)),
+            writes_json=writes_json(m.config, json_min_values),
         )
         for m in repository.models
     )

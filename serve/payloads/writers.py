@@ -1,0 +1,124 @@
+"""v2 JSON answers written by serve, in payload services of their own processes.
+
+Triton 2.51 writes a v2 JSON answer on the model instance's thread, after each
+batch, while the next batch waits: on a GPU model with large outputs that,
+not the GPU, sets the pace (docs/benchmarks.md, v2 JSON on the GPU). For the
+models `writes_json` picks, nginx sends v2 JSON invocations to these
+processes instead of Triton; each runs the payload service (service.py),
+which asks Triton for binary outputs and writes the JSON itself (v2.py).
+
+They are processes, not threads of `serve`: one payload service carries
+about 5,000 requests/s with the GIL to itself, and such a model answers
+twice that. They keep no state (no sessions, no multi-model registry; those
+stay with serve's own payload service), so nginx spreads requests over them.
+`serve` opens each one's socket before nginx starts (no request meets a
+socket nobody listens on), starts and watches them with the other children
+(runtime/processes.py), and stops them after nginx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2
+
+from serve.payloads.body import Spool
+from serve.payloads.service import LISTEN_BACKLOG, PayloadService
+from serve.settings import Settings
+from serve.triton.model_config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+# One writer per this many CPUs by default (SERVE_V2_JSON_WRITERS), at least one.
+CPUS_PER_WRITER = 4
+# Output types Triton refuses to write as JSON; serve writes them.
+_UNWRITABLE_BY_TRITON = (model_config_pb2.TYPE_FP16, model_config_pb2.TYPE_BF16)
+
+
+def writer_count(setting: int | None, cpus: int) -> int:
+    """How many writer processes: SERVE_V2_JSON_WRITERS, else one per CPUS_PER_WRITER CPUs."""
+    return setting if setting is not None else max(1, cpus // CPUS_PER_WRITER)
+
+
+def writes_json(config: ModelConfig | None, min_values: int) -> bool:
+    """Whether serve writes the model's v2 JSON answers rather than Triton.
+
+    Yes when one request's outputs hold `min_values` numbers or more
+    (SERVE_V2_JSON_MIN_VALUES; a variable dimension counts as 1) or an
+    output is FP16 or BF16. Text (BYTES) outputs are not counted: Triton
+    copies them without formatting. A model without a config is Triton's.
+    """
+    if config is None:
+        return False
+    values = 0
+    for output in config.output:
+        if output.data_type in _UNWRITABLE_BY_TRITON:
+            return True
+        if output.data_type != model_config_pb2.TYPE_STRING:
+            count = 1
+            for dim in output.dims:
+                count *= max(dim, 1)
+            values += count
+    return values >= min_values
+
+
+def listening_socket(path: Path) -> socket.socket:
+    """A writer's unix socket, listening, for nginx's unprivileged workers too."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path.unlink(missing_ok=True)
+    listener.bind(str(path))
+    path.chmod(0o666)
+    listener.listen(LISTEN_BACKLOG)
+    return listener
+
+
+def writer_argv(listener: socket.socket, path: Path, triton_port: int, spool: Path) -> list[str]:
+    """The command of one writer process, given `listener` (inherited by its number)."""
+    return [
+        sys.executable,
+        "-m",
+        __name__,
+        f"--fd={listener.fileno()}",
+        f"--socket={path}",
+        f"--triton-port={triton_port}",
+        f"--spool={spool}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One writer: the payload service on an inherited socket until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="serve-v2-json-writer")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--socket", type=Path, required=True)
+    parser.add_argument("--triton-port", type=int, required=True)
+    parser.add_argument("--spool", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s writer {os.getpid()} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    settings = Settings.from_environ(os.environ)
+    service = PayloadService(
+        args.socket,
+        args.triton_port,
+        Spool(args.spool, settings.body_buffer_bytes),
+        timeout=settings.invocation_timeout,
+        listener=socket.socket(fileno=args.fd),
+    )
+    service.start()
+    signal.sigwait(stop)
+    service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
