@@ -59,7 +59,7 @@ MODEL = "bert_base"
 SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
 REFERENCE = "Triton's SageMaker frontend"
-NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads")
+NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "writers")
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
 TIMED_BATCHES = (1, 8, 16, 32, 64)
@@ -92,10 +92,13 @@ class Setup:
     omp: int | None = None
     # SAGEMAKER_TRITON_THREAD_COUNT (None: Triton's default).
     http_threads: int | None = None
+    # SERVE_V2_JSON_WRITERS (None: serve's default; 0: Triton writes v2 JSON answers).
+    writers: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
-        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N`, any subset."""
+        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N,writers=N`,
+        any subset."""
         fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
@@ -108,7 +111,7 @@ class Setup:
             elif item != "committed":
                 raise argparse.ArgumentTypeError(
                     f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu, "
-                    "omp=N or http_threads=N"
+                    "omp=N, http_threads=N or writers=N"
                 )
         return cls(**fields)
 
@@ -120,6 +123,8 @@ class Setup:
         threads = f", OMP {self.omp}" if self.omp is not None else ""
         if self.http_threads is not None:
             threads += f", {self.http_threads} HTTP threads"
+        if self.writers is not None:
+            threads += f", {self.writers} v2 JSON writers"
         return (
             f"{config.instance_group[0].count} inst, {kind}, "
             f"{config.dynamic_batching.max_queue_delay_microseconds} us{threads}"
@@ -129,6 +134,7 @@ class Setup:
         variables = {
             "OMP_NUM_THREADS": self.omp,
             "SAGEMAKER_TRITON_THREAD_COUNT": self.http_threads,
+            "SERVE_V2_JSON_WRITERS": self.writers,
         }
         return {name: str(value) for name, value in variables.items() if value is not None}
 
