@@ -1,0 +1,328 @@
+"""v2 JSON answers written by serve's writers (serve/payloads/writers.py), against a real Triton.
+
+`wide` answers 300 values per output (at SERVE_V2_JSON_MIN_VALUES' default of 256:
+serve writes its JSON); `half` answers 4 FP16 values (serve writes them, Triton
+cannot); `twin` answers 2 + 2 floats (Triton writes them). Who wrote an answer
+shows in its floats: Triton writes a float32 as the double it widens to
+(0.10000000149011612), orjson as the shortest text that reads back as the same
+float32 (0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from tritonclient.grpc import model_config_pb2
+
+from serve.payloads.writers import writes_json
+from serve.triton.model_config import ModelConfig
+from tests.conftest import ServeProcess, free_port, serve_env
+from tests.payloads.conftest import TWIN_PY, write_model
+
+VALUES = 300
+BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
+# SERVE_BODY_BUFFER_BYTES of the module's server: larger bodies reach the writers spooled.
+BODY_BUFFER = 4096
+
+WIDE_PY = f"""
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            steps = np.arange({VALUES}, dtype=np.float64)[None, :] * 0.1 + x
+            outputs = {{
+                "F32": steps.astype(np.float32),
+                "F64": steps,
+                "I64": (steps * 10).astype(np.int64) - 7,
+                "U8": (np.arange({VALUES})[None, :] % 256 + 0 * x).astype(np.uint8),
+                "FLAG": (np.arange({VALUES})[None, :] % 3 == 0) & (x >= 0),
+                "TEXT": np.array([["snow ☃", "x"]] * len(x), dtype=object),
+            }}
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor(name, value) for name, value in outputs.items()]
+            ))
+        return responses
+"""
+
+HALF_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            half = (x + np.array([[0.5, 1.5, -2.25, 1024]])).astype(np.float16)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("H", half)]))
+        return responses
+"""
+
+
+def write_models(repository: Path) -> None:
+    wide_outputs = ", ".join(
+        f'{{ name: "{name}", data_type: {kind}, dims: [ {VALUES} ] }}'
+        for name, kind in [
+            ("F32", "TYPE_FP32"),
+            ("F64", "TYPE_FP64"),
+            ("I64", "TYPE_INT64"),
+            ("U8", "TYPE_UINT8"),
+            ("FLAG", "TYPE_BOOL"),
+        ]
+    )
+    write_model(
+        repository,
+        "wide",
+        f"""
+        max_batch_size: 8
+        input [ {{ name: "X", data_type: TYPE_FP32, dims: [ 1 ] }},
+                {{ name: "NOTE", data_type: TYPE_STRING, dims: [ 1 ], optional: true }} ]
+        output [ {wide_outputs}, {{ name: "TEXT", data_type: TYPE_STRING, dims: [ 2 ] }} ]
+        """,
+        WIDE_PY,
+    )
+    write_model(
+        repository,
+        "half",
+        """
+        max_batch_size: 8
+        input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ]
+        output [ { name: "H", data_type: TYPE_FP16, dims: [ 4 ] } ]
+        """,
+        HALF_PY,
+    )
+    write_model(
+        repository,
+        "twin",
+        """
+        max_batch_size: 16
+        input [ { name: "A", data_type: TYPE_FP32, dims: [ 2 ] },
+                { name: "B", data_type: TYPE_FP32, dims: [ 2 ] } ]
+        output [ { name: "SUM", data_type: TYPE_FP32, dims: [ 2 ] },
+                 { name: "DIFF", data_type: TYPE_FP32, dims: [ 2 ] } ]
+        """,
+        TWIN_PY,
+    )
+
+
+def start_writers_server(root: Path, **env: str) -> ServeProcess:
+    opt_ml = root / "opt_ml"
+    write_models(opt_ml / "model")
+    port = free_port()
+    settings = {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "wide", **env}
+    return ServeProcess(serve_env(opt_ml, port, **settings), port, root)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    started = start_writers_server(
+        tmp_path_factory.mktemp("writers"),
+        SERVE_V2_JSON_WRITERS="2",
+        SERVE_BODY_BUFFER_BYTES=str(BODY_BUFFER),
+    )
+    try:
+        yield started.wait_ready()
+    finally:
+        started.stop()
+
+
+def invoke(
+    server: ServeProcess, body: object, model: str = "wide", **headers: str
+) -> requests.Response:
+    return requests.post(
+        f"{server.url}/invocations",
+        data=json.dumps(body),
+        headers={
+            "Content-Type": "application/json",
+            "X-Amzn-SageMaker-Custom-Attributes": f"target_model={model}",
+            **headers,
+        },
+        timeout=30,
+    )
+
+
+def wide_request(xs: list[float], **fields: object) -> dict[str, object]:
+    return {
+        "id": "request-7",
+        "inputs": [{"name": "X", "shape": [len(xs), 1], "datatype": "FP32", "data": xs}],
+        **fields,
+    }
+
+
+TRITON_WRITES = {"binary_data_output": False}
+
+
+def as_arrays(answer: dict[str, object]) -> dict[str, np.ndarray]:
+    types = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "UINT8": np.uint8}
+    types |= {"BOOL": np.bool_, "BYTES": object, "FP16": np.float16}
+    return {
+        output["name"]: np.array(output["data"], dtype=types[output["datatype"]]).reshape(
+            output["shape"]
+        )
+        for output in answer["outputs"]  # type: ignore[union-attr]
+    }
+
+
+def test_serve_writes_what_triton_would_have_written(server: ServeProcess) -> None:
+    ours = invoke(server, wide_request([0.0, 2.5]))
+    theirs = invoke(server, wide_request([0.0, 2.5], parameters=TRITON_WRITES))
+    assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
+    assert ours.headers["Content-Type"] == "application/json"
+    # Written by serve, and so not by Triton: the floats' text tells.
+    assert '"data":[0.0,0.1,0.2,' in ours.text
+    assert "0.10000000149011612" in theirs.text
+    mine, reference = ours.json(), theirs.json()
+    described = ("name", "datatype", "shape")
+    assert [{k: o[k] for k in described} for o in mine["outputs"]] == [
+        {k: o[k] for k in described} for o in reference["outputs"]
+    ]
+    assert {k: v for k, v in mine.items() if k != "outputs"} == {
+        k: v for k, v in reference.items() if k != "outputs"
+    }
+    assert mine["id"] == "request-7"
+    for name, values in as_arrays(mine).items():
+        np.testing.assert_array_equal(values, as_arrays(reference)[name], err_msg=name)
+    assert as_arrays(mine)["TEXT"][0, 0] == "snow ☃"
+
+
+def test_outputs_the_request_names_are_the_ones_written(server: ServeProcess) -> None:
+    request = wide_request([1.0], outputs=[{"name": "I64"}, {"name": "F32"}])
+    answer = invoke(server, request)
+    assert answer.status_code == 200, answer.text
+    names = [o["name"] for o in answer.json()["outputs"]]
+    theirs = invoke(server, {**request, "parameters": TRITON_WRITES}).json()
+    assert names == [o["name"] for o in theirs["outputs"]]
+    assert sorted(names) == ["F32", "I64"]
+    assert as_arrays(answer.json())["I64"][0, :3].tolist() == [3, 4, 5]
+
+
+def test_a_request_that_chose_binary_outputs_gets_them(server: ServeProcess) -> None:
+    request = wide_request(
+        [1.0], outputs=[{"name": "F32", "parameters": {"binary_data": True}}, {"name": "U8"}]
+    )
+    answer = invoke(server, request)
+    assert answer.status_code == 200, answer.text
+    size = int(answer.headers["Content-Type"].rsplit("=", 1)[1])
+    assert answer.headers["Content-Type"].startswith(BINARY_TYPE)
+    header = json.loads(answer.content[:size])
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 4 * VALUES}
+    assert header["outputs"][1]["data"][:3] == [0, 1, 2]  # U8 as the request left it: JSON
+    floats = struct.unpack(f"<{VALUES}f", answer.content[size:])
+    assert floats[:2] == pytest.approx([1.0, 1.1])
+
+
+def test_fp16_outputs_are_written_though_triton_cannot(server: ServeProcess) -> None:
+    request = wide_request([1.0])
+    ours = invoke(server, request, "half")
+    assert ours.status_code == 200, ours.text
+    assert ours.json()["outputs"][0]["datatype"] == "FP16"
+    assert as_arrays(ours.json())["H"].tolist() == [[1.5, 2.5, -1.25, 1025.0]]
+    theirs = invoke(server, wide_request([1.0], parameters=TRITON_WRITES), "half")
+    assert theirs.status_code == 400
+    assert "FP16" in theirs.json()["error"]
+
+
+def test_small_outputs_are_left_to_triton(server: ServeProcess) -> None:
+    request = {
+        "inputs": [
+            {"name": "A", "shape": [1, 2], "datatype": "FP32", "data": [0.1, 1]},
+            {"name": "B", "shape": [1, 2], "datatype": "FP32", "data": [0, 0]},
+        ]
+    }
+    answer = invoke(server, request, "twin")
+    assert answer.status_code == 200, answer.text
+    assert "0.10000000149011612" in answer.text
+
+
+def test_a_body_past_the_memory_buffer_reaches_a_writer(server: ServeProcess) -> None:
+    note = {"name": "NOTE", "shape": [1, 1], "datatype": "BYTES", "data": ["n" * 3 * BODY_BUFFER]}
+    request = wide_request([0.0])
+    request["inputs"].append(note)  # type: ignore[attr-defined]
+    answer = invoke(server, request)
+    assert answer.status_code == 200, answer.text
+    assert '"data":[0.0,0.1,0.2,' in answer.text
+
+
+def test_triton_refusals_come_back_with_its_reason(server: ServeProcess) -> None:
+    request = {"inputs": [{"name": "Y", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}
+    answer = invoke(server, request)
+    assert answer.status_code == 400
+    assert "Y" in answer.json()["error"]
+    broken = requests.post(
+        f"{server.url}/invocations",
+        data=b'{"inputs": [{"name": "X", ',
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert broken.status_code == 400
+    assert "error" in broken.json()
+
+
+def test_writers_are_serve_s_children_and_go_with_it(tmp_path: Path) -> None:
+    started = start_writers_server(tmp_path, SERVE_V2_JSON_WRITERS="1").wait_ready()
+    try:
+        (writer,) = [
+            pid
+            for pid in started.child_pids("python", direct=True)
+            if b"serve.payloads.writers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        os.kill(writer, signal.SIGKILL)
+        code = started.wait_exit(30)
+    finally:
+        started.stop()
+    assert code != 0
+    assert "v2 JSON writer 0 exited (killed by signal 9)" in started.output
+    assert not started.child_pids("tritonserver") and not started.child_pids("nginx")
+
+
+def test_writers_off_leaves_every_answer_to_triton(tmp_path: Path) -> None:
+    started = start_writers_server(tmp_path, SERVE_V2_JSON_WRITERS="0").wait_ready()
+    try:
+        answer = invoke(started, wide_request([0.0]))
+        assert answer.status_code == 200, answer.text
+        assert "0.10000000149011612" in answer.text
+        assert "v2 JSON writer" not in started.output
+    finally:
+        started.stop()
+
+
+def config(*outputs: tuple[int, list[int]]) -> ModelConfig:
+    made = ModelConfig()
+    for number, (kind, dims) in enumerate(outputs):
+        made.output.add(name=f"O{number}", data_type=kind, dims=dims)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("outputs", "expected"),
+    [
+        ([(model_config_pb2.TYPE_FP32, [768])], True),
+        ([(model_config_pb2.TYPE_FP32, [255])], False),
+        ([(model_config_pb2.TYPE_FP32, [128]), (model_config_pb2.TYPE_INT64, [2, 64])], True),
+        ([(model_config_pb2.TYPE_FP32, [-1, 384])], True),
+        ([(model_config_pb2.TYPE_FP32, [-1, -1])], False),
+        ([(model_config_pb2.TYPE_STRING, [1024])], False),
+        ([(model_config_pb2.TYPE_FP16, [1])], True),
+        ([(model_config_pb2.TYPE_BF16, [1])], True),
+    ],
+)
+def test_which_models_serve_writes_json_for(
+    outputs: list[tuple[int, list[int]]], expected: bool
+) -> None:
+    assert writes_json(config(*outputs), 256) is expected
+
+
+def test_a_model_without_a_config_is_left_to_triton() -> None:
+    assert writes_json(None, 1) is False
