@@ -5,9 +5,10 @@ dynamic batching, KIND_GPU, CUDA graphs per batch-size bucket): a
 BERT-base-sized encoder with random weights (12 layers, hidden 768, 12 heads,
 intermediate 3072, fp16, sequence 128, plain torch.nn.TransformerEncoder; not
 a trained model). wrk posts one sequence per request to `serve`'s
-/invocations, as v2 JSON and as Triton's binary+json framing (binary input
-and output), at several concurrencies, and the same bodies to Triton's own
-SageMaker frontend on the same Triton (the reference). The same module called in-process on
+/invocations, as v2 JSON, as Triton's binary+json framing (binary input
+and output) and as v2 JSON asking for binary outputs, at several
+concurrencies, and the same bodies to Triton's own SageMaker frontend on
+the same Triton (the reference). The same module called in-process on
 the same GPU with batches of 64 (eager, fp16, timed with
 torch.cuda.synchronize) is the ceiling, in sequences per second; each served
 row's ratio is its requests (= sequences) per second over it. The ceiling is
@@ -225,19 +226,21 @@ def graphs_in_process(buckets: list[int]) -> None:
     torch.cuda.empty_cache()
 
 
-def json_body() -> bytes:
-    return json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input_ids",
-                    "shape": [1, SEQUENCE],
-                    "datatype": "INT64",
-                    "data": token_ids(SEQUENCE),
-                }
-            ]
-        }
-    ).encode()
+def json_body(binary_outputs: bool = False) -> bytes:
+    """A v2 JSON request; `binary_outputs` asks for the answer in binary (binary_data_output)."""
+    request: dict[str, object] = {
+        "inputs": [
+            {
+                "name": "input_ids",
+                "shape": [1, SEQUENCE],
+                "datatype": "INT64",
+                "data": token_ids(SEQUENCE),
+            }
+        ]
+    }
+    if binary_outputs:
+        request["parameters"] = {"binary_data_output": True}
+    return json.dumps(request).encode()
 
 
 def binary_body() -> tuple[bytes, str]:
@@ -277,7 +280,12 @@ def serve_setup(
     """Start serve on `repository`; run wrk at each concurrency for both payloads, through
     serve and through Triton's own SageMaker frontend on the same Triton (the reference),
     in that order or, with `reference_first`, the other."""
-    bodies = {"v2 JSON": (json_body(), JSON), "binary+json": binary_body()}
+    bodies = {
+        "v2 JSON": (json_body(), JSON),
+        "binary+json": binary_body(),
+        # JSON in, binary out: what Triton's JSON input parsing costs, against binary+json.
+        "v2 JSON, binary out": (json_body(binary_outputs=True), JSON),
+    }
     rows = []
     started = time.perf_counter()
     with serve_with_reference(run_dir, MODEL, repository, environment, timeout=300) as serve:
