@@ -543,7 +543,8 @@ class Settings:
         "`SERVE_V2_JSON_MIN_VALUES`), instead of Triton, which writes them on the model "
         "instance's thread while the next batch waits; `0` leaves every answer to Triton. "
         "Single-model endpoints",
-        default_doc="one per 4 CPUs, at least 1",
+        default_doc="one per 4 CPUs (none below 4: there the CPU is the limit, and Triton's "
+        "JSON costs less of it)",
     )
     v2_json_min_values: int = setting(
         "SERVE_V2_JSON_MIN_VALUES",

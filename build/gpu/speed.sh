@@ -36,7 +36,7 @@ if part streams; then
 fi
 if part encoder; then
     setups=()
-    for setup in ${ENCODER_SETUPS:-instances=4}; do setups+=(--setup "$setup"); done
+    for setup in ${ENCODER_SETUPS:-committed}; do setups+=(--setup "$setup"); done
     timeout 560 python build/bench/gpu_encoder.py --commit "$(cat "$G/COMMIT")" \
         --concurrency 64 --seconds 5 "${setups[@]}" | tee "$OUT/encoder.txt"
 fi

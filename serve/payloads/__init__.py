@@ -1,8 +1,11 @@
 """Payloads people send to /invocations, turned into Triton requests and back.
 
 nginx sends native payloads (KServe v2 JSON, Triton's binary+json) straight
-to Triton. Everything else reaches the payload service (`service.py`, an
-asyncio HTTP server on a unix socket) through one nginx location:
+to Triton, but for v2 JSON to models with large outputs, which goes to the
+v2 JSON writers (`writers.py`: the same service in processes of their own,
+writing the JSON answers Triton would write on the model's thread).
+Everything else reaches the payload service (`service.py`, an asyncio HTTP
+server on a unix socket) through one nginx location:
 
 - requests whose Content-Type or Accept nginx cannot serve natively;
 - requests Triton refused (400, 500, 501): a simple-shape JSON body shares
@@ -15,6 +18,6 @@ The flow (`adapter.py`): the request's codec, chosen by Content-Type in
 `media.py`, decodes the body into records; `records.py` turns records into
 input tensors using the model's signature (`signature.py`, read with Triton's
 model-config schema); `v2.py` builds Triton's binary request and reads its
-answer; `answers.py` encodes the outputs per Accept. Nothing here knows
+answer; the codecs (`codecs/`) encode the outputs per Accept. Nothing here knows
 about the HTTP server it runs in.
 """

@@ -35,7 +35,10 @@ from serve.triton.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-# One writer per this many CPUs by default (SERVE_V2_JSON_WRITERS), at least one.
+# One writer per this many CPUs by default (SERVE_V2_JSON_WRITERS): none below 4 CPUs,
+# where the CPU, not the model's thread, is the limit, and a writer's Python costs more
+# than Triton's JSON (on two cores, 5,584 against 6,890 req/s for 768 floats an
+# answer; docs/benchmarks.md).
 CPUS_PER_WRITER = 4
 # Output types Triton refuses to write as JSON; serve writes them.
 _UNWRITABLE_BY_TRITON = (model_config_pb2.TYPE_FP16, model_config_pb2.TYPE_BF16)
@@ -43,7 +46,7 @@ _UNWRITABLE_BY_TRITON = (model_config_pb2.TYPE_FP16, model_config_pb2.TYPE_BF16)
 
 def writer_count(setting: int | None, cpus: int) -> int:
     """How many writer processes: SERVE_V2_JSON_WRITERS, else one per CPUS_PER_WRITER CPUs."""
-    return setting if setting is not None else max(1, cpus // CPUS_PER_WRITER)
+    return setting if setting is not None else cpus // CPUS_PER_WRITER
 
 
 def writes_json(config: ModelConfig | None, min_values: int) -> bool:

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import pytest
 import requests
 from tritonclient.grpc import model_config_pb2
 
-from serve.payloads.writers import writes_json
+from serve.payloads.writers import writer_count, writes_json
 from serve.triton.model_config import ModelConfig
 from tests.conftest import ServeProcess, free_port, serve_env
 from tests.payloads.conftest import TWIN_PY, write_model
@@ -298,6 +298,19 @@ def test_writers_off_leaves_every_answer_to_triton(tmp_path: Path) -> None:
         started.stop()
 
 
+@pytest.mark.container
+def test_writers_in_the_image(opt_ml: Path, start_serve: Callable[..., ServeProcess]) -> None:
+    write_models(opt_ml / "model")
+    started = start_serve(
+        opt_ml, SAGEMAKER_TRITON_DEFAULT_MODEL_NAME="wide", SERVE_V2_JSON_WRITERS="1"
+    ).wait_ready()
+    answer = invoke(started, wide_request([0.0]))
+    assert answer.status_code == 200, answer.text
+    assert '"data":[0.0,0.1,0.2,' in answer.text
+    half = invoke(started, wide_request([1.0]), "half")
+    assert as_arrays(half.json())["H"].tolist() == [[1.5, 2.5, -1.25, 1025.0]]
+
+
 def config(*outputs: tuple[int, list[int]]) -> ModelConfig:
     made = ModelConfig()
     for number, (kind, dims) in enumerate(outputs):
@@ -326,3 +339,13 @@ def test_which_models_serve_writes_json_for(
 
 def test_a_model_without_a_config_is_left_to_triton() -> None:
     assert writes_json(None, 1) is False
+
+
+@pytest.mark.parametrize(
+    ("setting", "cpus", "expected"),
+    [(None, 2, 0), (None, 3, 0), (None, 4, 1), (None, 16, 4), (2, 2, 2), (0, 64, 0)],
+)
+def test_writers_by_default_one_per_four_cpus(
+    setting: int | None, cpus: int, expected: int
+) -> None:
+    assert writer_count(setting, cpus) == expected
