@@ -48,6 +48,14 @@ class TritonPythonModel:
         return responses
 """
 
+TWIN_CONFIG = """
+    max_batch_size: 16
+    input [ { name: "A", data_type: TYPE_FP32, dims: [ 2 ] },
+            { name: "B", data_type: TYPE_FP32, dims: [ 2 ] } ]
+    output [ { name: "SUM", data_type: TYPE_FP32, dims: [ 2 ] },
+             { name: "DIFF", data_type: TYPE_FP32, dims: [ 2 ] } ]
+    """
+
 STREAM_PY = f"""
 import json
 import time
@@ -104,19 +112,12 @@ def write_payload_models(repository: Path) -> None:
         """,
         ECHO_PY,
     )
-    twin = """
-        max_batch_size: 16
-        input [ { name: "A", data_type: TYPE_FP32, dims: [ 2 ] },
-                { name: "B", data_type: TYPE_FP32, dims: [ 2 ] } ]
-        output [ { name: "SUM", data_type: TYPE_FP32, dims: [ 2 ] },
-                 { name: "DIFF", data_type: TYPE_FP32, dims: [ 2 ] } ]
-        """
-    write_model(repository, "twin", twin, TWIN_PY)
+    write_model(repository, "twin", TWIN_CONFIG, TWIN_PY)
     pins = """
         parameters { key: "SERVE_PAYLOAD_INPUTS" value: { string_value: "B,A" } }
         parameters { key: "SERVE_PAYLOAD_OUTPUTS" value: { string_value: "DIFF" } }
         """
-    write_model(repository, "twin_pinned", twin + pins, TWIN_PY)
+    write_model(repository, "twin_pinned", TWIN_CONFIG + pins, TWIN_PY)
     write_model(
         repository,
         "stream",

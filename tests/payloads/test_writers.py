@@ -25,7 +25,7 @@ from tritonclient.grpc import model_config_pb2
 from serve.payloads.writers import writer_count, writes_json
 from serve.triton.model_config import ModelConfig
 from tests.conftest import ServeProcess, free_port, serve_env
-from tests.payloads.conftest import TWIN_PY, write_model
+from tests.payloads.conftest import TWIN_CONFIG, TWIN_PY, write_model
 
 VALUES = 300
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
@@ -103,18 +103,7 @@ def write_models(repository: Path) -> None:
         """,
         HALF_PY,
     )
-    write_model(
-        repository,
-        "twin",
-        """
-        max_batch_size: 16
-        input [ { name: "A", data_type: TYPE_FP32, dims: [ 2 ] },
-                { name: "B", data_type: TYPE_FP32, dims: [ 2 ] } ]
-        output [ { name: "SUM", data_type: TYPE_FP32, dims: [ 2 ] },
-                 { name: "DIFF", data_type: TYPE_FP32, dims: [ 2 ] } ]
-        """,
-        TWIN_PY,
-    )
+    write_model(repository, "twin", TWIN_CONFIG, TWIN_PY)
 
 
 def start_writers_server(root: Path, **env: str) -> ServeProcess:
