@@ -391,12 +391,19 @@ def main() -> None:
             f"{connections} | {m.requests_per_second:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | "
             f"{m.errors} | {m.requests_per_second / best:.3f} |"
         )
-    if rows:
-        top = max(rows, key=lambda row: row[3].requests_per_second)
+    by_key = {(label, name, connections): m for label, name, connections, m in rows}
+    print(
+        "\n| setup | payload | concurrency | serve / ceiling (goal >= 0.6 at c=64) "
+        f"| serve / {REFERENCE} |"
+    )
+    print("|---|---|---|---|---|")
+    for (label, name, connections), m in by_key.items():
+        reference = by_key.get((f"{label}, {REFERENCE}", name, connections))
+        if label.endswith(REFERENCE) or reference is None:
+            continue
         print(
-            f"\nbest served: {top[3].requests_per_second:,.0f} req/s ({top[0]}, "
-            f"{top[1]}, c{top[2]}); ratio to ceiling {top[3].requests_per_second / best:.3f} "
-            f"(goal >= 0.6)"
+            f"| {label} | {name} | {connections} | {m.requests_per_second / best:.3f} | "
+            f"{m.requests_per_second / reference.requests_per_second:.3f} |"
         )
 
 
