@@ -198,8 +198,11 @@ class FrontConfig:
         return self.workdir / "payloads.sock"
 
     def writer_sockets(self) -> list[Path]:
-        """The v2 JSON writers' sockets (serve/payloads/writers.py); none if no model needs them."""
-        if not any(model.writes_json for model in self.models):
+        """The v2 JSON writers' sockets (serve/payloads/writers.py); none if no model needs them.
+
+        Only Triton's infer route answers v2 JSON with outputs to write.
+        """
+        if self.settings.inference_type != "infer" or not any(m.writes_json for m in self.models):
             return []
         return [self.workdir / f"writer-{i}.sock" for i in range(self.v2_json_writers)]
 
@@ -223,7 +226,7 @@ class FrontConfig:
                 "header": quote(name, safe=""),
                 "path": f"/v2/models/{quote(name, safe='')}/{inference}",
                 "payloads": int(payloads),
-                "writers": int(bool(writers) and model.writes_json and inference == "infer"),
+                "writers": int(bool(writers) and model.writes_json),
             }
 
         names = sorted(by_name.keys() | ({self.default_model} if self.default_model else set()))

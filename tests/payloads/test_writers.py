@@ -22,7 +22,9 @@ import pytest
 import requests
 from tritonclient.grpc import model_config_pb2
 
+from serve.front.nginx import FrontConfig, FrontModel
 from serve.payloads.writers import writer_count, writes_json
+from serve.settings import Settings
 from serve.triton.model_config import ModelConfig
 from tests.conftest import ServeProcess, free_port, serve_env
 from tests.payloads.conftest import TWIN_CONFIG, TWIN_PY, write_model
@@ -338,3 +340,29 @@ def test_writers_by_default_one_per_four_cpus(
     setting: int | None, cpus: int, expected: int
 ) -> None:
     assert writer_count(setting, cpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("environment", "writes", "sockets"),
+    [
+        ({}, True, 2),
+        ({}, False, 0),
+        ({"SAGEMAKER_TRITON_INFERENCE_TYPE": "generate"}, True, 0),
+        ({"SAGEMAKER_MULTI_MODEL": "true"}, True, 0),
+    ],
+)
+def test_writers_listen_only_where_a_model_needs_them(
+    tmp_path: Path, environment: dict[str, str], writes: bool, sockets: int
+) -> None:
+    multi_model = environment.get("SAGEMAKER_MULTI_MODEL") == "true"
+    front = FrontConfig(
+        settings=Settings.from_environ(environment),
+        workdir=tmp_path,
+        triton_port=1,
+        control_socket=tmp_path / "control.sock",
+        default_model=None if multi_model else "wide",
+        models=() if multi_model else (FrontModel("wide", writes_json=writes),),
+        v2_json_writers=2,
+    )
+    assert len(front.writer_sockets()) == sockets
+    assert ("location @writers" in front.render()) is bool(sockets)
