@@ -21,6 +21,7 @@ import dataclasses
 import json
 import struct
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import orjson
@@ -120,21 +121,13 @@ def decode_tensor(blob: bytes | memoryview, datatype: str, shape: list[int]) -> 
 
 def read_answer(body: bytes, headers: Mapping[str, str], wanted: tuple[str, ...] = ()) -> Outputs:
     """Triton's infer answer (JSON, or JSON header plus binary outputs) as arrays."""
-    size = headers.get(HEADER_LENGTH.lower())
-    head_bytes = body[: int(size)] if size else body
-    try:
-        head = json.loads(head_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadGateway(f"Triton's answer is not v2 JSON: {exc}") from exc
+    head, parts = _answer_parts(body, headers)
     tensors: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
-    offset = len(head_bytes)
-    for output in head.get("outputs", []):
+    for output, blob in parts:
         name, datatype, shape = output["name"], output["datatype"], output["shape"]
-        binary_size = (output.get("parameters") or {}).get("binary_data_size")
-        if binary_size is not None:
-            tensors[name] = decode_tensor(body[offset : offset + binary_size], datatype, shape)
-            offset += binary_size
+        if blob is not None:
+            tensors[name] = decode_tensor(blob, datatype, shape)
         elif datatype == "BYTES":
             array = np.empty(len(output["data"]), dtype=object)
             array[:] = [str(item).encode() for item in output["data"]]
@@ -150,6 +143,29 @@ def read_answer(body: bytes, headers: Mapping[str, str], wanted: tuple[str, ...]
         tensors=tensors,
         datatypes=datatypes,
     )
+
+
+def _answer_parts(
+    body: bytes, headers: Mapping[str, str]
+) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes | None]]]:
+    """Triton's answer split by its framing: the JSON head, and each output with its
+    binary data (None for an output written in the head as JSON)."""
+    size = headers.get(HEADER_LENGTH.lower())
+    head_bytes = body[: int(size)] if size else body
+    try:
+        head = json.loads(head_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadGateway(f"Triton's answer is not v2 JSON: {exc}") from exc
+    parts: list[tuple[dict[str, Any], bytes | None]] = []
+    offset = len(head_bytes)
+    for output in head.get("outputs", []):
+        binary_size = (output.get("parameters") or {}).get("binary_data_size")
+        blob = None
+        if binary_size is not None:
+            blob = body[offset : offset + binary_size]
+            offset += binary_size
+        parts.append((output, blob))
+    return head, parts
 
 
 def json_answer(outputs: Outputs) -> bytes:
@@ -201,25 +217,18 @@ def json_from_binary(body: bytes, headers: Mapping[str, str]) -> bytes:
     Its header keeps every field in Triton's order (id, parameters, each
     output's own); only the binary outputs' sizes become their data.
     """
-    size = headers.get(HEADER_LENGTH.lower())
-    if not size:
+    if not headers.get(HEADER_LENGTH.lower()):
         return body
-    try:
-        head = orjson.loads(body[: int(size)])
-    except (ValueError, orjson.JSONDecodeError) as exc:
-        raise BadGateway(f"Triton's answer is not v2 JSON: {exc}") from exc
-    offset = int(size)
-    for output in head.get("outputs", []):
-        parameters = output.get("parameters") or {}
-        binary_size = parameters.pop("binary_data_size", None)
-        if binary_size is None:
+    head, parts = _answer_parts(body, headers)
+    for output, blob in parts:
+        if blob is None:
             continue
+        parameters = output["parameters"]
+        del parameters["binary_data_size"]
         if not parameters:
             del output["parameters"]
         datatype = output["datatype"]
-        array = decode_tensor(body[offset : offset + binary_size], datatype, [-1])
-        offset += binary_size
-        output["data"] = _json_data(array, datatype)
+        output["data"] = _json_data(decode_tensor(blob, datatype, [-1]), datatype)
     return orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
 
 

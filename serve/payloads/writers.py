@@ -33,8 +33,6 @@ from serve.payloads.service import LISTEN_BACKLOG, PayloadService
 from serve.settings import Settings
 from serve.triton.model_config import ModelConfig
 
-log = logging.getLogger(__name__)
-
 # One writer per this many CPUs by default (SERVE_V2_JSON_WRITERS): none below 4 CPUs,
 # where the CPU, not the model's thread, is the limit, and a writer's Python costs more
 # than Triton's JSON (on two cores, 5,584 against 6,890 req/s for 768 floats an

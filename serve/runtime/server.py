@@ -142,6 +142,7 @@ class Server:
         if settings.bidirectional_streaming and repository is not None:
             metrics_ports = {triton_metrics.port} if triton_metrics else set()
             bidirectional_port = self._triton_grpc_port(taken | {triton_port} | metrics_ports)
+        cpus = host.cpu_share().count
         front = FrontConfig(
             settings=settings,
             workdir=ws.front,
@@ -150,8 +151,8 @@ class Server:
             default_model=repository.default_model if repository else None,
             models=_front_models(repository, settings.v2_json_min_values),
             bidirectional=bidirectional_port is not None,
-            worker_processes=worker_count(host.cpu_share().count),
-            v2_json_writers=writer_count(settings.v2_json_writers, host.cpu_share().count),
+            worker_processes=worker_count(cpus),
+            v2_json_writers=writer_count(settings.v2_json_writers, cpus),
         )
         command = TritonCommand(
             binary=install.binary,
