@@ -28,7 +28,7 @@ EXAMPLES_RELEASE := 24.10
 LOCK_PYTHONS := 3.10 3.12
 IMAGE_LOGS := .work/images
 
-.PHONY: setup serve serve-mme serve-streaming serve-sessions rehearse test test-images image standin lock lint bench
+.PHONY: setup serve serve-mme serve-streaming serve-sessions rehearse test test-fresh test-images image standin lock lint bench
 
 setup: $(SETUP_STAMP)
 
@@ -83,20 +83,33 @@ serve-sessions: setup
 	.venv/bin/serve
 
 # Everything: lint, the local suite and the container suite, the latter
-# against an image built on each release's stand-in base.
-test: setup lint test-images
-	.venv/bin/python -m pytest $(foreach release,$(TEST_RELEASES),--image $(IMAGE):test-$(release)) \
-	  --examples-image $(IMAGE):test-$(EXAMPLES_RELEASE)
+# against an image built on each release's stand-in base. The images build
+# while the tests that need none run (build/test.sh); TEST_WORKERS pytest-xdist
+# workers share the tests (most of their time is spent waiting on servers).
+TEST_WORKERS ?= 4
+test: setup
+	IMAGE=$(IMAGE) TEST_RELEASES="$(TEST_RELEASES)" EXAMPLES_RELEASE=$(EXAMPLES_RELEASE) \
+	TEST_WORKERS=$(TEST_WORKERS) IMAGE_LOGS=$(IMAGE_LOGS) bash build/test.sh
 
-# The images the container suite runs; their build logs are checked too.
+# `make test` as a new machine runs it: a clean clone of HEAD, a podman storage
+# and a pip cache of its own (build/test-fresh.sh).
+test-fresh:
+	bash build/test-fresh.sh
+
+# The images the container suite runs. Each stand-in base is built first, with
+# a log of its own, so that the image's log (checked by the tests) holds only
+# what the project's Dockerfile does.
 test-images: setup
 	mkdir -p $(IMAGE_LOGS)
 	for release in $(TEST_RELEASES); do \
 	  libraries=$$([ $$release = $(EXAMPLES_RELEASE) ] && echo true || echo false); \
-	  $(MAKE) --no-print-directory image STANDIN=1 TRITON_VERSION=$$release \
+	  $(MAKE) --no-print-directory standin TRITON_VERSION=$$release 2>&1 \
+	    | tee $(IMAGE_LOGS)/standin-$$release.log | grep -E '^(standin:|COMMIT)' ; \
+	  test "$${PIPESTATUS[0]}" -eq 0 || exit 1; \
+	  $(MAKE) --no-print-directory image BASE_IMAGE=localhost/tritonserver TRITON_VERSION=$$release \
 	    MODEL_LIBRARIES=$$libraries TAG=test-$$release 2>&1 \
 	    | tee $(IMAGE_LOGS)/$(IMAGE)-test-$$release.log \
-	    | grep -E '^(STEP|standin:|COMMIT)' ; \
+	    | grep -E '^(STEP|COMMIT)' ; \
 	  test "$${PIPESTATUS[0]}" -eq 0 || exit 1; \
 	done
 

@@ -10,6 +10,7 @@ mounted read-only, the host's network, the port in SAGEMAKER_BIND_TO_PORT).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -52,10 +53,34 @@ def own_address() -> str | None:
     return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
+# Ports the tests hand out lie below the kernel's ephemeral range (32768 and up, where
+# Triton's internal listeners and every client socket get theirs), each pytest-xdist
+# worker in a block of its own, so no two workers, and no outgoing connection, can be
+# given the same port between a probe and the bind that follows it.
+_PORT_BLOCK = 1000
+_PORT_BASE = 20000
+_next_port = itertools.count()
+
+
+def _worker_index() -> int:
+    """This pytest-xdist worker's number (0 without xdist); blocks wrap below 32768."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return int(worker) % ((32768 - _PORT_BASE) // _PORT_BLOCK) if worker.isdigit() else 0
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on, from this worker's own block of ports."""
+    low = _PORT_BASE + _worker_index() * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = low + next(_next_port) % _PORT_BLOCK
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + _PORT_BLOCK - 1}")
 
 
 ADD_MODEL_PY = """
@@ -275,6 +300,9 @@ class ServeProcess:
 
 
 CONTAINER_ENGINE = os.environ.get("CONTAINER_ENGINE", "podman")
+# The podman settings this kind of host needs (the Makefile exports the same), so that
+# pytest run by hand starts the images as `make test` does.
+os.environ.setdefault("CONTAINERS_CONF", str(REPO_ROOT / "build" / "podman" / "containers.conf"))
 # What the image gets of the test's environment: serve's settings and the test models' knobs.
 CONTAINER_VARIABLES = ("SAGEMAKER_", "SERVE_", "TEST_")
 
@@ -442,6 +470,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also run the tests marked 'container' against this built image (repeatable)",
     )
     parser.addoption(
+        "--targets",
+        choices=("all", "local", "images"),
+        default="all",
+        help="run every test (all), only those that need no image (local: they can run "
+        "while the images build), or only those that run an image (images)",
+    )
+    parser.addoption(
         "--examples-image",
         action="append",
         default=[],
@@ -466,6 +501,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("image", images)
     if "examples_image" in metafunc.fixturenames:
         metafunc.parametrize("examples_image", metafunc.config.getoption("examples_image"))
+
+
+def runs_an_image(item: pytest.Item) -> bool:
+    """Whether a collected test starts one of the images named on the command line."""
+    params = getattr(item, "callspec", None)
+    if params is None:
+        return False
+    return (
+        params.params.get("serve_target", "local") != "local"
+        or "image" in params.params
+        or "examples_image" in params.params
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    targets = config.getoption("targets")
+    if targets == "all":
+        return
+    wanted = targets == "images"
+    keep = [item for item in items if runs_an_image(item) == wanted]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
 
 
 @pytest.fixture

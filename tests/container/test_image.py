@@ -203,11 +203,27 @@ def test_the_image_adds_no_package_caches(image: str) -> None:
     assert {path for path in added if not path.endswith("/lock")} == set()
 
 
+def dockerfile_steps() -> int:
+    """How many build steps the project's Dockerfile has: its instructions from FROM on."""
+    lines = (REPO_ROOT / "Dockerfile").read_text().splitlines()
+    instructions = [line for line in lines if re.match(r"^[A-Z]+\s", line)]
+    return len(instructions) - next(
+        i for i, line in enumerate(instructions) if line.startswith("FROM ")
+    )
+
+
 def test_the_build_log_holds_no_pip_warnings(image: str) -> None:
-    """`make test-images` keeps each build's log; pip's root and conflict warnings would show."""
+    """`make test-images` keeps each build's log; pip's root and conflict warnings would show.
+
+    The log is the project's build alone: the stand-in base's own build (whose
+    NVIDIA-mimicking pip upgrade warns as NVIDIA's does) has a log of its own.
+    """
     log = BUILD_LOGS / (image.replace(":", "-").replace("/", "_") + ".log")
     assert log.is_file(), f"{log} is missing: build the image with `make test-images`"
     text = log.read_text()
+    steps = re.findall(r"^STEP \d+/(\d+): ", text, re.M)
+    assert steps, f"{log} records no build steps"
+    assert set(steps) == {str(dockerfile_steps())}, f"{log} holds another build's steps"
     assert "COMMIT" in text
     assert "Running pip as the 'root' user" not in text
     assert "Cannot uninstall" not in text

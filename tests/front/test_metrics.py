@@ -384,8 +384,9 @@ def metrics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metrics
     opt_ml = root / "opt_ml"
     write_add_model(opt_ml / "model")
     port, triton_metrics, front_metrics = free_port(), free_port(), free_port()
-    # Both metric ports inside the safe range, as SageMaker requires of every listener.
-    safe_range = f"{min(triton_metrics, front_metrics)}-{max(triton_metrics, front_metrics)}"
+    # Both metric ports inside the safe range, as SageMaker requires of every listener,
+    # with room above them for Triton's internal ones.
+    safe_range = f"{min(triton_metrics, front_metrics)}-{max(triton_metrics, front_metrics) + 20}"
     env = serve_env(
         opt_ml,
         port,
