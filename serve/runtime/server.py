@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -179,7 +180,15 @@ class Server:
                 )
                 running.bidirectional.start()
             children = [triton, nginx, *running.writers]
-            return self._supervise(children, triton_client, front.ping_path())
+            ping = front.ping_path()
+
+            def ready() -> bool:
+                # A scrape right after /ping's first 200 must find Triton's metrics too.
+                return triton_client.is_ready(ping) and (
+                    triton_metrics is None or triton_metrics.listening()
+                )
+
+            return self._supervise(children, ready)
         finally:
             self._stop(running)
 
@@ -323,7 +332,7 @@ class Server:
             )
         return threads
 
-    def _supervise(self, children: list[ManagedProcess], client: TritonClient, ping: str) -> int:
+    def _supervise(self, children: list[ManagedProcess], ready: Callable[[], bool]) -> int:
         started = time.monotonic()
         next_check = started
         while not self._stop_requested.wait(POLL_SECONDS):
@@ -340,7 +349,7 @@ class Server:
             now = time.monotonic()
             if phase is Phase.STARTING and now >= next_check:
                 next_check = now + READINESS_POLL_SECONDS
-                if client.is_ready(ping):
+                if ready():
                     self.state.set(Phase.READY, "serving")
                     log.info("ready after %.1f s", now - started)
                     if self._metrics is not None:

@@ -36,6 +36,10 @@ class TritonMetrics:
         self._copy_label = _label("namespace", str(repository))
         self._source_label = _label("namespace", str(source))
 
+    def listening(self) -> bool:
+        """Whether Triton serves its metrics yet: it opens their port after its HTTP one."""
+        return self._client.is_ready("/metrics")
+
     def exposition(self) -> tuple[bytes | None, str]:
         """What SAGEMAKER_TRITON_METRICS_PORT answers: the text (None: unreadable), its type."""
         return self.text(), EXPOSITION_TYPE

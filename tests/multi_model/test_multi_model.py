@@ -252,7 +252,6 @@ def test_stub_killed_for_memory_during_load_is_507(opt_ml: Path, mme: ServeProce
 # In two of three full-suite runs on the 2-core machine (never alone) the public port
 # refused connections part-way through; the cause is not found yet, so a failure now
 # carries serve's output and the test is tried up to three times.
-@pytest.mark.flaky(reruns=2)
 def test_storm_of_loads_unloads_and_invocations(opt_ml: Path, mme: ServeProcess) -> None:
     keys = [f"s{i}" for i in range(4)]
     urls = {key: upload_add(opt_ml, key) for key in keys}
@@ -263,18 +262,22 @@ def test_storm_of_loads_unloads_and_invocations(opt_ml: Path, mme: ServeProcess)
         key = rng.choice(keys)
         kind = rng.choices(["load", "unload", "invoke"], [2, 1, 7])[0]
         if kind == "load":
-            return kind, load(mme, key, urls[key]).status_code
-        if kind == "unload":
-            return kind, requests.delete(f"{mme.url}/models/{key}", timeout=120).status_code
-        return kind, invoke(mme, key).status_code
+            response = load(mme, key, urls[key])
+        elif kind == "unload":
+            response = requests.delete(f"{mme.url}/models/{key}", timeout=120)
+        else:
+            response = invoke(mme, key)
+        if response.status_code not in allowed:
+            unexpected.append(f"{kind} {key}: {response.status_code} {response.text}")
+        return kind, response.status_code
 
+    unexpected: list[str] = []
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         try:
             results = list(pool.map(operation, range(1000)))
         except requests.ConnectionError as exc:
             raise AssertionError(f"{exc}; serve's output:\n{mme.output[-8000:]}") from exc
-    statuses = {status for _, status in results}
-    assert statuses <= allowed, statuses
+    assert not unexpected, f"{unexpected}; serve's output:\n{mme.output[-8000:]}"
     assert sum(1 for kind, status in results if kind == "invoke" and status == 200) > 50
     listed = {m["modelName"] for m in requests.get(f"{mme.url}/models", timeout=5).json()["models"]}
     for key in keys:
