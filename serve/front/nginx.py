@@ -30,6 +30,7 @@ from serve.errors import (
 )
 from serve.front.access_log import ACCESS_LOG_FORMAT
 from serve.multi_model.registry import longest_answer
+from serve.payloads.media import ADAPTED_TYPES, BYTES_TYPES, RAW_CHOICE
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
 from serve.sagemaker.contract import (
@@ -83,6 +84,9 @@ class FrontModel:
     custom_attributes: bool = False
     # serve's writers answer its v2 JSON invocations (serve/payloads/writers.py).
     writes_json: bool = False
+    # One BYTES input: octet-stream, text/plain and image/* bodies may be its raw input,
+    # so the payload service reads them; other models' go to Triton as v2 JSON.
+    takes_bytes: bool = False
 
 
 # Model names nginx can match in target_model=NAME and write into its config unquoted.
@@ -226,6 +230,7 @@ class FrontConfig:
                 "header": quote(name, safe=""),
                 "path": f"/v2/models/{quote(name, safe='')}/{inference}",
                 "payloads": int(payloads),
+                "bytes": int(model.takes_bytes),
                 "writers": int(bool(writers) and model.writes_json),
             }
 
@@ -256,6 +261,9 @@ def shared_rules() -> dict[str, str]:
         "binary_json": pcre(re.escape(BINARY_JSON)),
         "binary_json_type": BINARY_JSON,
         "binary_content_type": pcre(BINARY_CONTENT_TYPE),
+        "bytes_types": pcre(BYTES_TYPES),
+        "adapted_types": pcre(ADAPTED_TYPES),
+        "raw_choice": RAW_CHOICE,
         "direct_model_name": pcre(DIRECT_MODEL_NAME),
         "target_model_name": pcre(TARGET_MODEL_NAME),
         "session_header": nginx_variable(SESSION_HEADER),

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -33,6 +34,9 @@ from serve.errors import (
     PayloadError,
     ServeError,
     Unavailable,
+    UnsupportedMediaType,
+    not_v2_nor_bytes,
+    read_as_v2,
 )
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads import batching
@@ -41,11 +45,15 @@ from serve.payloads.body import Body
 from serve.payloads.codecs import csv_codec, json_codec, npy_codec, raw_codec
 from serve.payloads.media import (
     DEFAULT_ANSWERS,
+    RAW_CHOICE,
+    V2_FIRST,
     Answer,
     Family,
     MediaType,
     answer_candidates,
     request_family,
+    takes_bytes,
+    unsupported,
 )
 from serve.payloads.records import parameter_inputs, record_count, tensors_from_records
 from serve.payloads.signature import ModelSignature
@@ -149,7 +157,15 @@ class PayloadAdapter:
                 return await self._native(invocation, name, key, Answer.V2, document)
             if invocation.inference != "infer" and _names_inputs(document):
                 return await self._native(invocation, name, key, Answer.V2, document)
+        elif (v2 := v2_document(family, media, invocation.body)) is not None:
+            return await self._read_as_v2(invocation, name, key, media, v2)
+        if family is Family.OTHER:
+            raise unsupported(media)
         signature = await self.signature(name, key)
+        if family in V2_FIRST and not takes_bytes(signature):
+            raise UnsupportedMediaType(
+                not_v2_nor_bytes(media.mime, signature.name, signature.describe_inputs())
+            )
         body = invocation.body.read()
         records, parameters, origin = _decode(family, media, body, document, signature)
         parameters = {**parameters, **invocation.parameters}
@@ -254,6 +270,23 @@ class PayloadAdapter:
         loaded = self._registry.get(model)  # 404 when it is not loaded
         return loaded.triton_names[-1], loaded
 
+    async def _read_as_v2(
+        self, invocation: Invocation, name: str, key: object, media: MediaType, document: object
+    ) -> Reply:
+        """A v2 request sent with a type that could also be a model's bytes (octet-stream,
+        text/plain, an unknown type): read as v2, and Triton's refusal says so."""
+        try:
+            return await self._native(invocation, name, key, Answer.V2, document)
+        except ServeError as exc:
+            if not 400 <= exc.status < 500:
+                raise
+            model = None
+            with contextlib.suppress(ServeError):
+                signature = await self.signature(name, key)
+                model = signature.name if takes_bytes(signature) else None
+            exc.message = f"{exc.message} ({read_as_v2(media.mime, model)})"
+            raise
+
     async def _native(
         self,
         invocation: Invocation,
@@ -272,6 +305,10 @@ class PayloadAdapter:
         if own is Answer.BINARY:
             headers["Inference-Header-Content-Length"] = str(_binary_header_size(invocation))
         signature = None
+        if invocation.inference == "generate_stream":
+            # Server-sent events as Triton writes them, or JSON Lines if Accept asks.
+            answer = answer_candidates(invocation.accept, Answer.EVENTS, streaming=True)[0]
+            return await self._stream(_path(name, "generate_stream"), invocation.body, answer)
         try:
             answer = answer_candidates(invocation.accept, own)[0]
         except NotAcceptable:
@@ -284,8 +321,6 @@ class PayloadAdapter:
             signature = await self.signature(name, key)
             answer = _feasible(answer_candidates(invocation.accept, own), signature)
         path = _path(name, invocation.inference)
-        if invocation.inference == "generate_stream":
-            return await self._stream(path, invocation.body, Answer.EVENTS)
         binary_outputs = None
         if own is Answer.V2 and invocation.inference == "infer":
             binary_outputs = binary_outputs_request(document)
@@ -380,10 +415,8 @@ class PayloadAdapter:
             # A stream whose first response is an error: Triton answers 400 with
             # that response as an event (data: {"error": ...}).
             raise triton_failure(stream.status, _event_data(body) or body)
-        if answer is Answer.EVENTS:
-            chunks, content_type = stream.chunks, "text/event-stream"
-        else:
-            chunks, content_type = _json_lines(stream.chunks), answer.content_type
+        chunks = stream.chunks if answer is Answer.EVENTS else _json_lines(stream.chunks)
+        content_type = answer.content_type
         # The first chunk is awaited before the answer starts: a stream that fails
         # before any output gets the status that says why (a 200 is final once
         # sent), and the answer's head travels to nginx in one piece with it.
@@ -465,11 +498,33 @@ def _binary_header_size(invocation: Invocation) -> int:
 
 
 def _v2_as_records(document: object) -> tuple[list[object], dict[str, object]]:
-    """A v2 request for a decoupled model, as one named record for the generate route."""
-    assert isinstance(document, dict)
-    record = {item["name"]: item.get("data") for item in document["inputs"]}
+    """A v2 request for a decoupled model, or a body naming its inputs (the generate
+    extension's), as one named record for the generate route."""
+    if not isinstance(document, dict):
+        raise PayloadError("a streaming request's body is a JSON object naming its inputs")
     parameters = document.get("parameters") or {}
+    if is_v2_request(document):
+        record = {item["name"]: item.get("data") for item in document["inputs"]}
+    else:
+        record = {k: v for k, v in document.items() if k != "parameters"}
     return [record], parameters if isinstance(parameters, dict) else {}
+
+
+def v2_document(family: Family, media: MediaType, body: Body) -> dict[str, object] | None:
+    """The body as a KServe v2 request, for a type that may carry one besides its own
+    kind of body (media.V2_FIRST); None for any other body.
+
+    A body that does not open with `{` (an image, a text) is not parsed at all.
+    """
+    if family not in V2_FIRST or media.params.get("format") == RAW_CHOICE:
+        return None
+    if not body.head(64).lstrip().startswith(b"{"):
+        return None
+    try:
+        document = json_codec.parse(body.read())
+    except PayloadError:
+        return None
+    return document if is_v2_request(document) else None  # type: ignore[return-value]
 
 
 def _generate_value(name: str, tensor: object) -> object:

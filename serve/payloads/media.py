@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 
 from serve.errors import NotAcceptable, UnsupportedMediaType
+from serve.payloads.signature import ModelSignature
 from serve.sagemaker.contract import BINARY_JSON
 
 
@@ -24,6 +26,16 @@ class Family(enum.Enum):
     NPY = "npy"
     TEXT = "text"
     RAW = "raw"
+    # A type no format claims: read only as KServe v2 JSON, as Triton's frontend reads it.
+    OTHER = "other"
+
+
+# Families whose body, when it is a KServe v2 request, is read as one (Triton's
+# SageMaker frontend reads every type but binary+json as v2 JSON); any other body
+# is theirs (raw bytes, text) or, for OTHER, refused. `; format=raw` on the type
+# keeps even a v2 request as the model's bytes.
+V2_FIRST = frozenset({Family.TEXT, Family.RAW, Family.OTHER})
+RAW_CHOICE = "raw"
 
 
 class Answer(enum.Enum):
@@ -98,7 +110,8 @@ ANSWER_CONTENT_TYPES = {
     Answer.CSV: "text/csv",
     Answer.NPY: "application/x-npy",
     Answer.TEXT: "text/plain; charset=utf-8",
-    Answer.EVENTS: "text/event-stream",
+    # As Triton's generate_stream route writes it (NVIDIA's QA checks this spelling).
+    Answer.EVENTS: "text/event-stream; charset=utf-8",
 }
 DEFAULT_ANSWERS = {
     Family.JSON: Answer.SIMPLE,
@@ -108,11 +121,26 @@ DEFAULT_ANSWERS = {
     Family.NPY: Answer.NPY,
     Family.TEXT: Answer.SIMPLE,
     Family.RAW: Answer.SIMPLE,
+    Family.OTHER: Answer.V2,
 }
 ANSWER_NAMES = (
     "application/json (format=simple or format=v2), application/jsonlines, text/csv, "
     "application/x-npy (or tensor/pt), text/plain"
 )
+
+
+def nginx_type_pattern(families: frozenset[Family]) -> str:
+    """A pattern matching the media types of `families` (no parameters), for nginx's map."""
+    mimes = sorted(re.escape(mime) for mime, family in REQUEST_TYPES.items() if family in families)
+    if Family.RAW in families:
+        mimes += [re.escape(prefix) + r"[^;\s]*" for prefix in RAW_PREFIXES]
+    return "|".join(mimes)
+
+
+# The types whose bodies may be a model's raw input (or a v2 request), and those of the
+# adapted formats: nginx routes both by them (serve/front/nginx.py).
+BYTES_TYPES = nginx_type_pattern(frozenset({Family.TEXT, Family.RAW}))
+ADAPTED_TYPES = nginx_type_pattern(frozenset({Family.JSONLINES, Family.CSV, Family.NPY}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,19 +169,36 @@ class MediaType:
 
 
 def request_family(content_type: str) -> tuple[Family, MediaType]:
+    """How the body of `content_type` is read; a type no format claims is Family.OTHER.
+
+    Any spelling that holds Triton's binary+json type is BINARY: text before it
+    is a 400 there (`malformed Content-Type`), as in NVIDIA's QA, not a 415.
+    """
     media = MediaType.parse(content_type)
     if not media.mime:
         return Family.JSON, media
+    if BINARY_JSON in content_type.lower():
+        return Family.BINARY, media
     family = REQUEST_TYPES.get(media.mime)
     if family is None and media.mime.startswith(RAW_PREFIXES):
         family = Family.RAW
-    if family is None:
-        known = f" ({REFUSED_TYPES[media.mime]})" if media.mime in REFUSED_TYPES else ""
-        raise UnsupportedMediaType(
-            f"Content-Type {media.mime!r} is not supported{known}; send one of: "
-            f"{', '.join(sorted(REQUEST_TYPES))}, image/*"
-        )
-    return family, media
+    return family or Family.OTHER, media
+
+
+def takes_bytes(signature: ModelSignature) -> bool:
+    """Whether raw bytes or text can be a model's input: it has one record input, BYTES."""
+    specs = signature.record_inputs
+    return len(specs) == 1 and specs[0].is_bytes
+
+
+def unsupported(media: MediaType) -> UnsupportedMediaType:
+    """The 415 of a type no format claims, sent with a body that is not a v2 request."""
+    known = f" ({REFUSED_TYPES[media.mime]})" if media.mime in REFUSED_TYPES else ""
+    return UnsupportedMediaType(
+        f"Content-Type {media.mime!r} is not supported{known}, and the body is not a KServe "
+        f"v2 request (which any type may carry); send one of: "
+        f"{', '.join(sorted(REQUEST_TYPES))}, image/*"
+    )
 
 
 def answer_candidates(accept: str, default: Answer, streaming: bool = False) -> list[Answer]:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from serve.errors import NotAcceptable, UnsupportedMediaType
-from serve.payloads.media import Answer, Family, answer_candidates, request_family
+from serve.payloads.media import (
+    Answer,
+    Family,
+    answer_candidates,
+    request_family,
+    unsupported,
+)
 
 
 @pytest.mark.parametrize(
@@ -22,6 +28,12 @@ from serve.payloads.media import Answer, Family, answer_candidates, request_fami
         ("text/plain", Family.TEXT),
         ("image/webp", Family.RAW),
         ("application/octet-stream", Family.RAW),
+        ("application/xml", Family.OTHER),
+        # Text before Triton's binary type: its 400 (malformed), not an unknown type.
+        (
+            "additional-string/application/vnd.sagemaker-triton.binary+json;json-header-size=1",
+            Family.BINARY,
+        ),
     ],
 )
 def test_request_families(content_type: str, family: Family) -> None:
@@ -29,8 +41,10 @@ def test_request_families(content_type: str, family: Family) -> None:
 
 
 def test_unknown_content_type_is_415_listing_the_known_ones() -> None:
-    with pytest.raises(UnsupportedMediaType, match="text/csv"):
-        request_family("application/xml")
+    _family, media = request_family("application/xml")
+    assert isinstance(unsupported(media), UnsupportedMediaType)
+    assert "text/csv" in unsupported(media).message
+    assert "KServe v2" in unsupported(media).message
 
 
 @pytest.mark.parametrize(
