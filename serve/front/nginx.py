@@ -30,7 +30,7 @@ from serve.errors import (
 )
 from serve.front.access_log import ACCESS_LOG_FORMAT
 from serve.multi_model.registry import longest_answer
-from serve.payloads.media import ADAPTED_TYPES, BYTES_TYPES, RAW_CHOICE
+from serve.payloads.formats import nginx_routes
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
 from serve.sagemaker.contract import (
@@ -166,6 +166,8 @@ class FrontConfig:
             explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",
             internal_headers=INTERNAL_HEADERS,
             **shared_rules(),
+            # How each request Content-Type is routed, from the payload formats' registry.
+            **nginx_routes(),
             model_header=MODEL_HEADER,
             inference_header=INFERENCE_HEADER,
             binary_length_header=HEADER_LENGTH,
@@ -261,9 +263,6 @@ def shared_rules() -> dict[str, str]:
         "binary_json": pcre(re.escape(BINARY_JSON)),
         "binary_json_type": BINARY_JSON,
         "binary_content_type": pcre(BINARY_CONTENT_TYPE),
-        "bytes_types": pcre(BYTES_TYPES),
-        "adapted_types": pcre(ADAPTED_TYPES),
-        "raw_choice": RAW_CHOICE,
         "direct_model_name": pcre(DIRECT_MODEL_NAME),
         "target_model_name": pcre(TARGET_MODEL_NAME),
         "session_header": nginx_variable(SESSION_HEADER),

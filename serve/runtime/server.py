@@ -35,7 +35,7 @@ from serve.front.nginx import FrontConfig, FrontModel, nginx_argv, worker_count
 from serve.machine import host
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
-from serve.payloads.media import takes_bytes
+from serve.payloads.formats import takes_bytes
 from serve.payloads.service import PayloadService, SessionHandlers
 from serve.payloads.signature import ModelSignature
 from serve.payloads.writers import listening_socket, writer_argv, writer_count, writes_json
@@ -413,7 +413,7 @@ def _front_models(
 
 
 def _takes_bytes(config: ModelConfig | None) -> bool:
-    """Whether the model may take a body's raw bytes (the payload rule: media.takes_bytes).
+    """Whether the model may take a body's raw bytes (the payload rule: formats.takes_bytes).
 
     A model without a config (or with a wrong one) is sent to Triton first: its
     refusal still reaches the payload service, which reads Triton's config.

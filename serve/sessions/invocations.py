@@ -32,7 +32,7 @@ from urllib.parse import quote
 from serve.errors import Gone, PayloadError, ServeError
 from serve.payloads.adapter import Invocation, PayloadAdapter, Reply, v2_document
 from serve.payloads.body import Body
-from serve.payloads.media import Family, request_family
+from serve.payloads.formats import BINARY, Route, request_format
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import is_v2_request
 from serve.sagemaker.contract import CLOSED_SESSION_HEADER, NEW_SESSION_HEADER
@@ -222,8 +222,8 @@ class SessionInvocations:
 
 def _request_type(invocation: Invocation) -> str | None:
     """`requestType` of a body that is exactly `{"requestType": ...}` (AWS's examples)."""
-    family, _media = request_family(invocation.content_type)
-    if family is not Family.JSON or invocation.body.size > 256:
+    payload_format, _media = request_format(invocation.content_type)
+    if payload_format.route is not Route.JSON or invocation.body.size > 256:
         return None
     try:
         document = json.loads(invocation.body.read())
@@ -244,11 +244,11 @@ def _with_parameters(invocation: Invocation, flags: Mapping[str, object]) -> Inv
     as sent, so the flags are written into it; any other body is adapted, and the
     adapter adds them.
     """
-    family, media = request_family(invocation.content_type)
-    if family is Family.BINARY:
+    payload_format, media = request_format(invocation.content_type)
+    if payload_format is BINARY:
         return _binary_with_parameters(invocation, flags)
-    document: object = v2_document(family, media, invocation.body)
-    if family is Family.JSON:
+    document: object = v2_document(payload_format, media, invocation.body)
+    if payload_format.route is Route.JSON:
         try:
             document = json.loads(invocation.body.read())
         except (UnicodeDecodeError, json.JSONDecodeError):

@@ -191,15 +191,17 @@ class Fronts:
             for url in (self.serve.url, self.reference)
         )
 
-    def upload(self, model: str, key: str, name: str | None = None) -> Path:
-        """A SageMaker-style multi-model folder, /opt/ml/models/<key>/model/<name>/...
-
-        Triton 2.51's frontend loads the folder under `model/` as the model the
-        request names (X-Amzn-SageMaker-Target-Model, else model_name).
-        """
-        models = self.root / "uploads"
-        write_model(models / key / "model", model, name)
-        return models / key / "model"
+    def upload(self, model: str, key: str, name: str, flat: bool = False) -> str:
+        """One of MODELS as SageMaker places a multi-model artifact: in
+        /opt/ml/models/<key>/model, as a model folder (`model/<name>/config.pbtxt`),
+        or `flat`, the model's own files (`model/config.pbtxt`, NVIDIA QA's layout).
+        The config names the model `name`: each front loads a copy of its own,
+        under its own name, into the one Triton."""
+        url = self.root / "opt_ml" / "models" / key / "model"
+        folder = write_model(url.parent / "staging", model, name)
+        shutil.copytree(folder, url if flat else url / name)
+        shutil.rmtree(folder.parent)
+        return str(url)
 
 
 def start_fronts(root: Path, models: tuple[str, ...], **env: str) -> Fronts:
@@ -248,8 +250,6 @@ def fronts_factory(
     yield start
     for fronts in started:
         fronts.serve.stop()
-    for fronts in started:
-        shutil.rmtree(fronts.root / "uploads", ignore_errors=True)
 
 
 def v2_json(response: requests.Response) -> dict[str, Any]:
