@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import shutil
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -238,8 +237,8 @@ def _ping(url: str) -> int | None:
 @pytest.fixture(scope="module")
 def fronts_factory(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Any]:
-    """Starts Fronts for a module; all are stopped when it ends."""
+) -> Iterator[Callable[..., Fronts]]:
+    """Starts Fronts for a module (shared by its tests); all are stopped when it ends."""
     started: list[Fronts] = []
 
     def start(models: tuple[str, ...], **env: str) -> Fronts:
@@ -268,7 +267,3 @@ def sm_request(data: list[int] | None = None) -> dict[str, Any]:
             for name in ("INPUT0", "INPUT1")
         ]
     }
-
-
-def body_of(document: object) -> str:
-    return json.dumps(document)

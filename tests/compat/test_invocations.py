@@ -229,3 +229,58 @@ def test_a_decoupled_model_streams_in_the_format_asked(
     else:
         chunks = response.text.splitlines()
     assert [json.loads(chunk)["TEXT"] for chunk in chunks] == ["hi"] * 3
+
+
+# --- the error statuses a client sees
+
+
+def test_ping(fronts: Fronts) -> None:
+    ours, theirs = fronts.both("GET", "/ping")
+    assert ours.status_code == theirs.status_code == 200
+    assert ours.content == b""
+
+
+def test_a_wrong_input_name_is_400_with_tritons_reason(fronts: Fronts) -> None:
+    body = sm_request()
+    body["inputs"][1]["name"] = "INPUT7"
+    ours, theirs = invoke_both(fronts, json.dumps(body), {"Content-Type": "application/json"})
+    assert ours.status_code == theirs.status_code == 400, (ours.text, theirs.text)
+    assert "INPUT7" in ours.json()["error"] and "INPUT7" in theirs.json()["error"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"dummy"], ids=["broken", "qa-dummy"])
+def test_a_body_that_is_not_json_is_400(fronts: Fronts, body: bytes) -> None:
+    """Documented difference: 400 naming the parse error, where Triton's frontend answers
+    500 (NVIDIA's QA posts `--data-raw 'dummy'` and checks only that it is not 200)."""
+    ours, theirs = invoke_both(fronts, body, {"Content-Type": "application/json"})
+    assert theirs.status_code == 500, theirs.text
+    assert ours.status_code == 400, ours.text
+    assert "not valid JSON" in ours.json()["error"]
+
+
+def test_get_invocations_is_405(fronts: Fronts) -> None:
+    ours, theirs = fronts.both("GET", "/invocations")
+    assert ours.status_code == theirs.status_code == 405
+
+
+def test_unknown_routes(fronts: Fronts) -> None:
+    """Documented difference: 404 naming the routes, where Triton's frontend answers 400."""
+    ours, theirs = fronts.both("POST", "/v2/models/sm_model/infer", json=sm_request())
+    assert theirs.status_code == 400
+    assert ours.status_code == 404
+    assert "/invocations" in ours.json()["error"]
+
+
+def test_an_empty_body_is_400(fronts: Fronts) -> None:
+    ours, theirs = invoke_both(fronts, b"", {"Content-Type": "application/json"})
+    assert ours.status_code == theirs.status_code == 400, (ours.text, theirs.text)
+    assert ours.json()["error"]
+
+
+def test_the_binary_type_without_its_header_size_is_400(fronts: Fronts) -> None:
+    """Documented difference: Triton's frontend reads that spelling as v2 JSON; serve
+    answers 400, as for every other spelling of the binary type but the one it takes."""
+    ours, theirs = invoke_both(fronts, json.dumps(sm_request()), {"Content-Type": BINARY_TYPE})
+    assert theirs.status_code == 200, theirs.text
+    assert ours.status_code == 400, ours.text
+    assert "json-header-size" in ours.json()["error"]
