@@ -185,6 +185,21 @@ def test_a_bytes_model_takes_v2_json_as_octet_stream(
     assert ours.json()["outputs"][0]["data"] == ["echo:hi"]
 
 
+def test_a_bytes_model_takes_raw_bytes_too(
+    fronts: Fronts, urls: dict[str, tuple[str, str]]
+) -> None:
+    """Documented difference: Triton's frontend cannot read raw bytes (400 here, 500 on
+    /invocations); serve gives them to the model (nginx tries Triton first on a
+    multi-model endpoint, whose models it does not know, and the payload service
+    answers its refusal)."""
+    ours, theirs = invoke(
+        fronts, "text_model", b"\x89PNG\r\n", **{"Content-Type": "application/octet-stream"}
+    )
+    assert theirs.status_code == 400, theirs.text
+    assert ours.status_code == 200, ours.text
+    assert ours.json() == {"predictions": [{"b64": "ZWNobzqJUE5HDQo="}]}
+
+
 def test_unload_then_calls_are_404(fronts: Fronts, urls: dict[str, tuple[str, str]]) -> None:
     for model in NAMES:
         ours, theirs = (
