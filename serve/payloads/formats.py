@@ -242,21 +242,17 @@ BINARY = FORMATS.register(
         native=True,
     )
 )
+_JSON_LINES_TYPES = (
+    "application/jsonlines",
+    "application/x-jsonlines",
+    "application/jsonl",
+    "application/x-ndjson",
+)
 JSONLINES = FORMATS.register(
     PayloadFormat(
         "jsonlines",
-        request_types=(
-            "application/jsonlines",
-            "application/x-jsonlines",
-            "application/jsonl",
-            "application/x-ndjson",
-        ),
-        accept_types=(
-            "application/jsonlines",
-            "application/x-jsonlines",
-            "application/jsonl",
-            "application/x-ndjson",
-        ),
+        request_types=_JSON_LINES_TYPES,
+        accept_types=_JSON_LINES_TYPES,
         content_type="application/jsonlines",
         decode=_decode_lines,
         encode=json_codec.encode_lines,

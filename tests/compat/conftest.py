@@ -27,7 +27,6 @@ import dataclasses
 import importlib.util
 import shutil
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +36,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO_ROOT, ServeProcess, free_port, serve_env
+from tests.payloads.conftest import write_model as write_payload_model
 
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
 
@@ -160,15 +160,8 @@ def write_model(repository: Path, model: str, name: str | None = None) -> Path:
     """One of MODELS under `repository`, as `name` (its folder and config name)."""
     config, code = MODELS[model]
     name = name or model
-    folder = repository / name
-    (folder / "1").mkdir(parents=True)
-    (folder / "1" / "model.py").write_text(textwrap.dedent(code))
-    (folder / "config.pbtxt").write_text(
-        f'name: "{name}"\nbackend: "python"\n'
-        + textwrap.dedent(config)
-        + "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
-    )
-    return folder
+    write_payload_model(repository, name, config, code)
+    return repository / name
 
 
 @dataclasses.dataclass
