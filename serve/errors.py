@@ -164,6 +164,17 @@ def read_as_v2(content_type: str, model: str | None) -> str:
     return note
 
 
+def almost_v2(content_type: str, choice: str) -> str:
+    """A body of a bytes type shaped like a KServe v2 request that is not one."""
+    return (
+        f"this {content_type} body is shaped like a KServe v2 request (a list of input "
+        "objects) but is not one: each input needs its name. Name them to send a v2 request, "
+        "send records as application/json, or send "
+        f"Content-Type: {content_type}; format={choice} to give a model with one BYTES input "
+        "these bytes as they are"
+    )
+
+
 def not_v2_nor_bytes(content_type: str, model: str, inputs: str) -> str:
     """A bytes type (octet-stream, text/plain, image/*) whose body is not a v2 request,
     for a model without one BYTES input to take it."""

@@ -6,7 +6,8 @@
   here after Triton refused it (sent once more to read the error; out of
   memory becomes 507, a body Triton cannot parse 400), or because Accept asks
   for another encoding of the answer.
-- Any other body is decoded by its codec into records, which become input
+- Any other body is decoded by its payload format (formats.py, chosen by
+  Content-Type) into records, which become input
   tensors by the model's signature (read once per model from Triton's
   `/v2/models/NAME/config`, cached), sent to Triton in binary, and the
   outputs are encoded as Accept asks.
@@ -34,6 +35,7 @@ from serve.errors import (
     PayloadError,
     ServeError,
     Unavailable,
+    almost_v2,
     read_as_v2,
 )
 from serve.multi_model.registry import ModelRegistry
@@ -63,6 +65,7 @@ from serve.payloads.v2 import (
     binary_request,
     is_v2_request,
     json_from_binary,
+    looks_like_v2_request,
     read_answer,
 )
 from serve.sagemaker.contract import BINARY_CONTENT_TYPE, BINARY_JSON, full_match
@@ -132,6 +135,7 @@ class PayloadAdapter:
     async def _invoke(self, invocation: Invocation, name: str, key: object) -> Reply:
         """The answer of Triton's model `name` (the invoked model's name there)."""
         payload_format, media = request_format(invocation.content_type)
+        payload_format.check_body(invocation.body, media)
         if payload_format is BINARY:
             return await self._native(invocation, name, key, BINARY)
         document: object = None
@@ -452,7 +456,9 @@ def v2_document(
     their own kind of body (`v2_first`); None for any other body.
 
     A body that does not open with `{` (an image, a text) is not parsed at all, and
-    `format=CHOICE` (format=raw) keeps the body the format's own.
+    `format=CHOICE` (format=raw) keeps the body the format's own. A body shaped like
+    a v2 request (`inputs`, a list of objects) that is not one is a 400 naming both
+    readings: read as bytes, it would reach the model as a silent wrong answer.
     """
     if not payload_format.v2_first or media.params.get("format") == payload_format.choice:
         return None
@@ -462,7 +468,11 @@ def v2_document(
         document = json_codec.parse(body.read())
     except PayloadError:
         return None
-    return document if is_v2_request(document) else None  # type: ignore[return-value]
+    if is_v2_request(document):
+        return document  # type: ignore[return-value]
+    if looks_like_v2_request(document) and payload_format.choice is not None:
+        raise PayloadError(almost_v2(media.mime, payload_format.choice))
+    return None
 
 
 def _generate_value(name: str, tensor: object) -> object:

@@ -112,11 +112,14 @@ class PayloadFormat:
         """The records of `body` for `signature`'s model; 415 for a model it does not fit."""
         if self.check_model is not None:
             self.check_model(media, signature)
-        if self.check_declared is not None:
-            self.check_declared(body, media)
         if self.decode is None:
             raise UnsupportedMediaType(f"{self.name} bodies are not read here")
         return self.decode(Decoding(body.read(), media, signature, document))
+
+    def check_body(self, body: Body, media: MediaType) -> None:
+        """`check_declared`, before anything reads the body whole (the adapter's first step)."""
+        if self.check_declared is not None:
+            self.check_declared(body, media)
 
     def write(self, outputs: Outputs, signature: ModelSignature) -> bytes:
         assert self.encode is not None, f"{self.name} answers are relayed, not written"

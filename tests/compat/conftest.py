@@ -220,6 +220,31 @@ def start_fronts(root: Path, models: tuple[str, ...], **env: str) -> Fronts:
     return Fronts(server, reference, triton_http, root)
 
 
+def sagemaker_runtime(url: str, path: str) -> Any:
+    """boto3's sagemaker-runtime client, its InvokeEndpoint sent to `url` + `path`.
+
+    No SageMaker endpoint can be reached here: the runtime's URL
+    (/endpoints/NAME/invocations) is rewritten to the container's route, which is
+    what SageMaker forwards, headers (ContentType, Accept, TargetModel as
+    X-Amzn-SageMaker-Target-Model) and body as botocore wrote them.
+    """
+    import boto3
+
+    client = boto3.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        endpoint_url=url,
+    )
+
+    def to_container(request: Any, **_kwargs: object) -> None:
+        request.url = f"{url}{path}"
+
+    client.meta.events.register("before-send.sagemaker-runtime.InvokeEndpoint", to_container)
+    return client
+
+
 def _ping(url: str) -> int | None:
     try:
         return requests.get(f"{url}/ping", timeout=2).status_code

@@ -79,3 +79,15 @@ def test_a_refused_v2_request_says_which_rule_applied(fronts: Fronts) -> None:
     assert "PROMPT" in error  # Triton's own reason
     assert "read this application/octet-stream body as a KServe v2 request" in error
     assert "format=raw" in error
+
+
+def test_a_v2_request_missing_names_is_400_not_the_inputs_bytes(fronts: Fronts) -> None:
+    """Shaped like v2 but not v2: given to the model as bytes it would answer 200 with
+    the wrong thing. Documented difference: 400 naming both readings, where Triton's
+    frontend answers 500 (`Unable to parse 'name'`)."""
+    body = json.dumps({"inputs": [{"shape": [1, 1], "datatype": "BYTES", "data": ["x"]}]})
+    ours, theirs = invoke_both(fronts, body, "application/octet-stream")
+    assert theirs.status_code == 500, theirs.text
+    assert ours.status_code == 400, ours.text
+    error = ours.json()["error"]
+    assert "shaped like a KServe v2 request" in error and "format=raw" in error

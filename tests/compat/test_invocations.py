@@ -32,7 +32,7 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from tests.compat.conftest import BINARY_TYPE, Fronts, sm_request
+from tests.compat.conftest import BINARY_TYPE, Fronts, sagemaker_runtime, sm_request
 
 EXPECTED = {
     "model_name": "sm_model",
@@ -284,3 +284,30 @@ def test_the_binary_type_without_its_header_size_is_400(fronts: Fronts) -> None:
     assert theirs.status_code == 200, theirs.text
     assert ours.status_code == 400, ours.text
     assert "json-header-size" in ours.json()["error"]
+
+
+# --- boto3, as the notebooks call it
+
+
+def test_boto3_invoke_endpoint_as_the_notebooks_do(fronts: Fronts) -> None:
+    """`invoke_endpoint(ContentType="application/octet-stream", Body=json.dumps(v2))`, then
+    binary+json with the answer's header length read from `response["ContentType"]`."""
+    body, header_length = client_request(True, True)
+    answers = []
+    for url in (fronts.serve.url, fronts.reference):
+        client = sagemaker_runtime(url, "/invocations")
+        octet = client.invoke_endpoint(
+            EndpointName="e", ContentType="application/octet-stream", Body=json.dumps(sm_request())
+        )
+        assert json.loads(octet["Body"].read()) == EXPECTED
+        binary = client.invoke_endpoint(
+            EndpointName="e",
+            ContentType=f"{BINARY_TYPE};json-header-size={header_length}",
+            Body=body,
+        )
+        prefix = f"{BINARY_TYPE};json-header-size="
+        result = httpclient.InferenceServerClient.parse_response_body(
+            binary["Body"].read(), header_length=int(binary["ContentType"][len(prefix) :])
+        )
+        answers.append([result.as_numpy(n).tolist() for n in ("OUTPUT0", "OUTPUT1")])
+    assert answers[0] == answers[1]

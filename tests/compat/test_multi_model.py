@@ -24,7 +24,7 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from tests.compat.conftest import BINARY_TYPE, Fronts, sm_request, v2_json
+from tests.compat.conftest import BINARY_TYPE, Fronts, sagemaker_runtime, sm_request, v2_json
 
 # Each front's name for each model: (serve's, Triton's frontend's).
 NAMES = {
@@ -183,6 +183,28 @@ def test_a_bytes_model_takes_v2_json_as_octet_stream(
     assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
     assert v2_json(ours) == v2_json(theirs)
     assert ours.json()["outputs"][0]["data"] == ["echo:hi"]
+
+
+def test_boto3_with_target_model(fronts: Fronts, urls: dict[str, tuple[str, str]]) -> None:
+    """`invoke_endpoint(TargetModel=..., ContentType="application/octet-stream",
+    Body=json.dumps(v2))`, as AWS's GPU multi-model notebooks call it; SageMaker routes
+    it to /models/NAME/invoke."""
+    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["b"]}]}
+    answers = []
+    for side, base in enumerate(each(fronts)):
+        name = NAMES["text_model"][side]
+        client = sagemaker_runtime(base, f"/models/{name}/invoke")
+        answer = client.invoke_endpoint(
+            EndpointName="mme",
+            TargetModel=f"{name}.tar.gz",
+            ContentType="application/octet-stream",
+            Body=json.dumps(body),
+        )
+        answers.append(
+            {k: v for k, v in json.loads(answer["Body"].read()).items() if k != "model_name"}
+        )
+    assert answers[0] == answers[1]
+    assert answers[0]["outputs"][0]["data"] == ["echo:b"]
 
 
 def test_a_bytes_model_takes_raw_bytes_too(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from serve.errors import NotAcceptable, UnsupportedMediaType
+from serve.errors import NotAcceptable, PayloadError, UnsupportedMediaType
 from serve.front.access_log import KNOWN_CONTENT_TYPES
 from serve.payloads import formats
+from serve.payloads.body import Body
 from serve.payloads.formats import (
     BINARY,
     CSV,
@@ -25,6 +26,7 @@ from serve.payloads.formats import (
     request_format,
     unsupported,
 )
+from serve.payloads.media import MediaType
 
 
 @pytest.mark.parametrize(
@@ -109,3 +111,15 @@ def test_every_format_is_declared_once_and_used_everywhere() -> None:
     registry.register(PayloadFormat("a", request_types=("x/y",)))
     with pytest.raises(ValueError, match="x/y"):
         registry.register(PayloadFormat("b", request_types=("x/y",)))
+
+
+def test_a_format_checks_what_the_body_declares_before_it_is_read() -> None:
+    """The hook the codecs' bounds fill: it sees the body unread and may refuse it."""
+
+    def refuse(body: Body, media: MediaType) -> None:
+        raise PayloadError(f"{body.size} bytes of {media.mime} are too many")
+
+    bounded = PayloadFormat("bounded", request_types=("x/bounded",), check_declared=refuse)
+    with pytest.raises(PayloadError, match="3 bytes of x/bounded"):
+        bounded.check_body(Body(b"abc"), MediaType.parse("x/bounded"))
+    CSV.check_body(Body(b"1,2\n"), MediaType.parse("text/csv"))  # no bound declared yet
