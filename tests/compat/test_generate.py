@@ -112,3 +112,18 @@ def test_generate_answers_json(generate_fronts: Fronts) -> None:
     assert response.headers["Content-Type"] == "application/json"
     assert response.json() == theirs.json()
     assert response.json()["TEXT"] == "hello world"
+
+
+def test_a_generate_that_needs_several_responses_is_400(generate_fronts: Fronts) -> None:
+    """Documented difference: Triton 2.51's generate route answers 200 with an error (newer
+    Tritons answer 400); serve answers the 400."""
+    body = {"PROMPT": "hello world", "STREAM": True, "REPETITION": 2}
+    response = requests.post(
+        f"{generate_fronts.serve.url}/invocations", data=json.dumps(body), timeout=60
+    )
+    theirs = requests.post(
+        f"http://{generate_fronts.triton_http}/v2/models/mock_llm/generate", json=body, timeout=60
+    )
+    assert theirs.status_code == 200 and set(theirs.json()) == {"error"}, theirs.text
+    assert response.status_code == 400, response.text
+    assert response.json() == theirs.json()

@@ -31,6 +31,7 @@ NAMES = {
     "sm_model": ("sm_mme_model_1", "ref_sm_mme_model_1"),
     "identity": ("sm_mme_model_2", "ref_sm_mme_model_2"),
     "text_model": ("setup_conda", "ref_setup_conda"),
+    "mock_llm": ("llm", "ref_llm"),
 }
 
 
@@ -205,6 +206,24 @@ def test_boto3_with_target_model(fronts: Fronts, urls: dict[str, tuple[str, str]
         )
     assert answers[0] == answers[1]
     assert answers[0]["outputs"][0]["data"] == ["echo:b"]
+
+
+def test_a_decoupled_model_streams(fronts: Fronts, urls: dict[str, tuple[str, str]]) -> None:
+    """Documented difference: Triton's frontend refuses a decoupled model (400); serve
+    streams its responses (JSON Lines here, events with Accept: text/event-stream)."""
+    body = {
+        "inputs": [
+            {"name": "PROMPT", "shape": [1, 1], "datatype": "BYTES", "data": ["hey"]},
+            {"name": "STREAM", "shape": [1, 1], "datatype": "BOOL", "data": [True]},
+        ],
+        "parameters": {"REPETITION": 2},
+    }
+    ours, theirs = invoke(fronts, "mock_llm", json.dumps(body))
+    assert theirs.status_code == 400, theirs.text
+    assert "decoupled" in theirs.json()["error"]
+    assert ours.status_code == 200, ours.text
+    assert ours.headers["Content-Type"] == "application/jsonlines"
+    assert [json.loads(line)["TEXT"] for line in ours.text.splitlines()] == ["hey", "hey"]
 
 
 def test_a_bytes_model_takes_raw_bytes_too(
