@@ -147,6 +147,45 @@ MALFORMED_BINARY_TYPE = (
 )
 
 
+def read_as_v2(content_type: str, model: str | None) -> str:
+    """Added to Triton's refusal of a body read as KServe v2 for its content alone.
+
+    `model`: a model that could have taken the bytes instead (one BYTES input).
+    """
+    note = (
+        f"serve read this {content_type} body as a KServe v2 request, as Triton's "
+        "SageMaker frontend reads any Content-Type but binary+json"
+    )
+    if model is not None:
+        note += (
+            f"; to give model {model!r} these bytes as its input instead, send "
+            f"Content-Type: {content_type}; format=raw"
+        )
+    return note
+
+
+def almost_v2(content_type: str, choice: str) -> str:
+    """A body of a bytes type shaped like a KServe v2 request that is not one."""
+    return (
+        f"this {content_type} body is shaped like a KServe v2 request (a list of input "
+        "objects) but is not one: each input needs its name. Name them to send a v2 request, "
+        "send records as application/json, or send "
+        f"Content-Type: {content_type}; format={choice} to give a model with one BYTES input "
+        "these bytes as they are"
+    )
+
+
+def not_v2_nor_bytes(content_type: str, model: str, inputs: str) -> str:
+    """A bytes type (octet-stream, text/plain, image/*) whose body is not a v2 request,
+    for a model without one BYTES input to take it."""
+    return (
+        f"a {content_type} body is read as a KServe v2 request (a JSON object whose inputs "
+        f"name tensors), or as the bytes of a model's one BYTES input; this one is not a v2 "
+        f"request, and model {model!r} takes {inputs}: send a v2 request, or "
+        "application/json, text/csv or application/x-npy"
+    )
+
+
 def invocation_timed_out(seconds: float) -> str:
     """The error of an invocation the model did not answer in time, nginx's and Python's alike."""
     return (

@@ -11,6 +11,11 @@ spent per request: a figure other load on the machine disturbs far less
 than throughput. A breakdown per process (nginx, Triton, the stub, serve's
 Python) shows where each path's cycles go.
 
+A path of serve's own sends the same v2 JSON body as `application/octet-stream`,
+as AWS's Triton notebooks and GPU multi-model benchmarks do (`--no-octet-stream`
+leaves it out): nginx sends it to Triton as it sends `application/json`, so its
+ratio to serve's JSON path should be 1 within the noise.
+
 A third path, a bare nginx `proxy_pass` to the same Triton (build/bench/bare_proxy.py),
 is the floor of any nginx front: serve / bare is what serve's features cost,
 bare / Triton's frontend what the extra hop itself costs.
@@ -51,6 +56,11 @@ from serve_under_test import EXAMPLES, process_tree_cpu_seconds_by_name, serve_w
 SERVE = "serve (nginx -> Triton HTTP)"
 REFERENCE = "Triton's SageMaker frontend"
 BARE = "bare nginx proxy_pass"
+# The same v2 JSON body as application/octet-stream, as AWS's Triton notebooks and GPU
+# multi-model benchmarks send it (serve reads it as v2 JSON, as Triton's frontend does).
+OCTET_STREAM = "serve, v2 JSON as octet-stream"
+# Content-Type of each path's requests; any other path sends application/json.
+CONTENT_TYPES = {OCTET_STREAM: "application/octet-stream"}
 GOAL = 0.97
 # Process names (as /proc shows them, 15 characters at most) grouped for the breakdown.
 GROUPS = (("nginx", "nginx"), ("tritonserver", "triton"), ("triton_python", "stub"))
@@ -85,6 +95,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="measure a bare nginx proxy_pass to the same Triton too (the floor)",
+    )
+    parser.add_argument(
+        "--octet-stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure serve with the same body as application/octet-stream too",
     )
     parser.add_argument("--server-cpus", type=cpu_list, help="cores for serve/Triton, e.g. 0,1")
     parser.add_argument("--load-cpus", type=cpu_list, help="cores for wrk, e.g. 2-5")
@@ -125,6 +141,9 @@ def run(args: argparse.Namespace, log: str) -> None:
             }
             # What each path's CPU is read from: the process trees that serve it.
             roots: dict[str, list[int]] = {SERVE: [serve.pid], REFERENCE: [serve.pid]}
+            if args.octet_stream:
+                paths[OCTET_STREAM] = paths[SERVE]
+                roots[OCTET_STREAM] = [serve.pid]
             if args.bare_proxy:
                 url, pid = stack.enter_context(
                     bare_proxy(work / "bare", serve.triton_http, args.model)
@@ -163,13 +182,22 @@ def measure(
 
     results: dict[str, list[Measurement]] = {name: [] for name in paths}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
-    for url in paths.values():  # warm-up
-        run_wrk(url, body_file, args.connections, 2, threads=args.wrk_threads)
+
+    def content_type(name: str) -> dict[str, str]:
+        return {"content_type": CONTENT_TYPES[name]} if name in CONTENT_TYPES else {}
+
+    for name, url in paths.items():  # warm-up
+        run_wrk(url, body_file, args.connections, 2, threads=args.wrk_threads, **content_type(name))
     for _ in range(args.rounds):
         for name, url in paths.items():
             before = cpu_now(name)
             result = run_wrk(
-                url, body_file, args.connections, args.seconds, threads=args.wrk_threads
+                url,
+                body_file,
+                args.connections,
+                args.seconds,
+                threads=args.wrk_threads,
+                **content_type(name),
             )
             after = cpu_now(name)
             results[name].append(result)

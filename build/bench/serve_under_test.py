@@ -160,10 +160,14 @@ def triton_with_sagemaker_frontend(folder: Path, port: int, configured: Path | N
 
 
 def _triton_http_port(log: Path) -> int:
+    return triton_http_port(log.read_text())
+
+
+def triton_http_port(output: str) -> int:
     """Triton's --http-port, from the command line serve logs when it starts Triton."""
-    match = re.search(r"starting tritonserver: .*--http-port=(\d+)", log.read_text())
+    match = re.search(r"starting tritonserver: .*--http-port=(\d+)", output)
     if match is None:
-        raise SystemExit(f"Triton's HTTP port is not in serve's log {log}")
+        raise SystemExit("Triton's HTTP port is not in serve's log")
     return int(match.group(1))
 
 

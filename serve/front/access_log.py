@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from serve.payloads.formats import FORMATS
+
 log = logging.getLogger(__name__)
 
 # The access log's fields, in order; tab-separated. nginx escapes tabs and
@@ -42,19 +44,11 @@ ACCESS_LOG_FIELDS = (
 # As nginx's log_format wants it, inside single quotes (nginx turns \t into a tab).
 ACCESS_LOG_FORMAT = "\\t".join(ACCESS_LOG_FIELDS)
 
-# Request content types kept as they are; any other becomes "other" so a
-# caller cannot create series at will.
-KNOWN_CONTENT_TYPES = frozenset(
-    {
-        "application/json",
-        "application/vnd.sagemaker-triton.binary+json",
-        "application/jsonlines",
-        "application/x-npy",
-        "application/octet-stream",
-        "text/csv",
-        "text/plain",
-    }
-)
+# Request content types kept as they are: those a payload format reads
+# (serve/payloads/formats.py); any other becomes "other" so a caller cannot
+# create series at will.
+KNOWN_CONTENT_TYPES = frozenset(FORMATS.request_types())
+KNOWN_PREFIXES = tuple(prefix for f in FORMATS for prefix in f.request_prefixes)
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 
 
@@ -82,9 +76,7 @@ def content_type_of(raw: str) -> str:
     media = raw.split(";", 1)[0].strip().lower()
     if media in KNOWN_CONTENT_TYPES:
         return media
-    if media.startswith("image/"):
-        return "image/*"
-    return "other"
+    return next((f"{p}*" for p in KNOWN_PREFIXES if media.startswith(p)), "other")
 
 
 def load_outcome(status: str) -> str:

@@ -30,6 +30,7 @@ from serve.errors import (
 )
 from serve.front.access_log import ACCESS_LOG_FORMAT
 from serve.multi_model.registry import longest_answer
+from serve.payloads.formats import nginx_routes
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
 from serve.sagemaker.contract import (
@@ -83,6 +84,9 @@ class FrontModel:
     custom_attributes: bool = False
     # serve's writers answer its v2 JSON invocations (serve/payloads/writers.py).
     writes_json: bool = False
+    # One BYTES input: octet-stream, text/plain and image/* bodies may be its raw input,
+    # so the payload service reads them; other models' go to Triton as v2 JSON.
+    takes_bytes: bool = False
 
 
 # Model names nginx can match in target_model=NAME and write into its config unquoted.
@@ -162,6 +166,8 @@ class FrontConfig:
             explained_statuses="400 404 500 501" if self.settings.multi_model else "400 500 501",
             internal_headers=INTERNAL_HEADERS,
             **shared_rules(),
+            # How each request Content-Type is routed, from the payload formats' registry.
+            **nginx_routes(),
             model_header=MODEL_HEADER,
             inference_header=INFERENCE_HEADER,
             binary_length_header=HEADER_LENGTH,
@@ -226,6 +232,7 @@ class FrontConfig:
                 "header": quote(name, safe=""),
                 "path": f"/v2/models/{quote(name, safe='')}/{inference}",
                 "payloads": int(payloads),
+                "bytes": int(model.takes_bytes),
                 "writers": int(bool(writers) and model.writes_json),
             }
 

@@ -14,10 +14,10 @@ server on a unix socket) through one nginx location:
   failed is sent once more to read Triton's error (out of memory is 507);
 - invocations of decoupled models, which stream.
 
-The flow (`adapter.py`): the request's codec, chosen by Content-Type in
-`media.py`, decodes the body into records; `records.py` turns records into
-input tensors using the model's signature (`signature.py`, read with Triton's
-model-config schema); `v2.py` builds Triton's binary request and reads its
-answer; the codecs (`codecs/`) encode the outputs per Accept. Nothing here knows
-about the HTTP server it runs in.
+The flow (`adapter.py`): the request's payload format (`formats.py`, the one
+registry of formats, chosen by Content-Type) decodes the body into records with
+its codec (`codecs/`); `records.py` turns records into input tensors using the
+model's signature (`signature.py`, read with Triton's model-config schema);
+`v2.py` builds Triton's binary request and reads its answer; the format Accept
+chooses encodes the outputs. Nothing here knows about the HTTP server it runs in.
 """

@@ -6,7 +6,8 @@
   here after Triton refused it (sent once more to read the error; out of
   memory becomes 507, a body Triton cannot parse 400), or because Accept asks
   for another encoding of the answer.
-- Any other body is decoded by its codec into records, which become input
+- Any other body is decoded by its payload format (formats.py, chosen by
+  Content-Type) into records, which become input
   tensors by the model's signature (read once per model from Triton's
   `/v2/models/NAME/config`, cached), sent to Triton in binary, and the
   outputs are encoded as Accept asks.
@@ -17,11 +18,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -33,20 +35,27 @@ from serve.errors import (
     PayloadError,
     ServeError,
     Unavailable,
+    almost_v2,
+    read_as_v2,
 )
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads import batching
 from serve.payloads.batching import Origin
 from serve.payloads.body import Body
-from serve.payloads.codecs import csv_codec, json_codec, npy_codec, raw_codec
-from serve.payloads.media import (
-    DEFAULT_ANSWERS,
-    Answer,
-    Family,
-    MediaType,
+from serve.payloads.codecs import json_codec
+from serve.payloads.formats import (
+    BINARY,
+    EVENTS,
+    JSONLINES,
+    V2,
+    PayloadFormat,
+    Route,
     answer_candidates,
-    request_family,
+    feasible,
+    request_format,
+    takes_bytes,
 )
+from serve.payloads.media import MediaType
 from serve.payloads.records import parameter_inputs, record_count, tensors_from_records
 from serve.payloads.signature import ModelSignature
 from serve.payloads.triton_http import TritonHttp
@@ -55,8 +64,8 @@ from serve.payloads.v2 import (
     binary_outputs_request,
     binary_request,
     is_v2_request,
-    json_answer,
     json_from_binary,
+    looks_like_v2_request,
     read_answer,
 )
 from serve.sagemaker.contract import BINARY_CONTENT_TYPE, BINARY_JSON, full_match
@@ -72,20 +81,6 @@ log = logging.getLogger(__name__)
 BINARY_HEADER = full_match(BINARY_CONTENT_TYPE, re.IGNORECASE)
 DECOUPLED = re.compile(r"decoupled", re.IGNORECASE)
 SIGNATURE_CACHE_SIZE = 1024
-
-Encoder = Callable[[Outputs, ModelSignature], bytes]
-ENCODERS: dict[Answer, Encoder] = {
-    Answer.SIMPLE: json_codec.encode,
-    Answer.JSONLINES: json_codec.encode_lines,
-    Answer.CSV: csv_codec.encode,
-    Answer.NPY: npy_codec.encode,
-    Answer.TEXT: raw_codec.encode_text,
-    Answer.V2: lambda outputs, _signature: json_answer(outputs),
-}
-FEASIBILITY: dict[Answer, Callable[[ModelSignature], None]] = {
-    Answer.NPY: npy_codec.check,
-    Answer.TEXT: raw_codec.check_answer,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,27 +134,30 @@ class PayloadAdapter:
 
     async def _invoke(self, invocation: Invocation, name: str, key: object) -> Reply:
         """The answer of Triton's model `name` (the invoked model's name there)."""
-        family, media = request_family(invocation.content_type)
-        if family is Family.BINARY:
-            return await self._native(invocation, name, key, Answer.BINARY)
+        payload_format, media = request_format(invocation.content_type)
+        payload_format.check_body(invocation.body, media)
+        if payload_format is BINARY:
+            return await self._native(invocation, name, key, BINARY)
         document: object = None
-        if family is Family.JSON:
+        if payload_format.route is Route.JSON:
             document = json_codec.parse(invocation.body.read())
             if is_v2_request(document):
-                return await self._native(invocation, name, key, Answer.V2, document)
+                return await self._native(invocation, name, key, V2, document)
             if invocation.inference != "infer" and _names_inputs(document):
-                return await self._native(invocation, name, key, Answer.V2, document)
+                return await self._native(invocation, name, key, V2, document)
+        elif (v2 := v2_document(payload_format, media, invocation.body)) is not None:
+            return await self._read_as_v2(invocation, name, key, media, v2)
         signature = await self.signature(name, key)
-        body = invocation.body.read()
-        records, parameters, origin = _decode(family, media, body, document, signature)
+        records, parameters, origin = payload_format.read(
+            media, invocation.body, document, signature
+        )
         parameters = {**parameters, **invocation.parameters}
         if signature.decoupled or invocation.inference != "infer":
             return await self._generate(invocation, name, signature, records, parameters)
-        answer = _feasible(answer_candidates(invocation.accept, DEFAULT_ANSWERS[family]), signature)
+        answer = feasible(answer_candidates(invocation.accept, payload_format.answer), signature)
         outputs, answered = await self._infer(name, signature, records, parameters, origin)
         attributes = _custom_attributes(outputs, signature)
-        encoded = ENCODERS[answer](outputs, answered)
-        return Reply(200, answer.content_type, encoded, headers=attributes)
+        return Reply(200, answer.content_type, answer.write(outputs, answered), headers=attributes)
 
     async def _infer(
         self,
@@ -254,12 +252,29 @@ class PayloadAdapter:
         loaded = self._registry.get(model)  # 404 when it is not loaded
         return loaded.triton_names[-1], loaded
 
+    async def _read_as_v2(
+        self, invocation: Invocation, name: str, key: object, media: MediaType, document: object
+    ) -> Reply:
+        """A v2 request sent with a type that could also be a model's bytes (octet-stream,
+        text/plain, an unknown type): read as v2, and Triton's refusal says so."""
+        try:
+            return await self._native(invocation, name, key, V2, document)
+        except ServeError as exc:
+            if not 400 <= exc.status < 500:
+                raise
+            model = None
+            with contextlib.suppress(ServeError):
+                signature = await self.signature(name, key)
+                model = signature.name if takes_bytes(signature) else None
+            exc.message = f"{exc.message} ({read_as_v2(media.mime, model)})"
+            raise
+
     async def _native(
         self,
         invocation: Invocation,
         name: str,
         key: object,
-        own: Answer,
+        own: PayloadFormat,
         document: object = None,
     ) -> Reply:
         """A v2 body: to Triton as sent; the answer relayed, or re-encoded for Accept.
@@ -269,9 +284,13 @@ class PayloadAdapter:
         written here.
         """
         headers = {"Content-Type": "application/json"}
-        if own is Answer.BINARY:
+        if own is BINARY:
             headers["Inference-Header-Content-Length"] = str(_binary_header_size(invocation))
         signature = None
+        if invocation.inference == "generate_stream":
+            # Server-sent events as Triton writes them, or JSON Lines if Accept asks.
+            answer = answer_candidates(invocation.accept, EVENTS, streaming=True)[0]
+            return await self._stream(_path(name, "generate_stream"), invocation.body, answer)
         try:
             answer = answer_candidates(invocation.accept, own)[0]
         except NotAcceptable:
@@ -280,14 +299,12 @@ class PayloadAdapter:
             if not signature.decoupled:
                 raise
             return await self._v2_stream(invocation, name, signature, own)
-        if answer not in (Answer.V2, Answer.BINARY):
+        if not answer.native:
             signature = await self.signature(name, key)
-            answer = _feasible(answer_candidates(invocation.accept, own), signature)
+            answer = feasible(answer_candidates(invocation.accept, own), signature)
         path = _path(name, invocation.inference)
-        if invocation.inference == "generate_stream":
-            return await self._stream(path, invocation.body, Answer.EVENTS)
         binary_outputs = None
-        if own is Answer.V2 and invocation.inference == "infer":
+        if own is V2 and invocation.inference == "infer":
             binary_outputs = binary_outputs_request(document)
         reply = await self.triton.request("POST", path, binary_outputs or invocation.body, headers)
         if reply.status == 501 and DECOUPLED.search(error_message(reply.body)):
@@ -320,14 +337,13 @@ class PayloadAdapter:
                 content_type = f"{BINARY_JSON};json-header-size={header_size}"
             return Reply(200, content_type, reply.body, headers=attributes)
         outputs = outputs or read_answer(reply.body, reply.headers)
-        encoded = ENCODERS[answer](outputs, signature)
-        return Reply(200, answer.content_type, encoded, headers=attributes)
+        return Reply(200, answer.content_type, answer.write(outputs, signature), headers=attributes)
 
     async def _v2_stream(
-        self, invocation: Invocation, name: str, signature: ModelSignature, own: Answer
+        self, invocation: Invocation, name: str, signature: ModelSignature, own: PayloadFormat
     ) -> Reply:
         """A v2 request for a decoupled model, which Triton's infer route refuses: stream it."""
-        if own is Answer.BINARY:
+        if own is BINARY:
             raise PayloadError(
                 f"model {signature.name!r} is decoupled and streams through Triton's "
                 "generate route, which takes JSON; send its inputs as JSON"
@@ -369,51 +385,24 @@ class PayloadAdapter:
                 raise triton_failure(reply.status, reply.body)
             _check_generate_answer(reply.body)
             return Reply(200, "application/json", reply.body)
-        own = Answer.EVENTS if invocation.inference == "generate_stream" else Answer.JSONLINES
+        own = EVENTS if invocation.inference == "generate_stream" else JSONLINES
         answer = answer_candidates(invocation.accept, own, streaming=True)[0]
         return await self._stream(_path(name, "generate_stream"), body, answer)
 
-    async def _stream(self, path: str, body: bytes | Body, answer: Answer) -> Reply:
+    async def _stream(self, path: str, body: bytes | Body, answer: PayloadFormat) -> Reply:
         stream = await self.triton.stream("POST", path, body, {"Content-Type": "application/json"})
         if stream.status != 200:
             body = b"".join([chunk async for chunk in stream.chunks])
             # A stream whose first response is an error: Triton answers 400 with
             # that response as an event (data: {"error": ...}).
             raise triton_failure(stream.status, _event_data(body) or body)
-        if answer is Answer.EVENTS:
-            chunks, content_type = stream.chunks, "text/event-stream"
-        else:
-            chunks, content_type = _json_lines(stream.chunks), answer.content_type
+        chunks = stream.chunks if answer is EVENTS else _json_lines(stream.chunks)
+        content_type = answer.content_type
         # The first chunk is awaited before the answer starts: a stream that fails
         # before any output gets the status that says why (a 200 is final once
         # sent), and the answer's head travels to nginx in one piece with it.
         first = await anext(chunks, None)
         return Reply(200, content_type, chunks=_starting_with(first, chunks))
-
-
-def _decode(
-    family: Family,
-    media: MediaType,
-    body: bytes,
-    document: object,
-    signature: ModelSignature,
-) -> tuple[Sequence[object], dict[str, object], Origin]:
-    """The records, request parameters, and where each record is in the body."""
-    if family is Family.JSON:
-        return (*json_codec.decode(document, signature), Origin())
-    if family is Family.JSONLINES:
-        records, lines = json_codec.decode_lines(body)
-        return records, {}, Origin(lines)
-    if family is Family.CSV:
-        text = body.decode(media.charset, errors="replace")
-        records, lines = csv_codec.decode(text, signature, media.params.get("header"))
-        return records, {}, Origin(lines)
-    if family is Family.NPY:
-        return npy_codec.decode(body, signature), {}, Origin()
-    raw_codec.check_model(signature, media.mime)
-    if family is Family.TEXT:
-        return raw_codec.decode_text(body, media.charset), {}, Origin()
-    return raw_codec.decode_bytes(body), {}, Origin()
 
 
 def _custom_attributes(outputs: Outputs, signature: ModelSignature) -> Headers:
@@ -423,23 +412,6 @@ def _custom_attributes(outputs: Outputs, signature: ModelSignature) -> Headers:
         return ()
     value = header_value(signature.name, array.reshape(-1)[0])
     return ((CUSTOM_ATTRIBUTES_HEADER, value),) if value else ()
-
-
-def _feasible(candidates: list[Answer], signature: ModelSignature) -> Answer:
-    """The caller's best answer this model can be written in; 406 if none."""
-    problem: NotAcceptable | None = None
-    for answer in candidates:
-        check = FEASIBILITY.get(answer)
-        if check is None:
-            return answer
-        try:
-            check(signature)
-        except NotAcceptable as exc:
-            problem = problem or exc
-            continue
-        return answer
-    assert problem is not None
-    raise problem
 
 
 def _path(name: str, inference: str) -> str:
@@ -465,11 +437,42 @@ def _binary_header_size(invocation: Invocation) -> int:
 
 
 def _v2_as_records(document: object) -> tuple[list[object], dict[str, object]]:
-    """A v2 request for a decoupled model, as one named record for the generate route."""
-    assert isinstance(document, dict)
-    record = {item["name"]: item.get("data") for item in document["inputs"]}
+    """A v2 request for a decoupled model, or a body naming its inputs (the generate
+    extension's), as one named record for the generate route."""
+    if not isinstance(document, dict):
+        raise PayloadError("a streaming request's body is a JSON object naming its inputs")
     parameters = document.get("parameters") or {}
+    if is_v2_request(document):
+        record = {item["name"]: item.get("data") for item in document["inputs"]}
+    else:
+        record = {k: v for k, v in document.items() if k != "parameters"}
     return [record], parameters if isinstance(parameters, dict) else {}
+
+
+def v2_document(
+    payload_format: PayloadFormat, media: MediaType, body: Body
+) -> dict[str, object] | None:
+    """The body as a KServe v2 request, for a format whose types may carry one besides
+    their own kind of body (`v2_first`); None for any other body.
+
+    A body that does not open with `{` (an image, a text) is not parsed at all, and
+    `format=CHOICE` (format=raw) keeps the body the format's own. A body shaped like
+    a v2 request (`inputs`, a list of objects) that is not one is a 400 naming both
+    readings: read as bytes, it would reach the model as a silent wrong answer.
+    """
+    if not payload_format.v2_first or media.params.get("format") == payload_format.choice:
+        return None
+    if not body.head(64).lstrip().startswith(b"{"):
+        return None
+    try:
+        document = json_codec.parse(body.read())
+    except PayloadError:
+        return None
+    if is_v2_request(document):
+        return document  # type: ignore[return-value]
+    if looks_like_v2_request(document) and payload_format.choice is not None:
+        raise PayloadError(almost_v2(media.mime, payload_format.choice))
+    return None
 
 
 def _generate_value(name: str, tensor: object) -> object:

@@ -55,6 +55,14 @@ def is_v2_request(body: object) -> bool:
     )
 
 
+def looks_like_v2_request(body: object) -> bool:
+    """A JSON object whose `inputs` is a list of objects: v2's shape, valid or not."""
+    if not isinstance(body, dict):
+        return False
+    inputs = body.get("inputs")
+    return isinstance(inputs, list) and bool(inputs) and all(isinstance(i, dict) for i in inputs)
+
+
 def binary_request(
     tensors: Mapping[str, np.ndarray],
     specs: Mapping[str, TensorSpec],

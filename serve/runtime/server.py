@@ -31,12 +31,14 @@ from serve.artifacts.repository import (
 from serve.control.app import create_control_app
 from serve.control.execution_parameters import ExecutionParameters
 from serve.control.state import Phase, ServerState
-from serve.errors import ConfigError
+from serve.errors import ConfigError, ServeError
 from serve.front.nginx import FrontConfig, FrontModel, nginx_argv, worker_count
 from serve.machine import host
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
+from serve.payloads.formats import takes_bytes
 from serve.payloads.service import PayloadService, SessionHandlers
+from serve.payloads.signature import ModelSignature
 from serve.payloads.writers import listening_socket, writer_argv, writer_count, writes_json
 from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
 from serve.runtime.processes import ManagedProcess
@@ -50,6 +52,7 @@ from serve.triton.client import TritonClient
 from serve.triton.command import MAX_INPUT_FLAG, TritonCommand, check_additional_args
 from serve.triton.install import TritonInstall, locate_triton
 from serve.triton.metrics import TritonMetrics
+from serve.triton.model_config import ModelConfig
 
 if TYPE_CHECKING:  # prometheus_client is imported only when the front's metrics are on
     from serve.front.metrics import MetricsEndpoint
@@ -412,9 +415,24 @@ def _front_models(
             decoupled=bool(m.config and m.config.model_transaction_policy.decoupled),
             custom_attributes=bool(m.config and sets_custom_attributes(m.config)),
             writes_json=writes_json(m.config, json_min_values),
+            takes_bytes=_takes_bytes(m.config),
         )
         for m in repository.models
     )
+
+
+def _takes_bytes(config: ModelConfig | None) -> bool:
+    """Whether the model may take a body's raw bytes (the payload rule: formats.takes_bytes).
+
+    A model without a config (or with a wrong one) is sent to Triton first: its
+    refusal still reaches the payload service, which reads Triton's config.
+    """
+    if config is None:
+        return False
+    try:
+        return takes_bytes(ModelSignature.from_config(config))
+    except ServeError:
+        return False
 
 
 def _triton_environment(model_python: Path | None, omp_threads: int | None) -> dict[str, str]:

@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from serve.errors import Gone, PayloadError, ServeError
-from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
+from serve.payloads.adapter import Invocation, PayloadAdapter, Reply, v2_document
 from serve.payloads.body import Body
-from serve.payloads.media import Family, request_family
+from serve.payloads.formats import BINARY, Route, request_format
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import is_v2_request
 from serve.sagemaker.contract import CLOSED_SESSION_HEADER, NEW_SESSION_HEADER
@@ -222,8 +222,8 @@ class SessionInvocations:
 
 def _request_type(invocation: Invocation) -> str | None:
     """`requestType` of a body that is exactly `{"requestType": ...}` (AWS's examples)."""
-    family, _media = request_family(invocation.content_type)
-    if family is not Family.JSON or invocation.body.size > 256:
+    payload_format, _media = request_format(invocation.content_type)
+    if payload_format.route is not Route.JSON or invocation.body.size > 256:
         return None
     try:
         document = json.loads(invocation.body.read())
@@ -240,22 +240,24 @@ def _request_type(invocation: Invocation) -> str | None:
 def _with_parameters(invocation: Invocation, flags: Mapping[str, object]) -> Invocation:
     """The invocation with the sequence's flags among the parameters Triton gets.
 
-    A v2 body (JSON or binary+json) goes to Triton as sent, so the flags are
-    written into it; any other body is adapted, and the adapter adds them.
+    A v2 body (JSON, binary+json, or a v2 request of another type) goes to Triton
+    as sent, so the flags are written into it; any other body is adapted, and the
+    adapter adds them.
     """
-    family, _media = request_family(invocation.content_type)
-    if family is Family.BINARY:
+    payload_format, media = request_format(invocation.content_type)
+    if payload_format is BINARY:
         return _binary_with_parameters(invocation, flags)
-    if family is Family.JSON:
+    document: object = v2_document(payload_format, media, invocation.body)
+    if payload_format.route is Route.JSON:
         try:
             document = json.loads(invocation.body.read())
         except (UnicodeDecodeError, json.JSONDecodeError):
             document = None  # the adapter says what is wrong with it
-        if is_v2_request(document):
-            assert isinstance(document, dict)
-            document["parameters"] = {**(document.get("parameters") or {}), **flags}
-            body = Body(json.dumps(document).encode())
-            return dataclasses.replace(invocation, body=body)
+    if is_v2_request(document):
+        assert isinstance(document, dict)
+        document["parameters"] = {**(document.get("parameters") or {}), **flags}
+        body = Body(json.dumps(document).encode())
+        return dataclasses.replace(invocation, body=body)
     return dataclasses.replace(invocation, parameters={**invocation.parameters, **flags})
 
 

@@ -79,7 +79,7 @@ def test_decoupled_model_streams_server_sent_events(payload_server: ServeProcess
         },
     )
     assert response.status == 200
-    assert response.getheader("Content-Type") == "text/event-stream"
+    assert response.getheader("Content-Type") == "text/event-stream; charset=utf-8"
     assert_streamed(chunks, 3)
     events = b"".join(chunk for _, chunk in chunks).decode().strip().split("\n\n")
     assert [json.loads(e.removeprefix("data: "))["text_output"] for e in events] == [

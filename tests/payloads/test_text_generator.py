@@ -83,7 +83,7 @@ def test_server_sent_events_and_errors(generator_server: ServeProcess) -> None:
         timeout=60,
     )
     assert events.status_code == 200, events.text
-    assert events.headers["Content-Type"] == "text/event-stream"
+    assert events.headers["Content-Type"] == "text/event-stream; charset=utf-8"
     assert events.text.startswith("data: {")
     several = requests.post(
         f"{generator_server.url}/invocations", json={"inputs": ["a", "b"]}, timeout=60

@@ -128,6 +128,11 @@ def test_every_payload_format_reaches_the_session(sessions_server: ServeProcess)
     session = open_session(sessions_server)
     v2 = {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["v2"]}]}
     assert invoke(sessions_server, v2, session).status_code == 200
+    # A v2 request sent as octet-stream (AWS's notebooks) is one, in a session too.
+    v2["inputs"][0]["data"] = ["octet"]
+    octet = invoke(sessions_server, v2, session, **{"Content-Type": "application/octet-stream"})
+    assert octet.status_code == 200, octet.text
+    assert "outputs" in octet.json()
     text = invoke(sessions_server, b"plain", session, **{"Content-Type": "text/plain"})
     assert text.status_code == 200, text.text
     header = json.dumps(
@@ -146,7 +151,8 @@ def test_every_payload_format_reaches_the_session(sessions_server: ServeProcess)
     content_type = f"application/vnd.sagemaker-triton.binary+json;json-header-size={len(header)}"
     answer = invoke(sessions_server, binary, session, **{"Content-Type": content_type})
     assert answer.status_code == 200, answer.text
-    assert say(sessions_server, session, "json")["remembered"] == ["v2", "plain", "binary", "json"]
+    remembered = say(sessions_server, session, "json")["remembered"]
+    assert remembered == ["v2", "octet", "plain", "binary", "json"]
     close(sessions_server, session)
 
 
