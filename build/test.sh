@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 : "${IMAGE:?}" "${TEST_RELEASES:?}" "${EXAMPLES_RELEASE:?}" "${TEST_WORKERS:?}" "${IMAGE_LOGS:?}"
-pytest=(.venv/bin/python -m pytest -n "$TEST_WORKERS" --dist loadscope --durations=15)
+pytest=(.venv/bin/python -m pytest -n "$TEST_WORKERS" --durations=15)
 for release in $TEST_RELEASES; do
     pytest+=(--image "$IMAGE:test-$release")
 done
@@ -29,7 +29,8 @@ trap 'kill $images 2>/dev/null' EXIT
 make --no-print-directory lint
 part lint $?
 
-"${pytest[@]}" --targets local
+# A module's tests stay on one worker, so a `serve` they share starts once.
+"${pytest[@]}" --dist loadscope --targets local
 part "tests without an image" $?
 
 wait $images
@@ -41,7 +42,8 @@ fi
 part "images (built meanwhile, log in $IMAGE_LOGS)" $built
 
 if [ "$built" -eq 0 ]; then
-    "${pytest[@]}" --targets images
+    # These start their own containers: each test goes to whichever worker is free.
+    "${pytest[@]}" --dist load --targets images
     part "tests of the images" $?
 fi
 exit "$status"
