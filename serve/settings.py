@@ -2,8 +2,8 @@
 
 SageMaker configures a container only through its environment, so this module
 is the one place that knows each variable: its name, default, parser and the
-line of documentation the README's tables are generated from
-(`python -m serve.settings` prints them; a test keeps the README in step).
+line of documentation the tables of docs/configuration.md are generated from
+(`python -m serve.settings` prints them; a test keeps them in step).
 `Settings.from_environ` validates everything up front: a bad value stops
 `serve` before any process starts, with a message naming the variable and
 what it accepts.
@@ -73,7 +73,7 @@ OFF = object()
 
 @dataclasses.dataclass(frozen=True)
 class Variable:
-    """One environment variable: what the README's tables say of it, and how it is read."""
+    """One environment variable: what the configuration tables say of it, and how it is read."""
 
     name: str
     parse: Parser
@@ -246,7 +246,7 @@ def _log_verbose(env: _Reader, name: str, _: Mapping[str, Any]) -> str | None:
     return env.text(name)
 
 
-METRICS_DOC = "[container/monitoring/README.md](container/monitoring/README.md)"
+METRICS_DOC = "[container/monitoring/README.md](../container/monitoring/README.md)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -726,7 +726,7 @@ def variables() -> tuple[Variable, ...]:
 
 
 def markdown_tables() -> str:
-    """The README's configuration tables, one per `Table`."""
+    """docs/configuration.md's tables, one per `Table`."""
     parts = []
     for table, title in TABLE_TITLES.items():
         rows = [variable.row() for variable in variables() if variable.table == table]

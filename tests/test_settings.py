@@ -186,12 +186,12 @@ NOT_VARIABLES = {
 }
 
 
-def test_readme_configuration_tables_are_the_settings_declarations() -> None:
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- settings:begin[^>]*-->\n(.*?)<!-- settings:end -->", readme, re.S)
-    assert block, "README.md lost its generated configuration block"
+def test_the_configuration_tables_are_the_settings_declarations() -> None:
+    reference = (REPO / "docs" / "configuration.md").read_text()
+    block = re.search(r"<!-- settings:begin[^>]*-->\n(.*?)<!-- settings:end -->", reference, re.S)
+    assert block, "docs/configuration.md lost its generated configuration block"
     assert block.group(1) == markdown_tables(), (
-        "README.md's configuration tables differ from serve/settings.py: paste the output "
+        "docs/configuration.md's tables differ from serve/settings.py: paste the output "
         "of `python -m serve.settings` between the settings markers"
     )
 

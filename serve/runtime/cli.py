@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="serve",
         description="Serve a Triton model repository the way SageMaker expects. "
-        "Configured by environment variables (see README.md).",
+        "Configured by environment variables (see docs/configuration.md).",
     )
     # SageMaker passes "serve" as the container's argument; accept and ignore it.
     parser.add_argument("command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)

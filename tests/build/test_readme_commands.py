@@ -38,6 +38,7 @@ from tests.conftest import REPO_ROOT, ServeProcess, free_port, serve_env
 
 DOCS = (
     REPO_ROOT / "README.md",
+    *sorted((REPO_ROOT / "docs").glob("*.md")),
     REPO_ROOT / "build" / "README.md",
     REPO_ROOT / "container" / "monitoring" / "README.md",
     REPO_ROOT / "container" / "EXTENDING.md",
@@ -201,7 +202,7 @@ def anchors(doc: Path) -> set[str]:
 
 def test_links_between_the_docs_lead_somewhere() -> None:
     broken = []
-    for doc in (*DOCS, REPO_ROOT / "docs" / "benchmarks.md"):
+    for doc in DOCS:
         for target in LINK.findall(doc.read_text()):
             if target.startswith(("http://", "https://")):
                 continue
@@ -275,7 +276,11 @@ def test_blocks_that_start_their_own_server_run_as_written(block: Block) -> None
 
 def test_the_self_starting_blocks_are_the_ones_expected() -> None:
     docs = {block.doc.relative_to(REPO_ROOT).as_posix() for block in SELF_STARTING}
-    assert docs == {"README.md", "model_repository/README.md", "streaming_repository/README.md"}
+    assert docs == {
+        "docs/multi-model.md",
+        "model_repository/README.md",
+        "streaming_repository/README.md",
+    }
 
 
 def test_streaming_examples_stream_from_make_serve_streaming() -> None:
