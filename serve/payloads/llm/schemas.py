@@ -284,7 +284,7 @@ def _messages(value: object) -> list[dict[str, object]]:
         if not isinstance(message, dict):
             raise PayloadError(f"messages[{number}] must be an object, not {_kind(message)}")
         role = message.get("role")
-        if role not in MESSAGE_ROLES:
+        if not isinstance(role, str) or role not in MESSAGE_ROLES:
             raise PayloadError(
                 f"messages[{number}].role must be one of {', '.join(sorted(MESSAGE_ROLES))}, "
                 f"not {role!r}"
@@ -653,8 +653,10 @@ async def _stream_tgi(
         )
 
 
-def _tgi_error(exc: ServeError) -> dict[str, object]:
-    kind = "validation" if exc.status < 500 else "generation"
+def _tgi_error(exc: ServeError, started: bool = False) -> dict[str, object]:
+    """TGI's error object: a request it refused is `validation`; a generation that failed,
+    or a stream that had started, `generation`."""
+    kind = "validation" if exc.status < 500 and not started else "generation"
     return {"error": exc.message, "error_type": kind}
 
 
@@ -671,7 +673,7 @@ TGI = RequestSchema(
     _answer_tgi,
     _stream_tgi,
     lambda exc: json.dumps(_tgi_error(exc)).encode(),
-    lambda exc: _event(_tgi_error(exc)),
+    lambda exc: _event(_tgi_error(exc, started=True)),
 )
 
 SCHEMAS = Schemas()
