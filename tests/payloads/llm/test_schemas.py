@@ -8,12 +8,13 @@ their answers, so each test checks both the schema's answer and the mapping.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from tests.conftest import ServeProcess
-from tests.payloads.llm.conftest import echoed, rendered
+from tests.payloads.llm.conftest import echoed, rendered, start_text_server
 
 TARGET = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -241,3 +242,33 @@ def test_stream_failures(text_server: ServeProcess) -> None:
     assert done == "[DONE]"
     tgi = events(invoke(text_server, {"inputs": "a b c d fail later", "stream": True}))
     assert tgi[-1] == {"error": "the model failed after two tokens", "error_type": "generation"}
+
+
+V2_ENSEMBLE = {
+    "inputs": [
+        {"name": "text_input", "shape": [1, 1], "datatype": "BYTES", "data": ["hi"]},
+        {"name": "max_tokens", "shape": [1, 1], "datatype": "INT32", "data": [1]},
+    ]
+}
+
+
+def test_v2_bodies_stay_off_the_payload_service(tmp_path: Path) -> None:
+    """nginx sends a declared model's v2 JSON (tensors first) to Triton itself, and every
+    JSON body of a model not declared as it did before; only schema bodies need Python.
+    With the payload service's socket gone, those still answer and a chat body cannot."""
+    server = start_text_server(
+        tmp_path,
+        SERVE_TEXT_GENERATION_MODELS="ensemble_like",
+        SAGEMAKER_TRITON_DEFAULT_MODEL_NAME="ensemble_like",
+    )
+    try:
+        # Before any request: nginx keeps the connections it has used open.
+        server.wait_ready()
+        (server.workspace() / "front" / "payloads.sock").unlink()
+        native = invoke(server, V2_ENSEMBLE)
+        assert native.status_code == 200 and native.json()["outputs"][0]["data"] == ["hi t0"]
+        plain = {"inputs": [{"name": "prompt", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+        assert invoke(server, plain, model="plain").status_code == 200
+        assert invoke(server, {"prompt": "a", "max_tokens": 1}).status_code == 503
+    finally:
+        server.stop()
