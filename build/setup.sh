@@ -63,4 +63,7 @@ echo "setup: the sentence-embedding example (all-MiniLM-L6-v2 weights, tokenizer
 .venv/bin/python build/examples/prepare_sentence_embedding.py --repository model_repository
 echo "setup: the text-generation example (a tiny BLOOM with random weights; transformers in its folder)"
 .venv/bin/python build/examples/make_text_generator.py --repository streaming_repository
+echo "setup: the language-model example (the same tiny BLOOM, with a chat template)"
+.venv/bin/python build/examples/make_text_generator.py --repository llm_repository \
+    --model chat_generator --chat-template
 echo "setup: done"
