@@ -221,7 +221,57 @@ class TritonPythonModel:
             for r in requests]
 """
 
-TEXT_MODELS = "chat_vllm,ensemble_like,plain,no_template"
+CHAT_TURNS_CONFIG = """
+    max_batch_size: 8
+    input [
+      { name: "text_input", data_type: TYPE_STRING, dims: [ 1 ] },
+      { name: "sampling_parameters", data_type: TYPE_STRING, dims: [ 1 ], optional: true }
+    ]
+    output [ { name: "text_output", data_type: TYPE_STRING, dims: [ 1 ] } ]
+    sequence_batching {
+      max_sequence_idle_microseconds: 3600000000
+      oldest { max_candidate_sequences: 64 }
+      control_input [
+        { name: "START", control [ { kind: CONTROL_SEQUENCE_START, int32_false_true: [ 0, 1 ] } ] },
+        { name: "END", control [ { kind: CONTROL_SEQUENCE_END, int32_false_true: [ 0, 1 ] } ] },
+        { name: "CORRID", control [ { kind: CONTROL_SEQUENCE_CORRID, data_type: TYPE_UINT64 } ] }
+      ]
+    }
+    """
+
+# A stateful chat model: it counts each session's turns (Triton's sequence batcher hands it
+# START, END and the session's CORRID) and answers with the turn and the prompt's last line.
+CHAT_TURNS_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _value(request, name):
+    return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.turns = {}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            corrid = int(_value(request, "CORRID"))
+            if _value(request, "START"):
+                self.turns[corrid] = 0
+            prompt = _value(request, "text_input").decode()
+            self.turns[corrid] = self.turns.get(corrid, 0) + (1 if prompt else 0)
+            last = prompt.strip().splitlines()[-2] if prompt.strip() else ""
+            text = f"turn {self.turns[corrid]} of {len(self.turns)} open: {last}"
+            if _value(request, "END"):
+                del self.turns[corrid]
+            out = np.array([[text.encode()]], dtype=object)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("text_output", out)]))
+        return responses
+"""
+
+TEXT_MODELS = "chat_vllm,ensemble_like,plain,no_template,chat_turns"
 
 
 def write_tokenizer_config(folder: Path, template: str = CHAT_TEMPLATE) -> None:
@@ -237,6 +287,8 @@ def write_text_models(repository: Path) -> None:
     write_tokenizer_config(repository / "ensemble_like")
     write_model(repository, "plain", PLAIN_CONFIG, PLAIN_PY)
     write_model(repository, "no_template", VLLM_CONFIG, VLLM_PY)
+    write_model(repository, "chat_turns", CHAT_TURNS_CONFIG, CHAT_TURNS_PY)
+    write_tokenizer_config(repository / "chat_turns")
 
 
 def rendered(messages: list[dict[str, str]]) -> str:

@@ -272,3 +272,38 @@ def test_v2_bodies_stay_off_the_payload_service(tmp_path: Path) -> None:
         assert invoke(server, {"prompt": "a", "max_tokens": 1}).status_code == 503
     finally:
         server.stop()
+
+
+SESSION = "X-Amzn-SageMaker-Session-Id"
+
+
+def test_a_session_carries_chat_turns_to_a_sequence_batched_model(
+    text_server: ServeProcess,
+) -> None:
+    """SageMaker's stateful sessions and the chat schema together: each turn of a session
+    reaches the same sequence of Triton's sequence batcher, which the model keeps state for."""
+    url = f"{text_server.url}/invocations"
+    headers = {TARGET: "target_model=chat_turns", "Content-Type": "application/json"}
+
+    def turn(session: str, content: str, **extra: object) -> requests.Response:
+        body = {"messages": [{"role": "user", "content": content}], **extra}
+        response = requests.post(url, json=body, headers={**headers, SESSION: session}, timeout=60)
+        assert response.status_code == 200, response.text
+        return response
+
+    opened = turn("NEW_SESSION", "hello")
+    session = opened.headers["X-Amzn-SageMaker-New-Session-Id"].split(";")[0]
+    assert opened.json()["choices"][0]["message"]["content"] == "turn 1 of 1 open: <s><|user|>hello"
+    other = turn("NEW_SESSION", "elsewhere")
+    assert other.json()["choices"][0]["message"]["content"].startswith("turn 1 of 2 open")
+    second = turn(session, "again")
+    assert second.json()["choices"][0]["message"]["content"] == "turn 2 of 2 open: <s><|user|>again"
+    streamed = events(turn(session, "streamed", stream=True))
+    assert streamed[0]["choices"][0]["delta"]["content"] == "turn 3 of 2 open: <s><|user|>streamed"
+    assert streamed[-1] == "[DONE]"
+    closed = requests.post(
+        url, json={"requestType": "CLOSE"}, headers={**headers, SESSION: session}, timeout=60
+    )
+    assert closed.headers["X-Amzn-SageMaker-Closed-Session-Id"] == session
+    after = turn(other.headers["X-Amzn-SageMaker-New-Session-Id"].split(";")[0], "last")
+    assert after.json()["choices"][0]["message"]["content"].startswith("turn 2 of 1 open")
