@@ -28,7 +28,7 @@ EXAMPLES_RELEASE := 24.10
 LOCK_PYTHONS := 3.10 3.12
 IMAGE_LOGS := .work/images
 
-.PHONY: setup serve serve-mme serve-streaming serve-sessions rehearse test test-fresh test-images image standin lock lint bench
+.PHONY: setup serve serve-mme serve-streaming serve-llm serve-sessions rehearse test test-fresh test-images image standin lock lint bench
 
 setup: $(SETUP_STAMP)
 
@@ -67,6 +67,13 @@ serve-mme: setup
 serve-streaming: setup
 	mkdir -p .opt_ml/streaming && ln -sfn ../../streaming_repository .opt_ml/streaming/model
 	$(SERVE_LOG) OPT_ML=$(CURDIR)/.opt_ml/streaming SAGEMAKER_BIND_TO_PORT=$(PORT) .venv/bin/serve
+
+# The language-model example (llm_repository/): a tiny random-weight BLOOM with the vLLM
+# backend's inputs and a chat template, answering the OpenAI and TGI schemas on /invocations.
+serve-llm: setup
+	mkdir -p .opt_ml/llm && ln -sfn ../../llm_repository .opt_ml/llm/model
+	$(SERVE_LOG) OPT_ML=$(CURDIR)/.opt_ml/llm SAGEMAKER_BIND_TO_PORT=$(PORT) \
+	SERVE_TEXT_GENERATION_MODELS=$${SERVE_TEXT_GENERATION_MODELS:-chat_generator} .venv/bin/serve
 
 # smtriton's way to an endpoint (package, upload, deploy, invoke, update,
 # delete) against the local AWS stand-in, invocations reaching a real serve.

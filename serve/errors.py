@@ -15,6 +15,9 @@ class ServeError(Exception):
     """A failure a user can act on; subclasses name the status it is answered with."""
 
     status: int = 500
+    # The answer's body when a request schema words its errors itself (OpenAI's error
+    # object, serve/payloads/llm/schemas.py); None: `{"error": message}`.
+    body: bytes | None = None
 
     def __init__(self, message: str):
         super().__init__(message)

@@ -30,6 +30,9 @@ PingMode = Literal["ready", "live"]
 InferenceType = Literal["infer", "generate", "generate_stream"]
 BatchStrategy = Literal["SINGLE_RECORD", "MULTI_RECORD"]
 INFERENCE_TYPES: tuple[InferenceType, ...] = ("infer", "generate", "generate_stream")
+# How a text-generation model's inputs are filled: the mappings of serve/payloads/llm/mappings.py
+# (tests/payloads/llm/ checks the two lists agree; settings sit below that layer).
+TEXT_GENERATION_INPUTS = ("auto", "tensorrt_llm", "vllm")
 
 MEBIBYTE = 1024 * 1024
 # SageMaker's request body caps: InvokeEndpoint (6 MB, 6,291,456 bytes), batch
@@ -228,6 +231,10 @@ def _body_buffer(env: _Reader, name: str, values: Mapping[str, Any]) -> int:
 
 def _shell_words(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[str, ...]:
     return env.shell_words(name)
+
+
+def _names(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (env.text(name) or "").split(",") if part.strip())
 
 
 def _folders(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[Path, ...]:
@@ -644,6 +651,41 @@ class Settings:
         _positive(MAX_THREADS),
         "open sessions at most; more get 429 until some close or expire",
     )
+    text_generation_models: tuple[str, ...] = setting(
+        "SERVE_TEXT_GENERATION_MODELS",
+        (),
+        _names,
+        "comma-separated models that `/invocations` also serves in language-model clients' "
+        "schemas: OpenAI's chat completions (`messages`) and completions (`prompt`), Hugging "
+        "Face TGI's (`inputs` as text), streamed and not ([language models](language-models.md)). "
+        "Their KServe v2 requests keep their meaning; their other JSON bodies are read in "
+        'those schemas (`{"inputs": "text"}` is TGI\'s there). Single-model endpoints',
+        default_doc="unset",
+    )
+    text_generation_inputs: str = setting(
+        "SERVE_TEXT_GENERATION_INPUTS",
+        "auto",
+        _choice(*TEXT_GENERATION_INPUTS),
+        "how those models' inputs are filled: `vllm` (the vLLM backend's `text_input`, "
+        "`sampling_parameters`, ...), `tensorrt_llm` (TensorRT-LLM's ensemble: `text_input`, "
+        "`max_tokens`, ...) or `auto`, the first whose inputs a model has",
+    )
+    chat_template: Path | None = setting(
+        "SERVE_CHAT_TEMPLATE",
+        None,
+        _path,
+        "a chat template for those models' chat requests: a Jinja file, or a "
+        "`tokenizer_config.json` holding `chat_template`; relative paths are read in each "
+        "model's folder",
+        default_doc="the model folder's `tokenizer_config.json`",
+    )
+    text_generation_max_tokens: int = setting(
+        "SERVE_TEXT_GENERATION_MAX_TOKENS",
+        256,
+        _positive(MAX_THREADS),
+        "tokens a text-generation request makes when it names no limit (`max_tokens`, "
+        "`max_completion_tokens`, `max_new_tokens`)",
+    )
     bidirectional_streaming: bool = setting(
         "SERVE_BIDIRECTIONAL_STREAMING",
         True,
@@ -701,6 +743,12 @@ class Settings:
 
     def validated(self) -> Settings:
         """Check rules that span several variables."""
+        if self.multi_model and self.text_generation_models:
+            raise ConfigError(
+                "SERVE_TEXT_GENERATION_MODELS names models of a single-model endpoint; a "
+                "multi-model endpoint's models are named when they load: unset it, or "
+                "serve the model on a single-model endpoint"
+            )
         public = self.public_ports()
         for name, port in public.items():
             if name != "SERVE_METRICS_PORT" and port == self.serve_metrics_port:

@@ -18,7 +18,10 @@ the versions the image pins (container/requirements/models.in), into the model's
 image has transformers itself.
 
 Run: `.venv/bin/python build/examples/make_text_generator.py --repository streaming_repository`
-(set-up does); --force rewrites existing files.
+(set-up does); --force rewrites existing files. The language-model example
+(llm_repository/chat_generator) is the same tiny BLOOM with a chat template in
+its tokenizer_config.json: `--repository llm_repository --model chat_generator
+--chat-template` (set-up does that too).
 """
 
 from __future__ import annotations
@@ -44,14 +47,25 @@ CORPUS = [
     "A tiny model with random weights writes gibberish, quickly.",
 ]
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+# A ChatML-style template, as many chat models ship one: it lands in tokenizer_config.json's
+# chat_template, where serve (and transformers' apply_chat_template) read it.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=Path("streaming_repository"))
+    parser.add_argument("--model", default="text_generator")
+    parser.add_argument(
+        "--chat-template", action="store_true", help="write a chat template with the tokenizer"
+    )
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
-    version = args.repository / "text_generator" / "1"
+    version = args.repository / args.model / "1"
     packages = version / "packages"
     if not (packages / "transformers").is_dir() or args.force:
         pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
@@ -62,10 +76,10 @@ def main() -> None:
         print(f"{target} exists; --force rewrites it")
         return
     sys.path.insert(0, str(packages))
-    write_generator(target)
+    write_generator(target, CHAT_TEMPLATE if args.chat_template else None)
 
 
-def write_generator(target: Path) -> None:
+def write_generator(target: Path, chat_template: str | None = None) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import BloomConfig, BloomForCausalLM, PreTrainedTokenizerFast
@@ -90,6 +104,8 @@ def write_generator(target: Path) -> None:
         eos_token="</s>",
         pad_token="<pad>",
     )
+    if chat_template is not None:
+        fast.chat_template = chat_template
     fast.save_pretrained(target)
 
     torch.manual_seed(0)

@@ -8,7 +8,9 @@
 # PAYLOAD_BENCH=1 adds build/bench/payloads.py (PAYLOAD_ARGS its options,
 # PAYLOAD_VERBOSE=1 a second run with Triton's verbose log); STREAMING_BENCH=1 adds
 # build/bench/streaming.py, with the streaming example pack.sh packs); SPEED_BENCH=1
-# adds build/gpu/speed.sh (two-core, many-streams and encoder runs; see it).
+# adds build/gpu/speed.sh (two-core, many-streams and encoder runs; see it); LLM_BENCH=1
+# adds build/bench/llm_stream.py (GPT-2 small, serve's chat route against Triton's own
+# generate_stream; LLM_ARGS its options).
 # Everything is logged under $OUT.
 set -x
 export PYTHONUNBUFFERED=1
@@ -136,6 +138,16 @@ if [ -n "${STREAMING_BENCH:-}" ]; then
         'import transformers; from transformers import TextIteratorStreamer, pipeline
 print("transformers", transformers.__version__)' 2>&1 | tail -4
     timeout 200 python build/bench/streaming.py --requests 100 | tee "$OUT/bench-streaming.txt"
+fi
+# Language models (issue 26): GPT-2 small (random weights, a tokenizer made here) streaming
+# through serve's chat route against Triton's own generate_stream on the same model. The
+# model is built with the machine's own Python (transformers imports there, not beside the
+# backend's numpy 1.26), then served and measured with serve's. LLM_ARGS: its options.
+if [ -n "${LLM_BENCH:-}" ]; then
+    "${torch_site%/lib/*}/bin/python3" build/bench/llm_stream.py --build /tmp/llm-bench
+    # shellcheck disable=SC2086
+    timeout "${LLM_TIMEOUT:-560}" python build/bench/llm_stream.py --repository /tmp/llm-bench \
+        ${LLM_ARGS:-} | tee "$OUT/bench-llm.txt"
 fi
 # Issue 15's speed runs (build/gpu/speed.sh).
 # shellcheck source=build/gpu/speed.sh

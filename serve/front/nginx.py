@@ -87,6 +87,9 @@ class FrontModel:
     # One BYTES input: octet-stream, text/plain and image/* bodies may be its raw input,
     # so the payload service reads them; other models' go to Triton as v2 JSON.
     takes_bytes: bool = False
+    # A declared text-generation model (SERVE_TEXT_GENERATION_MODELS): its JSON bodies go to
+    # the payload service (a request schema's), but for v2 requests, which go to Triton.
+    text_generation: bool = False
 
 
 # Model names nginx can match in target_model=NAME and write into its config unquoted.
@@ -233,6 +236,7 @@ class FrontConfig:
                 "path": f"/v2/models/{quote(name, safe='')}/{inference}",
                 "payloads": int(payloads),
                 "bytes": int(model.takes_bytes),
+                "text": int(model.text_generation),
                 "writers": int(bool(writers) and model.writes_json),
             }
 

@@ -43,6 +43,7 @@ from serve.payloads import batching
 from serve.payloads.batching import Origin
 from serve.payloads.body import Body
 from serve.payloads.codecs import json_codec
+from serve.payloads.events import event_data, events
 from serve.payloads.formats import (
     BINARY,
     EVENTS,
@@ -55,6 +56,7 @@ from serve.payloads.formats import (
     request_format,
     takes_bytes,
 )
+from serve.payloads.llm.generate import TextGeneration, TextModel
 from serve.payloads.media import MediaType
 from serve.payloads.records import parameter_inputs, record_count, tensors_from_records
 from serve.payloads.signature import ModelSignature
@@ -112,10 +114,22 @@ class Reply:
 
 
 class PayloadAdapter:
-    def __init__(self, triton: TritonHttp, registry: ModelRegistry | None = None):
+    def __init__(
+        self,
+        triton: TritonHttp,
+        registry: ModelRegistry | None = None,
+        text_models: Mapping[str, TextModel] | None = None,
+        max_tokens: int = 256,
+    ):
+        """`text_models`: the declared text-generation models (SERVE_TEXT_GENERATION_MODELS),
+        whose JSON bodies other than v2 requests speak a request schema (serve/payloads/llm/);
+        `max_tokens` is what they generate when a request names no limit."""
         self.triton = triton
         self._registry = registry
         self._signatures: dict[object, ModelSignature] = {}
+        self.text = (
+            TextGeneration(triton, self.signature, text_models, max_tokens) if text_models else None
+        )
 
     async def invoke(self, invocation: Invocation) -> Reply:
         if invocation.inference not in INFERENCE_TYPES:
@@ -143,6 +157,9 @@ class PayloadAdapter:
             document = json_codec.parse(invocation.body.read())
             if is_v2_request(document):
                 return await self._native(invocation, name, key, V2, document)
+            if self.text is not None and self.text.serves(name):
+                text = await self.text.invoke(name, key, document, invocation.parameters)
+                return Reply(200, text.content_type, text.body, chunks=text.chunks)
             if invocation.inference != "infer" and _names_inputs(document):
                 return await self._native(invocation, name, key, V2, document)
         elif (v2 := v2_document(payload_format, media, invocation.body)) is not None:
@@ -395,7 +412,7 @@ class PayloadAdapter:
             body = b"".join([chunk async for chunk in stream.chunks])
             # A stream whose first response is an error: Triton answers 400 with
             # that response as an event (data: {"error": ...}).
-            raise triton_failure(stream.status, _event_data(body) or body)
+            raise triton_failure(stream.status, event_data(body) or body)
         chunks = stream.chunks if answer is EVENTS else _json_lines(stream.chunks)
         content_type = answer.content_type
         # The first chunk is awaited before the answer starts: a stream that fails
@@ -491,21 +508,14 @@ def _generate_value(name: str, tensor: object) -> object:
 
 async def _json_lines(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """Triton's server-sent events as JSON Lines: one line per model response."""
-    pending = b""
+    stream = events(chunks)
     try:
-        async for chunk in chunks:
-            pending += chunk
-            *events, pending = pending.split(b"\n\n")
-            for event in events:
-                line = _event_line(event)
-                if line:
-                    yield line
-        if pending.strip():
-            line = _event_line(pending)
+        async for event in stream:
+            line = _event_line(event)
             if line:
                 yield line
     finally:
-        await chunks.aclose()  # a caller who left early ends Triton's request now
+        await stream.aclose()  # a caller who left early ends Triton's request now
 
 
 async def _starting_with(
@@ -520,13 +530,8 @@ async def _starting_with(
         await rest.aclose()
 
 
-def _event_data(event: bytes) -> bytes:
-    """What one server-sent event carries: its `data:` lines, joined."""
-    return b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
-
-
 def _event_line(event: bytes) -> bytes:
-    data = _event_data(event)
+    data = event_data(event)
     if not data:
         return b""
     try:

@@ -29,7 +29,7 @@ import http
 import json
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote
@@ -51,6 +51,7 @@ from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
 from serve.payloads.flow import WriteFlow
 from serve.payloads.http_parser import Head, HeadTooLarge, MalformedMessage, RequestReader
+from serve.payloads.llm.generate import TextModel
 from serve.payloads.loop_thread import LoopThread
 from serve.payloads.triton_http import TritonHttp
 from serve.sagemaker.contract import SESSION_HEADER
@@ -88,11 +89,14 @@ class PayloadService(LoopThread):
         timeout: float = 3600.0,
         sessions: SessionHandlers | None = None,
         listener: socket.socket | None = None,
+        text_models: Mapping[str, TextModel] | None = None,
+        max_tokens: int = 256,
     ):
         """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
 
         `spool`: where bodies past SERVE_BODY_BUFFER_BYTES are written (serve/payloads/body.py).
         `listener`: a socket already listening at `socket_path` (writers.py's processes).
+        `text_models`, `max_tokens`: the declared text-generation models (serve/payloads/llm/).
         """
         # uvloop's loop runs the callbacks in C: the service's share of the time to a
         # first streamed chunk fell by a quarter to a half against asyncio's own loop
@@ -105,13 +109,18 @@ class PayloadService(LoopThread):
         # Stateful sessions (serve/sessions/invocations.py): None on multi-model endpoints.
         self._session_handlers = sessions
         self._listener = listener
+        self._text_models = text_models
+        self._max_tokens = max_tokens
         self._adapter: PayloadAdapter | None = None
         self._sessions: SessionHandler | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def _open(self) -> None:
         adapter = self._adapter = PayloadAdapter(
-            TritonHttp(self._triton_port, self._timeout), self._registry
+            TritonHttp(self._triton_port, self._timeout),
+            self._registry,
+            self._text_models,
+            self._max_tokens,
         )
         sessions = None
         if self._session_handlers is not None:
@@ -263,7 +272,7 @@ class _NginxConnection(WriteFlow):
             # --- end sessions
             return await self._adapter.invoke(invocation)
         except ServeError as exc:
-            return Reply(exc.status, "application/json", _error(exc.message))
+            return Reply(exc.status, "application/json", exc.body or _error(exc.message))
         except (asyncio.TimeoutError, TimeoutError):
             message = invocation_timed_out(self._adapter.triton.timeout)
             return Reply(504, "application/json", _error(message))

@@ -37,6 +37,8 @@ from serve.machine import host
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
 from serve.payloads.formats import takes_bytes
+from serve.payloads.llm.generate import TextModel
+from serve.payloads.llm.templates import find_chat_template
 from serve.payloads.service import PayloadService, SessionHandlers
 from serve.payloads.signature import ModelSignature
 from serve.payloads.writers import listening_socket, writer_argv, writer_count, writes_json
@@ -153,7 +155,9 @@ class Server:
             triton_port=triton_port,
             control_socket=ws.control_socket,
             default_model=repository.default_model if repository else None,
-            models=_front_models(repository, settings.v2_json_min_values),
+            models=_front_models(
+                repository, settings.v2_json_min_values, settings.text_generation_models
+            ),
             bidirectional=bidirectional_port is not None,
             worker_processes=worker_count(cpus),
             v2_json_writers=writer_count(settings.v2_json_writers, cpus),
@@ -264,6 +268,8 @@ class Server:
             settings.invocation_timeout,
             # Stateful sessions on /invocations (serve/sessions/), single-model endpoints.
             self._session_handlers() if repository else None,
+            text_models=_text_models(repository, settings),
+            max_tokens=settings.text_generation_max_tokens,
         )
         running.payloads.start()
         for number, path in enumerate(front.writer_sockets()):
@@ -404,7 +410,7 @@ class _Running:
 
 
 def _front_models(
-    repository: PreparedRepository | None, json_min_values: int
+    repository: PreparedRepository | None, json_min_values: int, text_models: tuple[str, ...] = ()
 ) -> tuple[FrontModel, ...]:
     """The models nginx routes by target_model=NAME, and which need the payload services."""
     if repository is None:
@@ -416,9 +422,38 @@ def _front_models(
             custom_attributes=bool(m.config and sets_custom_attributes(m.config)),
             writes_json=writes_json(m.config, json_min_values),
             takes_bytes=_takes_bytes(m.config),
+            text_generation=m.name in text_models,
         )
         for m in repository.models
     )
+
+
+def _text_models(repository: PreparedRepository | None, settings: Settings) -> dict[str, TextModel]:
+    """The declared text-generation models (SERVE_TEXT_GENERATION_MODELS), with their chat
+    templates; a name the repository does not hold stops start-up."""
+    if repository is None:
+        return {}
+    folders = {m.name: m.path for m in repository.models}
+    unknown = [name for name in settings.text_generation_models if name not in folders]
+    if unknown:
+        raise ConfigError(
+            f"SERVE_TEXT_GENERATION_MODELS names {', '.join(unknown)}, which the model "
+            f"repository does not hold; it holds: {', '.join(sorted(folders))}"
+        )
+    models = {}
+    for name in settings.text_generation_models:
+        template = find_chat_template(folders[name], settings.chat_template)
+        if template is None:
+            log.warning(
+                "text-generation model %r ships no chat template (no tokenizer_config.json "
+                "with chat_template in its folder, and SERVE_CHAT_TEMPLATE unset): its chat "
+                "requests will be refused; completions and TGI requests are served",
+                name,
+            )
+        else:
+            log.info("text-generation model %r: chat template from %s", name, template.source)
+        models[name] = TextModel(name, settings.text_generation_inputs, template)
+    return models
 
 
 def _takes_bytes(config: ModelConfig | None) -> bool:

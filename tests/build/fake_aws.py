@@ -27,6 +27,11 @@ only here:
   back; a 4xx/5xx becomes ModelError). A multi-model endpoint's TargetModel
   is fetched from the model's S3 prefix, unpacked into DIR/<hash>/model,
   loaded with POST /models and invoked at /models/<hash>/invoke.
+  InvokeEndpointWithResponseStream is passed on too: the container's answer
+  is read as it arrives and each piece it sends becomes a PayloadPart of
+  AWS's event-stream encoding, as SageMaker frames it (so a client sees
+  tokens as the model makes them, cut wherever the container's writes fell);
+  an answer of 4xx/5xx before the stream starts becomes ModelError.
 """
 
 from __future__ import annotations
@@ -329,6 +334,50 @@ def _load_target(container: dict[str, Any], running: dict[str, str], target: str
     return name
 
 
+def forward_stream(
+    request: Request, name: str, container: dict[str, Any], running: dict[str, str]
+) -> Response:
+    """InvokeEndpointWithResponseStream to a running container: each piece it sends, a
+    PayloadPart, as it arrives."""
+    if container.get("Mode") == "MultiModel":
+        return _json_error(
+            400, "ValidationError", {"message": "streaming a multi-model endpoint is not faked"}
+        )
+    headers = {h: request.headers[h] for h in _PASSED if h in request.headers}
+    parsed = urllib.parse.urlsplit(running["url"])
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=120)
+    connection.request("POST", "/invocations", body=request.get_data(), headers=headers)
+    reply = connection.getresponse()
+    if reply.status >= 400:
+        body = reply.read()
+        connection.close()
+        return _model_error(name, reply.status, body.decode("utf-8", "replace"))
+    part = {
+        ":event-type": "PayloadPart",
+        ":message-type": "event",
+        ":content-type": "application/octet-stream",
+    }
+
+    def parts() -> Any:
+        try:
+            while piece := reply.read1(65536):
+                yield _event_message(part, piece)
+        finally:
+            connection.close()
+
+    answer_headers = {
+        "Content-Type": "application/vnd.amazon.eventstream",
+        "X-Amzn-SageMaker-Content-Type": reply.headers.get(
+            "Content-Type", "application/octet-stream"
+        ),
+        "x-Amzn-Invoked-Production-Variant": "AllTraffic",
+    }
+    attributes = reply.headers.get("X-Amzn-SageMaker-Custom-Attributes")
+    if attributes:
+        answer_headers["X-Amzn-SageMaker-Custom-Attributes"] = attributes
+    return Response(parts(), headers=answer_headers, direct_passthrough=True)
+
+
 def forward(
     request: Request, name: str, container: dict[str, Any], running: dict[str, str]
 ) -> Response:
@@ -371,8 +420,10 @@ class FakeAws:
         if match and method == "POST":
             request = Request(environ)
             streaming = match["kind"].endswith("stream")
-            running = None if streaming else _running_container(request, match["name"])
-            if running is not None:
+            running = _running_container(request, match["name"])
+            if running is not None and streaming:
+                response = forward_stream(request, match["name"], *running)
+            elif running is not None:
                 response = forward(request, match["name"], *running)
             else:
                 response = runtime_app(request, match["name"], streaming)

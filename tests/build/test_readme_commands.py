@@ -3,9 +3,9 @@
 Every ```sh block carries a marker on the line before it,
 `<!-- readme-command: KIND -->`, saying how it is checked:
 
-- `serve`, `serve-mme`, `serve-streaming`: run here, line group by line
-  group, with bash, against `make serve`, `make serve-mme` or `make
-  serve-streaming`, started here as the block's first line says when it
+- `serve`, `serve-mme`, `serve-streaming`, `serve-llm`: run here, line group
+  by line group, with bash, against `make serve`, `make serve-mme`, `make
+  serve-streaming` or `make serve-llm`, started here as the block's first line says when it
   starts one (`NAME=VALUE make serve`), on a free port: the one change made
   to what is written is `localhost:8080` becoming that port.
   The `# ...` lines under a command are its output: compared exactly, with
@@ -44,8 +44,17 @@ DOCS = (
     REPO_ROOT / "container" / "EXTENDING.md",
     REPO_ROOT / "model_repository" / "README.md",
     REPO_ROOT / "streaming_repository" / "README.md",
+    REPO_ROOT / "llm_repository" / "README.md",
 )
-KINDS = ("serve", "serve-mme", "serve-streaming", "make-target", "rehearse", "not-run")
+KINDS = (
+    "serve",
+    "serve-mme",
+    "serve-streaming",
+    "serve-llm",
+    "make-target",
+    "rehearse",
+    "not-run",
+)
 SHELL_BLOCK = re.compile(r"^```(?:sh|bash)\n(?P<body>.*?)^```", re.DOTALL | re.MULTILINE)
 MARKER = re.compile(r"<!-- readme-command: (?P<kind>[a-z-]+)(?::\s*(?P<why>.*?))? -->\n$")
 STARTS_SERVER = re.compile(r"^(?P<variables>(?:[A-Z_]+=\S+ )*)make (?P<target>serve[a-z-]*)$")
@@ -315,3 +324,17 @@ def test_streaming_examples_stream_from_make_serve_streaming() -> None:
     assert response.status_code == 200, lines
     assert response.headers.get("Transfer-Encoding") == "chunked"
     assert len(lines) > 1 and all(set(line) == {"text_output"} for line in lines), lines
+
+
+def test_language_model_examples_answer_from_make_serve_llm() -> None:
+    """llm_repository/README.md's blocks, one per schema, against `make serve-llm`."""
+    blocks = blocks_of("serve-llm")
+    assert len(blocks) >= 2
+    port = free_port()
+    server = MakeServe("serve-llm", make_env(port), port)
+    try:
+        server.wait_until(lambda: server.ping_status() == 200, 300, "/ping to answer 200")
+        for block in blocks:
+            run_block(block, port, make_env(port))
+    finally:
+        server.stop()

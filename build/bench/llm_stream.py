@@ -1,0 +1,406 @@
+"""GPU benchmark: serve's chat route against Triton's own generate_stream, on one language model.
+
+The model is GPT-2 small in size and architecture (12 layers, 768 wide, 12
+heads, a 50,257-token vocabulary, fp16), built with transformers'
+GPT2LMHeadModel from a config with RANDOM weights, and a byte-level BPE
+tokenizer made on the spot (trained on generated text, then filled to GPT-2's
+vocabulary with added tokens): no model hub is reachable from the GPU machine.
+It is served through Triton's Python backend with the vLLM backend's inputs
+and outputs (decoupled, one response per token), in plain torch with a KV
+cache, since transformers does not import beside the numpy 1.26 the backend
+needs there; each request decodes greedily in a thread of its own, for
+exactly `--tokens` tokens (no stop at the end-of-text token), so both paths do
+the same work.
+
+Two paths reach the very same Triton and model instance:
+- serve's /invocations with an OpenAI chat body, `"stream": true` (nginx ->
+  the payload service -> the chat template -> Triton's generate_stream ->
+  `chat.completion.chunk` events);
+- Triton's own generate_stream route on its loopback port, with the prompt
+  the template renders for the same messages (vLLM's inputs).
+
+At each concurrency (1, 16, 64 streams by default) each path runs for
+`--seconds`, in alternating rounds (the order rotated each round); every
+stream sends its next request as soon as the last one ends. Printed per path:
+tokens per second (all streams), the median time to the first token, and the
+ratios serve / Triton (goal: tokens/s at least 0.97x, time to first token
+within 1 ms).
+
+Steps (build/gpu/run-on-gpu.sh, LLM_BENCH=1, runs both):
+  1. `MACHINE_PYTHON build/bench/llm_stream.py --build DIR`: with the machine's
+     own Python (transformers 5, numpy 2), write the model repository to DIR.
+  2. `python build/bench/llm_stream.py --repository DIR`: with serve's
+     environment (numpy 1.26 first, torch through a .pth), serve it and measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+MODEL = "llm_bench"
+VOCABULARY = 50257
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Tell me about Triton Inference Server on SageMaker."},
+]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + "
+    "eos_token }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+CONFIG = f"""
+name: "{MODEL}"
+backend: "python"
+max_batch_size: 0
+model_transaction_policy {{ decoupled: true }}
+input [
+  {{ name: "text_input", data_type: TYPE_STRING, dims: [ 1 ] }},
+  {{ name: "stream", data_type: TYPE_BOOL, dims: [ 1 ], optional: true }},
+  {{ name: "sampling_parameters", data_type: TYPE_STRING, dims: [ 1 ], optional: true }},
+  {{ name: "exclude_input_in_output", data_type: TYPE_BOOL, dims: [ 1 ], optional: true }},
+  {{ name: "return_num_input_tokens", data_type: TYPE_BOOL, dims: [ 1 ], optional: true }},
+  {{ name: "return_num_output_tokens", data_type: TYPE_BOOL, dims: [ 1 ], optional: true }}
+]
+output [
+  {{ name: "text_output", data_type: TYPE_STRING, dims: [ -1 ] }},
+  {{ name: "num_input_tokens", data_type: TYPE_UINT32, dims: [ 1 ] }},
+  {{ name: "num_output_tokens", data_type: TYPE_UINT32, dims: [ -1 ] }}
+]
+instance_group [ {{ kind: KIND_GPU, count: 1 }} ]
+"""
+
+MODEL_PY = '''
+"""GPT-2 small (random weights) in plain torch behind the vLLM backend's inputs; a thread per
+request, greedy decoding with a KV cache, one response per token."""
+import json
+import math
+import os
+import sys
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import triton_python_backend_utils as pb_utils
+
+HERE = os.path.dirname(__file__)
+sys.path.insert(0, os.path.join(HERE, "packages"))
+from tokenizers import Tokenizer  # noqa: E402
+
+
+def _value(request, name, default=None):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return default if tensor is None else tensor.as_numpy().reshape(-1)[0]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        device = f"cuda:{args['model_instance_device_id']}"
+        if args["model_instance_kind"] != "GPU" or not torch.cuda.is_available():
+            device = "cpu"
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if device != "cpu" else torch.float32
+        with open(os.path.join(HERE, "gpt2", "config.json")) as f:
+            config = json.load(f)
+        self.layers, self.heads = config["n_layer"], config["n_head"]
+        state = torch.load(os.path.join(HERE, "gpt2", "weights.pt"), map_location="cpu")
+        self.w = {k.removeprefix("transformer."): v.to(self.device, self.dtype)
+                  for k, v in state.items()}
+        self.tokenizer = Tokenizer.from_file(os.path.join(HERE, "gpt2", "tokenizer.json"))
+
+    def _norm(self, x, name):
+        return F.layer_norm(x, (x.shape[-1],), self.w[name + ".weight"], self.w[name + ".bias"])
+
+    def _linear(self, x, name):
+        return torch.addmm(self.w[name + ".bias"], x.reshape(-1, x.shape[-1]),
+                           self.w[name + ".weight"]).reshape(*x.shape[:-1], -1)
+
+    @torch.inference_mode()
+    def _step(self, ids, cache):
+        start = cache[0][0].shape[2] if cache else 0
+        positions = torch.arange(start, start + ids.shape[1], device=self.device)
+        x = self.w["wte.weight"][ids] + self.w["wpe.weight"][positions]
+        new_cache = []
+        for i in range(self.layers):
+            h = self._norm(x, f"h.{i}.ln_1")
+            q, k, v = self._linear(h, f"h.{i}.attn.c_attn").split(x.shape[-1], dim=-1)
+            q, k, v = (t.view(1, -1, self.heads, x.shape[-1] // self.heads).transpose(1, 2)
+                       for t in (q, k, v))
+            if cache:
+                k = torch.cat([cache[i][0], k], dim=2)
+                v = torch.cat([cache[i][1], v], dim=2)
+            new_cache.append((k, v))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=not cache)
+            a = a.transpose(1, 2).reshape(1, -1, x.shape[-1])
+            x = x + self._linear(a, f"h.{i}.attn.c_proj")
+            h = self._norm(x, f"h.{i}.ln_2")
+            x = x + self._linear(F.gelu(self._linear(h, f"h.{i}.mlp.c_fc"), approximate="tanh"),
+                                 f"h.{i}.mlp.c_proj")
+        x = self._norm(x[:, -1], "ln_f")
+        return (x @ self.w["wte.weight"].T).argmax(-1), new_cache
+
+    def execute(self, requests):
+        for request in requests:
+            threading.Thread(target=self._generate, args=(request,), daemon=True).start()
+        return None
+
+    def _generate(self, request):
+        sender = request.get_response_sender()
+        try:
+            prompt = _value(request, "text_input").decode()
+            stream = bool(_value(request, "stream", False))
+            sampling = json.loads(_value(request, "sampling_parameters", b"{}").decode() or "{}")
+            limit = int(sampling.get("max_tokens", 16))
+            count_in = bool(_value(request, "return_num_input_tokens", False))
+            count_out = bool(_value(request, "return_num_output_tokens", False))
+            ids = self.tokenizer.encode(prompt).ids or [0]
+            tokens = torch.tensor([ids], device=self.device)
+            cache = None
+            text = ""
+            for number in range(limit):
+                token, cache = self._step(tokens, cache)
+                tokens = token.view(1, 1)
+                piece = self.tokenizer.decode([int(token.item())])
+                if stream:
+                    sender.send(self._response(piece, len(ids) if number == 0 and count_in
+                                               else None, 1 if count_out else None))
+                else:
+                    text += piece
+            if not stream:
+                sender.send(self._response(text, len(ids) if count_in else None,
+                                           limit if count_out else None))
+        except Exception as exc:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _response(self, text, count_in, count_out):
+        out = [pb_utils.Tensor("text_output", np.array([text.encode()], dtype=object))]
+        if count_in is not None:
+            out.append(pb_utils.Tensor("num_input_tokens", np.array([count_in], dtype=np.uint32)))
+        if count_out is not None:
+            out.append(pb_utils.Tensor("num_output_tokens", np.array([count_out], dtype=np.uint32)))
+        return pb_utils.InferenceResponse(out)
+'''
+
+
+def build(folder: Path) -> None:
+    """The repository: GPT-2 small with random weights, a tokenizer made here, the config."""
+    import tokenizers
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    version = folder / MODEL / "1"
+    weights = version / "gpt2"
+    weights.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    corpus = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(4000)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=8000,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    # GPT-2's vocabulary size, so the output layer costs what GPT-2's does; every id decodes.
+    tokenizer.add_tokens([f" w{i}" for i in range(VOCABULARY - tokenizer.get_vocab_size())])
+    tokenizer.save(str(weights / "tokenizer.json"))
+    (weights / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE})
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCABULARY, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+    model = GPT2LMHeadModel(config).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("lm_head")}
+    torch.save(state, weights / "weights.pt")
+    (weights / "config.json").write_text(json.dumps(config.to_dict()))
+    # The stub runs beside numpy 1.26 and torch alone: the tokenizer's package is linked in.
+    packages = version / "packages"
+    packages.mkdir(exist_ok=True)
+    link = packages / "tokenizers"
+    if not link.exists():
+        link.symlink_to(Path(tokenizers.__file__).parent)
+    (version / "model.py").write_text(MODEL_PY)
+    (folder / MODEL / "config.pbtxt").write_text(CONFIG)
+    print(
+        f"wrote GPT-2 small ({sum(v.numel() for v in state.values()) / 1e6:.0f}M parameters, "
+        f"random weights) and a {VOCABULARY}-token tokenizer to {folder / MODEL}"
+    )
+
+
+class Stream(threading.Thread):
+    """One stream: requests back to back until the deadline; first-token times and tokens."""
+
+    def __init__(self, host: str, port: int, path: str, body: bytes, deadline: float):
+        super().__init__(daemon=True)
+        self.host, self.port, self.path, self.body, self.deadline = host, port, path, body, deadline
+        self.first: list[float] = []
+        self.tokens = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        try:
+            while time.perf_counter() < self.deadline:
+                started = time.perf_counter()
+                connection.request(
+                    "POST", self.path, body=self.body, headers={"Content-Type": "application/json"}
+                )
+                response = connection.getresponse()
+                if response.status != 200:
+                    self.error = (
+                        f"{self.path} answered {response.status}: {response.read()[:300]!r}"
+                    )
+                    return
+                pending, first = b"", None
+                while chunk := response.read1(65536):
+                    pending += chunk
+                    *events, pending = pending.split(b"\n\n")
+                    for event in events:
+                        if _has_token(event):
+                            first = first or time.perf_counter() - started
+                            self.tokens += 1
+                if first is not None:
+                    self.first.append(first)
+        except OSError as exc:
+            self.error = f"{self.path}: {exc}"
+        finally:
+            connection.close()
+
+
+def _has_token(event: bytes) -> bool:
+    """Whether a server-sent event carries a token: a chat chunk's content, or text_output."""
+    data = event.strip().removeprefix(b"data:").strip()
+    if not data or data == b"[DONE]":
+        return False
+    fields = json.loads(data)
+    if "choices" in fields:
+        return any(c.get("delta", {}).get("content") for c in fields["choices"])
+    return bool(fields.get("text_output"))
+
+
+def run_path(url: str, path: str, body: bytes, streams: int, seconds: float) -> tuple[float, float]:
+    """Tokens per second over all streams, and the median time to the first token (s)."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.perf_counter()
+    deadline = started + seconds
+    threads = [Stream(host, int(port), path, body, deadline) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    errors = [t.error for t in threads if t.error]
+    if errors:
+        raise SystemExit(errors[0])
+    firsts = [f for t in threads for f in t.first]
+    return sum(t.tokens for t in threads) / elapsed, statistics.median(firsts)
+
+
+def measure(
+    repository: Path, concurrencies: list[int], tokens: int, seconds: float, rounds: int
+) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serve_under_test import serve_with_reference
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from serve.payloads.llm.templates import find_chat_template
+
+    template = find_chat_template(repository / MODEL)
+    assert template is not None
+    prompt = template.render(MESSAGES)
+    chat = json.dumps({"messages": MESSAGES, "max_tokens": tokens, "stream": True}).encode()
+    generate = json.dumps(
+        {
+            "text_input": prompt,
+            "stream": True,
+            "exclude_input_in_output": True,
+            "sampling_parameters": json.dumps({"max_tokens": tokens}),
+        }
+    ).encode()
+    work = Path(tempfile.mkdtemp(prefix="bench-llm-"))
+    try:
+        env = {"SERVE_TEXT_GENERATION_MODELS": MODEL, "SAGEMAKER_TRITON_LOG_VERBOSE": "false"}
+        with serve_with_reference(work, MODEL, repository, env, timeout=600) as running:
+            paths = {
+                "serve chat": (running.url, "/invocations", chat),
+                "Triton generate_stream": (
+                    f"http://{running.triton_http}",
+                    f"/v2/models/{MODEL}/generate_stream",
+                    generate,
+                ),
+            }
+            for url, path, body in paths.values():  # warm-up, and a check of each path
+                run_path(url, path, body, 1, 2)
+            print(
+                f"GPT-2 small, random weights, fp16; {tokens} tokens a request; "
+                f"{seconds:g} s a path per round, {rounds} rounds"
+            )
+            print("| streams | path | tokens/s | first token (ms, median) |")
+            print("|---|---|---|---|")
+            summary = []
+            for streams in concurrencies:
+                results: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+                order = list(paths)
+                for number in range(rounds):
+                    for name in order[number % 2 :] + order[: number % 2]:
+                        results[name].append(run_path(*paths[name], streams, seconds))
+                medians = {
+                    name: (
+                        statistics.median(r[0] for r in rows),
+                        statistics.median(r[1] for r in rows),
+                    )
+                    for name, rows in results.items()
+                }
+                for name, (rate, first) in medians.items():
+                    print(f"| {streams} | {name} | {rate:,.0f} | {first * 1000:.2f} |")
+                (serve_rate, serve_first), (triton_rate, triton_first) = medians.values()
+                summary.append(
+                    (streams, serve_rate / triton_rate, (serve_first - triton_first) * 1000)
+                )
+            print()
+            goals = "tokens/s serve / Triton (goal >= 0.97)"
+            print(f"| streams | {goals} | first token serve - Triton (ms, goal <= 1) |")
+            print("|---|---|---|")
+            for streams, ratio, delta in summary:
+                print(f"| {streams} | {ratio:.3f} | {delta:+.2f} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", type=Path, help="write the model repository here, and stop")
+    parser.add_argument("--repository", type=Path, help="the repository --build wrote")
+    parser.add_argument("--streams", default="1,16,64", help="concurrencies, comma-separated")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens a request")
+    parser.add_argument("--seconds", type=float, default=15, help="per path per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.build is not None:
+        build(args.build)
+        return
+    if args.repository is None:
+        raise SystemExit("give --build DIR (machine Python) or --repository DIR (serve's)")
+    concurrencies = [int(n) for n in args.streams.split(",")]
+    measure(args.repository, concurrencies, args.tokens, args.seconds, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
