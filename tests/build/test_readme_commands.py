@@ -287,6 +287,7 @@ def test_the_self_starting_blocks_are_the_ones_expected() -> None:
     docs = {block.doc.relative_to(REPO_ROOT).as_posix() for block in SELF_STARTING}
     assert docs == {
         "docs/multi-model.md",
+        "llm_repository/README.md",
         "model_repository/README.md",
         "streaming_repository/README.md",
     }
