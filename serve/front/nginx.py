@@ -83,6 +83,9 @@ class FrontModel:
     custom_attributes: bool = False
     # serve's writers answer its v2 JSON invocations (serve/payloads/writers.py).
     writes_json: bool = False
+    # A sequence model, or an ensemble with one among its steps: the payload service
+    # refuses plain requests naming a session's or stream's sequence (serve/sessions/).
+    stateful: bool = False
 
 
 # Model names nginx can match in target_model=NAME and write into its config unquoted.
@@ -212,14 +215,17 @@ class FrontConfig:
         # generate_stream streams whatever the model; the other routes need the payload
         # service for decoupled models (infer refuses them, Triton 2.51's generate
         # answers their failures with 200). On the infer route, a model's custom
-        # attributes become a header there too.
+        # attributes become a header there too. Every request for a stateful model goes
+        # there, which checks the sequence it names.
         by_name = {model.name: model for model in self.models}
         writers = self.writer_sockets()
 
         def target(name: str) -> dict[str, object]:
             model = by_name.get(name, FrontModel(name))
-            payloads = (model.decoupled and inference != "generate_stream") or (
-                model.custom_attributes and inference == "infer"
+            payloads = (
+                (model.decoupled and inference != "generate_stream")
+                or (model.custom_attributes and inference == "infer")
+                or model.stateful
             )
             return {
                 "key": name,

@@ -69,6 +69,8 @@ class SessionHandler(Protocol):
 
     async def invoke(self, session_id: str, invocation: Invocation) -> Reply: ...
 
+    def refuse_held_sequence(self, invocation: Invocation) -> None: ...
+
     async def start_expiry(self) -> None: ...
 
     async def stop_expiry(self) -> None: ...
@@ -260,6 +262,8 @@ class _NginxConnection(WriteFlow):
                 if self._sessions is None:
                     raise BadRequest(SESSIONS_SINGLE_MODEL)
                 return await self._sessions.invoke(session, invocation)
+            if self._sessions is not None:
+                self._sessions.refuse_held_sequence(invocation)
             # --- end sessions
             return await self._adapter.invoke(invocation)
         except ServeError as exc:

@@ -45,6 +45,7 @@ from serve.sessions.bidirectional import BidirectionalServer
 from serve.sessions.invocations import SessionInvocations
 from serve.sessions.registry import SessionRegistry
 from serve.settings import Settings
+from serve.triton import model_config
 from serve.triton.client import TritonClient
 from serve.triton.command import MAX_INPUT_FLAG, TritonCommand, check_additional_args
 from serve.triton.install import TritonInstall, locate_triton
@@ -397,12 +398,16 @@ def _front_models(
     """The models nginx routes by target_model=NAME, and which need the payload services."""
     if repository is None:
         return ()
+    stateful = model_config.stateful_models(
+        {m.name: m.config for m in repository.models if m.config is not None}
+    )
     return tuple(
         FrontModel(
             m.name,
             decoupled=bool(m.config and m.config.model_transaction_policy.decoupled),
             custom_attributes=bool(m.config and sets_custom_attributes(m.config)),
             writes_json=writes_json(m.config, json_min_values),
+            stateful=m.name in stateful,
         )
         for m in repository.models
     )

@@ -112,6 +112,7 @@ class BidirectionalServer(LoopThread):
         # The streams' tasks that outlive a handler (releases): awaited at stop.
         self._releases: set[asyncio.Task[None]] = set()
         self.open_streams = 0
+        self._count = 0
 
     async def _open(self) -> None:
         self._client = InferenceServerClient(self._grpc_url)
@@ -150,22 +151,35 @@ class BidirectionalServer(LoopThread):
         except StreamError as exc:
             await _refuse(connection, exc)
             return
-        sequence_id = self._ids.next() if sequenced else 0
+        sequence_id = self._ids.take() if sequenced else 0
+        try:
+            await self._run_stream(connection, model, signature, sequence_id)
+        finally:
+            if sequence_id:
+                self._ids.release(sequence_id)
+
+    async def _run_stream(
+        self, connection: ServerConnection, model: str, signature: ModelSignature, sequence_id: int
+    ) -> None:
+        """One stream, from its first chunk to its sequence's end in Triton."""
+        # Logs name a stream by its number here: its sequence id is not for every reader.
+        self._count += 1
+        number = self._count
         stream = _Stream(connection, model, signature, sequence_id, self._send_timeout)
         self.open_streams += 1
-        log.info("stream %d opened on model %r", sequence_id, model)
+        log.info("stream %d opened on model %r", number, model)
         try:
             ending = await stream.run(self._client)
         finally:
             self.open_streams -= 1
-        log.info("stream %d ended: %s", sequence_id, ending.name.lower().replace("_", " "))
-        if ending is not Ending.FINISHED and stream.started and sequenced:
-            task = asyncio.get_running_loop().create_task(self._release(model, stream))
+        log.info("stream %d ended: %s", number, ending.name.lower().replace("_", " "))
+        if ending is not Ending.FINISHED and stream.started and sequence_id:
+            task = asyncio.get_running_loop().create_task(self._release(model, stream, number))
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
             await task
 
-    async def _release(self, model: str, stream: _Stream) -> None:
+    async def _release(self, model: str, stream: _Stream, number: int) -> None:
         """End the stream's sequence in a Triton stream of its own: the model drops its state."""
 
         async def only_end() -> AsyncIterator[Request]:
@@ -177,12 +191,12 @@ class BidirectionalServer(LoopThread):
         async def drain() -> None:
             async for _result, error in responses:
                 if error is not None:
-                    log.warning("stream %d: the END failed: %s", stream.sequence_id, error)
+                    log.warning("stream %d: the END failed: %s", number, error)
 
         try:
             await asyncio.wait_for(drain(), RELEASE_SECONDS)
         except (TimeoutError, asyncio.TimeoutError, grpc.RpcError) as exc:
-            log.warning("stream %d: ending its sequence failed: %s", stream.sequence_id, exc)
+            log.warning("stream %d: ending its sequence failed: %s", number, exc)
             responses.cancel()
 
     async def _model(self, model: str) -> tuple[ModelSignature, bool]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-import itertools
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -22,23 +22,49 @@ from serve.errors import SessionNotOpen, TooManySessions
 
 NEW_SESSION = "NEW_SESSION"
 # What a session id may be: ours are UUIDs; anything else is refused before lookup.
-SESSION_ID = re.compile(r"^[A-Za-z0-9-]{1,256}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9-]{1,256}")
+# Correlation ids of sessions and streams are below this (63 bits).
+MAX_SEQUENCE_ID = 2**63 - 1
 
 
 class SequenceIds:
-    """Triton correlation ids, unique among the sessions and streams of this container.
+    """Triton correlation ids held by sessions and streams: random, unique, unguessable.
 
-    Sessions (the payload service) and bidirectional streams (their own server)
-    run on different threads and may use the same model, so they share one.
+    A plain v2 request names any sequence it likes (`parameters.sequence_id`),
+    as Triton's own clients do, and Triton cannot tell a session's sequence
+    from a caller's. So a session's or stream's id is drawn at random from
+    63 bits (never guessed, where ids counting up from 1 were), and the
+    payload service refuses a plain request naming one that is held
+    (`held`). Sessions (the payload service) and bidirectional streams (their
+    own server) run on different threads and may use the same model, so they
+    share one.
     """
 
     def __init__(self) -> None:
-        self._count = itertools.count(1)
+        self._held: set[int] = set()
         self._lock = threading.Lock()
 
-    def next(self) -> int:
+    def take(self) -> int:
+        """A fresh id, held until `release`."""
         with self._lock:
-            return next(self._count)
+            while True:
+                # 1 to 2**63 - 1: Triton's UINT64 and INT64 correlation ids both hold it.
+                sequence_id = secrets.randbelow(MAX_SEQUENCE_ID) + 1
+                if sequence_id not in self._held:
+                    self._held.add(sequence_id)
+                    return sequence_id
+
+    def release(self, sequence_id: int) -> None:
+        with self._lock:
+            self._held.discard(sequence_id)
+
+    def held(self, sequence_id: int) -> bool:
+        with self._lock:
+            return sequence_id in self._held
+
+    def __bool__(self) -> bool:
+        """Whether any id is held (a plain request then has something to collide with)."""
+        return bool(self._held)
 
 
 SEQUENCE_IDS = SequenceIds()
@@ -82,7 +108,7 @@ class SessionRegistry:
     ):
         self.ttl = ttl
         self.max_sessions = max_sessions
-        self._ids = ids
+        self.ids = ids
         self._clock = clock
         self._sessions: dict[str, Session] = {}
 
@@ -97,7 +123,7 @@ class SessionRegistry:
             )
         session = Session(
             id=str(uuid.uuid4()),
-            sequence_id=self._ids.next(),
+            sequence_id=self.ids.take(),
             model=model,
             expires=self._clock() + self.ttl,
         )
@@ -106,9 +132,10 @@ class SessionRegistry:
 
     def get(self, session_id: str) -> Session:
         """The open session `session_id`; SessionNotOpen when there is none (or it expired)."""
-        session = self._sessions.get(session_id) if SESSION_ID.match(session_id) else None
+        well_formed = SESSION_ID.fullmatch(session_id) is not None
+        session = self._sessions.get(session_id) if well_formed else None
         if session is None or session.expires <= self._clock():
-            shown = session_id if SESSION_ID.match(session_id) else "(malformed)"
+            shown = session_id if well_formed else "(malformed)"
             raise SessionNotOpen(
                 f"session {shown} is not open on this instance: it was closed, it expired "
                 f"(sessions last {self.ttl:g} s, SERVE_SESSION_TTL_SECONDS), or the container "
@@ -117,8 +144,13 @@ class SessionRegistry:
         return session
 
     def remove(self, session: Session) -> None:
+        """Take the session out: its id is no longer open (its sequence id stays held)."""
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
+
+    def release(self, session: Session) -> None:
+        """Let go of the session's sequence id, once its sequence has ended in Triton."""
+        self.ids.release(session.sequence_id)
 
     def expired(self) -> list[Session]:
         """The sessions past their time, taken out of the registry."""
