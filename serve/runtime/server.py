@@ -206,7 +206,8 @@ class Server:
                 ws.repository,
                 ws.root / "uploads",
                 triton_client,
-                self.preparation,
+                # An upload's environments lie in the models root, as its files do.
+                dataclasses.replace(self.preparation, environments_root=settings.models_dir),
                 settings.env_cache_min_free_bytes,
                 settings.model_load_timeout,
             )
