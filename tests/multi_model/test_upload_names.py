@@ -112,6 +112,19 @@ def test_every_name_from_an_upload_is_checked(
     assert refused.status_code == 400, refused.text
     assert "config.pbtxt" in refused.json()["error"], refused.text
 
+    # An environment from elsewhere on the host: serve would unpack it, Triton run it.
+    elsewhere = tmp_path / "env.tar.gz"
+    elsewhere.write_bytes(b"not for this upload")
+    environment = models / "environment" / "model"
+    _add_upload(environment)
+    parameter = f'key: "EXECUTION_ENV_PATH" value: {{ string_value: "{elsewhere}" }}'
+    with (environment / "config.pbtxt").open("a") as config:
+        config.write(f"parameters {{ {parameter} }}\n")
+    refused = load(mme, "environment", str(environment))
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert "EXECUTION_ENV_PATH" in error and "outside" in error, error
+
     assert requests.get(f"{mme.url}/models", timeout=5).json() == {
         "models": [{"modelName": "other", "modelUrl": str(models / "other" / "model")}]
     }
