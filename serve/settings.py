@@ -638,11 +638,21 @@ class Settings:
         "time its `Expires` announces; then its sequence is ended in Triton and the model "
         "lets go of its state (1200 s is the default of AWS's own session manager)",
     )
+    session_first_use: float = setting(
+        "SERVE_SESSION_FIRST_USE_SECONDS",
+        60.0,
+        _seconds,
+        'a session opened with `{"requestType": "NEW_SESSION"}` that no request has '
+        "used this many seconds later is closed and its slot freed: opening one costs a "
+        "caller nothing, so an unused one must cost the endpoint little (README: Stateful "
+        "sessions)",
+    )
     max_sessions: int = setting(
         "SERVE_MAX_SESSIONS",
         10000,
         _positive(MAX_THREADS),
-        "open sessions at most; more get 429 until some close or expire",
+        "open sessions at most, for every caller together; more get 429 until some close, "
+        "expire or go unused past `SERVE_SESSION_FIRST_USE_SECONDS`",
     )
     bidirectional_streaming: bool = setting(
         "SERVE_BIDIRECTIONAL_STREAMING",

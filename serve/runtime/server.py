@@ -271,7 +271,11 @@ class Server:
 
     def _session_handlers(self) -> SessionHandlers:
         """Stateful sessions on /invocations (serve/sessions/), for the payload service."""
-        sessions = SessionRegistry(self.settings.session_ttl, self.settings.max_sessions)
+        sessions = SessionRegistry(
+            self.settings.session_ttl,
+            self.settings.max_sessions,
+            first_use=self.settings.session_first_use,
+        )
         return lambda adapter: SessionInvocations(adapter, sessions)
 
     def _start_triton(self, command: TritonCommand, shm: host.ShmPlan) -> ManagedProcess:

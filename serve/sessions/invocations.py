@@ -218,11 +218,12 @@ class SessionInvocations:
             await asyncio.gather(self._sweeper, return_exceptions=True)
 
     async def _sweep(self) -> None:
-        interval = min(max(self.registry.ttl / 10, 0.2), 30.0)
+        shortest = min(self.registry.ttl, self.registry.first_use)
+        interval = min(max(shortest / 10, 0.2), 30.0)
         while True:
             await asyncio.sleep(interval)
             for session in self.registry.expired():
-                await self._release(session, "expired")
+                await self._release(session, "expired" if session.started else "went unused")
 
     async def _release(self, session: Session, why: str) -> None:
         async with session.lock:

@@ -79,12 +79,20 @@ class Session:
     model: str
     # Seconds since the epoch after which the session is closed for the caller.
     expires: float
+    # Seconds since the epoch after which the session is closed if no request has
+    # reached the model by then (SERVE_SESSION_FIRST_USE_SECONDS).
+    first_use_by: float
     # Whether Triton has seen the sequence's first request (START); until then no
     # END is due when the session closes.
     started: bool = False
     # One request of a session at a time, in the order they come: the model's state
     # moves one step per request.
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+    def is_over(self, now: float) -> bool:
+        """Past its time, or unused past its first-use deadline (and not being used now)."""
+        unused = not self.started and not self.lock.locked()
+        return self.expires <= now or (unused and self.first_use_by <= now)
 
     def expires_header(self) -> str:
         """`<id>; Expires=<ISO 8601>`: the value of NEW_SESSION_HEADER."""
@@ -96,7 +104,11 @@ class SessionRegistry:
     """The open sessions of one event loop (the payload service's).
 
     A session expires `ttl` seconds after it was opened (the time its
-    NEW_SESSION_HEADER announces), whether or not it was used since.
+    NEW_SESSION_HEADER announces), whether or not it was used since; one that
+    no request has used `first_use` seconds after it was opened is closed then.
+    Opening one costs a caller nothing (`{"requestType": "NEW_SESSION"}` reaches
+    no model) and SageMaker does not say who the caller is, so this is what keeps
+    one caller's empty opens from holding every slot for the whole TTL.
     """
 
     def __init__(
@@ -105,8 +117,10 @@ class SessionRegistry:
         max_sessions: int,
         ids: SequenceIds = SEQUENCE_IDS,
         clock: Callable[[], float] = time.time,
+        first_use: float | None = None,
     ):
         self.ttl = ttl
+        self.first_use = ttl if first_use is None else min(first_use, ttl)
         self.max_sessions = max_sessions
         self.ids = ids
         self._clock = clock
@@ -117,15 +131,21 @@ class SessionRegistry:
 
     def open(self, model: str) -> Session:
         if len(self._sessions) >= self.max_sessions:
+            self._reclaim_unused()
+        if len(self._sessions) >= self.max_sessions:
             raise TooManySessions(
                 f"{self.max_sessions} sessions are open on this instance (SERVE_MAX_SESSIONS); "
-                "close sessions you no longer use, or retry later"
+                "close sessions you no longer use, or retry later (a session no request "
+                f"uses is closed {self.first_use:g} s after it opened, "
+                "SERVE_SESSION_FIRST_USE_SECONDS)"
             )
+        now = self._clock()
         session = Session(
             id=str(uuid.uuid4()),
             sequence_id=self.ids.take(),
             model=model,
-            expires=self._clock() + self.ttl,
+            expires=now + self.ttl,
+            first_use_by=now + self.first_use,
         )
         self._sessions[session.id] = session
         return session
@@ -134,12 +154,13 @@ class SessionRegistry:
         """The open session `session_id`; SessionNotOpen when there is none (or it expired)."""
         well_formed = SESSION_ID.fullmatch(session_id) is not None
         session = self._sessions.get(session_id) if well_formed else None
-        if session is None or session.expires <= self._clock():
+        if session is None or session.is_over(self._clock()):
             shown = session_id if well_formed else "(malformed)"
             raise SessionNotOpen(
                 f"session {shown} is not open on this instance: it was closed, it expired "
-                f"(sessions last {self.ttl:g} s, SERVE_SESSION_TTL_SECONDS), or the container "
-                f"restarted; open a new one with SessionId {NEW_SESSION}"
+                f"(sessions last {self.ttl:g} s, SERVE_SESSION_TTL_SECONDS; one no request "
+                f"used is closed after {self.first_use:g} s, SERVE_SESSION_FIRST_USE_SECONDS), "
+                f"or the container restarted; open a new one with SessionId {NEW_SESSION}"
             )
         return session
 
@@ -153,12 +174,23 @@ class SessionRegistry:
         self.ids.release(session.sequence_id)
 
     def expired(self) -> list[Session]:
-        """The sessions past their time, taken out of the registry."""
+        """The sessions past their time (or their first-use deadline), taken out."""
         now = self._clock()
-        gone = [s for s in self._sessions.values() if s.expires <= now]
+        gone = [s for s in self._sessions.values() if s.is_over(now)]
         for session in gone:
             del self._sessions[session.id]
         return gone
+
+    def _reclaim_unused(self) -> None:
+        """Free the slots of sessions past their first-use deadline, at once.
+
+        Nothing reached Triton for them (no START), so no END is due: their slot
+        and sequence id are free without waiting for the expiry sweep.
+        """
+        now = self._clock()
+        for session in [s for s in self._sessions.values() if s.is_over(now) and not s.started]:
+            del self._sessions[session.id]
+            self.release(session)
 
     def drain(self) -> list[Session]:
         """Every session, taken out (at shutdown)."""
