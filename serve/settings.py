@@ -669,6 +669,30 @@ class Settings:
         "seconds a bidirectional stream waits for its client to take the next output "
         "(backpressure) before it ends the stream (close code 1008)",
     )
+    max_streams: int = setting(
+        "SERVE_MAX_STREAMS",
+        256,
+        _positive(MAX_THREADS),
+        "bidirectional streams open at once, for every caller together; one more is closed "
+        "with code 1013 (try again later). Each holds a Triton sequence and up to about "
+        "three times `SERVE_STREAM_BUFFER_BYTES` of memory",
+    )
+    stream_buffer_bytes: int = setting(
+        "SERVE_STREAM_BUFFER_BYTES",
+        MEBIBYTE,
+        _positive(),
+        "the largest message a bidirectional stream takes (a larger one closes the stream "
+        "with code 1009), and the most its chunks on their way to Triton may hold before it "
+        "stops reading and TCP pushes back on the client",
+        default_doc=f"{MEBIBYTE} (1 MiB)",
+    )
+    stream_idle_seconds: float = setting(
+        "SERVE_STREAM_IDLE_SECONDS",
+        300.0,
+        _seconds,
+        "seconds a bidirectional stream may go without a message either way (pings do not "
+        "count) before it is closed with code 1008 and its sequence ended in Triton",
+    )
 
     @property
     def model_dir(self) -> Path:

@@ -171,6 +171,7 @@ class FrontConfig:
             **self._payload_routes(),
             bidirectional_socket=self.bidirectional_socket() if self.bidirectional else None,
             bidirectional_route=BIDIRECTIONAL_ROUTE,
+            bidirectional_route_pattern=pcre(re.escape(BIDIRECTIONAL_ROUTE)),
         )
 
     def _invocation_timeouts(self) -> dict[str, object]:

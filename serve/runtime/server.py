@@ -41,7 +41,7 @@ from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
 from serve.runtime.processes import ManagedProcess
 from serve.runtime.workspace import Workspace
 from serve.sagemaker.custom_attributes import sets_custom_attributes
-from serve.sessions.bidirectional import BidirectionalServer
+from serve.sessions.bidirectional import BidirectionalServer, StreamLimits
 from serve.sessions.invocations import SessionInvocations
 from serve.sessions.registry import SessionRegistry
 from serve.settings import Settings
@@ -176,7 +176,7 @@ class Server:
                 # After every fork: a process that forks while gRPC's threads run can
                 # abort in the child (seen: Triton killed by SIGABRT before its exec).
                 running.bidirectional = BidirectionalServer(
-                    front.bidirectional_socket(), bidirectional_port, settings.stream_send_timeout
+                    front.bidirectional_socket(), bidirectional_port, StreamLimits.of(settings)
                 )
                 running.bidirectional.start()
             children = [triton, nginx, *running.writers]

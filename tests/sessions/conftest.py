@@ -4,6 +4,7 @@
 - `stateless`: an echo model without sequence_batching (sessions must refuse it);
 - `flood`, `slow_stream`, `broken_stream`: decoupled sequence models for the
   bidirectional stream tests (tests/sessions/test_bidirectional.py);
+- `unrouted+stream`: slow_stream under a name nginx does not route;
 - `corrid_memory`: a stateful model that answers with its sequence's correlation id,
   and `corrid_ensemble`, an ensemble around it (tests/sessions/test_isolation.py).
 """
@@ -176,6 +177,8 @@ def start_sessions_server(root: Path, **env: str) -> ServeProcess:
     )
     write_model(repository, "flood", TEXT_STREAM_CONFIG, FLOOD_PY)
     write_model(repository, "slow_stream", TEXT_STREAM_CONFIG, SLOW_PY)
+    # A name nginx does not route (target_model names only [A-Za-z0-9_.~-]).
+    write_model(repository, "unrouted+stream", TEXT_STREAM_CONFIG, SLOW_PY)
     write_model(repository, "corrid_memory", CORRID_MEMORY_CONFIG, CORRID_MEMORY_PY)
     (repository / "corrid_ensemble" / "1").mkdir(parents=True)
     (repository / "corrid_ensemble" / "config.pbtxt").write_text(CORRID_ENSEMBLE_CONFIG)
