@@ -51,7 +51,7 @@ MAX_SECONDS = 2**31 - 1
 MAX_ARCHIVE_BYTES = 50 * 1024**3
 MAX_ARCHIVE_MEMBERS = 100_000
 # What SERVE_METRICS_PATH may be: nginx matches it exactly, so no pattern characters.
-METRICS_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+METRICS_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 # Paths the public port answers otherwise (the front's own internal ones included).
 PUBLIC_ROUTES = frozenset({"", "/ping", "/invocations", "/models"})
 PUBLIC_ROUTE_PREFIXES = ("/models/", "/_serve/")
@@ -193,7 +193,7 @@ def _metrics_path(env: _Reader, name: str, _: Mapping[str, Any]) -> object:
         return None
     if value.lower() in _FALSE:
         return OFF
-    if not METRICS_PATH.match(value):
+    if not METRICS_PATH.fullmatch(value):
         raise ConfigError(
             f"{name}={value!r} must be a path of letters, digits and . _ ~ - /, "
             "starting with / (such as /metrics), or off"
@@ -232,6 +232,30 @@ def _shell_words(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[str, ..
 
 def _folders(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[Path, ...]:
     return tuple(Path(part) for part in (env.text(name) or "").split(":") if part)
+
+
+# What serve's workspace path may hold: it lands in nginx.conf (quoted there) and in
+# the repository's paths, which Triton's Python backend hands to a shell unquoted when
+# it starts a model's stub: no spaces, quotes, `;`, `$` or other shell syntax.
+WORKSPACE_PATH = re.compile(r"[A-Za-z0-9._/+,:@=%-]+")
+
+
+def check_workspace_path(path: Path, variable: str) -> Path:
+    """`path`, or ConfigError naming `variable` when a character of it is not allowed."""
+    text = str(path)
+    if not WORKSPACE_PATH.fullmatch(text):
+        character = next(c for c in text if not WORKSPACE_PATH.fullmatch(c))
+        raise ConfigError(
+            f"{variable}={text!r} holds {character!r}: the workspace's paths go into nginx's "
+            "configuration and through the shell Triton's Python backend starts models with; "
+            "choose a folder of letters, digits and . _ / + , : @ = % -"
+        )
+    return path
+
+
+def _workdir(env: _Reader, name: str, _: Mapping[str, Any]) -> Path | None:
+    path = env.path(name)
+    return None if path is None else check_workspace_path(path, name)
 
 
 def _env_cache(env: _Reader, name: str, _: Mapping[str, Any]) -> Path:
@@ -577,7 +601,7 @@ class Settings:
     workdir: Path | None = setting(
         "SERVE_WORKDIR",
         None,
-        _path,
+        _workdir,
         "where the prepared repository and the front's files live; run as root, every "
         "folder above it must let others enter (o+x), since nginx's workers run as nobody",
         default_doc="a temporary folder",

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import unicodedata
 from pathlib import Path
 from urllib.parse import quote
 
@@ -46,11 +47,32 @@ from serve.sagemaker.contract import (
 from serve.sagemaker.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
 from serve.settings import Settings
 
+
+def nginx_string(value: object) -> str:
+    """`value` as one quoted nginx argument: no space, `;`, `{` or `#` in it ends it.
+
+    nginx reads `\\"` and `\\\\` inside double quotes; it has no escape for `$`
+    (a variable in the directives that take them, the access log's among them)
+    nor means to carry a control character, so those are refused, naming the
+    setting the paths come from.
+    """
+    text = str(value)
+    for character in text:
+        if character == "$" or unicodedata.category(character) in ("Cc", "Cs"):
+            raise ConfigError(
+                f"the workspace path {text!r} holds {character!r}, which nginx's "
+                "configuration cannot carry; set SERVE_WORKDIR (or TMPDIR) to a folder "
+                "without it"
+            )
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("serve.front", "templates"),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
 )
+_TEMPLATES.filters["nginx_string"] = nginx_string
 # Workers never need root; Debian and Ubuntu name the unprivileged group nogroup.
 UNPRIVILEGED_USER = "nobody nogroup"
 # Headers the front sets to talk to its internal services: the payload service's
@@ -137,6 +159,7 @@ class FrontConfig:
             worker_user=UNPRIVILEGED_USER if os.geteuid() == 0 else "",
             worker_processes=self.worker_processes,
             workdir=self.workdir,
+            pid_file=self.pid_file(),
             access_log=self.access_log(),
             access_log_format=ACCESS_LOG_FORMAT,
             error_log_level="warn",

@@ -11,7 +11,8 @@ names derived from SageMaker's model name:
   model (SageMaker's names are hashes), so nginx can send
   `/models/NAME/invoke` straight to Triton; other names get a hashed Triton
   name and are invoked through the control app;
-- the upload's other models (ensemble steps) are named `NAME~step`; '~' can
+- the upload's other models (ensemble steps) are named `NAME~step` (a step
+  named with characters nginx would not route gets a hashed name); '~' can
   not appear in a name nginx routes directly, so steps are never public.
 
 Loads, unloads and lookups of one model are serialised by a per-name lock;
@@ -236,7 +237,7 @@ class ModelRegistry:
             entry = _entry_model(sources, url)
             base = triton_name(name, routed=not _sets_custom_attributes(sources[entry]))
             renames = {
-                original: base if original == entry else f"{base}{STEP_SEPARATOR}{original}"
+                original: base if original == entry else _step_name(base, original)
                 for original in sources
             }
             for original, folder in sources.items():
@@ -412,6 +413,19 @@ def triton_name(name: str, routed: bool = True) -> str:
     if routed and DIRECT_NAME.match(name):
         return name
     return "model-" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def _step_name(base: str, original: str) -> str:
+    """The Triton name (and folder) of an upload's step `original`: `base~original`.
+
+    A step named with other characters than DIRECT_NAME's gets a hashed name
+    instead: Triton's Python backend starts a model's stub through a shell with
+    the model's path unquoted, so a name from content holding `;` or `$(...)`
+    would be run as a command there.
+    """
+    if DIRECT_NAME.match(original):
+        return f"{base}{STEP_SEPARATOR}{original}"
+    return f"{base}{STEP_SEPARATOR}step-" + hashlib.sha256(original.encode()).hexdigest()[:32]
 
 
 def _sets_custom_attributes(folder: Path) -> bool:

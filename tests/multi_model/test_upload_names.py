@@ -131,6 +131,26 @@ def test_every_name_from_an_upload_is_checked(
     assert invoke(mme, "other", ADD).status_code == 200
 
 
+def test_a_step_named_with_shell_syntax_loads_and_runs_nothing(
+    opt_ml: Path, start_serve: StartServe, tmp_path: Path
+) -> None:
+    """Triton's Python backend starts a stub through a shell, the model's path unquoted."""
+    mme = start_serve(opt_ml, SAGEMAKER_MULTI_MODEL="true").wait_ready()
+    marker = tmp_path / "ran"  # serve's (and so Triton's) working folder
+    step = "step; touch ran; echo"
+    url = opt_ml / "models" / "shell" / "model"
+    (url / "pipeline" / "1").mkdir(parents=True)
+    (url / "pipeline" / "config.pbtxt").write_text(ensemble_config("pipeline", step))
+    write_add_model(url, name=step)
+    loaded = load(mme, "shell", str(url))
+    assert loaded.status_code == 200, loaded.text
+    body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    answer = invoke(mme, "shell", body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [2, 4, 6, 8]
+    assert not marker.exists()
+
+
 def test_single_model_repository_names_are_checked(
     opt_ml: Path, start_serve: StartServe, enterable_tmp: Path
 ) -> None:
