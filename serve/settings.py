@@ -465,8 +465,11 @@ class Settings:
         "SAGEMAKER_TRITON_ADDITIONAL_ARGS",
         (),
         _shell_words,
-        "extra `tritonserver` flags, shell-quoted; flags that decide what listens where, "
-        "or that `serve` sets itself, stop start-up naming the flag (triton/command.py)",
+        "extra `tritonserver` flags, shell-quoted, decided per flag in one table "
+        "(serve/triton/command.py's FLAGS): flags that decide what listens where, that "
+        "`serve` sets itself or that would undo what it prepared stop start-up naming the "
+        "flag; the Python backend's shm sizes, TensorFlow's version and "
+        "`--model-namespacing` are taken as their settings; the rest pass on",
         default_doc="unset",
         table="sagemaker",
     )
@@ -543,6 +546,12 @@ class Settings:
         default_doc="SageMaker's cap: 6291456 (6 MB, real-time); `SAGEMAKER_MAX_PAYLOAD_IN_MB` "
         "MiB, or 100 MiB with `SAGEMAKER_BATCH=true` alone; 1 GiB with "
         "`SERVE_ASYNC_INFERENCE=true`",
+    )
+    # The variables the environment set (not empty), for rules that must tell a value
+    # given from a default (serve/triton/command.py's merge of ADDITIONAL_ARGS).
+    set_variables: frozenset[str] = dataclasses.field(
+        default=frozenset(),
+        metadata={"derive": lambda env, values: env.set_names(variables())},
     )
     # The variable that decided max_body_bytes, named in the 413's message.
     max_body_set_by: str = dataclasses.field(
@@ -808,6 +817,11 @@ class _Reader:
     def text(self, name: str) -> str | None:
         """The stripped value; set but empty reads as unset."""
         return self.set_text(name) or None
+
+    def set_names(self, declared: tuple[Variable, ...]) -> frozenset[str]:
+        """The names (aliases too) of `declared` that hold a value here."""
+        names = (name for variable in declared for name in (variable.name, *variable.aliases))
+        return frozenset(name for name in names if self.text(name) is not None)
 
     def path(self, name: str) -> Path | None:
         value = self.text(name)

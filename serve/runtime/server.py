@@ -47,7 +47,7 @@ from serve.sessions.registry import SessionRegistry
 from serve.settings import Settings
 from serve.triton import model_config
 from serve.triton.client import TritonClient
-from serve.triton.command import MAX_INPUT_FLAG, TritonCommand, check_additional_args
+from serve.triton.command import MAX_INPUT_FLAG, TritonCommand, merge_additional_args
 from serve.triton.install import TritonInstall, locate_triton
 from serve.triton.metrics import TritonMetrics
 
@@ -91,7 +91,8 @@ class Server:
 
     def run(self) -> int:
         """Serve until stopped or until a child fails; returns the exit code."""
-        check_additional_args(self.settings.additional_args)
+        # SAGEMAKER_TRITON_ADDITIONAL_ARGS: refused flags stop here, merged ones become settings.
+        self.settings = merge_additional_args(self.settings)
         refuse_ports_in_use(self.settings.public_ports())
         install = locate_triton(self.settings.triton_bin)
         model_python = self.settings.model_python
