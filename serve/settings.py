@@ -639,7 +639,9 @@ class Settings:
         Path(tempfile.gettempdir()) / "serve-env-cache",
         _env_cache,
         "where `EXECUTION_ENV_PATH` archives are unpacked, once per archive (by sha256); "
-        "outside the run's workspace, so a later start reuses it",
+        "outside the run's workspace, so a later start reuses it. serve trusts what it "
+        "holds, so it must be a folder of serve's own user that no one else can write or "
+        "rename (start-up stops otherwise)",
         default_doc="`$TMPDIR/serve-env-cache`",
     )
     max_archive_bytes: int = setting(

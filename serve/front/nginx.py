@@ -30,6 +30,7 @@ from serve.errors import (
     invocation_timed_out,
 )
 from serve.front.access_log import ACCESS_LOG_FORMAT
+from serve.machine.sockets import NGINX_WORKER_GROUP, NGINX_WORKER_USER
 from serve.multi_model.registry import longest_answer
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
@@ -73,8 +74,8 @@ _TEMPLATES = jinja2.Environment(
     keep_trailing_newline=True,
 )
 _TEMPLATES.filters["nginx_string"] = nginx_string
-# Workers never need root; Debian and Ubuntu name the unprivileged group nogroup.
-UNPRIVILEGED_USER = "nobody nogroup"
+# Workers never need root (the sockets they reach are theirs: serve/machine/sockets.py).
+UNPRIVILEGED_USER = f"{NGINX_WORKER_USER} {NGINX_WORKER_GROUP}"
 # Headers the front sets to talk to its internal services: the payload service's
 # model and route, and Triton's binary header length. nginx sets every one of them
 # on every upstream request (empty unless the front means it), so a client's copy

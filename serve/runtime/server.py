@@ -33,6 +33,7 @@ from serve.control.state import Phase, ServerState
 from serve.errors import ConfigError
 from serve.front.nginx import FrontConfig, FrontModel, nginx_argv, worker_count
 from serve.machine import host
+from serve.machine.sockets import restrict_socket
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
 from serve.payloads.service import PayloadService, SessionHandlers
@@ -66,8 +67,10 @@ class ControlServer:
     def __init__(self, app: object, socket_path: Path):
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         self._server = create_server(
-            app, unix_socket=str(socket_path), unix_socket_perms="666", threads=4
+            app, unix_socket=str(socket_path), unix_socket_perms="600", threads=4
         )
+        # nginx's unprivileged workers connect to it, and no one else.
+        restrict_socket(socket_path)
         self._thread = threading.Thread(target=self._server.run, name="control", daemon=True)
 
     def start(self) -> None:
@@ -339,9 +342,9 @@ class Server:
                 if code is not None:
                     # Its workers or stubs go at once: an nginx worker would keep the port.
                     child.kill_group()
-                    reason = child.describe_exit()
-                    self.state.set(Phase.FAILED, reason)
-                    log.error("%s; stopping", reason)
+                    # /ping's callers get one line; the log gets the child's last output.
+                    self.state.set(Phase.FAILED, f"{child.exit_summary()}; see the container log")
+                    log.error("%s; stopping", child.describe_exit())
                     return code if code > 0 else 128 - code if code < 0 else 1
             phase, _ = self.state.snapshot()
             now = time.monotonic()

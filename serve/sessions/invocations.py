@@ -288,8 +288,8 @@ def _with_parameters(invocation: Invocation, flags: Mapping[str, object]) -> Inv
         return _binary_with_parameters(invocation, flags)
     if family is Family.JSON:
         try:
-            document = json.loads(invocation.body.read())
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = json_codec.parse(invocation.body.read())
+        except PayloadError:
             document = None  # the adapter says what is wrong with it
         if is_v2_request(document):
             assert isinstance(document, dict)
