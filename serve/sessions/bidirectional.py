@@ -529,7 +529,7 @@ async def _numbers(spec: TensorSpec, text: str) -> np.ndarray:
     """
     try:
         if len(text) <= TEXT_SLICE_CHARS:
-            return np.asarray(json.loads(text), dtype=spec.dtype).reshape(-1)
+            return _of_type(json.loads(text), spec.dtype)
         inner = text.strip()
         if not (inner[:1] == "[" and inner[-1:] == "]" and inner.count("[") == 1):
             raise ValueError(
@@ -542,18 +542,36 @@ async def _numbers(spec: TensorSpec, text: str) -> np.ndarray:
         while True:
             cut = body.find(",", start + TEXT_SLICE_CHARS)
             end = len(body) if cut < 0 else cut
-            pieces.append(np.asarray(json.loads(f"[{body[start:end]}]"), dtype=spec.dtype))
+            pieces.append(_of_type(json.loads(f"[{body[start:end]}]"), spec.dtype))
             await asyncio.sleep(0)
             if cut < 0:
                 return np.concatenate(pieces)
             start = cut + 1
             if not body[start:].strip():
                 raise ValueError("a comma ends the array")
-    except (json.JSONDecodeError, ValueError, TypeError, RecursionError) as exc:
+    except (json.JSONDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise StreamError(
             Ending.BAD_INPUT,
             f"a text chunk for input {spec.describe()} is a JSON array of numbers: {exc}",
         ) from exc
+
+
+def _of_type(values: object, dtype: np.dtype) -> np.ndarray:
+    """JSON numbers as values of `dtype`, refused (ValueError) where they would change.
+
+    numpy 1 wraps an integer out of the type's range (70000 as INT16 is 4464) and
+    truncates a fraction; a chunk's values either fit or are refused.
+    """
+    array = np.asarray(values).reshape(-1)
+    if array.dtype == object or array.dtype.kind not in "biuf":
+        raise ValueError("it holds something other than numbers")
+    if dtype.kind in "iu" and array.size:
+        if array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
+            raise ValueError(f"{dtype.name} takes whole numbers")
+        limits = np.iinfo(dtype)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise ValueError(f"{dtype.name} takes {limits.min} to {limits.max}")
+    return array.astype(dtype)
 
 
 def _reason(message: str | None) -> str:
