@@ -66,6 +66,12 @@ class ModelAlreadyLoaded(ServeError):
     status = 409
 
 
+class SequenceInUse(ServeError):
+    """A plain request names a Triton sequence a session or stream of this endpoint holds."""
+
+    status = 409
+
+
 class Gone(ServeError):
     """What a request relied on is no longer there (a session whose state Triton forgot)."""
 

@@ -54,7 +54,7 @@ MAX_SECONDS = 2**31 - 1
 MAX_ARCHIVE_BYTES = 50 * 1024**3
 MAX_ARCHIVE_MEMBERS = 100_000
 # What SERVE_METRICS_PATH may be: nginx matches it exactly, so no pattern characters.
-METRICS_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+METRICS_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 # Paths the public port answers otherwise (the front's own internal ones included).
 PUBLIC_ROUTES = frozenset({"", "/ping", "/invocations", "/models"})
 PUBLIC_ROUTE_PREFIXES = ("/models/", "/_serve/")
@@ -196,7 +196,7 @@ def _metrics_path(env: _Reader, name: str, _: Mapping[str, Any]) -> object:
         return None
     if value.lower() in _FALSE:
         return OFF
-    if not METRICS_PATH.match(value):
+    if not METRICS_PATH.fullmatch(value):
         raise ConfigError(
             f"{name}={value!r} must be a path of letters, digits and . _ ~ - /, "
             "starting with / (such as /metrics), or off"
@@ -239,6 +239,30 @@ def _names(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _folders(env: _Reader, name: str, _: Mapping[str, Any]) -> tuple[Path, ...]:
     return tuple(Path(part) for part in (env.text(name) or "").split(":") if part)
+
+
+# What serve's workspace path may hold: it lands in nginx.conf (quoted there) and in
+# the repository's paths, which Triton's Python backend hands to a shell unquoted when
+# it starts a model's stub: no spaces, quotes, `;`, `$` or other shell syntax.
+WORKSPACE_PATH = re.compile(r"[A-Za-z0-9._/+,:@=%-]+")
+
+
+def check_workspace_path(path: Path, variable: str) -> Path:
+    """`path`, or ConfigError naming `variable` when a character of it is not allowed."""
+    text = str(path)
+    if not WORKSPACE_PATH.fullmatch(text):
+        character = next(c for c in text if not WORKSPACE_PATH.fullmatch(c))
+        raise ConfigError(
+            f"{variable}={text!r} holds {character!r}: the workspace's paths go into nginx's "
+            "configuration and through the shell Triton's Python backend starts models with; "
+            "choose a folder of letters, digits and . _ / + , : @ = % -"
+        )
+    return path
+
+
+def _workdir(env: _Reader, name: str, _: Mapping[str, Any]) -> Path | None:
+    path = env.path(name)
+    return None if path is None else check_workspace_path(path, name)
 
 
 def _env_cache(env: _Reader, name: str, _: Mapping[str, Any]) -> Path:
@@ -448,8 +472,11 @@ class Settings:
         "SAGEMAKER_TRITON_ADDITIONAL_ARGS",
         (),
         _shell_words,
-        "extra `tritonserver` flags, shell-quoted; flags that decide what listens where, "
-        "or that `serve` sets itself, stop start-up naming the flag (triton/command.py)",
+        "extra `tritonserver` flags, shell-quoted, decided per flag in one table "
+        "(serve/triton/command.py's FLAGS): flags that decide what listens where, that "
+        "`serve` sets itself or that would undo what it prepared stop start-up naming the "
+        "flag; the Python backend's shm sizes, TensorFlow's version and "
+        "`--model-namespacing` are taken as their settings; the rest pass on",
         default_doc="unset",
         table="sagemaker",
     )
@@ -527,6 +554,12 @@ class Settings:
         "MiB, or 100 MiB with `SAGEMAKER_BATCH=true` alone; 1 GiB with "
         "`SERVE_ASYNC_INFERENCE=true`",
     )
+    # The variables the environment set (not empty), for rules that must tell a value
+    # given from a default (serve/triton/command.py's merge of ADDITIONAL_ARGS).
+    set_variables: frozenset[str] = dataclasses.field(
+        default=frozenset(),
+        metadata={"derive": lambda env, values: env.set_names(variables())},
+    )
     # The variable that decided max_body_bytes, named in the 413's message.
     max_body_set_by: str = dataclasses.field(
         default="SERVE_MAX_BODY_BYTES",
@@ -584,7 +617,7 @@ class Settings:
     workdir: Path | None = setting(
         "SERVE_WORKDIR",
         None,
-        _path,
+        _workdir,
         "where the prepared repository and the front's files live; run as root, every "
         "folder above it must let others enter (o+x), since nginx's workers run as nobody",
         default_doc="a temporary folder",
@@ -613,7 +646,9 @@ class Settings:
         Path(tempfile.gettempdir()) / "serve-env-cache",
         _env_cache,
         "where `EXECUTION_ENV_PATH` archives are unpacked, once per archive (by sha256); "
-        "outside the run's workspace, so a later start reuses it",
+        "outside the run's workspace, so a later start reuses it. serve trusts what it "
+        "holds, so it must be a folder of serve's own user that no one else can write or "
+        "rename (start-up stops otherwise)",
         default_doc="`$TMPDIR/serve-env-cache`",
     )
     max_archive_bytes: int = setting(
@@ -645,11 +680,21 @@ class Settings:
         "time its `Expires` announces; then its sequence is ended in Triton and the model "
         "lets go of its state (1200 s is the default of AWS's own session manager)",
     )
+    session_first_use: float = setting(
+        "SERVE_SESSION_FIRST_USE_SECONDS",
+        60.0,
+        _seconds,
+        'a session opened with `{"requestType": "NEW_SESSION"}` that no request has '
+        "used this many seconds later is closed and its slot freed: opening one costs a "
+        "caller nothing, so an unused one must cost the endpoint little (README: Stateful "
+        "sessions)",
+    )
     max_sessions: int = setting(
         "SERVE_MAX_SESSIONS",
         10000,
         _positive(MAX_THREADS),
-        "open sessions at most; more get 429 until some close or expire",
+        "open sessions at most, for every caller together; more get 429 until some close, "
+        "expire or go unused past `SERVE_SESSION_FIRST_USE_SECONDS`",
     )
     text_generation_models: tuple[str, ...] = setting(
         "SERVE_TEXT_GENERATION_MODELS",
@@ -700,6 +745,30 @@ class Settings:
         _seconds,
         "seconds a bidirectional stream waits for its client to take the next output "
         "(backpressure) before it ends the stream (close code 1008)",
+    )
+    max_streams: int = setting(
+        "SERVE_MAX_STREAMS",
+        256,
+        _positive(MAX_THREADS),
+        "bidirectional streams open at once, for every caller together; one more is closed "
+        "with code 1013 (try again later). Each holds a Triton sequence and up to about "
+        "three times `SERVE_STREAM_BUFFER_BYTES` of memory",
+    )
+    stream_buffer_bytes: int = setting(
+        "SERVE_STREAM_BUFFER_BYTES",
+        MEBIBYTE,
+        _positive(),
+        "the largest message a bidirectional stream takes (a larger one closes the stream "
+        "with code 1009), and the most its chunks on their way to Triton may hold before it "
+        "stops reading and TCP pushes back on the client",
+        default_doc=f"{MEBIBYTE} (1 MiB)",
+    )
+    stream_idle_seconds: float = setting(
+        "SERVE_STREAM_IDLE_SECONDS",
+        300.0,
+        _seconds,
+        "seconds a bidirectional stream may go without a message either way (pings do not "
+        "count) before it is closed with code 1008 and its sequence ended in Triton",
     )
 
     @property
@@ -798,6 +867,11 @@ class _Reader:
     def text(self, name: str) -> str | None:
         """The stripped value; set but empty reads as unset."""
         return self.set_text(name) or None
+
+    def set_names(self, declared: tuple[Variable, ...]) -> frozenset[str]:
+        """The names (aliases too) of `declared` that hold a value here."""
+        names = (name for variable in declared for name in (variable.name, *variable.aliases))
+        return frozenset(name for name in names if self.text(name) is not None)
 
     def path(self, name: str) -> Path | None:
         value = self.text(name)

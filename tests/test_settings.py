@@ -16,7 +16,7 @@ import requests
 
 from serve.errors import ConfigError
 from serve.settings import PortRange, Settings, markdown_tables, variables
-from serve.triton.command import RESERVED_FLAGS, check_additional_args
+from serve.triton.command import FLAGS, RESERVED_FLAGS, Decision, check_additional_args
 from serve.triton.install import help_flags, locate_triton
 from tests.conftest import ADD_MODEL_PY, ServeProcess, free_port, write_add_model
 
@@ -291,6 +291,14 @@ REFUSED_ADDITIONAL_ARGS = [
     ("--model-store=/tmp", "--model-store"),
     ("--model-control-mode=poll", "--model-control-mode"),
     ("--load-model=other", "--load-model"),
+    # Flags that would undo what serve prepared or relies on (issue 24).
+    ("--model-config-name=h100", "--model-config-name"),
+    ("--model-config h100", "--model-config-name"),
+    ("--repoagent-directory=/tmp", "--repoagent-directory"),
+    ("--cache-directory=/tmp", "--cache-directory"),
+    ("--http-header-forward-pattern=.*", "--http-header-forward-pattern"),
+    ("--http-restricted-api=model-repository,key=value", "--http-restricted-api"),
+    ("--exit-timeout-secs=600", "--exit-timeout-secs"),
 ]
 
 
@@ -307,13 +315,67 @@ def test_additional_args_cannot_open_what_serve_keeps_closed(
 
 
 def test_reserved_flags_are_tritons_and_refuse_no_other_flag() -> None:
-    """Triton's own --help: every reserved flag exists, and no other flag begins one's name."""
+    """Triton's own --help: every flag of the table exists, and no other flag begins the
+    name of one serve refuses."""
     flags = set(help_flags(locate_triton(None).binary))
     assert "--model-repository" in flags
-    assert set(RESERVED_FLAGS) <= flags
+    assert set(FLAGS) <= flags
+    assert {rule.decision for rule in FLAGS.values()} == set(Decision)
+    assert all(rule.reason for rule in FLAGS.values())
     for flag in flags - set(RESERVED_FLAGS):
         assert not any(reserved.startswith(flag) for reserved in RESERVED_FLAGS), flag
         assert check_additional_args([f"{flag}=x"]) == (f"{flag}=x",)
+
+
+def test_additional_args_merge_with_the_settings_serve_renders(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    """As NVIDIA's image takes them, but once: serve renders the flag, fitted, from the value.
+
+    Passed on after serve's own, the Python backend's shm size undid the fit to /dev/shm
+    (Triton takes the last), and --model-namespacing appeared twice.
+    """
+    write_add_model(opt_ml / "model")
+    server = start_serve(
+        opt_ml,
+        SAGEMAKER_TRITON_ADDITIONAL_ARGS="--backend-config=python,shm-default-byte-size=4194304 "
+        "--backend-config python,shm-growth-byte-size=2097152 --model-namespacing false "
+        "--backend-config=python,stub-timeout-seconds=45",
+    ).wait_ready()
+    argv = triton_argv(server)
+    assert [a for a in argv if "shm-default-byte-size" in a] == [
+        "--backend-config=python,shm-default-byte-size=4194304"
+    ]
+    assert [a for a in argv if "shm-growth-byte-size" in a] == [
+        "--backend-config=python,shm-growth-byte-size=2097152"
+    ]
+    assert [a for a in argv if a.startswith("--model-namespacing")] == ["--model-namespacing=false"]
+    assert "--backend-config=python,stub-timeout-seconds=45" in argv
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "args"),
+    [
+        (
+            "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE",
+            "8388608",
+            "--backend-config=python,shm-default-byte-size=4194304",
+        ),
+        ("SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING", "true", "--model-namespacing=false"),
+    ],
+)
+def test_a_merged_flag_that_contradicts_its_setting_is_refused(
+    variable: str, value: str, args: str
+) -> None:
+    from serve.triton.command import merge_additional_args
+
+    settings = Settings.from_environ({variable: value, "SAGEMAKER_TRITON_ADDITIONAL_ARGS": args})
+    with pytest.raises(ConfigError, match=f"{variable}.*keep one of them"):
+        merge_additional_args(settings)
+    same = Settings.from_environ(
+        {variable: args.rsplit("=", 1)[1], "SAGEMAKER_TRITON_ADDITIONAL_ARGS": args}
+    )
+    assert merge_additional_args(same).additional_args == ()
 
 
 def test_models_import_from_serve_model_python(

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from serve.artifacts.paths import inside
 from serve.errors import ArtifactError, is_out_of_space, out_of_space
 from serve.settings import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, Settings
 from serve.triton.model_config import CONFIG_FILE
@@ -142,7 +143,7 @@ class _Extraction:
             return
         repeated = self._claim(name, member)
         if member.isdir():
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+            self._path(name).mkdir(parents=True, exist_ok=True)
         elif member.issym():
             if member.linkname.startswith("/") or not member.linkname:
                 raise _link_refused(name, member, "which is absolute or empty")
@@ -151,7 +152,7 @@ class _Extraction:
             if repeated:
                 # As with tar itself, the last copy of a file wins (venv-pack
                 # writes pyvenv.cfg twice).
-                (self.root / name).unlink()
+                self._path(name).unlink()
             if member.isreg():
                 self._write_file(tar, member, name)
             else:
@@ -164,7 +165,7 @@ class _Extraction:
             if problem:
                 raise _Refused(f"member {name!r} is a symbolic link to {target!r}, {problem}")
         for name, target in self.symlinks.items():
-            path = self.root / name
+            path = self._path(name)
             path.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(target, path)
 
@@ -207,7 +208,7 @@ class _Extraction:
         remaining = self.limits.max_total_bytes - self.bytes_written
         if member.size > remaining:
             raise self._too_large(name)
-        path = self.root / name
+        path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         source = tar.extractfile(member)
         assert source is not None  # a regular member always has data
@@ -232,7 +233,14 @@ class _Extraction:
         target = _relative_path(member.linkname, name, "link target")
         if target is None or target == name or self.kinds.get(target) != "file":
             raise _link_refused(name, member, "which is not a file stored earlier in the archive")
-        os.link(self.root / target, self.root / name, follow_symlinks=False)
+        os.link(self._path(target), self._path(name), follow_symlinks=False)
+
+    def _path(self, name: str) -> Path:
+        """Where member `name` goes, proven inside the root (`_relative_path` checked it)."""
+        try:
+            return inside(self.root, name, what="member")
+        except ArtifactError as exc:
+            raise _Refused(f"{exc.message}; {_REBUILD}") from None
 
     def _too_large(self, name: str) -> _Refused:
         return _Refused(

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Collection, Iterator, Mapping
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serve.artifacts.archives import ExtractionLimits, discard_interrupted, safe_extract
-from serve.errors import ArtifactError
+from serve.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,10 @@ class EnvironmentCache:
         # (path, device, inode, size, mtime) -> sha256: models naming the same
         # file hash it once per instance.
         self._digests: dict[tuple[str, int, int, int, int], str] = {}
-        root.mkdir(parents=True, exist_ok=True)
+        if not root.exists() and not root.is_symlink():
+            root.mkdir(parents=True)
+            root.chmod(0o755)  # whatever the umask: no one else writes here
+        _check_private(root)
 
     def materialize(
         self, archive: Path, available_stubs: Mapping[str, Path]
@@ -231,6 +235,42 @@ class EnvironmentCache:
             yield acquired
         finally:
             os.close(fd)
+
+
+def _check_private(root: Path) -> None:
+    """Refuse a cache folder someone else could have prepared or can still change.
+
+    What the cache holds is trusted: a folder with its `.used` stamp is taken
+    for an unpacked, checked environment and handed to Triton. So the folder
+    must be serve's user's own, a real folder (not a link), writable by no one
+    else, under folders no one else can rename it in (a sticky one, such as
+    /tmp, lets no one rename another's entry).
+    """
+    status = root.lstat()
+    problem = None
+    if stat.S_ISLNK(status.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(status.st_mode):
+        problem = "is not a folder"
+    elif status.st_uid != os.geteuid():
+        problem = f"is owned by another user (uid {status.st_uid})"
+    elif status.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.filemode(status.st_mode)})"
+    else:
+        for parent in root.resolve().parents:
+            mode = parent.stat()
+            if mode.st_uid not in (0, os.geteuid()):
+                problem = f"lies under a folder another user owns ({parent})"
+                break
+            if mode.st_mode & 0o022 and not mode.st_mode & stat.S_ISVTX:
+                problem = f"lies under a folder others can write ({parent})"
+                break
+    if problem is not None:
+        raise ConfigError(
+            f"SERVE_ENV_CACHE={root} {problem}: serve trusts what the environment cache "
+            "holds, so it must be a folder of its own that no one else can write; remove "
+            "it, or point SERVE_ENV_CACHE at such a folder"
+        )
 
 
 def inspect_folder(path: Path, available_stubs: Mapping[str, Path]) -> str:

@@ -28,11 +28,13 @@ from serve.artifacts.archives import (
     safe_extract,
 )
 from serve.artifacts.environments import (
+    MODEL_DIRECTORY_VARIABLE,
     EnvironmentCache,
     PreparedEnvironment,
     inspect_folder,
     resolve_env_path,
 )
+from serve.artifacts.paths import check_name, inside, is_inside
 from serve.errors import ArtifactError, ConfigError
 from serve.settings import Settings
 from serve.triton import model_config
@@ -43,6 +45,11 @@ log = logging.getLogger(__name__)
 
 # The config parameter naming a Python-backend model's own environment.
 ENV_PARAMETER = "EXECUTION_ENV_PATH"
+# What to do about a model name taken from content that serve cannot use.
+CONTENT_NAME_FIX = (
+    "rename the model (in its config.pbtxt, or its folder) to a plain name, without '/', "
+    "'..' or control characters"
+)
 _STUB_CHECK_TIMEOUT_S = 30
 
 
@@ -63,6 +70,10 @@ class Preparation:
     # Run each stub given to a model once, as Triton will; off where the stubs
     # are another machine's (checking a package for the image).
     start_stubs: bool = True
+    # Multi-model uploads: EXECUTION_ENV_PATH must lie in this folder (the models
+    # root), so an upload cannot have Triton run, or serve unpack, what lies elsewhere
+    # on the host. None: anywhere (the endpoint's own /opt/ml/model).
+    environments_root: Path | None = None
 
 
 def server_preparation(settings: Settings, install: TritonInstall, gpu_count: int) -> Preparation:
@@ -133,13 +144,15 @@ def prepare_single_model_repository(
     if (model_dir / CONFIG_FILE).is_file():
         config = model_config.read_config(model_dir / CONFIG_FILE)
         name = config.name or model_dir.name
+        check_name(name, f"{model_dir / CONFIG_FILE} names the model", CONTENT_NAME_FIX)
         log.warning(
             "%s holds config.pbtxt at its top level; serving it as the single model %r "
             "(package the model inside a folder named after it to silence this)",
             model_dir,
             name,
         )
-        model = prepare_model(model_dir, destination / name, name, preparation)
+        target = inside(destination, name, what="model name")
+        model = prepare_model(model_dir, target, name, preparation)
         return PreparedRepository(destination, name, (model,))
 
     if archives_dir is None:
@@ -168,7 +181,7 @@ def prepare_single_model_repository(
             "(an ensemble's name to run the ensemble)"
         )
     models = tuple(
-        prepare_model(source, destination / name, name, preparation)
+        prepare_model(source, inside(destination, name, what="model name"), name, preparation)
         for name, source in sources.items()
     )
     _log_environments(models)
@@ -188,7 +201,9 @@ def unpack_model_archive(
     root = model_root(destination)
     if (root / CONFIG_FILE).is_file():
         config = model_config.read_config(root / CONFIG_FILE)
-        name = config.name or _archive_stem(archive)
+        where = f"{archive.name}: {CONFIG_FILE} names the model"
+        name = check_name(config.name, where, CONTENT_NAME_FIX) if config.name else None
+        name = name or check_name(_archive_stem(archive), f"archive {archive}", CONTENT_NAME_FIX)
         log.info("archive %s holds the files of one model; serving it as %r", archive, name)
         return {name: root}
     folders = model_folders(root)
@@ -198,7 +213,7 @@ def unpack_model_archive(
             "config.pbtxt and numbered version folders) at the archive's top, e.g. "
             "`tar -C model_repository -czf model.tar.gz .`"
         )
-    return {folder.name: folder for folder in folders}
+    return {_folder_name(folder, destination): folder for folder in folders}
 
 
 def prepare_model(source: Path, target: Path, name: str, preparation: Preparation) -> PreparedModel:
@@ -231,8 +246,11 @@ def prepare_model(source: Path, target: Path, name: str, preparation: Preparatio
 
 
 def model_sources(model_dir: Path, archives_dir: Path, limits: ExtractionLimits) -> dict[str, Path]:
-    """Every model of `model_dir` by name: its folders, then the models of its archives."""
-    sources = {folder.name: folder for folder in model_folders(model_dir)}
+    """Every model of `model_dir` by name: its folders, then the models of its archives.
+
+    Every name is checked (`paths.check_name`), whether a folder's or a config's.
+    """
+    sources = {_folder_name(folder, model_dir): folder for folder in model_folders(model_dir)}
     environments = _named_environments(sources.values())
     unpacked: list[Path] = []
     try:
@@ -240,7 +258,7 @@ def model_sources(model_dir: Path, archives_dir: Path, limits: ExtractionLimits)
             if archive.resolve() in environments:
                 log.info("%s is an environment a model names, not a model archive", archive)
                 continue
-            destination = archives_dir / archive.name
+            destination = inside(archives_dir, archive.name, what="archive name")
             unpacked.append(destination)
             for name, folder in unpack_model_archive(archive, destination, limits).items():
                 if name in sources:
@@ -254,6 +272,24 @@ def model_sources(model_dir: Path, archives_dir: Path, limits: ExtractionLimits)
             shutil.rmtree(destination, ignore_errors=True)
         raise
     return sources
+
+
+def _folder_name(folder: Path, root: Path) -> str:
+    """A model folder's name, the model's: checked as every name from content is."""
+    where = f"model folder {folder.relative_to(root)} in {root}"
+    return check_name(folder.name, where, CONTENT_NAME_FIX)
+
+
+def shown_path(path: Path, *roots: Path) -> str:
+    """`path` as a caller knows it: relative to the first of `roots` that holds it.
+
+    An upload's archives are unpacked into a staging folder named after each
+    archive, so a file of one shows as `model.tar.gz/<path inside it>`.
+    """
+    for root in roots:
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
 
 
 def _named_environments(folders: Iterable[Path]) -> set[Path]:
@@ -286,6 +322,13 @@ def _prepare_environment(
     if not value or preparation.environments is None:
         return None, False
     location = resolve_env_path(value, source)
+    root = preparation.environments_root
+    if root is not None and not is_inside(location, root):
+        raise ArtifactError(
+            f"model {name!r}: {ENV_PARAMETER} {value!r} names {location}, outside {root}; "
+            "an upload's environment ships with it: name it as "
+            f"{MODEL_DIRECTORY_VARIABLE}/<archive>"
+        )
     parameter = config.parameters[ENV_PARAMETER]
     if location.is_dir():
         python_version = inspect_folder(location, preparation.python_stubs)

@@ -29,6 +29,7 @@ from serve.control.execution_parameters import ExecutionParameters
 from serve.control.state import Phase, ServerState
 from serve.errors import ArtifactError, BadRequest, ServeError
 from serve.multi_model.registry import MAX_PAGE_SIZE, PAGE_SIZE, ModelRegistry
+from serve.payloads.codecs import json_codec
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,7 @@ def _add_multi_model_routes(app: Flask, registry: ModelRegistry) -> None:
 
     @app.post("/models")
     def load_model() -> Response:
-        try:
-            body = json.loads(request.get_data())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"the request body is not valid JSON: {exc}") from exc
+        body = json_codec.parse(request.get_data())  # 400 saying what is wrong
         if not isinstance(body, dict) or not {"model_name", "url"} <= body.keys():
             raise ArtifactError('the body must be {"model_name": NAME, "url": FOLDER}')
         log.info(

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import unicodedata
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,6 +30,7 @@ from serve.errors import (
     invocation_timed_out,
 )
 from serve.front.access_log import ACCESS_LOG_FORMAT
+from serve.machine.sockets import NGINX_WORKER_GROUP, NGINX_WORKER_USER
 from serve.multi_model.registry import longest_answer
 from serve.payloads.formats import nginx_routes
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
@@ -47,13 +49,34 @@ from serve.sagemaker.contract import (
 from serve.sagemaker.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
 from serve.settings import Settings
 
+
+def nginx_string(value: object) -> str:
+    """`value` as one quoted nginx argument: no space, `;`, `{` or `#` in it ends it.
+
+    nginx reads `\\"` and `\\\\` inside double quotes; it has no escape for `$`
+    (a variable in the directives that take them, the access log's among them)
+    nor means to carry a control character, so those are refused, naming the
+    setting the paths come from.
+    """
+    text = str(value)
+    for character in text:
+        if character == "$" or unicodedata.category(character) in ("Cc", "Cs"):
+            raise ConfigError(
+                f"the workspace path {text!r} holds {character!r}, which nginx's "
+                "configuration cannot carry; set SERVE_WORKDIR (or TMPDIR) to a folder "
+                "without it"
+            )
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("serve.front", "templates"),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
 )
-# Workers never need root; Debian and Ubuntu name the unprivileged group nogroup.
-UNPRIVILEGED_USER = "nobody nogroup"
+_TEMPLATES.filters["nginx_string"] = nginx_string
+# Workers never need root (the sockets they reach are theirs: serve/machine/sockets.py).
+UNPRIVILEGED_USER = f"{NGINX_WORKER_USER} {NGINX_WORKER_GROUP}"
 # Headers the front sets to talk to its internal services: the payload service's
 # model and route, and Triton's binary header length. nginx sets every one of them
 # on every upstream request (empty unless the front means it), so a client's copy
@@ -90,6 +113,9 @@ class FrontModel:
     # A declared text-generation model (SERVE_TEXT_GENERATION_MODELS): its JSON bodies go to
     # the payload service (a request schema's), but for v2 requests, which go to Triton.
     text_generation: bool = False
+    # A sequence model, or an ensemble with one among its steps: the payload service
+    # refuses plain requests naming a session's or stream's sequence (serve/sessions/).
+    stateful: bool = False
 
 
 # Model names nginx can match in target_model=NAME and write into its config unquoted.
@@ -141,6 +167,7 @@ class FrontConfig:
             worker_user=UNPRIVILEGED_USER if os.geteuid() == 0 else "",
             worker_processes=self.worker_processes,
             workdir=self.workdir,
+            pid_file=self.pid_file(),
             access_log=self.access_log(),
             access_log_format=ACCESS_LOG_FORMAT,
             error_log_level="warn",
@@ -177,6 +204,7 @@ class FrontConfig:
             **self._payload_routes(),
             bidirectional_socket=self.bidirectional_socket() if self.bidirectional else None,
             bidirectional_route=BIDIRECTIONAL_ROUTE,
+            bidirectional_route_pattern=pcre(re.escape(BIDIRECTIONAL_ROUTE)),
         )
 
     def _invocation_timeouts(self) -> dict[str, object]:
@@ -221,14 +249,17 @@ class FrontConfig:
         # generate_stream streams whatever the model; the other routes need the payload
         # service for decoupled models (infer refuses them, Triton 2.51's generate
         # answers their failures with 200). On the infer route, a model's custom
-        # attributes become a header there too.
+        # attributes become a header there too. Every request for a stateful model goes
+        # there, which checks the sequence it names.
         by_name = {model.name: model for model in self.models}
         writers = self.writer_sockets()
 
         def target(name: str) -> dict[str, object]:
             model = by_name.get(name, FrontModel(name))
-            payloads = (model.decoupled and inference != "generate_stream") or (
-                model.custom_attributes and inference == "infer"
+            payloads = (
+                (model.decoupled and inference != "generate_stream")
+                or (model.custom_attributes and inference == "infer")
+                or model.stateful
             )
             return {
                 "key": name,

@@ -11,7 +11,8 @@ names derived from SageMaker's model name:
   model (SageMaker's names are hashes), so nginx can send
   `/models/NAME/invoke` straight to Triton; other names get a hashed Triton
   name and are invoked through the control app;
-- the upload's other models (ensemble steps) are named `NAME~step`; '~' can
+- the upload's other models (ensemble steps) are named `NAME~step` (a step
+  named with characters nginx would not route gets a hashed name); '~' can
   not appear in a name nginx routes directly, so steps are never public.
 
 Loads, unloads and lookups of one model are serialised by a per-name lock;
@@ -38,11 +39,17 @@ import os
 import shutil
 import threading
 import time
-import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-from serve.artifacts.repository import Preparation, model_sources, prepare_model
+from serve.artifacts.paths import check_name, control_character, inside, is_inside
+from serve.artifacts.repository import (
+    CONTENT_NAME_FIX,
+    Preparation,
+    model_sources,
+    prepare_model,
+    shown_path,
+)
 from serve.errors import (
     ArtifactError,
     BadRequest,
@@ -203,7 +210,7 @@ class ModelRegistry:
         if not source.is_absolute():
             raise ArtifactError(f"url {url!r} must be an absolute path under {self._models_dir}")
         resolved = source.resolve()
-        if not resolved.is_relative_to(self._models_dir):
+        if not is_inside(resolved, self._models_dir):
             raise ArtifactError(f"url {url!r} is outside {self._models_dir}; refusing to load it")
         if not resolved.is_dir():
             raise ArtifactError(f"url {url!r} is not a folder; SageMaker unpacks models there")
@@ -212,7 +219,7 @@ class ModelRegistry:
     def _prepare(self, name: str, url: str, source: Path) -> LoadedModel:
         """Unpack archives, find the upload's models and prepare them under Triton names."""
         _refuse_links_outside(source, self._models_dir)
-        staging = self._staging / triton_name(name)
+        staging = inside(self._staging, triton_name(name))
         shutil.rmtree(staging, ignore_errors=True)
         prepared: list[Path] = []
         environments: set[str] = set()
@@ -226,14 +233,15 @@ class ModelRegistry:
                 raise ArtifactError(
                     f"no model in {url}: it needs a config.pbtxt, model folders, or a model.tar.gz"
                 )
+            _check_steps(sources, source, staging)
             entry = _entry_model(sources, url)
             base = triton_name(name, routed=not _sets_custom_attributes(sources[entry]))
             renames = {
-                original: base if original == entry else f"{base}{STEP_SEPARATOR}{original}"
+                original: base if original == entry else _step_name(base, original)
                 for original in sources
             }
             for original, folder in sources.items():
-                target = self._repository / renames[original]
+                target = inside(self._repository, renames[original], what="model name")
                 prepared.append(target)
                 model = prepare_model(folder, target, renames[original], self._preparation)
                 if model.environment is not None:
@@ -407,29 +415,41 @@ def triton_name(name: str, routed: bool = True) -> str:
     return "model-" + hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
+def _step_name(base: str, original: str) -> str:
+    """The Triton name (and folder) of an upload's step `original`: `base~original`.
+
+    A step named with other characters than DIRECT_NAME's gets a hashed name
+    instead: Triton's Python backend starts a model's stub through a shell with
+    the model's path unquoted, so a name from content holding `;` or `$(...)`
+    would be run as a command there.
+    """
+    if DIRECT_NAME.match(original):
+        return f"{base}{STEP_SEPARATOR}{original}"
+    return f"{base}{STEP_SEPARATOR}step-" + hashlib.sha256(original.encode()).hexdigest()[:32]
+
+
 def _sets_custom_attributes(folder: Path) -> bool:
     config = folder / CONFIG_FILE
     return config.is_file() and sets_custom_attributes(model_config.read_config(config))
 
 
 def _check_name(name: object) -> None:
-    if not isinstance(name, str) or not name or "/" in name or name in {".", ".."}:
-        raise ArtifactError(f"model_name {name!r} must be a non-empty string without '/'")
-    _check_characters("model_name", name)
+    """The caller's model_name: the rule every name taken from the upload follows too."""
+    check_name(name, "model_name", "send the name SageMaker gave")
 
 
 def _check_characters(field: str, value: str) -> None:
-    """Refuse control characters (NUL among them) and lone surrogates.
+    """Refuse control characters (NUL among them) and lone surrogates in the url.
 
     JSON carries both (`\\u0000`, `\\ud800`), but no path holds a NUL, UTF-8
-    cannot encode a surrogate, and a line break in a name would forge log lines.
+    cannot encode a surrogate, and a line break would forge log lines.
     """
-    for character in value:
-        if unicodedata.category(character) in ("Cc", "Cs"):
-            raise ArtifactError(
-                f"{field} {value!r} holds {character!r}, a control character or half of "
-                "a surrogate pair; send the name and folder SageMaker gave"
-            )
+    character = control_character(value)
+    if character is not None:
+        raise ArtifactError(
+            f"{field} {value!r} holds {character!r}, a control character or half of "
+            "a surrogate pair; send the name and folder SageMaker gave"
+        )
 
 
 def _refuse_links_outside(folder: Path, root: Path) -> None:
@@ -449,7 +469,7 @@ def _refuse_links_outside(folder: Path, root: Path) -> None:
         walked.add(real)
         for name in (*subfolders, *files):
             entry = Path(current, name)
-            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+            if entry.is_symlink() and not is_inside(entry, root):
                 raise ArtifactError(
                     f"{entry.relative_to(folder)} in {folder} is a symbolic link to "
                     f"{os.readlink(entry)!r}, which leads outside {root}; upload the files "
@@ -462,8 +482,30 @@ def _model_name(folder: Path) -> str:
     if config.is_file():
         parsed = model_config.read_config(config)
         if parsed.name:
-            return parsed.name
+            return check_name(parsed.name, f"{CONFIG_FILE} names the model", CONTENT_NAME_FIX)
     return folder.name
+
+
+def _check_steps(sources: dict[str, Path], source: Path, staging: Path) -> None:
+    """Every ensemble step of the upload names one of its own models, by a plain name.
+
+    Steps are renamed with the upload's models (`NAME~step`); a step naming any
+    other model would reach another upload's models, or the repository's
+    folders by a path.
+    """
+    for folder in sources.values():
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            continue
+        where = shown_path(config_path, source, staging)
+        for step in model_config.read_config(config_path).ensemble_scheduling.step:
+            check_name(step.model_name, f"{where}: ensemble step", CONTENT_NAME_FIX)
+            if step.model_name not in sources:
+                raise ArtifactError(
+                    f"{where}: ensemble step {step.model_name!r} names no model of this upload "
+                    f"(it holds {', '.join(sorted(sources))}); an upload's ensembles use its "
+                    "own models: upload the step with the ensemble"
+                )
 
 
 def _entry_model(sources: dict[str, Path], url: str) -> str:

@@ -13,6 +13,8 @@ import contextlib
 import threading
 from pathlib import Path
 
+from serve.machine.sockets import restrict_socket
+
 # How long `stop` waits for the server's own clean-up, then for its thread.
 CLOSE_SECONDS = 10.0
 JOIN_SECONDS = 5.0
@@ -54,8 +56,8 @@ class LoopThread:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._open())
-            # nginx's unprivileged workers connect to this socket.
-            self.socket_path.chmod(0o666)
+            # nginx's unprivileged workers connect to this socket, and no one else.
+            restrict_socket(self.socket_path)
         except BaseException as exc:
             self._failure = exc
             self._started.set()

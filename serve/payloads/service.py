@@ -54,7 +54,7 @@ from serve.payloads.http_parser import Head, HeadTooLarge, MalformedMessage, Req
 from serve.payloads.llm.generate import TextModel
 from serve.payloads.loop_thread import LoopThread
 from serve.payloads.triton_http import TritonHttp
-from serve.sagemaker.contract import SESSION_HEADER
+from serve.sagemaker.contract import HEADER_NAME, HEADER_VALUE, SESSION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class SessionHandler(Protocol):
     """Stateful sessions on /invocations (serve/sessions/invocations.py), in the service's loop."""
 
     async def invoke(self, session_id: str, invocation: Invocation) -> Reply: ...
+
+    def refuse_held_sequence(self, invocation: Invocation) -> None: ...
 
     async def start_expiry(self) -> None: ...
 
@@ -248,7 +250,7 @@ class _NginxConnection(WriteFlow):
 
     async def _serve(self, request: _Request) -> None:
         try:
-            reply = await self._answer(request)
+            reply = _checked_head(await self._answer(request))
             if reply.chunks is None:
                 self._write(reply)
             else:
@@ -269,6 +271,8 @@ class _NginxConnection(WriteFlow):
                 if self._sessions is None:
                     raise BadRequest(SESSIONS_SINGLE_MODEL)
                 return await self._sessions.invoke(session, invocation)
+            if self._sessions is not None:
+                self._sessions.refuse_held_sequence(invocation)
             # --- end sessions
             return await self._adapter.invoke(invocation)
         except ServeError as exc:
@@ -364,6 +368,28 @@ class _Request:
     headers: dict[str, str]
     # Complete, or a spooled body still arriving.
     body: Body
+
+
+def _checked_head(reply: Reply) -> Reply:
+    """The reply, or a 500 when a header it would write is not a header line.
+
+    Values come from models (custom attributes) and from Triton (Content-Type);
+    each is matched whole against HEADER_VALUE, so none can end its line, or
+    the header block, early: nginx would read what follows as the body.
+    """
+    fields = (("Content-Type", reply.content_type), *reply.headers)
+    for name, value in fields:
+        if not (HEADER_NAME.match(name) and HEADER_VALUE.match(value)):
+            log.error("an answer's header %s was %r, which is not a header value", name, value)
+            return Reply(
+                500,
+                "application/json",
+                _error(
+                    f"internal error in serve: the answer's {name} header would have held "
+                    f"{value[:60]!r}, which a header cannot carry; see the container log"
+                ),
+            )
+    return reply
 
 
 def _phrase(status: int) -> str:

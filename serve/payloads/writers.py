@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
 
+from serve.machine.sockets import restrict_socket
 from serve.payloads.body import Spool
 from serve.payloads.service import LISTEN_BACKLOG, PayloadService
 from serve.settings import Settings
@@ -70,11 +71,11 @@ def writes_json(config: ModelConfig | None, min_values: int) -> bool:
 
 
 def listening_socket(path: Path) -> socket.socket:
-    """A writer's unix socket, listening, for nginx's unprivileged workers too."""
+    """A writer's unix socket, listening, for nginx's unprivileged workers alone."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path.unlink(missing_ok=True)
     listener.bind(str(path))
-    path.chmod(0o666)
+    restrict_socket(path)
     listener.listen(LISTEN_BACKLOG)
     return listener
 

@@ -174,16 +174,24 @@ class ManagedProcess:
                 path.unlink()
                 log.warning("removed %s, which %s's processes held", path, self.name)
 
-    def describe_exit(self) -> str:
-        """How the process ended, with its last output lines."""
+    def exit_summary(self) -> str:
+        """How the process ended, in one line: what a caller of /ping may read."""
         code = self._process.poll()
         if code is None:
             return f"{self.name} is still running"
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return f"{self.name} exited ({how})"
+
+    def describe_exit(self) -> str:
+        """How the process ended, with its last output lines: for the container's log only
+        (they name models, paths and what the model printed)."""
+        summary = self.exit_summary()
+        if self._process.poll() is None:
+            return summary
         self._relay.join(timeout=2)
         output = b"".join(self._recent).decode("utf-8", errors="replace")
         tail = "\n".join(output.splitlines()[-_TAIL_LINES:])
-        return f"{self.name} exited ({how}); its last output:\n{tail}"
+        return f"{summary}; its last output:\n{tail}"
 
 
 def _group_members(group: int) -> list[int]:

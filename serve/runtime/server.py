@@ -34,6 +34,7 @@ from serve.control.state import Phase, ServerState
 from serve.errors import ConfigError, ServeError
 from serve.front.nginx import FrontConfig, FrontModel, nginx_argv, worker_count
 from serve.machine import host
+from serve.machine.sockets import restrict_socket
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
 from serve.payloads.formats import takes_bytes
@@ -46,12 +47,13 @@ from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
 from serve.runtime.processes import ManagedProcess
 from serve.runtime.workspace import Workspace
 from serve.sagemaker.custom_attributes import sets_custom_attributes
-from serve.sessions.bidirectional import BidirectionalServer
+from serve.sessions.bidirectional import BidirectionalServer, StreamLimits
 from serve.sessions.invocations import SessionInvocations
 from serve.sessions.registry import SessionRegistry
 from serve.settings import Settings
+from serve.triton import model_config
 from serve.triton.client import TritonClient
-from serve.triton.command import MAX_INPUT_FLAG, TritonCommand, check_additional_args
+from serve.triton.command import MAX_INPUT_FLAG, TritonCommand, merge_additional_args
 from serve.triton.install import TritonInstall, locate_triton
 from serve.triton.metrics import TritonMetrics
 from serve.triton.model_config import ModelConfig
@@ -71,8 +73,10 @@ class ControlServer:
     def __init__(self, app: object, socket_path: Path):
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         self._server = create_server(
-            app, unix_socket=str(socket_path), unix_socket_perms="666", threads=4
+            app, unix_socket=str(socket_path), unix_socket_perms="600", threads=4
         )
+        # nginx's unprivileged workers connect to it, and no one else.
+        restrict_socket(socket_path)
         self._thread = threading.Thread(target=self._server.run, name="control", daemon=True)
 
     def start(self) -> None:
@@ -96,7 +100,8 @@ class Server:
 
     def run(self) -> int:
         """Serve until stopped or until a child fails; returns the exit code."""
-        check_additional_args(self.settings.additional_args)
+        # SAGEMAKER_TRITON_ADDITIONAL_ARGS: refused flags stop here, merged ones become settings.
+        self.settings = merge_additional_args(self.settings)
         refuse_ports_in_use(self.settings.public_ports())
         install = locate_triton(self.settings.triton_bin)
         model_python = self.settings.model_python
@@ -183,7 +188,7 @@ class Server:
                 # After every fork: a process that forks while gRPC's threads run can
                 # abort in the child (seen: Triton killed by SIGABRT before its exec).
                 running.bidirectional = BidirectionalServer(
-                    front.bidirectional_socket(), bidirectional_port, settings.stream_send_timeout
+                    front.bidirectional_socket(), bidirectional_port, StreamLimits.of(settings)
                 )
                 running.bidirectional.start()
             children = [triton, nginx, *running.writers]
@@ -221,7 +226,8 @@ class Server:
                 ws.repository,
                 ws.root / "uploads",
                 triton_client,
-                self.preparation,
+                # An upload's environments lie in the models root, as its files do.
+                dataclasses.replace(self.preparation, environments_root=settings.models_dir),
                 settings.env_cache_min_free_bytes,
                 settings.model_load_timeout,
             )
@@ -287,7 +293,11 @@ class Server:
 
     def _session_handlers(self) -> SessionHandlers:
         """Stateful sessions on /invocations (serve/sessions/), for the payload service."""
-        sessions = SessionRegistry(self.settings.session_ttl, self.settings.max_sessions)
+        sessions = SessionRegistry(
+            self.settings.session_ttl,
+            self.settings.max_sessions,
+            first_use=self.settings.session_first_use,
+        )
         return lambda adapter: SessionInvocations(adapter, sessions)
 
     def _start_triton(self, command: TritonCommand, shm: host.ShmPlan) -> ManagedProcess:
@@ -350,9 +360,9 @@ class Server:
                 if code is not None:
                     # Its workers or stubs go at once: an nginx worker would keep the port.
                     child.kill_group()
-                    reason = child.describe_exit()
-                    self.state.set(Phase.FAILED, reason)
-                    log.error("%s; stopping", reason)
+                    # /ping's callers get one line; the log gets the child's last output.
+                    self.state.set(Phase.FAILED, f"{child.exit_summary()}; see the container log")
+                    log.error("%s; stopping", child.describe_exit())
                     return code if code > 0 else 128 - code if code < 0 else 1
             phase, _ = self.state.snapshot()
             now = time.monotonic()
@@ -415,6 +425,9 @@ def _front_models(
     """The models nginx routes by target_model=NAME, and which need the payload services."""
     if repository is None:
         return ()
+    stateful = model_config.stateful_models(
+        {m.name: m.config for m in repository.models if m.config is not None}
+    )
     return tuple(
         FrontModel(
             m.name,
@@ -423,6 +436,7 @@ def _front_models(
             writes_json=writes_json(m.config, json_min_values),
             takes_bytes=_takes_bytes(m.config),
             text_generation=m.name in text_models,
+            stateful=m.name in stateful,
         )
         for m in repository.models
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from serve.errors import ConfigError
+from serve.settings import check_workspace_path
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 class Workspace:
     def __init__(self, configured: Path | None):
         if configured is None:
+            # The checks SERVE_WORKDIR gets, on the folder TMPDIR leads to.
+            check_workspace_path(Path(tempfile.gettempdir()) / "serve-x", "TMPDIR")
             self.root = Path(tempfile.mkdtemp(prefix="serve-"))
         else:
             _check_enterable(configured)

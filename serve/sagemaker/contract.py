@@ -44,5 +44,16 @@ def pcre(pattern: str) -> str:
 
 
 def full_match(pattern: str, flags: int = 0) -> re.Pattern[str]:
-    """A pattern of this module, compiled for Python to match a whole string."""
-    return re.compile(f"^(?:{pattern})$", flags)
+    """A pattern of this module, compiled for Python to match a whole string.
+
+    `\\Z`, not `$`: `$` also matches before a final line break, so "name\\n" would
+    pass for "name" (and a header value ending in one would end a header block).
+    """
+    return re.compile(f"\\A(?:{pattern})\\Z", flags)
+
+
+# What serve writes as an answer's header: a token for the name, and visible US-ASCII
+# with spaces between for the value (RFC 9110's field-value, without obs-text or tabs),
+# so no value from a model or from Triton can end a line, or the header block, early.
+HEADER_NAME = full_match(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HEADER_VALUE = full_match(r"([\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?)?")

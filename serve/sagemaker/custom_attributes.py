@@ -14,16 +14,13 @@ no such header, whatever the caller sent.
 
 from __future__ import annotations
 
-import re
-
 from serve.errors import ModelMisconfigured
+from serve.sagemaker.contract import HEADER_VALUE
 from serve.triton.model_config import ModelConfig
 
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 OUTPUT = "SAGEMAKER_CUSTOM_ATTRIBUTES"
 MAX_LENGTH = 1024
-# Visible US-ASCII and spaces between them (RFC 7230's field value, without obs-text).
-_VALUE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
 
 
 def sets_custom_attributes(config: ModelConfig) -> bool:
@@ -39,7 +36,8 @@ def header_value(model: str, value: object) -> str | None:
     text = value.decode("ascii", errors="replace") if isinstance(value, bytes) else str(value)
     if not text:
         return None
-    if len(text) > MAX_LENGTH or not _VALUE.match(text):
+    # Visible US-ASCII with spaces between, the whole value (a final line break too).
+    if len(text) > MAX_LENGTH or not HEADER_VALUE.match(text):
         raise ModelMisconfigured(
             f"model {model!r} set {OUTPUT} to {text[:60]!r}{'...' if len(text) > 60 else ''}, "
             f"which {HEADER} cannot carry: it takes 1 to {MAX_LENGTH} visible US-ASCII "

@@ -12,12 +12,18 @@ close requests AWS's own examples send:
   closes it; the answer (the model's answer to the closing request) carries
   `X-Amzn-SageMaker-Closed-Session-Id: <id>`.
 
-Triton sees one sequence per session: its correlation id (`sequence_id`),
-`sequence_start` on the first request that reaches the model, and
+Triton sees one sequence per session: its correlation id (`sequence_id`, random,
+63 bits: serve/sessions/registry.py), `sequence_start` on the first request that
+reaches the model (the session sets all three flags; a caller's own are
+overridden), and
 `sequence_end` on a request whose inputs are empty (zero-length where a dim is
 variable, zeros or empty strings where it is fixed) when the session closes or
 expires, so the model lets go of the session's state. Requests of one session
 run one at a time, in the order they arrive.
+
+A plain request (no SessionId) naming a sequence a session or stream holds is
+refused (409): nginx sends every request for a stateful model here
+(serve/front/nginx.py), so none reaches Triton unchecked.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ import logging
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from serve.errors import Gone, PayloadError, ServeError
+from serve.errors import Gone, PayloadError, SequenceInUse, ServeError
 from serve.payloads.adapter import Invocation, PayloadAdapter, Reply, v2_document
 from serve.payloads.body import Body
+from serve.payloads.codecs import json_codec
 from serve.payloads.formats import BINARY, Route, request_format
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import is_v2_request
@@ -85,10 +92,12 @@ class SessionInvocations:
                     reply = await self._end(session, invocation.accept)
                 except ServeError as exc:
                     # Closed all the same: the caller must not use the id again.
-                    log.warning("session %s closed; its END failed: %s", session.id, exc.message)
+                    log.warning("a session closed; its END failed: %s", exc.message)
                     body = json.dumps({"error": f"the session is closed; {exc.message}"})
                     reply = Reply(exc.status, "application/json", body.encode())
-                log.info("session %s closed", session.id)
+                finally:
+                    self.registry.release(session)
+                log.debug("session %s closed", session.id)
                 return _with_header(reply, CLOSED_SESSION_HEADER, session.id)
             return await self._run(session, invocation)
 
@@ -102,7 +111,7 @@ class SessionInvocations:
         session = self.registry.open(invocation.model)
         header = session.expires_header()
         if request_type == OPEN:
-            log.info("session %s opened on model %r", session.id, session.model)
+            log.debug("session %s opened on model %r", session.id, session.model)
             return Reply(200, "application/json", b"{}", headers=((NEW_SESSION_HEADER, header),))
         async with session.lock:
             try:
@@ -110,19 +119,24 @@ class SessionInvocations:
             except BaseException:
                 # Its first request failed: the caller never learns the id.
                 self.registry.remove(session)
+                self.registry.release(session)
                 raise
-        log.info("session %s opened on model %r", session.id, session.model)
+        log.debug("session %s opened on model %r", session.id, session.model)
         return _with_header(reply, NEW_SESSION_HEADER, header)
 
     async def _run(self, session: Session, invocation: Invocation) -> Reply:
-        flags: dict[str, object] = {"sequence_id": session.sequence_id}
-        if not session.started:
-            flags["sequence_start"] = True
+        # All three, so a caller's own flags in the body cannot steer the session's sequence.
+        flags: dict[str, object] = {
+            "sequence_id": session.sequence_id,
+            "sequence_start": not session.started,
+            "sequence_end": False,
+        }
         try:
             reply = await self._adapter.invoke(_with_parameters(invocation, flags))
         except ServeError as exc:
             if FORGOTTEN in exc.message:
                 self.registry.remove(session)
+                self.registry.release(session)
                 raise Gone(
                     f"the model no longer holds session {session.id}'s state: Triton forgot "
                     "the sequence after its max_sequence_idle_microseconds; raise that limit "
@@ -204,20 +218,46 @@ class SessionInvocations:
             await asyncio.gather(self._sweeper, return_exceptions=True)
 
     async def _sweep(self) -> None:
-        interval = min(max(self.registry.ttl / 10, 0.2), 30.0)
+        shortest = min(self.registry.ttl, self.registry.first_use)
+        interval = min(max(shortest / 10, 0.2), 30.0)
         while True:
             await asyncio.sleep(interval)
             for session in self.registry.expired():
-                await self._release(session, "expired")
+                await self._release(session, "expired" if session.started else "went unused")
 
     async def _release(self, session: Session, why: str) -> None:
         async with session.lock:
             try:
                 await self._end(session)
             except Exception as exc:  # the state is Triton's to drop now; say so and go on
-                log.warning("session %s %s; ending its sequence failed: %s", session.id, why, exc)
+                log.warning("a session %s; ending its sequence failed: %s", why, exc)
                 return
-        log.info("session %s %s; its sequence ended", session.id, why)
+            finally:
+                self.registry.release(session)
+        log.info("a session %s; its sequence ended", why)
+
+    # -- plain requests -----------------------------------------------------
+
+    def refuse_held_sequence(self, invocation: Invocation) -> None:
+        """Refuse a plain request (no SessionId) naming a sequence a session or stream holds.
+
+        Triton takes `sequence_id` from a v2 body's parameters (or, on its generate
+        routes, from the body's top level); a simple-shape JSON body's parameters
+        reach it too. Nothing is read while no session or stream is open.
+        """
+        if not self.registry.ids:
+            return
+        for named in _named_sequences(invocation):
+            if isinstance(named, bool):
+                continue
+            if isinstance(named, str) and named.isascii() and named.isdigit():
+                named = int(named)
+            if isinstance(named, int) and self.registry.ids.held(named):
+                raise SequenceInUse(
+                    f"sequence_id {named} is held by a stateful session or stream of this "
+                    "endpoint; use another sequence_id (sessions and streams take random "
+                    "63-bit ids, so one you pick yourself collides only by chance)"
+                )
 
 
 def _request_type(invocation: Invocation) -> str | None:
@@ -250,42 +290,93 @@ def _with_parameters(invocation: Invocation, flags: Mapping[str, object]) -> Inv
     document: object = v2_document(payload_format, media, invocation.body)
     if payload_format.route is Route.JSON:
         try:
-            document = json.loads(invocation.body.read())
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = json_codec.parse(invocation.body.read())
+        except PayloadError:
             document = None  # the adapter says what is wrong with it
     if is_v2_request(document):
         assert isinstance(document, dict)
-        document["parameters"] = {**(document.get("parameters") or {}), **flags}
+        document["parameters"] = {**_parameters(document), **flags}
         body = Body(json.dumps(document).encode())
         return dataclasses.replace(invocation, body=body)
     return dataclasses.replace(invocation, parameters={**invocation.parameters, **flags})
 
 
-def _binary_with_parameters(invocation: Invocation, flags: Mapping[str, object]) -> Invocation:
-    prefix = "json-header-size="
+_HEADER_SIZE = "json-header-size="
+
+
+@dataclasses.dataclass(frozen=True)
+class _BinaryParts:
+    """A binary+json request split: its JSON header, and where its size is in the type."""
+
+    header: dict[str, object]
+    size: int
+    # The Content-Type up to the size's digits, and after them.
+    type_head: str
+    type_tail: str
+
+
+def _binary_parts(invocation: Invocation) -> _BinaryParts | None:
+    """The request's parts; None for a malformed one (the adapter says what is wrong)."""
     content_type = invocation.content_type
-    at = content_type.lower().find(prefix)
-    data = invocation.body.read()
+    at = content_type.lower().find(_HEADER_SIZE)
     if at < 0:
-        return invocation  # the adapter refuses the malformed type
-    size_text = content_type[at + len(prefix) :].split(";", 1)[0].strip()
-    if not size_text.isdigit() or int(size_text) > len(data):
-        return invocation
+        return None
+    size_text = content_type[at + len(_HEADER_SIZE) :].split(";", 1)[0].strip()
+    if not (size_text.isascii() and size_text.isdigit()) or int(size_text) > invocation.body.size:
+        return None
     size = int(size_text)
     try:
-        header = json.loads(data[:size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return invocation
+        header = json_codec.parse(invocation.body.head(size))
+    except PayloadError:
+        return None
     if not isinstance(header, dict):
+        return None
+    head_end = at + len(_HEADER_SIZE)
+    return _BinaryParts(
+        header, size, content_type[:head_end], content_type[head_end + len(size_text) :]
+    )
+
+
+def _binary_with_parameters(invocation: Invocation, flags: Mapping[str, object]) -> Invocation:
+    parts = _binary_parts(invocation)
+    if parts is None:
         return invocation
-    header["parameters"] = {**(header.get("parameters") or {}), **flags}
+    header = parts.header
+    header["parameters"] = {**_parameters(header), **flags}
     head = json.dumps(header).encode()
-    rest = content_type[at + len(prefix) + len(size_text) :]
     return dataclasses.replace(
         invocation,
-        content_type=f"{content_type[: at + len(prefix)]}{len(head)}{rest}",
-        body=Body(head + data[size:]),
+        content_type=f"{parts.type_head}{len(head)}{parts.type_tail}",
+        body=Body(head + invocation.body.read()[parts.size :]),
     )
+
+
+def _parameters(document: Mapping[str, object]) -> dict[str, object]:
+    parameters = document.get("parameters")
+    return parameters if isinstance(parameters, dict) else {}
+
+
+def _named_sequences(invocation: Invocation) -> list[object]:
+    """The `sequence_id` values a plain request names, wherever Triton would read one."""
+    payload_format, media = request_format(invocation.content_type)
+    document: object = None
+    try:
+        if payload_format is BINARY:
+            parts = _binary_parts(invocation)
+            document = parts.header if parts is not None else None
+        elif payload_format.route is Route.JSON:
+            document = json_codec.parse(invocation.body.read())
+        else:  # a v2 request of another type is Triton's to read too
+            document = v2_document(payload_format, media, invocation.body)
+    except PayloadError:
+        return []  # the adapter says what is wrong with it
+    if not isinstance(document, dict):
+        return []
+    return [
+        found
+        for found in (_parameters(document).get("sequence_id"), document.get("sequence_id"))
+        if found is not None
+    ]
 
 
 def _empty_inputs(signature: ModelSignature) -> list[dict[str, object]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeAlias
 
@@ -74,3 +75,22 @@ def move_gpu_instances_to_cpu(config: ModelConfig) -> bool:
             del group.gpus[:]
             changed = True
     return changed
+
+
+def stateful_models(configs: Mapping[str, ModelConfig]) -> set[str]:
+    """The models of `configs` (by name) that reach a sequence: their own, or a step's.
+
+    A request to an ensemble carries its sequence id to every step, so an ensemble
+    with a sequence model among its steps (at any depth) reaches that model's
+    sequences as surely as a request to the model itself.
+    """
+    stateful = {name for name, config in configs.items() if config.HasField("sequence_batching")}
+    grew = True
+    while grew:
+        grew = False
+        for name, config in configs.items():
+            steps = {step.model_name for step in config.ensemble_scheduling.step}
+            if name not in stateful and steps & stateful:
+                stateful.add(name)
+                grew = True
+    return stateful

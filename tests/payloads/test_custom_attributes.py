@@ -35,8 +35,10 @@ class TritonPythonModel:
         for request in requests:
             a = pb_utils.get_input_tensor_by_name(request, "A").as_numpy()
             b = pb_utils.get_input_tensor_by_name(request, "B").as_numpy()
-            if a[0][0] < 0:  # a model that gets it wrong: a line break in a header
+            if a[0][0] == -1:  # a model that gets it wrong: a line break in a header
                 value = b"trace=1\\r\\nX-Injected: yes"
+            elif a[0][0] == -2:  # a line break at its end, which would end the headers
+                value = b"trace=1\\n"
             else:
                 value = f"model=tagged,sum={int(a.sum())}".encode()
             attributes = np.array([[value]] * a.shape[0], dtype=object)
@@ -149,14 +151,30 @@ def test_errors_carry_no_custom_attributes(
     assert no_caller_header_came_back(response)
 
 
+@pytest.mark.parametrize("first", [-1, -2])
 def test_custom_attributes_the_header_cannot_carry_are_the_models_error(
-    server: ServeProcess,
+    server: ServeProcess, first: int
 ) -> None:
-    body = json.dumps(add_request([-1, 2, 3, 4], [10, 20, 30, 40])).encode()
-    response = invoke(server, body, "application/json")
-    assert response.status_code == 500
-    assert "SAGEMAKER_CUSTOM_ATTRIBUTES" in response.json()["error"]
-    assert "X-Injected" not in response.headers and HEADER not in response.headers
+    """-1: a line break inside the value; -2: one at its end ("trace=1\\n").
+
+    The check used `$`, which matches before a final line break: "trace=1\\n" became a
+    header line that ended the answer's header block early, and nginx read the rest
+    (Content-Length among it) as the body.
+    """
+    body = json.dumps(add_request([first, 2, 3, 4], [10, 20, 30, 40])).encode()
+    with requests.Session() as session:
+        response = session.post(
+            f"{server.url}/invocations",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert response.status_code == 500, response.text
+        assert "SAGEMAKER_CUSTOM_ATTRIBUTES" in response.json()["error"]
+        assert "X-Injected" not in response.headers and HEADER not in response.headers
+        # The connection is whole: its next answer is the next request's.
+        again = session.post(f"{server.url}/invocations", data=V2, timeout=30)
+        assert again.status_code == 200 and again.headers[HEADER] == "model=tagged,sum=10"
 
 
 def test_multi_model_endpoints_answer_the_models_custom_attributes(

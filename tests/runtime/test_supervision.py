@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +48,57 @@ def test_triton_dying_fails_ping_at_once_and_exits_nonzero(
     # The reason comes with Triton's own last lines (glog-style: I1129 12:00:00...).
     tail = server.output.split("its last output:", 1)[1].splitlines()
     assert any(re.match(r"[IWE]\d{4} \d\d:\d\d:\d\d", line) for line in tail[:40]), tail[:40]
+
+
+def failed_pings(server: ServeProcess) -> list[str]:
+    """The bodies of /ping answers while Triton is killed, until serve stops answering.
+
+    serve answers "failed" for the moment between the failure and nginx's stop: kept-
+    alive connections polling in a loop catch it.
+    """
+    bodies: list[str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with requests.Session() as session:
+            while not done.is_set():
+                try:
+                    bodies.append(session.get(f"{server.url}/ping", timeout=2).text)
+                except requests.RequestException:
+                    time.sleep(0.01)
+
+    pollers = [threading.Thread(target=poll) for _ in range(4)]
+    for poller in pollers:
+        poller.start()
+    time.sleep(0.3)
+    (triton,) = server.child_pids("tritonserver")
+    os.kill(triton, signal.SIGKILL)
+    server.wait_exit(30)
+    done.set()
+    for poller in pollers:
+        poller.join()
+    return [body for body in bodies if '"failed"' in body]
+
+
+def test_a_failed_ping_says_why_without_tritons_log(opt_ml: Path, start_serve: StartServe) -> None:
+    """The log lines stay in the container's log; callers get what failed, in one line.
+
+    /ping used to answer Triton's last 40 lines of output (model names, paths, errors) to
+    any caller.
+    """
+    write_add_model(opt_ml / "model")
+    for _attempt in range(3):
+        server = start_serve(opt_ml).wait_ready()
+        caught = failed_pings(server)
+        if caught:
+            break
+    assert caught, "no /ping answer caught serve between Triton's death and its stop"
+    for body in caught:
+        reason = json.loads(body)["reason"]
+        assert reason.startswith("tritonserver exited (killed by signal 9)"), reason
+        assert "\n" not in reason and "last output" not in reason, reason
+        assert "container log" in reason
+    assert "its last output:" in server.output  # the whole story, in the log
 
 
 @pytest.mark.container

@@ -3,7 +3,10 @@
 - `chat_memory`, `speech_stream`: the examples, as users get them;
 - `stateless`: an echo model without sequence_batching (sessions must refuse it);
 - `flood`, `slow_stream`, `broken_stream`: decoupled sequence models for the
-  bidirectional stream tests (tests/sessions/test_bidirectional.py).
+  bidirectional stream tests (tests/sessions/test_bidirectional.py);
+- `unrouted+stream`: slow_stream under a name nginx does not route;
+- `corrid_memory`: a stateful model that answers with its sequence's correlation id,
+  and `corrid_ensemble`, an ensemble around it (tests/sessions/test_isolation.py).
 """
 
 from __future__ import annotations
@@ -81,6 +84,69 @@ class TritonPythonModel:
         return None
 """
 
+# Remembers each sequence's messages and answers with them and the sequence's correlation
+# id: what a model that shows its CORRID gives away to whoever reads its answers.
+CORRID_MEMORY_PY = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.histories = {}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            def value(name):
+                return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
+            corrid = int(value("CORRID"))
+            if value("START"):
+                self.histories[corrid] = []
+            history = self.histories.get(corrid)
+            if history is None:
+                error = pb_utils.TritonError(f"no state for sequence {corrid}")
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            text = value("text").decode()
+            if text:
+                history.append(text)
+            if value("END"):
+                del self.histories[corrid]
+            reply = json.dumps({"corrid": corrid, "remembered": history}).encode()
+            out = np.array([[reply]], dtype=object)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("reply", out)]))
+        return responses
+"""
+
+CORRID_MEMORY_CONFIG = (
+    """
+max_batch_size: 8
+input [ { name: "text", data_type: TYPE_STRING, dims: [ 1 ] } ]
+output [ { name: "reply", data_type: TYPE_STRING, dims: [ 1 ] } ]
+"""
+    + SEQUENCE_BATCHING
+)
+
+# An ensemble whose one step is corrid_memory: its requests reach the step's sequences.
+CORRID_ENSEMBLE_CONFIG = """
+name: "corrid_ensemble"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "text", data_type: TYPE_STRING, dims: [ 1 ] } ]
+output [ { name: "reply", data_type: TYPE_STRING, dims: [ 1 ] } ]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "corrid_memory"
+      model_version: -1
+      input_map { key: "text" value: "text" }
+      output_map { key: "reply" value: "reply" }
+    }
+  ]
+}
+"""
+
 TEXT_STREAM_CONFIG = (
     """
 max_batch_size: 8
@@ -111,6 +177,11 @@ def start_sessions_server(root: Path, **env: str) -> ServeProcess:
     )
     write_model(repository, "flood", TEXT_STREAM_CONFIG, FLOOD_PY)
     write_model(repository, "slow_stream", TEXT_STREAM_CONFIG, SLOW_PY)
+    # A name nginx does not route (target_model names only [A-Za-z0-9_.~-]).
+    write_model(repository, "unrouted+stream", TEXT_STREAM_CONFIG, SLOW_PY)
+    write_model(repository, "corrid_memory", CORRID_MEMORY_CONFIG, CORRID_MEMORY_PY)
+    (repository / "corrid_ensemble" / "1").mkdir(parents=True)
+    (repository / "corrid_ensemble" / "config.pbtxt").write_text(CORRID_ENSEMBLE_CONFIG)
     settings = {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "chat_memory", **env}
     port = free_port()
     return ServeProcess(serve_env(opt_ml, port, **settings), port, root)

@@ -184,6 +184,37 @@ def test_an_unknown_model_is_refused_before_the_upgrade(sessions_server: ServePr
     assert b"names no model" in refused.value.response.body
 
 
+def test_the_query_string_cannot_name_a_model_nginx_did_not_check(
+    sessions_server: ServeProcess,
+) -> None:
+    """target_model in the query string is nginx's to check, like the custom attributes'.
+
+    The stream server used to read the query itself, after nginx had checked only the
+    custom attributes: any model of Triton's, by any spelling, was reachable.
+    """
+
+    async def talk(query: str, **headers: str) -> None:
+        address = f"ws://127.0.0.1:{sessions_server.port}{ROUTE}?{query}"
+        async with connect(address, additional_headers=headers) as ws:
+            await ws.send("0")
+            await ws.recv()
+
+    attributes = {"X-Amzn-SageMaker-Custom-Attributes": "target_model=speech_stream"}
+    for query, headers in (
+        ("target_model=unrouted%2Bstream", {}),
+        ("target_model=unrouted%2Bstream", attributes),
+        ("target_model=slow%5Fstream", {}),
+    ):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            run(talk(query, **headers))
+        assert refused.value.response.status_code == 404, query
+        body = refused.value.response.body
+        assert b"names no model" in body and b"query string" in body, body
+    assert "opened on model 'unrouted+stream'" not in sessions_server.output
+    # The query's name, checked, wins over the custom attributes'.
+    run(talk("target_model=slow_stream", **attributes))
+
+
 def test_a_client_that_disappears_cancels_its_triton_requests(
     sessions_server: ServeProcess,
 ) -> None:

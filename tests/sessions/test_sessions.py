@@ -297,3 +297,37 @@ def test_multi_model_endpoints_refuse_sessions(opt_ml: Path, start_serve: StartS
         f"{mme.url}/models/adder/invoke", json=add_request([1, 2, 3, 4], [1, 1, 1, 1]), timeout=30
     )
     assert plain.status_code == 200
+
+
+def test_unused_sessions_are_reclaimed_after_their_first_use_deadline(tmp_path: Path) -> None:
+    """NEW_SESSION costs a caller nothing: a session no request uses holds its slot briefly.
+
+    Before SERVE_SESSION_FIRST_USE_SECONDS, two empty opens held both slots for the
+    whole TTL (ten minutes here) and every other caller got 429.
+    """
+    server = start_sessions_server(
+        tmp_path,
+        SERVE_SESSION_TTL_SECONDS="600",
+        SERVE_MAX_SESSIONS="2",
+        SERVE_SESSION_FIRST_USE_SECONDS="1",
+    )
+    try:
+        server.wait_ready()
+        used = open_session(server)
+        assert say(server, used, "kept")["remembered"] == ["kept"]
+        unused = open_session(server)
+        refused = invoke(server, {"requestType": "NEW_SESSION"}, "NEW_SESSION")
+        assert refused.status_code == 429
+        error = refused.json()["error"]
+        assert "SERVE_MAX_SESSIONS" in error and "SERVE_SESSION_FIRST_USE_SECONDS" in error, error
+        time.sleep(1.5)
+        # The unused one's slot is free at once; the used one lasts its TTL.
+        fresh = open_session(server)
+        assert say(server, used, "still")["remembered"] == ["kept", "still"]
+        gone = invoke(server, {"inputs": "late"}, unused)
+        assert gone.status_code == 400
+        assert "SERVE_SESSION_FIRST_USE_SECONDS" in gone.json()["error"]
+        assert say(server, fresh, "new")["remembered"] == ["new"]
+        assert unused not in server.output and used not in server.output  # ids are not logged
+    finally:
+        server.stop()

@@ -50,3 +50,22 @@ def test_sessions_expire_at_the_time_they_announce() -> None:
     assert len(registry) == 0
     with pytest.raises(SessionNotOpen, match=r"\(malformed\)"):
         registry.get("../etc/passwd")
+
+
+def test_an_unused_session_frees_its_slot_after_its_first_use_deadline() -> None:
+    now = [1_700_000_000.0]
+    registry = SessionRegistry(ttl=60, max_sessions=2, clock=lambda: now[0], first_use=5)
+    used, unused = registry.open("m"), registry.open("m")
+    used.started = True
+    with pytest.raises(TooManySessions, match="SERVE_SESSION_FIRST_USE_SECONDS"):
+        registry.open("m")
+    now[0] += 5
+    assert registry.ids.held(unused.sequence_id)
+    third = registry.open("m")  # the unused one's slot, at once
+    assert not registry.ids.held(unused.sequence_id)
+    assert registry.get(used.id) is used
+    with pytest.raises(SessionNotOpen, match="SERVE_SESSION_FIRST_USE_SECONDS"):
+        registry.get(unused.id)
+    now[0] += 60
+    assert {s.id for s in registry.expired()} == {used.id, third.id}
+    assert Settings.from_environ({}).session_first_use == 60.0
