@@ -77,12 +77,22 @@ class ControlServer:
         )
         # nginx's unprivileged workers connect to it, and no one else.
         restrict_socket(socket_path)
-        self._thread = threading.Thread(target=self._server.run, name="control", daemon=True)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._server.run()
+        except (OSError, ValueError):
+            # waitress's loop fails on the socket that stop() closed under it.
+            if not self._closing.is_set():
+                raise
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        self._closing.set()
         self._server.close()
 
 
