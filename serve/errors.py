@@ -35,6 +35,12 @@ class PayloadError(BadRequest):
     """The body does not fit the model's inputs (or cannot be read at all)."""
 
 
+class PayloadTooLarge(ServeError):
+    """A body holds more than a declared limit allows (its message names the setting)."""
+
+    status = 413
+
+
 class NotFound(ServeError):
     status = 404
 

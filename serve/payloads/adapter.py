@@ -39,6 +39,7 @@ from serve.payloads import batching
 from serve.payloads.batching import Origin
 from serve.payloads.body import Body
 from serve.payloads.codecs import csv_codec, json_codec, npy_codec, raw_codec
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.media import (
     DEFAULT_ANSWERS,
     Answer,
@@ -117,9 +118,16 @@ class Reply:
 
 
 class PayloadAdapter:
-    def __init__(self, triton: TritonHttp, registry: ModelRegistry | None = None):
+    def __init__(
+        self,
+        triton: TritonHttp,
+        registry: ModelRegistry | None = None,
+        limits: PayloadLimits | None = None,
+    ):
         self.triton = triton
         self._registry = registry
+        # SERVE_MAX_RECORDS, SERVE_MAX_CHUNKS (serve/payloads/limits.py).
+        self.limits = limits or PayloadLimits()
         self._signatures: dict[object, ModelSignature] = {}
 
     async def invoke(self, invocation: Invocation) -> Reply:
@@ -175,7 +183,7 @@ class PayloadAdapter:
         record costs the model nothing. The answer's signature is the one to
         encode it with (a model that does not batch answers a batch of records).
         """
-        spans = batching.chunks(len(records), signature)
+        spans = batching.chunks(len(records), signature, self.limits)
         requests = [
             self._infer_request(signature, records, parameters, origin, span) for span in spans
         ]

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serve.errors import PayloadError
+from serve.errors import PayloadError, PayloadTooLarge
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.records import Where
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
@@ -50,9 +51,24 @@ class Origin:
         return f"records {first}-{last}"
 
 
-def chunks(count: int, signature: ModelSignature) -> list[range]:
-    """The spans of records each Triton request takes, in order (one span for none)."""
+def chunks(count: int, signature: ModelSignature, limits: PayloadLimits) -> list[range]:
+    """The spans of records each Triton request takes, in order (one span for none).
+
+    `count` is checked against SERVE_MAX_RECORDS and the spans it makes against
+    SERVE_MAX_CHUNKS before any span is made: each chunk costs a request, and its
+    answer, in memory until the whole answer is written.
+    """
+    limits.check_records(count)
     size = signature.max_batch_size if signature.batched else 1
+    needed = -(-count // size)
+    if needed > limits.max_chunks:
+        each = f"max_batch_size {size}" if signature.batched else "it does not batch: one record"
+        raise PayloadTooLarge(
+            f"the request's {count} records make {needed} requests to model "
+            f"{signature.name!r} ({each} each), more than SERVE_MAX_CHUNKS="
+            f"{limits.max_chunks}; send at most {limits.max_chunks * size} records per "
+            "request to this model, or raise SERVE_MAX_CHUNKS"
+        )
     return [range(start, min(start + size, count)) for start in range(0, count, size)] or [range(0)]
 
 

@@ -51,6 +51,7 @@ from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
 from serve.payloads.flow import WriteFlow
 from serve.payloads.http_parser import Head, HeadTooLarge, MalformedMessage, RequestReader
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.loop_thread import LoopThread
 from serve.payloads.triton_http import TritonHttp
 from serve.sagemaker.contract import SESSION_HEADER
@@ -88,8 +89,11 @@ class PayloadService(LoopThread):
         timeout: float = 3600.0,
         sessions: SessionHandlers | None = None,
         listener: socket.socket | None = None,
+        limits: PayloadLimits | None = None,
     ):
         """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
+
+        `limits`: SERVE_MAX_RECORDS and the like (serve/payloads/limits.py).
 
         `spool`: where bodies past SERVE_BODY_BUFFER_BYTES are written (serve/payloads/body.py).
         `listener`: a socket already listening at `socket_path` (writers.py's processes).
@@ -105,13 +109,14 @@ class PayloadService(LoopThread):
         # Stateful sessions (serve/sessions/invocations.py): None on multi-model endpoints.
         self._session_handlers = sessions
         self._listener = listener
+        self._limits = limits
         self._adapter: PayloadAdapter | None = None
         self._sessions: SessionHandler | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def _open(self) -> None:
         adapter = self._adapter = PayloadAdapter(
-            TritonHttp(self._triton_port, self._timeout), self._registry
+            TritonHttp(self._triton_port, self._timeout), self._registry, self._limits
         )
         sessions = None
         if self._session_handlers is not None:

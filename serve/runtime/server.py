@@ -35,6 +35,7 @@ from serve.front.nginx import FrontConfig, FrontModel, nginx_argv, worker_count
 from serve.machine import host
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.service import PayloadService, SessionHandlers
 from serve.payloads.writers import listening_socket, writer_argv, writer_count, writes_json
 from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
@@ -252,6 +253,7 @@ class Server:
             settings.invocation_timeout,
             # Stateful sessions on /invocations (serve/sessions/), single-model endpoints.
             self._session_handlers() if repository else None,
+            limits=PayloadLimits.of(settings),
         )
         running.payloads.start()
         for number, path in enumerate(front.writer_sockets()):

@@ -10,8 +10,11 @@ SERVE_PAYLOAD_OUTPUTS (see signature.py).
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+import math
+import struct
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -23,17 +26,89 @@ from serve.payloads.v2 import Outputs
 def decode(body: bytes, signature: ModelSignature) -> Sequence[object]:
     """The records: the array's rows (the array itself, sliced as it is split), or the
     whole array as one record for a model that does not batch."""
-    try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise PayloadError(f"the body is not a .npy array: {exc}") from exc
-    if not isinstance(array, np.ndarray):
-        raise PayloadError("the body is an .npz archive; send one .npy array")
+    array = read_array(body)
     if not signature.batched or array.ndim == 0:
         return [array]
     if len(signature.record_inputs) > 1 and array.ndim == 2 and array.dtype.kind not in "biuf":
         return array.tolist()
     return array  # type: ignore[return-value]  # an array is a sequence of its rows
+
+
+def read_array(body: bytes) -> np.ndarray:
+    """The array a .npy body holds, read in place (a view of the body, nothing copied).
+
+    The header's shape and type are checked against the bytes that follow it
+    before anything is allocated: a header may declare any shape, and numpy's
+    own reader allocates what it declares before it finds the data missing.
+    """
+    if body[:4] == ZIP_MAGIC:
+        raise PayloadError("the body is an .npz archive; send one .npy array")
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)  # type: ignore[no-untyped-call]
+        reader = _HEADER_READERS.get(version)
+        if reader is None:
+            raise PayloadError(f"the body is not a .npy array: unknown format version {version}")
+        shape, fortran_order, dtype = reader(stream)
+    except _UNREADABLE as exc:
+        raise PayloadError(f"the body is not a .npy array: {_first_line(exc)}") from None
+    if dtype.hasobject:
+        raise PayloadError(
+            "the body is a .npy array of Python objects, which would need pickle to read; "
+            "send numbers or text"
+        )
+    if min(shape, default=1) < 0:
+        raise PayloadError(f"the .npy header declares a negative dimension: {list(shape)}")
+    values = math.prod(shape)
+    if values == 0 or dtype.itemsize == 0:
+        raise PayloadError(
+            f"the .npy array of shape {list(shape)} holds no values; send at least one record"
+        )
+    offset = stream.tell()
+    carried = len(body) - offset
+    if values * dtype.itemsize != carried:
+        raise PayloadError(
+            f"the .npy header declares shape {list(shape)} of {dtype.str} "
+            f"({values * dtype.itemsize} bytes), but {carried} bytes follow it; send the "
+            "array as numpy.save writes it"
+        )
+    try:
+        flat = np.frombuffer(body, dtype=dtype, count=values, offset=offset)
+        if fortran_order:
+            return flat.reshape(shape[::-1]).transpose()
+        return flat.reshape(shape)
+    except ValueError as exc:  # more dimensions than numpy takes
+        raise PayloadError(f"the body is not a .npy array numpy can read: {exc}") from None
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+_HEADER_READERS: dict[tuple[int, int], Callable[[io.BytesIO], tuple]] = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+# Version 3.0 (a UTF-8 header) has no public reader of its own.
+_read_header: Callable[..., tuple] | None = getattr(np.lib.format, "_read_array_header", None)
+if _read_header is not None:
+    _HEADER_READERS[3, 0] = functools.partial(_read_header, version=(3, 0))
+# What numpy's header readers raise on a malformed header (the header is a Python
+# literal, read with ast.literal_eval, at most 10,000 characters long).
+_UNREADABLE = (
+    ValueError,
+    TypeError,
+    SyntaxError,
+    RecursionError,
+    MemoryError,
+    OverflowError,
+    UnicodeDecodeError,
+    EOFError,
+    struct.error,
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def check(signature: ModelSignature) -> None:
