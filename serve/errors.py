@@ -146,6 +146,11 @@ SESSIONS_SINGLE_MODEL = (
 POST_ONLY = "this route accepts POST only"
 GET_ONLY = "this route accepts GET only"
 EMPTY_BODY = "the request body is empty; send an inference request"
+ENCODED_BODY = (
+    "Content-Encoding is not accepted: the body limit counts the bytes as sent, and a "
+    "compressed body could inflate far past it; send the body uncompressed (no "
+    "Content-Encoding, or identity)"
+)
 MALFORMED_BINARY_TYPE = (
     "malformed Content-Type: binary requests need exactly "
     "application/vnd.sagemaker-triton.binary+json;json-header-size=N, with N the "

@@ -28,6 +28,7 @@ import dataclasses
 import http
 import json
 import logging
+import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -38,12 +39,14 @@ import uvloop
 
 from serve.errors import (
     EMPTY_BODY,
+    ENCODED_BODY,
     POST_ONLY,
     SESSIONS_SINGLE_MODEL,
     BadRequest,
     MethodNotAllowed,
     NotFound,
     ServeError,
+    UnsupportedMediaType,
     invocation_timed_out,
 )
 from serve.multi_model.registry import ModelRegistry
@@ -54,13 +57,14 @@ from serve.payloads.http_parser import Head, HeadTooLarge, MalformedMessage, Req
 from serve.payloads.limits import PayloadLimits
 from serve.payloads.loop_thread import LoopThread
 from serve.payloads.triton_http import TritonHttp
-from serve.sagemaker.contract import SESSION_HEADER
+from serve.sagemaker.contract import IDENTITY_ENCODING, SESSION_HEADER, full_match
 
 log = logging.getLogger(__name__)
 
 MODEL_HEADER = "x-serve-model"
 INFERENCE_HEADER = "x-serve-inference"
 INVOCATIONS = "/_serve/invocations"
+IDENTITY = full_match(IDENTITY_ENCODING, re.IGNORECASE)
 # As nginx's own listen backlog (serve/front/templates/nginx.conf.j2).
 LISTEN_BACKLOG = 4096
 
@@ -294,6 +298,8 @@ class _NginxConnection(WriteFlow):
             raise MethodNotAllowed(POST_ONLY)
         if not body:
             raise BadRequest(EMPTY_BODY)
+        if not IDENTITY.match(headers.get("content-encoding", "")):
+            raise UnsupportedMediaType(ENCODED_BODY)
         return Invocation(
             model=model,
             inference=headers.get(INFERENCE_HEADER, "infer"),

@@ -9,8 +9,12 @@ refusal names.
 from __future__ import annotations
 
 import ast
+import gzip
+import json
+import socket
 import struct
 import time
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -103,3 +107,63 @@ def test_triton_requests_past_serve_max_chunks_are_refused_naming_it(
         **{"X-Amzn-SageMaker-Custom-Attributes": "target_model=echo"},
     )
     assert fits.status_code == 200 and fits.text.split() == ["echo:a"] * 2000
+
+
+def v2_body(users: list[int], items: list[int]) -> bytes:
+    return json.dumps(
+        {
+            "inputs": [
+                {"name": "user_id", "shape": [len(users), 1], "datatype": "INT64", "data": users},
+                {"name": "item_id", "shape": [len(items), 1], "datatype": "INT64", "data": items},
+            ]
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "plain"),
+    [
+        # nginx's own path: v2 JSON goes straight to Triton, which inflates gzip itself.
+        ("application/json", v2_body([42], [7])),
+        # The payload service's path.
+        ("text/csv", b"42,7\n"),
+    ],
+)
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "gzip, gzip"])
+def test_compressed_bodies_are_refused_not_inflated_past_the_limit(
+    batch_server: ServeProcess, content_type: str, plain: bytes, encoding: str
+) -> None:
+    # A body compressed 1000:1 passes nginx's byte limit as sent; Triton would inflate it
+    # without any bound. serve bounds bodies as sent, so it takes none compressed.
+    body = gzip.compress(plain) if encoding.startswith("gzip") else zlib.compress(plain)
+    response = invoke(batch_server, body, content_type, **{"Content-Encoding": encoding})
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert "Content-Encoding" in error and "uncompressed" in error
+    # identity is no encoding at all.
+    fine = invoke(batch_server, plain, content_type, **{"Content-Encoding": "identity"})
+    assert fine.status_code == 200, fine.text
+
+
+def test_the_payload_service_refuses_compressed_bodies_itself(batch_server: ServeProcess) -> None:
+    # What reaches the service's socket without nginx (a v2 JSON writer's, say) too.
+    socket_path = batch_server.workspace() / "front" / "payloads.sock"
+    body = gzip.compress(b"42,7\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(30)
+        connection.connect(str(socket_path))
+        connection.sendall(
+            b"POST /_serve/invocations HTTP/1.1\r\nHost: x\r\nX-Serve-Model: ncf_food\r\n"
+            b"Content-Type: text/csv\r\nContent-Encoding: gzip\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            piece = connection.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 415"), answer
+    assert "Content-Encoding" in json.loads(payload)["error"]
