@@ -52,7 +52,7 @@ MAX_ARCHIVE_BYTES = 50 * 1024**3
 MAX_ARCHIVE_MEMBERS = 100_000
 # What one adapted request may hold (serve/payloads/limits.py): records, and the Triton
 # requests they are split into (each about 1 KB in the payload service until answered).
-MAX_RECORDS = 10_000_000
+MAX_RECORDS = 20_000_000
 MAX_CHUNKS = 16_384
 # What SERVE_METRICS_PATH may be: nginx matches it exactly, so no pattern characters.
 METRICS_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")

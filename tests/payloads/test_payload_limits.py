@@ -78,12 +78,12 @@ def test_a_npy_header_declaring_records_it_does_not_carry_costs_nothing(
 
 
 def test_records_past_serve_max_records_are_refused_naming_it(batch_server: ServeProcess) -> None:
-    # 10,000,001 rows of one byte: a real body of that many records, refused by count
+    # 20,000,001 rows of one byte: a real body of that many records, refused by count
     # before any record becomes a tensor.
-    body = npy_header((10_000_001, 1), "|u1") + bytes(10_000_001)
+    body = npy_header((20_000_001, 1), "|u1") + bytes(20_000_001)
     response = invoke(batch_server, body, "application/x-npy")
     assert response.status_code == 413, response.text
-    assert "SERVE_MAX_RECORDS=10000000" in response.json()["error"]
+    assert "SERVE_MAX_RECORDS=20000000" in response.json()["error"]
 
 
 def test_triton_requests_past_serve_max_chunks_are_refused_naming_it(
