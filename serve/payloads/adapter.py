@@ -48,6 +48,7 @@ from serve.payloads.media import (
     answer_candidates,
     request_family,
 )
+from serve.payloads.offload import Offload
 from serve.payloads.records import parameter_inputs, record_count, tensors_from_records
 from serve.payloads.signature import ModelSignature
 from serve.payloads.triton_http import TritonHttp
@@ -128,7 +129,13 @@ class PayloadAdapter:
         self._registry = registry
         # SERVE_MAX_RECORDS, SERVE_MAX_CHUNKS (serve/payloads/limits.py).
         self.limits = limits or PayloadLimits()
+        # Large bodies' decoding and answers, off the event loop (serve/payloads/offload.py).
+        self.offload = Offload()
         self._signatures: dict[object, ModelSignature] = {}
+
+    def close(self) -> None:
+        self.triton.close()
+        self.offload.close()
 
     async def invoke(self, invocation: Invocation) -> Reply:
         if invocation.inference not in INFERENCE_TYPES:
@@ -151,22 +158,25 @@ class PayloadAdapter:
         if family is Family.BINARY:
             return await self._native(invocation, name, key, Answer.BINARY)
         document: object = None
+        size = invocation.body.size
         if family is Family.JSON:
-            document = json_codec.parse(invocation.body.read())
+            document = await self.offload.run(size, _read_json, invocation.body, self.limits)
             if is_v2_request(document):
                 return await self._native(invocation, name, key, Answer.V2, document)
             if invocation.inference != "infer" and _names_inputs(document):
                 return await self._native(invocation, name, key, Answer.V2, document)
         signature = await self.signature(name, key)
-        body = invocation.body.read()
-        records, parameters, origin = _decode(family, media, body, document, signature)
+        records, parameters, origin = await self.offload.run(
+            size, _decode, family, media, invocation.body, document, signature, self.limits
+        )
         parameters = {**parameters, **invocation.parameters}
         if signature.decoupled or invocation.inference != "infer":
             return await self._generate(invocation, name, signature, records, parameters)
         answer = _feasible(answer_candidates(invocation.accept, DEFAULT_ANSWERS[family]), signature)
-        outputs, answered = await self._infer(name, signature, records, parameters, origin)
+        outputs, answered = await self._infer(name, signature, records, parameters, origin, size)
+        del records, origin  # the decoded body goes before the answer is written
         attributes = _custom_attributes(outputs, signature)
-        encoded = ENCODERS[answer](outputs, answered)
+        encoded = await self.offload.run(size, ENCODERS[answer], outputs, answered)
         return Reply(200, answer.content_type, encoded, headers=attributes)
 
     async def _infer(
@@ -176,6 +186,7 @@ class PayloadAdapter:
         records: Sequence[object],
         parameters: dict[str, object],
         origin: Origin,
+        size: int = 0,
     ) -> tuple[Outputs, ModelSignature]:
         """Triton's answer to the records, in chunks the model takes (batching.py).
 
@@ -184,9 +195,14 @@ class PayloadAdapter:
         encode it with (a model that does not batch answers a batch of records).
         """
         spans = batching.chunks(len(records), signature, self.limits)
-        requests = [
-            self._infer_request(signature, records, parameters, origin, span) for span in spans
-        ]
+
+        def build() -> list[tuple[bytes, dict[str, str]]]:
+            return [
+                self._infer_request(signature, records, parameters, origin, span) for span in spans
+            ]
+
+        # A large body's requests are built off the event loop (offload.py).
+        requests = await self.offload.run(size, build)
         if len(requests) == 1:
             return await self._send(name, signature, *requests[0]), signature
         slots = asyncio.Semaphore(batching.in_flight(signature))
@@ -200,11 +216,10 @@ class PayloadAdapter:
                     raise
 
         # Every chunk is awaited, failed or not, so none is left running unobserved; the
-        # first failure in request order is the answer.
-        results = await asyncio.gather(
-            *(send(request, span) for request, span in zip(requests, spans, strict=True)),
-            return_exceptions=True,
-        )
+        # first failure in request order is the answer. Each request's body goes once sent.
+        sends = [send(request, span) for request, span in zip(requests, spans, strict=True)]
+        requests.clear()
+        results = await asyncio.gather(*sends, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -399,22 +414,37 @@ class PayloadAdapter:
         return Reply(200, content_type, chunks=_starting_with(first, chunks))
 
 
+def _read_json(body: Body, limits: PayloadLimits) -> object:
+    return json_codec.read_document(body.read(), limits)
+
+
 def _decode(
     family: Family,
     media: MediaType,
-    body: bytes,
+    body: Body,
     document: object,
     signature: ModelSignature,
+    limits: PayloadLimits,
 ) -> tuple[Sequence[object], dict[str, object], Origin]:
     """The records, request parameters, and where each record is in the body."""
     if family is Family.JSON:
         return (*json_codec.decode(document, signature), Origin())
+    return _decode_bytes(family, media, body.read(), signature, limits)
+
+
+def _decode_bytes(
+    family: Family,
+    media: MediaType,
+    body: bytes,
+    signature: ModelSignature,
+    limits: PayloadLimits,
+) -> tuple[Sequence[object], dict[str, object], Origin]:
     if family is Family.JSONLINES:
-        records, lines = json_codec.decode_lines(body)
+        records, lines = json_codec.decode_lines(body, limits)
         return records, {}, Origin(lines)
     if family is Family.CSV:
-        text = body.decode(media.charset, errors="replace")
-        records, lines = csv_codec.decode(text, signature, media.params.get("header"))
+        header = media.params.get("header")
+        records, lines = csv_codec.decode(body, signature, header, media.charset, limits)
         return records, {}, Origin(lines)
     if family is Family.NPY:
         return npy_codec.decode(body, signature), {}, Origin()

@@ -15,7 +15,8 @@ names the record in the body the caller sent.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -25,6 +26,8 @@ from serve.payloads.records import Where
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 
+# Values of an answer written at once (blocks): their Python objects are a few MB.
+VALUES_PER_BLOCK = 65_536
 # Chunks each model instance may have queued at Triton for one request: one running
 # and one waiting is enough to keep it busy; more only holds memory.
 CHUNKS_PER_INSTANCE = 2
@@ -104,3 +107,21 @@ def join(parts: Sequence[Outputs], signature: ModelSignature) -> tuple[Outputs, 
     if signature.batched:
         return joined, signature
     return joined, dataclasses.replace(signature, max_batch_size=len(parts))
+
+
+def blocks(outputs: Outputs, signature: ModelSignature) -> Iterator[Outputs]:
+    """The answer's records a block at a time, for encoders that make Python objects of
+    the values they write: a block's objects live at once, never the whole answer's."""
+    arrays = list(outputs.tensors.values())
+    if not signature.batched or not arrays or any(array.ndim == 0 for array in arrays):
+        yield outputs
+        return
+    count = len(arrays[0])
+    per_record = max(1, sum(math.prod(array.shape[1:]) for array in arrays))
+    size = max(1, VALUES_PER_BLOCK // per_record)
+    if count <= size:
+        yield outputs
+        return
+    for start in range(0, count, size):
+        tensors = {name: array[start : start + size] for name, array in outputs.tensors.items()}
+        yield dataclasses.replace(outputs, tensors=tensors)

@@ -65,6 +65,8 @@ MODEL_HEADER = "x-serve-model"
 INFERENCE_HEADER = "x-serve-inference"
 INVOCATIONS = "/_serve/invocations"
 IDENTITY = full_match(IDENTITY_ENCODING, re.IGNORECASE)
+# Answers from this size go out beside their head rather than copied after it.
+UNCOPIED_ANSWER_BYTES = 1024 * 1024
 # As nginx's own listen backlog (serve/front/templates/nginx.conf.j2).
 LISTEN_BACKLOG = 4096
 
@@ -147,7 +149,7 @@ class PayloadService(LoopThread):
         if self._sessions is not None:
             await self._sessions.stop_expiry()
         if self._adapter is not None:
-            self._adapter.triton.close()
+            self._adapter.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -312,14 +314,16 @@ class _NginxConnection(WriteFlow):
         if self._closed or self._transport is None:
             return
         extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
-        self._transport.write(
-            (
-                f"HTTP/1.1 {reply.status} {_phrase(reply.status)}\r\n"
-                f"Content-Type: {reply.content_type}\r\n{extra}"
-                f"Content-Length: {len(reply.body)}\r\n\r\n"
-            ).encode("latin-1")
-            + reply.body
-        )
+        head = (
+            f"HTTP/1.1 {reply.status} {_phrase(reply.status)}\r\n"
+            f"Content-Type: {reply.content_type}\r\n{extra}"
+            f"Content-Length: {len(reply.body)}\r\n\r\n"
+        ).encode("latin-1")
+        if len(reply.body) < UNCOPIED_ANSWER_BYTES:
+            self._transport.write(head + reply.body)
+        else:
+            # A large answer (batch transform's) is not copied to put its head before it.
+            self._transport.writelines((head, reply.body))
 
     async def _write_stream(self, reply: Reply) -> None:
         assert reply.chunks is not None and self._transport is not None
