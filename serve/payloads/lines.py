@@ -14,6 +14,7 @@ they are found: the offsets never outgrow the limit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from typing import overload
 
@@ -77,16 +78,18 @@ class Lines(Sequence[bytes]):
         """The records' bytes from the first one's start to the last one's end."""
         return self.data[self.starts[0] : self.ends[-1]] if len(self) else b""
 
+    @functools.cached_property
     def numbers(self) -> LineNumbers:
         return LineNumbers(self)
 
 
-@dataclasses.dataclass(frozen=True)
 class LineNumbers(Sequence[int]):
-    """The line of the body each record starts on (from 1), counted only when asked:
-    an error names one record, and most requests name none."""
+    """The line of the body each record starts on (from 1), counted for every record the
+    first time one is asked for (an error names one; the general path names each)."""
 
-    lines: Lines
+    def __init__(self, lines: Lines):
+        self.lines = lines
+        self._numbers: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -95,16 +98,29 @@ class LineNumbers(Sequence[int]):
     def __getitem__(self, index: int) -> int: ...
 
     @overload
-    def __getitem__(self, index: slice) -> LineNumbers: ...
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
 
-    def __getitem__(self, index: int | slice) -> int | LineNumbers:
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        if self._numbers is None:
+            self._numbers = _line_numbers(self.lines.data, self.lines.starts)
         if isinstance(index, slice):
-            return LineNumbers(self.lines[index])
-        start = int(self.lines.starts[index])
-        data = self.lines.data
-        # Lines end with \n, \r\n or \r alone, as splitlines() reads them.
-        ends = data.count(b"\n", 0, start) + data.count(b"\r", 0, start)
-        return ends - data.count(b"\r\n", 0, start) + 1
+            return self._numbers[index].tolist()
+        return int(self._numbers[index])
+
+
+def _line_numbers(data: bytes, starts: np.ndarray) -> np.ndarray:
+    """The line each of the ascending offsets `starts` is on, counted as splitlines() does."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    lone_returns = _has_lone_returns(buf)
+    numbers = np.empty(len(starts), dtype=np.int64)
+    before = 0  # lines that end before the piece
+    for piece_start, piece_end in _pieces(data):
+        ends = np.flatnonzero(_line_ends(buf[piece_start:piece_end], lone_returns))
+        ends += piece_start
+        low, high = np.searchsorted(starts, [piece_start, piece_end])
+        numbers[low:high] = before + np.searchsorted(ends, starts[low:high]) + 1
+        before += len(ends)
+    return numbers
 
 
 def find_lines(

@@ -71,7 +71,7 @@ def decode(
         inputs = [spec.name for spec in signature.record_inputs]
         if sorted(first) == sorted(inputs) and all(s.fixed_size == 1 for s in signature.inputs):
             names = first
-    numbers = lines.numbers()
+    numbers = lines.numbers
     rows = Rows(lines, signature, names, quoted, text)
     if not quoted:
         table = _numeric_table(lines, signature, names, rows)
@@ -148,7 +148,7 @@ def _cells(lines: Lines, index: int, quoted: bool, charset: str) -> list[str]:
     try:
         return next(csv.reader(io.StringIO(text, newline="")), [])
     except csv.Error as exc:
-        raise PayloadError(f"line {lines.numbers()[index]} is not valid CSV: {exc}") from exc
+        raise PayloadError(f"line {lines.numbers[index]} is not valid CSV: {exc}") from exc
 
 
 def _numbers(rows: list[list[str]], signature: ModelSignature) -> list[object]:
@@ -196,7 +196,7 @@ def _numeric_table(
 
 def _check_rows(rows: Rows, span: range, signature: ModelSignature) -> None:
     """Convert the records of `span` as the general path would: PayloadError names a bad one."""
-    numbers = rows.lines.numbers()
+    numbers = rows.lines.numbers
     for start in range(span.start, span.stop, signature.max_batch_size):
         stop = min(start + signature.max_batch_size, span.stop)
         where = functools.partial(_line, numbers, start)

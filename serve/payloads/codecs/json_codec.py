@@ -118,7 +118,7 @@ def decode_lines(
     lines = find_lines(body, JSON_BLANK, limits or PayloadLimits())
     if not lines:
         raise PayloadError("the JSON Lines body holds no records")
-    return JsonLines(lines), lines.numbers()
+    return JsonLines(lines), lines.numbers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,7 @@ class JsonLines(Sequence[object]):
         try:
             return json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            number = self.lines.numbers()[index]
+            number = self.lines.numbers[index]
             reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
             raise PayloadError(f"line {number} is not valid JSON: {reason}") from None
 
