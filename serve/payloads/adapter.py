@@ -27,7 +27,6 @@ from urllib.parse import quote
 import numpy as np
 
 from serve.errors import (
-    MALFORMED_BINARY_TYPE,
     ModelNotFound,
     NotAcceptable,
     PayloadError,
@@ -38,7 +37,7 @@ from serve.multi_model.registry import ModelRegistry
 from serve.payloads import batching
 from serve.payloads.batching import Origin
 from serve.payloads.body import Body
-from serve.payloads.codecs import csv_codec, json_codec, npy_codec, raw_codec
+from serve.payloads.codecs import binary_codec, csv_codec, json_codec, npy_codec, raw_codec
 from serve.payloads.limits import PayloadLimits
 from serve.payloads.media import (
     DEFAULT_ANSWERS,
@@ -293,7 +292,9 @@ class PayloadAdapter:
         """
         headers = {"Content-Type": "application/json"}
         if own is Answer.BINARY:
-            headers["Inference-Header-Content-Length"] = str(_binary_header_size(invocation))
+            headers["Inference-Header-Content-Length"] = str(
+                binary_codec.header_size(invocation.content_type, invocation.body)
+            )
         signature = None
         try:
             answer = answer_candidates(invocation.accept, own)[0]
@@ -487,19 +488,6 @@ def _path(name: str, inference: str) -> str:
 def _names_inputs(document: object) -> bool:
     """A generate-extension body: an object whose keys are input names (not a simple shape)."""
     return isinstance(document, dict) and not ({"inputs", "instances"} & document.keys())
-
-
-def _binary_header_size(invocation: Invocation) -> int:
-    match = BINARY_HEADER.match(invocation.content_type)
-    if match is None or int(match.group("size")) > invocation.body.size:
-        raise PayloadError(MALFORMED_BINARY_TYPE)
-    size = int(match.group("size"))
-    if size:
-        try:
-            json.loads(invocation.body.head(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PayloadError(f"the request body is not valid JSON: {exc}") from exc
-    return size
 
 
 def _v2_as_records(document: object) -> tuple[list[object], dict[str, object]]:

@@ -62,6 +62,8 @@ def parse(body: bytes) -> object:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError:  # past orjson's 1024 levels, json's recursion gives out
+        raise PayloadError("the request body is not valid JSON: nested too deeply") from None
 
 
 def decode(

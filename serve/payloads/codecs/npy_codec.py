@@ -14,6 +14,7 @@ import functools
 import io
 import math
 import struct
+import tokenize
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -102,6 +103,8 @@ _UNREADABLE = (
     UnicodeDecodeError,
     EOFError,
     struct.error,
+    # A header of Python 2's days goes through the tokenizer, which has errors of its own.
+    tokenize.TokenError,
 )
 
 
