@@ -37,6 +37,7 @@ from serve.payloads.records import tensors_from_records
 from serve.payloads.signature import ModelSignature
 from serve.triton.model_config import ModelConfig
 from tests.budget import FUZZ, MEBIBYTE, address_space, memory_budget
+from tests.payloads.test_fuzz import json_keys, json_scalars
 
 
 def signature(text: str) -> ModelSignature:
@@ -181,22 +182,14 @@ def test_csv_reads_as_python_would_within_its_budget(
 
 # -- JSON Lines ---------------------------------------------------------------
 
-JSON_SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=6),
-)
+# JSON values naming the inputs of the models here, as test_fuzz.py's name its models'.
 JSON_VALUES = st.recursive(
-    JSON_SCALARS,
-    lambda children: st.one_of(
-        st.lists(children, max_size=4),
-        st.dictionaries(
-            st.sampled_from(["user_id", "item_id", "A", "B", "x", "INPUT", "p", "f"]),
-            children,
-            max_size=3,
-        ),
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["x", "INPUT", "p", "f"]) | json_keys, children, max_size=3
+        )
     ),
     max_leaves=12,
 )

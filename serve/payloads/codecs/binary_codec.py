@@ -3,19 +3,16 @@
 The content type says how long the header is (`json-header-size=N`); the
 body goes to Triton as sent, so all serve reads of it is that header, checked
 to be there and to be JSON before Triton is asked (Triton's own error for a
-bad header is less clear). The header is read with orjson, which refuses
-nesting past 1024 levels, and json's message names what is wrong.
+bad header is less clear).
 """
 
 from __future__ import annotations
 
-import json
 import re
-
-import orjson
 
 from serve.errors import MALFORMED_BINARY_TYPE, PayloadError
 from serve.payloads.body import Body
+from serve.payloads.json_elements import InvalidJson, parse_json
 from serve.sagemaker.contract import BINARY_CONTENT_TYPE, full_match
 
 BINARY_HEADER = full_match(BINARY_CONTENT_TYPE, re.IGNORECASE)
@@ -28,13 +25,8 @@ def header_size(content_type: str, body: Body) -> int:
         raise PayloadError(MALFORMED_BINARY_TYPE)
     size = int(match.group("size"))
     if size:
-        header = body.head(size)
         try:
-            orjson.loads(header)
-        except orjson.JSONDecodeError:
-            try:
-                json.loads(header)  # NaN and integers past 64 bits; and the message
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-                reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-                raise PayloadError(f"the request body is not valid JSON: {reason}") from None
+            parse_json(body.head(size))
+        except InvalidJson as exc:
+            raise PayloadError(f"the request body is not valid JSON: {exc}") from None
     return size

@@ -17,8 +17,7 @@ import dataclasses
 import functools
 import io
 import warnings
-from collections.abc import Iterator, Sequence
-from typing import overload
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,7 +25,7 @@ from serve.errors import PayloadError
 from serve.payloads import batching
 from serve.payloads.limits import PayloadLimits
 from serve.payloads.lines import CSV_BLANK, PIECE_BYTES, Lines, byte_set, find_lines
-from serve.payloads.records import tensors_from_records
+from serve.payloads.records import LazyRecords, tensors_from_records
 from serve.payloads.signature import ModelSignature, TensorSpec
 from serve.payloads.v2 import Outputs
 
@@ -91,7 +90,7 @@ def _text_decoder(charset: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Rows(Sequence[object]):
+class Rows(LazyRecords):
     """CSV records read only as they are asked for: a chunk's records at a time.
 
     Each record is its cells (text, or numbers where every record input is
@@ -108,34 +107,11 @@ class Rows(Sequence[object]):
     def __len__(self) -> int:
         return len(self.lines)
 
-    @overload
-    def __getitem__(self, index: int) -> object: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[object]: ...
-
-    def __getitem__(self, index: int | slice) -> object:
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step != 1:
-                raise ValueError("CSV records are read in order")
-            return self._records(start, stop)
-        position = range(len(self))[index]
-        return self._records(position, position + 1)[0]
-
-    def __iter__(self) -> Iterator[object]:
-        for start in range(0, len(self), ROWS_AT_ONCE):
-            yield from self._records(start, min(start + ROWS_AT_ONCE, len(self)))
-
-    def _records(self, start: int, stop: int) -> list[object]:
+    def _read(self, start: int, stop: int) -> list[object]:
         rows = [_cells(self.lines, i, self.quoted, self.charset) for i in range(start, stop)]
         if self.names is not None:
             return [dict(zip(self.names, row, strict=False)) for row in rows]
         return _numbers(rows, self.signature)
-
-
-# Records read at once when all of them are asked for (a generate request holds one).
-ROWS_AT_ONCE = 4096
 
 
 def _cells(lines: Lines, index: int, quoted: bool, charset: str) -> list[str]:

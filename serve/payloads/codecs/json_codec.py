@@ -28,17 +28,15 @@ import dataclasses
 import io
 import json
 from collections.abc import Mapping, Sequence
-from typing import overload
 
 import numpy as np
-import orjson
 
 from serve.errors import PayloadError
 from serve.payloads import batching
-from serve.payloads.json_elements import JsonElements, lazy_document
+from serve.payloads.json_elements import InvalidJson, JsonElements, lazy_document, parse_json
 from serve.payloads.limits import PayloadLimits
 from serve.payloads.lines import JSON_BLANK, Lines, find_lines
-from serve.payloads.records import SCALARS
+from serve.payloads.records import SCALARS, LazyRecords
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 
@@ -55,15 +53,9 @@ def parse(body: bytes) -> object:
     128 ids, 2.7 against 8.6 us), and json what orjson refuses: NaN, integers past
     64 bits, and the error message for a body that is not JSON."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"the request body is not valid JSON: {exc}") from exc
-    except RecursionError:  # past orjson's 1024 levels, json's recursion gives out
-        raise PayloadError("the request body is not valid JSON: nested too deeply") from None
+        return parse_json(body)
+    except InvalidJson as exc:
+        raise PayloadError(f"the request body is not valid JSON: {exc}") from None
 
 
 def decode(
@@ -124,7 +116,7 @@ def decode_lines(
 
 
 @dataclasses.dataclass(frozen=True)
-class JsonLines(Sequence[object]):
+class JsonLines(LazyRecords):
     """JSON Lines records, each parsed when its chunk is asked for."""
 
     lines: Lines
@@ -132,30 +124,15 @@ class JsonLines(Sequence[object]):
     def __len__(self) -> int:
         return len(self.lines)
 
-    @overload
-    def __getitem__(self, index: int) -> object: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[object]: ...
-
-    def __getitem__(self, index: int | slice) -> object:
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            return [self._record(i) for i in range(start, stop, step)]
-        return self._record(range(len(self))[index])
-
-    def _record(self, index: int) -> object:
-        line = self.lines[index]
-        try:
-            return orjson.loads(line)
-        except orjson.JSONDecodeError:
-            pass
-        try:
-            return json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            number = self.lines.numbers[index]
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-            raise PayloadError(f"line {number} is not valid JSON: {reason}") from None
+    def _read(self, start: int, stop: int) -> list[object]:
+        records = []
+        for index in range(start, stop):
+            try:
+                records.append(parse_json(self.lines[index]))
+            except InvalidJson as exc:
+                number = self.lines.numbers[index]
+                raise PayloadError(f"line {number} is not valid JSON: {exc}") from None
+        return records
 
 
 def _instances(value: object) -> Sequence[object]:
@@ -208,7 +185,7 @@ def _columns(columns: Mapping[str, object], signature: ModelSignature) -> Sequen
 
 
 @dataclasses.dataclass(frozen=True)
-class Columns(Sequence[object]):
+class Columns(LazyRecords):
     """`{"inputs": {"name": [value per record], ...}}` as records (an object each), made
     only as their chunk is asked for: a dict per record costs 30 times its values."""
 
@@ -218,19 +195,11 @@ class Columns(Sequence[object]):
     def __len__(self) -> int:
         return self.size
 
-    @overload
-    def __getitem__(self, index: int) -> object: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[object]: ...
-
-    def __getitem__(self, index: int | slice) -> object:
-        if isinstance(index, slice):
-            return [self._record(i) for i in range(*index.indices(self.size))]
-        return self._record(range(self.size)[index])
-
-    def _record(self, index: int) -> dict[str, object]:
-        return {name: values[index] for name, values in self.columns.items()}
+    def _read(self, start: int, stop: int) -> list[object]:
+        return [
+            {name: values[index] for name, values in self.columns.items()}
+            for index in range(start, stop)
+        ]
 
 
 def _single_value(signature: ModelSignature) -> bool:
