@@ -26,8 +26,9 @@ from serve.payloads.records import Where
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 
-# Values of an answer written at once (blocks): their Python objects are a few MB.
-VALUES_PER_BLOCK = 65_536
+# Values of an answer written at once (blocks): their Python objects are about a MB, and
+# json.dumps or tolist() of one holds the interpreter lock for a few milliseconds.
+VALUES_PER_BLOCK = 16_384
 # Chunks each model instance may have queued at Triton for one request: one running
 # and one waiting is enough to keep it busy; more only holds memory.
 CHUNKS_PER_INSTANCE = 2
