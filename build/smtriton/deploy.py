@@ -1,10 +1,12 @@
-"""`smtriton deploy`: a SageMaker real-time endpoint serving the image.
+"""`smtriton deploy`: a SageMaker endpoint serving the image, in each way SageMaker hosts it.
 
 Creates a model and an endpoint configuration, then creates the endpoint,
 or updates it in place when it exists (SageMaker swaps instances without
 downtime and rolls back on failure). Single-model endpoints take a
 model.tar.gz (ModelDataUrl); multi-model endpoints take an S3 prefix of
-tarballs (Mode=MultiModel), loaded on first use by TargetModel.
+tarballs (Mode=MultiModel), loaded on first use by TargetModel. With
+--inference-component the model is a component of an endpoint made for
+components instead (smtriton/components.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from smtriton import autoscaling, endpoints
-from smtriton.autoscaling import ScalingConfig
+from smtriton import autoscaling, components, endpoints
+from smtriton.autoscaling import Scalable, ScalingConfig
 from smtriton.aws import AwsOptions, Client, add_aws_arguments, client, open_session
+from smtriton.components import ComponentConfig, CopyScaling, Resources
 from smtriton.endpoints import ENDPOINT_NAME_PATTERN, TAG_KEY, ResourceNames
 from smtriton.errors import ConfigError, SmtritonError
 from smtriton.image import parse_key_values
@@ -56,7 +59,8 @@ class DeployConfig:
     """s3://.../model.tar.gz for a single-model endpoint."""
     multi_model_prefix: str | None = None
     """s3://bucket/prefix/ holding the tarballs of a multi-model endpoint."""
-    instance_type: str = DEFAULT_INSTANCE_TYPE
+    instance_type: str | None = None
+    """None: DEFAULT_INSTANCE_TYPE, or an existing component endpoint's own."""
     instance_count: int = 1
     environment: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: int = DEFAULT_STARTUP_TIMEOUT_S
@@ -68,6 +72,10 @@ class DeployConfig:
     poll_interval_s: float = 15.0
     keep_previous: bool = False
     """Keep the model and configuration an update replaces (for a manual rollback)."""
+    component: ComponentConfig | None = None
+    """Deploy the model as this inference component (the endpoint made for it if missing)."""
+    instance_bounds: tuple[int, int] | None = None
+    """A component endpoint's ManagedInstanceScaling (min, max instances)."""
 
     def __post_init__(self) -> None:
         if not ENDPOINT_NAME_PATTERN.match(self.endpoint_name):
@@ -97,8 +105,17 @@ class DeployConfig:
                     "a multi-model endpoint picks the model per request (--target-model); "
                     "drop --default-model"
                 )
-        if not INSTANCE_TYPE_PATTERN.match(self.instance_type):
+        if self.instance_type is not None and not INSTANCE_TYPE_PATTERN.match(self.instance_type):
             raise ConfigError(f"--instance-type {self.instance_type!r} is not like ml.g5.xlarge")
+        if self.component is not None and self.multi_model:
+            raise ConfigError(
+                "an inference component serves one model repository: drop --multi-model, or "
+                "deploy each model as a component of its own"
+            )
+        if self.instance_bounds is not None and not (
+            0 <= self.instance_bounds[0] <= self.instance_bounds[1] and self.instance_bounds[1] >= 1
+        ):
+            raise ConfigError("--max-instances must be at least 1 and --min-instances")
         if self.instance_count < 1:
             raise ConfigError("--instance-count must be at least 1")
         for what, value in (
@@ -124,6 +141,11 @@ class DeployConfig:
     @property
     def multi_model(self) -> bool:
         return self.multi_model_prefix is not None
+
+    @property
+    def instance(self) -> str:
+        """The instance type to create with."""
+        return self.instance_type or DEFAULT_INSTANCE_TYPE
 
     @property
     def container_environment(self) -> dict[str, str]:
@@ -155,7 +177,7 @@ class DeployConfig:
                 {
                     "VariantName": self.variant_name,
                     "ModelName": model_name,
-                    "InstanceType": self.instance_type,
+                    "InstanceType": self.instance,
                     "InitialInstanceCount": self.instance_count,
                     "ContainerStartupHealthCheckTimeoutInSeconds": self.startup_timeout_s,
                     "ModelDataDownloadTimeoutInSeconds": self.download_timeout_s,
@@ -169,8 +191,11 @@ class DeployConfig:
         environment = parse_key_values(args.env, "--env")
         if args.default_model:
             environment[DEFAULT_MODEL_VARIABLE] = args.default_model
-        scaling = None
-        if args.max_instances is not None:
+        component = _component_from_args(args)
+        scaling = instance_bounds = None
+        if component is not None and args.max_instances is not None:
+            instance_bounds = (args.min_instances, args.max_instances)
+        elif args.max_instances is not None:
             scaling = ScalingConfig(
                 min_instances=args.min_instances,
                 max_instances=args.max_instances,
@@ -198,7 +223,46 @@ class DeployConfig:
             wait_timeout_s=args.wait_timeout,
             poll_interval_s=args.poll_interval,
             keep_previous=args.keep_previous,
+            component=component,
+            instance_bounds=instance_bounds,
         )
+
+
+# Options that describe an inference component: refused without --inference-component.
+_COMPONENT_OPTIONS = ("cpus", "accelerators", "memory", "max_memory", "copies", "max_copies")
+
+
+def _component_from_args(args: argparse.Namespace) -> ComponentConfig | None:
+    if args.inference_component is None:
+        given = [
+            f"--{o.replace('_', '-')}" for o in _COMPONENT_OPTIONS if getattr(args, o) is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} describe an inference component: add "
+                "--inference-component NAME"
+            )
+        return None
+    scaling = None
+    if args.max_copies is not None:
+        scaling = CopyScaling(
+            min_copies=args.min_copies,
+            max_copies=args.max_copies,
+            target_invocations=args.target_invocations,
+            scale_in_cooldown_s=args.scale_in_cooldown,
+            scale_out_cooldown_s=args.scale_out_cooldown,
+        )
+    return ComponentConfig(
+        name=args.inference_component,
+        resources=Resources(
+            memory_mb=args.memory if args.memory is not None else components.DEFAULT_MEMORY_MB,
+            cpus=args.cpus,
+            accelerators=args.accelerators,
+            max_memory_mb=args.max_memory,
+        ),
+        copies=args.copies,
+        scaling=scaling,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -217,7 +281,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--model-data", help="s3://.../model.tar.gz (single-model endpoint)")
     data.add_argument("--multi-model", metavar="S3_PREFIX", help="s3://bucket/prefix/ of tarballs")
     parser.add_argument(
-        "--instance-type", default=DEFAULT_INSTANCE_TYPE, help="default: %(default)s"
+        "--instance-type",
+        help=f"default: {DEFAULT_INSTANCE_TYPE} (an inference component: its endpoint's type)",
     )
     parser.add_argument("--instance-count", type=int, default=1, help="default: %(default)s")
     parser.add_argument(
@@ -239,14 +304,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_DOWNLOAD_TIMEOUT_S,
         help="seconds to download the model data (default: %(default)s)",
     )
-    scaling = parser.add_argument_group("auto scaling (on when --max-instances is given)")
+    component = parser.add_argument_group(
+        "inference component (several models on one endpoint, each with its own share)"
+    )
+    component.add_argument(
+        "--inference-component",
+        metavar="NAME",
+        help="deploy the model as this component, on an endpoint made for components "
+        "(created when missing); deploying it again updates it",
+    )
+    component.add_argument("--cpus", type=float, help="CPU cores one copy needs (0.25 and up)")
+    component.add_argument("--accelerators", type=int, help="GPUs (or Inferentia) one copy needs")
+    component.add_argument(
+        "--memory",
+        type=int,
+        metavar="MB",
+        help=f"memory one copy needs (default: {components.DEFAULT_MEMORY_MB})",
+    )
+    component.add_argument("--max-memory", type=int, metavar="MB", help="memory one copy may use")
+    component.add_argument(
+        "--copies", type=int, help="copies to run (default 1; an update keeps the count)"
+    )
+    component.add_argument(
+        "--min-copies",
+        type=int,
+        default=1,
+        help="auto scaling's least copies; 0 scales to zero (default: %(default)s)",
+    )
+    component.add_argument(
+        "--max-copies", type=int, help="auto scaling's most copies (turns copy scaling on)"
+    )
+    scaling = parser.add_argument_group(
+        "auto scaling (instances: on when --max-instances is given; an inference component's "
+        "endpoint gets managed instance scaling)"
+    )
     scaling.add_argument("--min-instances", type=int, default=1, help="default: %(default)s")
     scaling.add_argument("--max-instances", type=int, help="upper bound of the instance count")
     scaling.add_argument(
         "--target-invocations",
         type=float,
         default=100.0,
-        help="invocations per instance per minute to hold (default: %(default)s)",
+        help="invocations per instance (per copy, for components) per minute to hold "
+        "(default: %(default)s)",
     )
     scaling.add_argument(
         "--scale-in-cooldown", type=int, default=300, help="seconds (default: %(default)s)"
@@ -288,12 +387,12 @@ class ScalingPlan:
 def _plan_scaling(
     config: DeployConfig, sagemaker: Client, aas: Client, existing: dict[str, Any]
 ) -> ScalingPlan:
-    current = autoscaling.read(aas, config.endpoint_name, config.variant_name)
+    current = autoscaling.read(aas, Scalable.variant(config.endpoint_name, config.variant_name))
     if current is None:
         return ScalingPlan()
     previous = sagemaker.describe_endpoint_config(EndpointConfigName=existing["EndpointConfigName"])
     old_variant = _variant(previous, config.variant_name)
-    detach = old_variant is None or old_variant["InstanceType"] != config.instance_type
+    detach = old_variant is None or old_variant["InstanceType"] != config.instance
     if detach and not config.wait:
         raise ConfigError(
             f"endpoint {config.endpoint_name} scales automatically and this update changes its "
@@ -328,7 +427,7 @@ def _create_or_update(
         log.info("creating endpoint %s", name)
         return
     if scaling.detach:
-        autoscaling.detach(aas, name, config.variant_name)
+        autoscaling.detach(aas, Scalable.variant(name, config.variant_name))
     try:
         sagemaker.update_endpoint(
             EndpointName=name,
@@ -338,7 +437,7 @@ def _create_or_update(
         )
     except Exception:
         if scaling.detach and scaling.current is not None:
-            autoscaling.restore(aas, name, config.variant_name, scaling.current)
+            autoscaling.restore(aas, Scalable.variant(name, config.variant_name), scaling.current)
         raise
     log.info("updating endpoint %s (from %s)", name, existing["EndpointConfigName"])
 
@@ -361,12 +460,19 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
 
     Returns None with --no-wait, as soon as SageMaker has accepted the request.
     """
+    if config.component is not None:
+        return components.deploy(config)
     session = open_session(config.aws)
     sagemaker = client(session, "sagemaker")
     aas = client(session, "application-autoscaling")
     name = config.endpoint_name
 
     existing = endpoints.describe_endpoint(sagemaker, name)
+    if existing is not None and components.hosts_components(sagemaker, existing):
+        raise ConfigError(
+            f"endpoint {name} hosts inference components: deploy with --inference-component "
+            "NAME, or use another --endpoint-name"
+        )
     if existing is not None:
         status = existing["EndpointStatus"]
         if status in BUSY_STATES:
@@ -410,14 +516,14 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
         # The endpoint is back on its old configuration: so is its scaling, and
         # the new model and configuration serve nothing.
         if detached is not None:
-            autoscaling.restore(aas, name, config.variant_name, detached)
+            autoscaling.restore(aas, Scalable.variant(name, config.variant_name), detached)
         _discard(sagemaker, names)
         raise
 
     if config.scaling is not None:
         autoscaling.attach(aas, name, config.variant_name, config.scaling)
     elif detached is not None:
-        autoscaling.restore(aas, name, config.variant_name, detached)
+        autoscaling.restore(aas, Scalable.variant(name, config.variant_name), detached)
 
     if existing is not None and not config.keep_previous:
         _remove_replaced(sagemaker, name, existing["EndpointConfigName"])
@@ -436,8 +542,13 @@ def _remove_replaced(sagemaker: Client, endpoint_name: str, config_name: str) ->
 def run(args: argparse.Namespace) -> int:
     config = DeployConfig.from_args(args)
     description = deploy(config)
-    if description is not None:
-        print(f"{description['EndpointName']} {description['EndpointStatus']}")
-    else:
+    if description is None:
         print(config.endpoint_name)
+    elif "InferenceComponentName" in description:
+        print(
+            f"{description['EndpointName']} {description['InferenceComponentName']} "
+            f"{description['InferenceComponentStatus']}"
+        )
+    else:
+        print(f"{description['EndpointName']} {description['EndpointStatus']}")
     return 0

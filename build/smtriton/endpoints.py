@@ -2,7 +2,8 @@
 
 Endpoints change state asynchronously (Creating takes minutes for a GPU
 host, longer with a large model), so waiting is a bounded poll that reports
-each status change, and a failure surfaces SageMaker's FailureReason.
+each status change (smtriton/progress.py), and a failure surfaces SageMaker's
+FailureReason.
 """
 
 from __future__ import annotations
@@ -19,22 +20,18 @@ from botocore.exceptions import ClientError
 
 from smtriton.aws import Client
 from smtriton.errors import SmtritonError
+from smtriton.progress import Progress, poll
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 FAILED_STATES = frozenset({"Failed", "OutOfService", "UpdateRollbackFailed"})
-REPORT_EVERY_S = 60.0
 MAX_NAME_LENGTH = 63
 TAG_KEY = "smtriton:endpoint"
 
 
 class EndpointFailed(SmtritonError):
     """SageMaker gave up on the endpoint (or rolled an update back)."""
-
-
-class StillWaiting(SmtritonError):
-    """The wait ran out while SageMaker is still working; the change may yet succeed."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +81,6 @@ def describe_endpoint(sagemaker: Client, name: str) -> dict[str, Any] | None:
         raise
 
 
-def format_elapsed(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 def failure_text(name: str, description: dict[str, Any]) -> str:
     reason = description.get("FailureReason") or "SageMaker gave no reason"
     return f"{reason} (container logs: CloudWatch log group /aws/sagemaker/Endpoints/{name})"
@@ -109,36 +101,36 @@ def wait_for_endpoint(
     An update that fails is rolled back: the endpoint is InService again but
     on its old configuration, which is a failure of this deploy.
     """
-    start = last_report = clock()
-    last_status = None
     seen_change = False
-    while True:
+
+    def check() -> tuple[str, dict[str, Any] | None]:
+        nonlocal seen_change
         description = sagemaker.describe_endpoint(EndpointName=name)
         status = description["EndpointStatus"]
         current_config = description.get("EndpointConfigName")
-        now = clock()
-        if status != last_status or now - last_report >= REPORT_EVERY_S:
-            log.info("endpoint %s: %s (%s)", name, status, format_elapsed(now - start))
-            last_status, last_report = status, now
         if status in FAILED_STATES:
             raise EndpointFailed(f"endpoint {name} is {status}: {failure_text(name, description)}")
-        if status == "InService":
-            if current_config == expected_config:
-                return description
-            if seen_change:
-                raise EndpointFailed(
-                    f"update of endpoint {name} failed and SageMaker rolled it back to "
-                    f"{current_config}: {failure_text(name, description)}"
-                )
-        else:
+        if status != "InService":
             seen_change = True
-        if now - start >= timeout_s:
-            raise StillWaiting(
-                f"endpoint {name} is still {status} after {format_elapsed(now - start)}; "
-                "SageMaker carries on: check it with `aws sagemaker describe-endpoint "
-                f"--endpoint-name {name}`"
+            return status, None
+        if current_config == expected_config:
+            return status, description
+        if seen_change:
+            raise EndpointFailed(
+                f"update of endpoint {name} failed and SageMaker rolled it back to "
+                f"{current_config}: {failure_text(name, description)}"
             )
-        sleep(poll_s)
+        return status, None
+
+    return poll(
+        Progress(f"endpoint {name}", clock=clock),
+        check,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        still_waiting="SageMaker carries on: check it with `aws sagemaker describe-endpoint "
+        f"--endpoint-name {name}`",
+        sleep=sleep,
+    )
 
 
 def wait_until_deleted(
@@ -150,15 +142,20 @@ def wait_until_deleted(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    start = clock()
-    while (description := describe_endpoint(sagemaker, name)) is not None:
-        if clock() - start >= timeout_s:
-            raise SmtritonError(
-                f"endpoint {name} is still {description['EndpointStatus']} after "
-                f"{format_elapsed(clock() - start)}"
-            )
-        sleep(poll_s)
-    log.info("endpoint %s is gone (%s)", name, format_elapsed(clock() - start))
+    def check() -> tuple[str, bool | None]:
+        description = describe_endpoint(sagemaker, name)
+        if description is None:
+            return "gone", True
+        return description["EndpointStatus"], None
+
+    poll(
+        Progress(f"endpoint {name}", clock=clock),
+        check,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        still_waiting="SageMaker carries on deleting it",
+        sleep=sleep,
+    )
 
 
 def delete_config_and_models(sagemaker: Client, config_name: str) -> list[str]:
@@ -176,7 +173,9 @@ def delete_config_and_models(sagemaker: Client, config_name: str) -> list[str]:
         return deleted
     sagemaker.delete_endpoint_config(EndpointConfigName=config_name)
     deleted.append(f"endpoint-config/{config_name}")
-    for model in dict.fromkeys(v["ModelName"] for v in config["ProductionVariants"]):
+    # An endpoint for inference components names no model.
+    names = (v["ModelName"] for v in config["ProductionVariants"] if "ModelName" in v)
+    for model in dict.fromkeys(names):
         try:
             sagemaker.delete_model(ModelName=model)
             deleted.append(f"model/{model}")

@@ -10,7 +10,8 @@ from typing import Any
 
 import boto3
 import pytest
-from smtriton.endpoints import StillWaiting, wait_for_endpoint
+from smtriton.endpoints import wait_for_endpoint
+from smtriton.progress import StillWaiting
 
 from tests.build.conftest import (
     INSTANCE_TYPE,
