@@ -17,6 +17,7 @@ PYTHON=.venv/bin/python
 SMTRITON=.venv/bin/smtriton
 WORK=${REHEARSAL_DIR:-.work/rehearsal}
 ENDPOINT=rehearsal-ncf
+COMPONENTS=rehearsal-components
 BUCKET=rehearsal-models
 IMAGE=123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-triton:rehearsal
 ROLE=arn:aws:iam::123456789012:role/SageMakerExecution
@@ -41,14 +42,10 @@ wait_for() {
 }
 
 rm -rf "$WORK"
-mkdir -p "$WORK/opt_ml/model"
-AWS_PID= SERVE_PID=
+mkdir -p "$WORK"
+AWS_PID=
 stop() {
-    # serve stops its children on SIGTERM, as in a container; the stand-in is one process group.
-    if [ -n "$SERVE_PID" ]; then
-        kill -TERM "$SERVE_PID" 2>/dev/null || true
-        wait "$SERVE_PID" 2>/dev/null || true
-    fi
+    # The stand-in stops the containers it started (SIGTERM, as SageMaker does) before it exits.
     if [ -n "$AWS_PID" ]; then
         kill -TERM -- "-$AWS_PID" 2>/dev/null || true
         wait "$AWS_PID" 2>/dev/null || true
@@ -58,7 +55,7 @@ trap stop EXIT
 
 step "the AWS stand-in"
 AWS_PORT=$(free_port)
-setsid "$PYTHON" tests/build/fake_aws.py --port "$AWS_PORT" >"$WORK/aws.log" 2>&1 &
+setsid "$PYTHON" tests/build/fake_aws.py --port "$AWS_PORT" --work "$PWD/$WORK" >"$WORK/aws.log" 2>&1 &
 AWS_PID=$!
 wait_for "http://127.0.0.1:$AWS_PORT/moto-api/" 30 "$WORK/aws.log" "$AWS_PID"
 # Only the stand-in: no profile, credentials or region of this machine.
@@ -68,22 +65,19 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$AWS_PORT AWS_DEFAULT_REGION=us-east-1 
     AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
 # The bucket exists before a real run too (aws s3 mb s3://BUCKET).
 "$PYTHON" -c "import boto3; boto3.client('s3').create_bucket(Bucket='$BUCKET')"
+# The image, as the stand-in runs it: `serve`, in an /opt/ml it lays out from its S3 for
+# each endpoint, component and job (its log: $WORK/container-N/serve.log).
+curl -fs -X POST "$AWS_ENDPOINT_URL/_fake/images" -H 'Content-Type: application/json' \
+    -d "{\"image\": \"$IMAGE\", \"command\": [\"$PWD/.venv/bin/serve\"],
+         \"env\": {\"SAGEMAKER_TRITON_LOG_VERBOSE\": \"false\"}}"
 
 step "smtriton package (checked with the image's own checks) and upload"
 MODEL_DATA=$("$SMTRITON" package model_repository/ncf_food model_repository/ncf_fashion \
     --default-model ncf_food --output "$WORK/model.tar.gz" --upload "s3://$BUCKET/ncf/")
 echo "$MODEL_DATA"
-
-step "the container: serve on the uploaded model.tar.gz, unpacked as SageMaker unpacks it"
-"$PYTHON" -c "import boto3; boto3.client('s3').download_file('$BUCKET', 'ncf/model.tar.gz', '$WORK/downloaded.tar.gz')"
-tar -xzf "$WORK/downloaded.tar.gz" -C "$WORK/opt_ml/model"
-SERVE_PORT=$(free_port)
-OPT_ML=$PWD/$WORK/opt_ml SAGEMAKER_BIND_TO_PORT=$SERVE_PORT SAGEMAKER_TRITON_DEFAULT_MODEL_NAME=ncf_food \
-    SAGEMAKER_TRITON_LOG_VERBOSE=false .venv/bin/serve >"$WORK/serve.log" 2>&1 &
-SERVE_PID=$!
-wait_for "http://127.0.0.1:$SERVE_PORT/ping" 300 "$WORK/serve.log" "$SERVE_PID"
-curl -fs -X POST "$AWS_ENDPOINT_URL/_fake/containers" -H 'Content-Type: application/json' \
-    -d "{\"image\": \"$IMAGE\", \"mode\": \"SingleModel\", \"url\": \"http://127.0.0.1:$SERVE_PORT\"}"
+FASHION_DATA=$("$SMTRITON" package model_repository/ncf_fashion \
+    --output "$WORK/fashion/model.tar.gz" --upload "s3://$BUCKET/fashion/")
+echo "$FASHION_DATA"
 
 step "smtriton deploy (the default instance type)"
 "$SMTRITON" deploy --endpoint-name "$ENDPOINT" --image "$IMAGE" --role "$ROLE" \
@@ -108,6 +102,28 @@ step "smtriton deploy again: an update in place to a larger instance"
 echo
 
 step "smtriton delete"
-"$SMTRITON" delete --endpoint-name "$ENDPOINT" --wait
+"$SMTRITON" delete --endpoint-name "$ENDPOINT" --wait --poll-interval 0.2
+
+step "inference components: two models on one endpoint, the first scaling to zero"
+"$SMTRITON" deploy --endpoint-name "$COMPONENTS" --inference-component ncf-food \
+    --image "$IMAGE" --role "$ROLE" --model-data "$MODEL_DATA" --default-model ncf_food \
+    --cpus 1 --memory 2048 --min-copies 0 --max-copies 2 --max-instances 2 --poll-interval 0.2
+"$SMTRITON" deploy --endpoint-name "$COMPONENTS" --inference-component ncf-fashion \
+    --image "$IMAGE" --role "$ROLE" --model-data "$FASHION_DATA" \
+    --cpus 1 --memory 2048 --poll-interval 0.2
+"$SMTRITON" invoke --endpoint-name "$COMPONENTS" --inference-component ncf-food \
+    --content-type text/csv --body $'42,7\n'
+"$SMTRITON" invoke --endpoint-name "$COMPONENTS" --inference-component ncf-fashion \
+    --content-type text/csv --body $'42,7\n'
+
+step "idle: auto scaling takes ncf-food to zero copies; the next request wakes it"
+# Done here as target tracking's scale-in does after an idle spell.
+"$PYTHON" -c "import boto3; boto3.client('sagemaker').update_inference_component_runtime_config(
+    InferenceComponentName='ncf-food', DesiredRuntimeConfig={'CopyCount': 0})"
+"$SMTRITON" invoke --endpoint-name "$COMPONENTS" --inference-component ncf-food \
+    --content-type text/csv --body $'42,7\n' --wait-for-capacity 120
+
+step "smtriton delete: the components, then the endpoint"
+"$SMTRITON" delete --endpoint-name "$COMPONENTS" --wait --poll-interval 0.2
 
 step "rehearsal done"

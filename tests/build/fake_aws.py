@@ -224,7 +224,11 @@ def _container_for(request: Request, backend: Backend, name: str) -> Container |
             return _validation_error(NO_CAPACITY)
         if component.status not in ("InService", "Updating"):
             return _validation_error(f"Inference component {component_name} is {component.status}.")
-        return CONTAINERS.of(f"component/{component_name}")
+        container = CONTAINERS.of(f"component/{component_name}")
+        if container is not None and container.state() != "ready":
+            # A copy on its way (woken from zero) answers nothing yet.
+            return _validation_error(NO_CAPACITY)
+        return container
     if any(c.endpoint_name == name for c in components(backend).values()):
         return _validation_error(COMPONENT_REQUIRED)
     owner = f"endpoint/{name}"

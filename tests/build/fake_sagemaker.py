@@ -615,7 +615,7 @@ def _run_step_policy(region: str, component: Component, policy_arn: str) -> None
         and float(step.get("MetricIntervalUpperBound", float("inf"))) > 0
     )
     copies = max(target.min_capacity, min(target.max_capacity, component.copies + adjustment))
-    if copies != component.copies and component.status == "InService":
+    if copies != component.copies and component.status != "Deleting":
         set_copies(backend_of(region), component, copies)
 
 

@@ -37,7 +37,8 @@ def processes_started_from(folder: Path) -> list[str]:
         except OSError:
             env = ""
         # The rehearsal names the stand-in by a relative path; the tests' own use an absolute one.
-        if f"OPT_ML={folder}/opt_ml" in env or "tests/build/fake_aws.py" in argv[:3]:
+        # Containers the stand-in ran keep their /opt/ml under the rehearsal's folder.
+        if f"OPT_ML={folder}/" in env or "tests/build/fake_aws.py" in argv[:3]:
             found.append(" ".join(argv))
     return found
 
@@ -55,11 +56,13 @@ def test_make_rehearse_runs_the_documented_way_to_an_endpoint() -> None:
         ["bash", "-c", block.body],
         cwd=REPO_ROOT,
         env=environment,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        # One stream, in the order it was written: each step's lines stay under its title.
+        stderr=subprocess.STDOUT,
         text=True,
         timeout=600,
     )
-    output = done.stdout + done.stderr
+    output = done.stdout
     assert done.returncode == 0, output[-6000:]
     # package: checked, uploaded to the stand-in's S3.
     assert "checked as the image checks it" in output
@@ -76,9 +79,32 @@ def test_make_rehearse_runs_the_documented_way_to_an_endpoint() -> None:
     # A bad record: the container's own 400, as SageMaker relays it.
     assert "smtriton invoke: error: the container answered HTTP 400" in output
     assert "expects whole numbers; line 1 gives 'x'" in output
-    # delete, and nothing left running.
     assert "deleted endpoint/rehearsal-ncf" in done.stdout
+    # Inference components: two on one endpoint, each answered by its own serve.
+    assert "rehearsal-components ncf-food InService" in done.stdout
+    assert "rehearsal-components ncf-fashion InService" in done.stdout
+    assert "scale to zero: ncf-food starts a copy when invoked with none" in output
+    # Woken from zero copies: refused at first, then answered by a fresh copy.
+    idle = _output_step(output, "idle: auto scaling takes ncf-food to zero copies")
+    assert "inference component ncf-food: no copy yet" in idle
+    assert re.search(r"^0\.98\d*$", idle, flags=re.MULTILINE), idle
+    assert "deleted inference-component/ncf-food" in done.stdout
+    assert done.stdout.index("deleted inference-component/ncf-fashion") < done.stdout.index(
+        "deleted endpoint/rehearsal-components"
+    )
+    # Each endpoint and component ran as the image runs, from the model data in S3.
+    logs = sorted(WORK.glob("container-*/serve.log"))
+    assert len(logs) >= 3, logs
+    assert all("ready after" in log.read_text() for log in logs)
+    # Nothing left running.
     assert not processes_started_from(WORK), processes_started_from(WORK)
+
+
+def _output_step(output: str, title: str) -> str:
+    """What one step of the rehearsal printed (stdout and stderr, as captured)."""
+    start = output.index(f"== {title}")
+    end = output.find("\n== ", start + 1)
+    return output[start:end]
 
 
 def _script_step(title: str) -> str:
