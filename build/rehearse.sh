@@ -75,8 +75,9 @@ step "smtriton package (checked with the image's own checks) and upload"
 MODEL_DATA=$("$SMTRITON" package model_repository/ncf_food model_repository/ncf_fashion \
     --default-model ncf_food --output "$WORK/model.tar.gz" --upload "s3://$BUCKET/ncf/")
 echo "$MODEL_DATA"
+step "smtriton package --uncompressed: the repository's files under a prefix, nothing to unpack"
 FASHION_DATA=$("$SMTRITON" package model_repository/ncf_fashion \
-    --output "$WORK/fashion/model.tar.gz" --upload "s3://$BUCKET/fashion/")
+    --output "$WORK/fashion.tar.gz" --uncompressed --upload "s3://$BUCKET/fashion/v1/")
 echo "$FASHION_DATA"
 
 step "smtriton deploy (the default instance type)"
@@ -104,7 +105,7 @@ echo
 step "smtriton delete"
 "$SMTRITON" delete --endpoint-name "$ENDPOINT" --wait --poll-interval 0.2
 
-step "inference components: two models on one endpoint, the first scaling to zero"
+step "inference components: two models on one endpoint, the first scaling to zero, the second uncompressed"
 "$SMTRITON" deploy --endpoint-name "$COMPONENTS" --inference-component ncf-food \
     --image "$IMAGE" --role "$ROLE" --model-data "$MODEL_DATA" --default-model ncf_food \
     --cpus 1 --memory 2048 --min-copies 0 --max-copies 2 --max-instances 2 --poll-interval 0.2

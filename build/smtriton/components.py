@@ -253,7 +253,8 @@ def _matches(description: dict[str, Any], asked: dict[str, Any]) -> bool:
     image = container.get("DeployedImage", {}).get("SpecifiedImage")
     copies = description.get("RuntimeConfig", {}).get("DesiredCopyCount")
     return (
-        ("image" not in asked or image == asked["image"])
+        ("model" not in asked or description["Specification"].get("ModelName") == asked["model"])
+        and ("image" not in asked or image == asked["image"])
         and ("artifact" not in asked or container.get("ArtifactUrl") == asked["artifact"])
         and ("copies" not in asked or copies == asked["copies"])
     )
@@ -351,8 +352,10 @@ def remove(
     if cloudwatch.describe_alarms(AlarmNames=[alarm])["MetricAlarms"]:
         cloudwatch.delete_alarms(AlarmNames=[alarm])
         deleted.append(f"alarm/{alarm}")
-    if describe(sagemaker, name) is None:
+    description = describe(sagemaker, name)
+    if description is None:
         return deleted
+    model = description.get("Specification", {}).get("ModelName")
     sagemaker.delete_inference_component(InferenceComponentName=name)
 
     def check() -> tuple[str, bool | None]:
@@ -369,6 +372,9 @@ def remove(
         still_waiting="SageMaker carries on deleting it; delete the endpoint once it is gone",
     )
     deleted.append(f"inference-component/{name}")
+    if model and _made_for(name, model):
+        _delete_model(sagemaker, model)
+        deleted.append(f"model/{model}")
     return deleted
 
 
@@ -395,12 +401,39 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
         _create_endpoint(config, sagemaker)
     else:
         _check_endpoint(config, sagemaker, existing)
+    # A component's container takes a model.tar.gz (ArtifactUrl) only; uncompressed model
+    # data comes through a model of its own, which the component names.
+    model = ResourceNames.new(component.name).model if config.uncompressed else None
+    if model is not None:
+        sagemaker.create_model(**config.model_request(model))
+        log.info("created model %s (the uncompressed model data)", model)
+    try:
+        description = _place(config, sagemaker, current, model)
+    except Exception:
+        if model is not None:
+            _delete_model(sagemaker, model)
+        raise
+    if description is None:
+        return None
+    replaced = (current or {}).get("Specification", {}).get("ModelName")
+    if replaced and replaced != model and _made_for(component.name, replaced):
+        _delete_model(sagemaker, replaced)
+    attach_scaling(aas, cloudwatch, component)
+    return description
+
+
+def _place(
+    config: DeployConfig, sagemaker: Client, current: dict[str, Any] | None, model: str | None
+) -> dict[str, Any] | None:
+    """Create or update the component; its description once InService (None: --no-wait)."""
+    component = config.component
+    assert component is not None
     request: dict[str, Any] = {
         "InferenceComponentName": component.name,
-        "Specification": specification(config),
+        "Specification": specification(config, model),
     }
-    asked: dict[str, Any] = {"image": config.image}
-    if config.model_data:
+    asked: dict[str, Any] = {"model": model} if model else {"image": config.image}
+    if config.model_data and not model:
         asked["artifact"] = config.model_data
     if current is None:
         copies = 1 if component.copies is None else component.copies
@@ -421,25 +454,45 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
         log.info("updating inference component %s", component.name)
     if not config.wait:
         return None
-    description = wait(
+    return wait(
         sagemaker,
         component.name,
         matches=asked,
         timeout_s=config.wait_timeout_s,
         poll_s=config.poll_interval_s,
     )
-    attach_scaling(aas, cloudwatch, component)
-    return description
 
 
-def specification(config: DeployConfig) -> dict[str, Any]:
-    """The component's Specification: container, a copy's resources, startup limits."""
+def _made_for(component: str, model: str) -> bool:
+    """Whether `model` is one deploy made for `component` (so deploy may delete it)."""
+    return bool(ResourceNames.suffix_pattern(component).match(model))
+
+
+def _delete_model(sagemaker: Client, model: str) -> None:
+    try:
+        sagemaker.delete_model(ModelName=model)
+        log.info("deleted model %s", model)
+    except ClientError as error:
+        if not endpoints.is_not_found(error):
+            log.warning("could not delete model %s: %s", model, error)
+
+
+def specification(config: DeployConfig, model: str | None = None) -> dict[str, Any]:
+    """The component's Specification: container (or `model`), a copy's resources, startup limits."""
     assert config.component is not None
-    container: dict[str, Any] = {"Image": config.image, "Environment": config.container_environment}
-    if config.model_data:
-        container["ArtifactUrl"] = config.model_data
+    spec: dict[str, Any]
+    if model is not None:
+        spec = {"ModelName": model}
+    else:
+        container: dict[str, Any] = {
+            "Image": config.image,
+            "Environment": config.container_environment,
+        }
+        if config.model_data:
+            container["ArtifactUrl"] = config.model_data
+        spec = {"Container": container}
     return {
-        "Container": container,
+        **spec,
         "ComputeResourceRequirements": config.component.resources.request(),
         "StartupParameters": {
             "ContainerStartupHealthCheckTimeoutInSeconds": config.startup_timeout_s,

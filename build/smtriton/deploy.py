@@ -56,7 +56,9 @@ class DeployConfig:
     role_arn: str
     """Execution role SageMaker assumes to pull the image and read S3."""
     model_data: str | None = None
-    """s3://.../model.tar.gz for a single-model endpoint."""
+    """s3://.../model.tar.gz, or s3://bucket/prefix/ of the repository's files, uncompressed
+    (ModelDataSource: SageMaker copies them into /opt/ml/model as they are, AWS's advice for
+    large models: nothing to unpack)."""
     multi_model_prefix: str | None = None
     """s3://bucket/prefix/ holding the tarballs of a multi-model endpoint."""
     instance_type: str | None = None
@@ -93,10 +95,11 @@ class DeployConfig:
             raise ConfigError("give --model-data (one model) or --multi-model (a prefix), not both")
         if self.model_data:
             _, key = parse_s3_uri(self.model_data)
-            if not key or key.endswith("/"):
+            if not key:
                 raise ConfigError(
-                    f"--model-data {self.model_data!r} must name a model.tar.gz object; "
-                    "for a prefix of tarballs use --multi-model"
+                    f"--model-data {self.model_data!r} names a bucket: name a model.tar.gz, or "
+                    "a prefix (ending in /) holding the repository's files uncompressed; for a "
+                    "prefix of tarballs, one model each, use --multi-model"
                 )
         if self.multi_model_prefix:
             parse_s3_uri(self.multi_model_prefix)
@@ -143,6 +146,11 @@ class DeployConfig:
         return self.multi_model_prefix is not None
 
     @property
+    def uncompressed(self) -> bool:
+        """Whether --model-data is a prefix of the repository's files (not an archive)."""
+        return self.model_data is not None and self.model_data.endswith("/")
+
+    @property
     def instance(self) -> str:
         """The instance type to create with."""
         return self.instance_type or DEFAULT_INSTANCE_TYPE
@@ -160,9 +168,16 @@ class DeployConfig:
             "Mode": "MultiModel" if self.multi_model else "SingleModel",
             "Environment": self.container_environment,
         }
-        data_url = self.multi_model_prefix or self.model_data
-        if data_url:
-            container["ModelDataUrl"] = data_url
+        if self.uncompressed:
+            container["ModelDataSource"] = {
+                "S3DataSource": {
+                    "S3Uri": self.model_data,
+                    "S3DataType": "S3Prefix",
+                    "CompressionType": "None",
+                }
+            }
+        elif self.multi_model_prefix or self.model_data:
+            container["ModelDataUrl"] = self.multi_model_prefix or self.model_data
         return {
             "ModelName": model_name,
             "ExecutionRoleArn": self.role_arn,
@@ -278,7 +293,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", required=True, help="image URI in ECR (from smtriton push)")
     parser.add_argument("--role", required=True, help="SageMaker execution role ARN")
     data = parser.add_mutually_exclusive_group()
-    data.add_argument("--model-data", help="s3://.../model.tar.gz (single-model endpoint)")
+    data.add_argument(
+        "--model-data",
+        help="s3://.../model.tar.gz, or s3://bucket/prefix/ of the repository uncompressed "
+        "(smtriton package --uncompressed uploads one)",
+    )
     data.add_argument("--multi-model", metavar="S3_PREFIX", help="s3://bucket/prefix/ of tarballs")
     parser.add_argument(
         "--instance-type",

@@ -162,6 +162,34 @@ def test_a_second_component_shares_the_endpoint_and_updates_change_image_or_copi
     assert other["Specification"]["Container"]["DeployedImage"]["SpecifiedImage"] == IMAGE
 
 
+def test_uncompressed_model_data_comes_through_a_model_of_the_components_own(
+    smtriton: Smtriton, aws: boto3.Session, name: str
+) -> None:
+    component = f"{name}-food"
+    result = deploy(smtriton, name, component, "--model-data", "s3://b-1/ncf/v1/")
+    assert result.code == 0, result.err
+    sagemaker = aws.client("sagemaker")
+    first = component_of(aws, component)["Specification"]["ModelName"]
+    assert first.startswith(f"{component}-")
+    source = sagemaker.describe_model(ModelName=first)["PrimaryContainer"]["ModelDataSource"]
+    assert source["S3DataSource"]["S3DataType"] == "S3Prefix"
+    assert source["S3DataSource"]["CompressionType"] == "None"
+
+    # An update names a new model; the one it replaces goes.
+    assert deploy(smtriton, name, component, "--model-data", "s3://b-1/ncf/v2/").code == 0
+    second = component_of(aws, component)["Specification"]["ModelName"]
+    assert second != first
+    models = [
+        m["ModelName"] for m in sagemaker.list_models()["Models"] if component in m["ModelName"]
+    ]
+    assert models == [second]
+
+    result = smtriton("delete", "--endpoint-name", name, "--poll-interval", "0.01")
+    assert result.code == 0, result.err
+    assert f"deleted model/{second}" in result.out
+    assert not [m for m in sagemaker.list_models()["Models"] if component in m["ModelName"]]
+
+
 def test_copies_scale_to_zero_and_the_alarm_wakes_them(
     smtriton: Smtriton, aws: boto3.Session, name: str
 ) -> None:

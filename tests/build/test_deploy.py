@@ -126,6 +126,22 @@ def test_single_model_endpoint(smtriton: Smtriton, aws: boto3.Session, name: str
     }
 
 
+def test_uncompressed_model_data_is_a_model_data_source(
+    smtriton: Smtriton, aws: boto3.Session, name: str
+) -> None:
+    result = deploy(smtriton, name, "--model-data", "s3://models-bucket/ncf/v1/")
+    assert result.code == 0, result.err
+    _, _, model = endpoint_parts(aws, name)
+    assert "ModelDataUrl" not in model["PrimaryContainer"]
+    assert model["PrimaryContainer"]["ModelDataSource"] == {
+        "S3DataSource": {
+            "S3Uri": "s3://models-bucket/ncf/v1/",
+            "S3DataType": "S3Prefix",
+            "CompressionType": "None",
+        }
+    }
+
+
 def test_multi_model_endpoint(smtriton: Smtriton, aws: boto3.Session, name: str) -> None:
     result = deploy(
         smtriton,
@@ -366,10 +382,7 @@ def test_a_failed_endpoint_cannot_be_updated(
     [
         (["--role", "SageMakerRole"], "is not an IAM role ARN"),
         (["--model-data", "models/model.tar.gz"], "is not an S3 URI"),
-        (
-            ["--model-data", "s3://models-bucket/prefix/"],
-            "for a prefix of tarballs use --multi-model",
-        ),
+        (["--model-data", "s3://models-bucket"], "for a prefix of tarballs, one model each"),
         (
             ["--multi-model", "s3://models-bucket/mme/", "--default-model", "a"],
             "drop --default-model",

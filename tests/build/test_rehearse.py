@@ -80,6 +80,9 @@ def test_make_rehearse_runs_the_documented_way_to_an_endpoint() -> None:
     assert "smtriton invoke: error: the container answered HTTP 400" in output
     assert "expects whole numbers; line 1 gives 'x'" in output
     assert "deleted endpoint/rehearsal-ncf" in done.stdout
+    # Uncompressed model data: the files under a prefix, served through a model of its own.
+    assert "s3://rehearsal-models/fashion/v1/\n" in done.stdout
+    assert re.search(r"created model ncf-fashion-\S+ \(the uncompressed model data\)", output)
     # Inference components: two on one endpoint, each answered by its own serve.
     assert "rehearsal-components ncf-food InService" in done.stdout
     assert "rehearsal-components ncf-fashion InService" in done.stdout
