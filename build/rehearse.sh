@@ -18,6 +18,7 @@ SMTRITON=.venv/bin/smtriton
 WORK=${REHEARSAL_DIR:-.work/rehearsal}
 ENDPOINT=rehearsal-ncf
 COMPONENTS=rehearsal-components
+ASYNC=rehearsal-async
 BUCKET=rehearsal-models
 IMAGE=123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-triton:rehearsal
 ROLE=arn:aws:iam::123456789012:role/SageMakerExecution
@@ -126,5 +127,13 @@ step "idle: auto scaling takes ncf-food to zero copies; the next request wakes i
 
 step "smtriton delete: the components, then the endpoint"
 "$SMTRITON" delete --endpoint-name "$COMPONENTS" --wait --poll-interval 0.2
+
+step "an asynchronous endpoint: the request through S3, the answer from S3"
+"$SMTRITON" deploy --endpoint-name "$ASYNC" --image "$IMAGE" --role "$ROLE" \
+    --model-data "$MODEL_DATA" --default-model ncf_food \
+    --async-output "s3://$BUCKET/async/answers/" --async-max-concurrency 2 --poll-interval 0.2
+"$SMTRITON" invoke --endpoint-name "$ASYNC" --async --content-type text/csv \
+    --body $'42,7\n42,19\n' --poll-interval 0.2
+"$SMTRITON" delete --endpoint-name "$ASYNC" --wait --poll-interval 0.2
 
 step "rehearsal done"

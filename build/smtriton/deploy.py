@@ -25,6 +25,7 @@ from smtriton.aws import AwsOptions, Client, add_aws_arguments, client, open_ses
 from smtriton.components import ComponentConfig, CopyScaling, Resources
 from smtriton.endpoints import ENDPOINT_NAME_PATTERN, TAG_KEY, ResourceNames
 from smtriton.errors import ConfigError, SmtritonError
+from smtriton.hosting import AsyncOutput
 from smtriton.image import parse_key_values
 from smtriton.s3 import parse_s3_uri
 
@@ -78,6 +79,8 @@ class DeployConfig:
     """Deploy the model as this inference component (the endpoint made for it if missing)."""
     instance_bounds: tuple[int, int] | None = None
     """A component endpoint's ManagedInstanceScaling (min, max instances)."""
+    asynchronous: AsyncOutput | None = None
+    """An asynchronous endpoint: where answers go (smtriton/hosting.py)."""
 
     def __post_init__(self) -> None:
         if not ENDPOINT_NAME_PATTERN.match(self.endpoint_name):
@@ -114,6 +117,11 @@ class DeployConfig:
             raise ConfigError(
                 "an inference component serves one model repository: drop --multi-model, or "
                 "deploy each model as a component of its own"
+            )
+        if self.asynchronous is not None and (self.multi_model or self.component is not None):
+            raise ConfigError(
+                "an asynchronous endpoint serves one model: drop --multi-model and "
+                "--inference-component, or --async-output"
             )
         if self.instance_bounds is not None and not (
             0 <= self.instance_bounds[0] <= self.instance_bounds[1] and self.instance_bounds[1] >= 1
@@ -160,6 +168,8 @@ class DeployConfig:
         if self.multi_model:
             # SageMaker sets it too; stating it keeps `docker run` tests and SageMaker alike.
             return {MULTI_MODEL_VARIABLE: "true", **self.environment}
+        if self.asynchronous is not None:
+            return {**self.asynchronous.environment(), **self.environment}
         return dict(self.environment)
 
     def model_request(self, model_name: str) -> dict[str, Any]:
@@ -186,7 +196,7 @@ class DeployConfig:
         }
 
     def endpoint_config_request(self, config_name: str, model_name: str) -> dict[str, Any]:
-        return {
+        request = {
             "EndpointConfigName": config_name,
             "ProductionVariants": [
                 {
@@ -200,6 +210,9 @@ class DeployConfig:
             ],
             "Tags": [{"Key": TAG_KEY, "Value": self.endpoint_name}],
         }
+        if self.asynchronous is not None:
+            request["AsyncInferenceConfig"] = self.asynchronous.request()
+        return request
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DeployConfig:
@@ -240,7 +253,32 @@ class DeployConfig:
             keep_previous=args.keep_previous,
             component=component,
             instance_bounds=instance_bounds,
+            asynchronous=_async_from_args(args),
         )
+
+
+def _async_from_args(args: argparse.Namespace) -> AsyncOutput | None:
+    given = [
+        option
+        for option, value in (
+            ("--async-failure", args.async_failure),
+            ("--async-success-topic", args.async_success_topic),
+            ("--async-error-topic", args.async_error_topic),
+            ("--async-max-concurrency", args.async_max_concurrency),
+        )
+        if value is not None
+    ]
+    if args.async_output is None:
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --async-output s3://BUCKET/PREFIX/")
+        return None
+    return AsyncOutput(
+        output=args.async_output,
+        failure=args.async_failure,
+        success_topic=args.async_success_topic,
+        error_topic=args.async_error_topic,
+        max_concurrency=args.async_max_concurrency,
+    )
 
 
 # Options that describe an inference component: refused without --inference-component.
@@ -322,6 +360,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_DOWNLOAD_TIMEOUT_S,
         help="seconds to download the model data (default: %(default)s)",
+    )
+    asynchronous = parser.add_argument_group(
+        "asynchronous endpoint (requests queued, bodies in S3 up to 1 GB, an hour to answer)"
+    )
+    asynchronous.add_argument(
+        "--async-output",
+        metavar="S3_PREFIX",
+        help="make it asynchronous: answers go to this prefix (INFERENCE_ID.out)",
+    )
+    asynchronous.add_argument(
+        "--async-failure", metavar="S3_PREFIX", help="where failures go (default: SageMaker's)"
+    )
+    asynchronous.add_argument(
+        "--async-success-topic", metavar="SNS_ARN", help="SNS topic told of each answer"
+    )
+    asynchronous.add_argument(
+        "--async-error-topic", metavar="SNS_ARN", help="SNS topic told of each failure"
+    )
+    asynchronous.add_argument(
+        "--async-max-concurrency",
+        type=int,
+        metavar="N",
+        help="requests one instance works on at once (default: SageMaker's)",
     )
     component = parser.add_argument_group(
         "inference component (several models on one endpoint, each with its own share)"

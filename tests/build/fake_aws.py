@@ -12,7 +12,11 @@ Added, and only here:
   InvokeEndpointAsync). Where no real container answers, it answers with a
   JSON echo of what reached it, so tests can check what the client sent; a
   body starting with MODEL_ERROR makes the "container" answer 400
-  (SageMaker's ModelError);
+  (SageMaker's ModelError). An asynchronous request is queued: its body is
+  read from the stand-in's S3, at most MaxConcurrentInvocationsPerInstance
+  at once per endpoint are passed to the container, and the answer is
+  written to S3OutputPath/ID.out (a 4xx/5xx to S3FailurePath/ID-error.out),
+  with SageMaker's notification published to the SNS topics configured;
 - containers that run for real (fake_containers.py): `POST /_fake/images`
   names an image the stand-in may run itself, as SageMaker runs it, from the
   model data in its S3; `POST /_fake/containers` with `{"image": IMAGE,
@@ -43,7 +47,11 @@ import struct
 import sys
 import tarfile
 import tempfile
+import threading
 import urllib.parse
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -56,11 +64,12 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.sns.models import sns_backends
 from werkzeug.serving import run_simple
 from werkzeug.wrappers import Request, Response
 
 from tests.build import fake_sagemaker
-from tests.build.fake_containers import CONTAINERS, Container, read_object
+from tests.build.fake_containers import CONTAINERS, Container, read_object, write_object
 from tests.build.fake_sagemaker import (
     ACCOUNT,
     Backend,
@@ -71,7 +80,7 @@ from tests.build.fake_sagemaker import (
 )
 
 RUNTIME_PATH = re.compile(
-    r"^/endpoints/(?P<name>[^/]+)/(?P<kind>invocations(?:-response-stream)?)$"
+    r"^/endpoints/(?P<name>[^/]+)/(?P<kind>invocations(?:-response-stream)?|async-invocations)$"
 )
 COMPONENT_HEADER = "X-Amzn-SageMaker-Inference-Component"
 # SageMaker's words for an invocation a component cannot take.
@@ -307,6 +316,124 @@ def invoke(request: Request, name: str, streaming: bool) -> Response:
     return forward(request, name, answering)
 
 
+# --- asynchronous inference ---------------------------------------------------------------------
+
+_QUEUE = ThreadPoolExecutor(max_workers=16, thread_name_prefix="async")
+# Requests an endpoint's instance works on at once when MaxConcurrentInvocationsPerInstance
+# is not set (the stand-in's choice: SageMaker picks its own).
+DEFAULT_ASYNC_CONCURRENCY = 4
+_slots: dict[str, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+def _slot(name: str, limit: int) -> threading.BoundedSemaphore:
+    with _slots_lock:
+        return _slots.setdefault(name, threading.BoundedSemaphore(limit))
+
+
+def invoke_async(request: Request, name: str) -> Response:
+    region = _region(request)
+    backend = backend_of(region)
+    endpoint = backend.endpoints.get(name)
+    if endpoint is None:
+        return _validation_error(f"Endpoint {name} of account {ACCOUNT} not found.")
+    config = backend.endpoint_configs[endpoint.endpoint_config_name].async_inference_config
+    if not config:
+        return _validation_error(f"Endpoint {name} is not an asynchronous inference endpoint.")
+    input_location = request.headers.get("X-Amzn-SageMaker-InputLocation")
+    if not input_location:
+        return _validation_error("InputLocation is required.")
+    output = config["OutputConfig"]
+    answers = output["S3OutputPath"].rstrip("/")
+    token = str(uuid.uuid4())
+    job = {
+        "endpoint": name,
+        "region": region,
+        "inference_id": request.headers.get("X-Amzn-SageMaker-Inference-Id") or token,
+        "input": input_location,
+        "output": f"{answers}/{token}.out",
+        "failure": f"{output.get('S3FailurePath', answers).rstrip('/')}/{token}-error.out",
+        "content_type": request.headers.get("X-Amzn-SageMaker-Content-Type"),
+        "accept": request.headers.get("X-Amzn-SageMaker-Accept"),
+        "custom_attributes": request.headers.get("X-Amzn-SageMaker-Custom-Attributes"),
+        "topics": output.get("NotificationConfig") or {},
+        "received": datetime.now(timezone.utc),
+    }
+    limit = (config.get("ClientConfig") or {}).get("MaxConcurrentInvocationsPerInstance")
+    _QUEUE.submit(_answer_async, job, _slot(name, int(limit or DEFAULT_ASYNC_CONCURRENCY)))
+    return Response(
+        json.dumps({"InferenceId": job["inference_id"]}),
+        status=202,
+        headers={
+            "Content-Type": "application/json",
+            "X-Amzn-SageMaker-OutputLocation": job["output"],
+            "X-Amzn-SageMaker-FailureLocation": job["failure"],
+        },
+    )
+
+
+def _answer_async(job: dict[str, Any], slot: threading.BoundedSemaphore) -> None:
+    """SageMaker's side of one queued request: read, call the container, write, notify."""
+    headers = {
+        header: job[key]
+        for header, key in (
+            ("Content-Type", "content_type"),
+            ("Accept", "accept"),
+            ("X-Amzn-SageMaker-Custom-Attributes", "custom_attributes"),
+        )
+        if job[key]
+    }
+    content_type: str | None = "application/json"
+    with slot:
+        try:
+            body = read_object(job["input"])
+        except LookupError as error:
+            status, answer = 400, f"could not read the input: {error}".encode()
+        else:
+            container = CONTAINERS.of(f"endpoint/{job['endpoint']}")
+            if container is None:
+                status = 200
+                echoed = {"endpoint": job["endpoint"], "body": body.decode("utf-8", "replace")}
+                answer = json.dumps({**echoed, **headers}).encode()
+            else:
+                status, answer, reply_headers = _call(container.url, "/invocations", body, headers)
+                content_type = reply_headers.get("Content-Type")
+    succeeded = status < 400
+    location = job["output"] if succeeded else job["failure"]
+    write_object(location, answer, content_type)
+    _notify(job, succeeded, location, content_type, answer)
+
+
+def _notify(
+    job: dict[str, Any], succeeded: bool, location: str, content_type: str | None, answer: bytes
+) -> None:
+    """SageMaker's notification of an asynchronous answer, on the topic configured for it."""
+    topic = job["topics"].get("SuccessTopic" if succeeded else "ErrorTopic")
+    if not topic:
+        return
+    message: dict[str, Any] = {
+        "awsRegion": job["region"],
+        "eventTime": datetime.now(timezone.utc).isoformat(),
+        "receivedTime": job["received"].isoformat(),
+        "invocationStatus": "Completed" if succeeded else "Failed",
+        "requestParameters": {
+            "contentType": job["content_type"],
+            "endpointName": job["endpoint"],
+            "inputLocation": job["input"],
+        },
+        "inferenceId": job["inference_id"],
+        "eventVersion": "1.0",
+        "eventSource": "aws:sagemaker",
+        "eventName": "InferenceResult",
+    }
+    if succeeded:
+        message["responseParameters"] = {"contentType": content_type, "outputLocation": location}
+    else:
+        message["failureLocation"] = location
+        message["failureReason"] = answer.decode("utf-8", "replace")[:1024]
+    sns_backends[ACCOUNT][job["region"]].publish(json.dumps(message), arn=topic)
+
+
 class FakeAws:
     """WSGI app: the runtime data plane and the stand-in's own routes here, the rest to moto."""
 
@@ -323,6 +450,8 @@ class FakeAws:
         match = RUNTIME_PATH.match(path)
         if match and method == "POST":
             request = Request(environ)
+            if match["kind"] == "async-invocations":
+                return invoke_async(request, match["name"])(environ, start_response)
             streaming = match["kind"].endswith("stream")
             return invoke(request, match["name"], streaming)(environ, start_response)
         return self.moto(environ, start_response)

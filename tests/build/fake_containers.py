@@ -79,9 +79,11 @@ def list_keys(uri: str) -> list[str]:
     return sorted(name for name in list(keys.keys()) if name.startswith(prefix))
 
 
-def write_object(uri: str, data: bytes) -> None:
+def write_object(uri: str, data: bytes, content_type: str | None = None) -> None:
     bucket, key = parse_s3(uri)
-    s3_backends[ACCOUNT]["aws"].put_object(bucket, key, data)
+    stored = s3_backends[ACCOUNT]["aws"].put_object(bucket, key, data)
+    if content_type:
+        stored.set_metadata({"Content-Type": content_type})
 
 
 # --- what a container is ---------------------------------------------------------------------

@@ -104,11 +104,7 @@ def endpoint_spec(backend: Backend, config_name: str) -> ContainerSpec | None:
     variant = config.production_variants[0]
     if "ModelName" not in variant:
         return None
-    extra = {}
-    if config.async_inference_config:
-        # What the model's environment should say too: smtriton deploy sets it.
-        extra["SERVE_ASYNC_INFERENCE"] = "true"
-    return ContainerSpec.of(_model_container(backend, variant["ModelName"]), extra)
+    return ContainerSpec.of(_model_container(backend, variant["ModelName"]))
 
 
 def _steps(resource: Any) -> list[Step]:

@@ -95,6 +95,11 @@ def test_make_rehearse_runs_the_documented_way_to_an_endpoint() -> None:
     assert done.stdout.index("deleted inference-component/ncf-fashion") < done.stdout.index(
         "deleted endpoint/rehearsal-components"
     )
+    # Asynchronous: queued through S3, answered by a serve that takes bodies up to 1 GB.
+    queued = _output_step(output, "an asynchronous endpoint")
+    assert "its answer goes to s3://rehearsal-models/async/answers/" in queued
+    assert re.search(r"^0\.98\d*\n0\.17\d*$", queued, flags=re.MULTILINE), queued
+    assert "deleted endpoint/rehearsal-async" in queued
     # Each endpoint and component ran as the image runs, from the model data in S3.
     logs = sorted(WORK.glob("container-*/serve.log"))
     assert len(logs) >= 3, logs
