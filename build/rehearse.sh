@@ -136,4 +136,13 @@ step "an asynchronous endpoint: the request through S3, the answer from S3"
     --body $'42,7\n42,19\n' --poll-interval 0.2
 "$SMTRITON" delete --endpoint-name "$ASYNC" --wait --poll-interval 0.2
 
+step "a batch transform job: every line of the input answered, in order"
+"$PYTHON" -c "import boto3; boto3.client('s3').put_object(Bucket='$BUCKET',
+    Key='batch/in/users.csv', Body=b'42,7\n42,19\n7,7\n')"
+"$SMTRITON" transform --image "$IMAGE" --role "$ROLE" --model-data "$MODEL_DATA" \
+    --default-model ncf_food --input "s3://$BUCKET/batch/in/" --output "s3://$BUCKET/batch/out/" \
+    --content-type text/csv --accept text/csv --poll-interval 0.2
+"$PYTHON" -c "import boto3; print(boto3.client('s3').get_object(Bucket='$BUCKET',
+    Key='batch/out/users.csv.out')['Body'].read().decode(), end='')"
+
 step "rehearsal done"

@@ -48,6 +48,68 @@ MULTI_MODEL_VARIABLE = "SAGEMAKER_MULTI_MODEL"
 BUSY_STATES = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"})
 
 
+def check_model(
+    image: str, role_arn: str, model_data: str | None, environment: dict[str, str]
+) -> None:
+    """What a SageMaker model refuses, checked before anything is created."""
+    if not image or any(c.isspace() for c in image):
+        raise ConfigError(f"invalid image URI {image!r}")
+    if not ROLE_ARN_PATTERN.match(role_arn):
+        raise ConfigError(
+            f"--role {role_arn!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"
+        )
+    if model_data:
+        _, key = parse_s3_uri(model_data)
+        if not key:
+            raise ConfigError(
+                f"--model-data {model_data!r} names a bucket: name a model.tar.gz, or a prefix "
+                "(ending in /) holding the repository's files uncompressed; for a prefix of "
+                "tarballs, one model each, use --multi-model"
+            )
+    if len(environment) > MAX_ENV_ENTRIES:
+        raise ConfigError(f"at most {MAX_ENV_ENTRIES} environment variables")
+    for name, value in environment.items():
+        if not ENV_NAME_PATTERN.match(name) or len(value) > MAX_ENV_VALUE:
+            raise ConfigError(f"environment variable {name!r} has a bad name or is too long")
+
+
+def container_definition(
+    image: str,
+    environment: dict[str, str],
+    *,
+    model_data: str | None = None,
+    multi_model_prefix: str | None = None,
+) -> dict[str, Any]:
+    """A model's container: a model.tar.gz as ModelDataUrl, a prefix/ as ModelDataSource."""
+    container: dict[str, Any] = {
+        "Image": image,
+        "Mode": "MultiModel" if multi_model_prefix else "SingleModel",
+        "Environment": environment,
+    }
+    if model_data is not None and model_data.endswith("/"):
+        container["ModelDataSource"] = {
+            "S3DataSource": {
+                "S3Uri": model_data,
+                "S3DataType": "S3Prefix",
+                "CompressionType": "None",
+            }
+        }
+    elif multi_model_prefix or model_data:
+        container["ModelDataUrl"] = multi_model_prefix or model_data
+    return container
+
+
+def model_request(
+    model_name: str, *, role_arn: str, container: dict[str, Any], tag: str
+) -> dict[str, Any]:
+    return {
+        "ModelName": model_name,
+        "ExecutionRoleArn": role_arn,
+        "PrimaryContainer": container,
+        "Tags": [{"Key": TAG_KEY, "Value": tag}],
+    }
+
+
 @dataclass(frozen=True)
 class DeployConfig:
     aws: AwsOptions
@@ -88,22 +150,9 @@ class DeployConfig:
                 f"invalid endpoint name {self.endpoint_name!r}: up to 63 letters, digits "
                 "and '-', starting and ending with a letter or digit"
             )
-        if not self.image or any(c.isspace() for c in self.image):
-            raise ConfigError(f"invalid image URI {self.image!r}")
-        if not ROLE_ARN_PATTERN.match(self.role_arn):
-            raise ConfigError(
-                f"--role {self.role_arn!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"
-            )
+        check_model(self.image, self.role_arn, self.model_data, self.environment)
         if self.model_data and self.multi_model_prefix:
             raise ConfigError("give --model-data (one model) or --multi-model (a prefix), not both")
-        if self.model_data:
-            _, key = parse_s3_uri(self.model_data)
-            if not key:
-                raise ConfigError(
-                    f"--model-data {self.model_data!r} names a bucket: name a model.tar.gz, or "
-                    "a prefix (ending in /) holding the repository's files uncompressed; for a "
-                    "prefix of tarballs, one model each, use --multi-model"
-                )
         if self.multi_model_prefix:
             parse_s3_uri(self.multi_model_prefix)
             if DEFAULT_MODEL_VARIABLE in self.environment:
@@ -137,11 +186,6 @@ class DeployConfig:
                 raise ConfigError(
                     f"{what} must be between {TIMEOUT_RANGE[0]} and {TIMEOUT_RANGE[1]}"
                 )
-        if len(self.environment) > MAX_ENV_ENTRIES:
-            raise ConfigError(f"at most {MAX_ENV_ENTRIES} environment variables")
-        for name, value in self.environment.items():
-            if not ENV_NAME_PATTERN.match(name) or len(value) > MAX_ENV_VALUE:
-                raise ConfigError(f"environment variable {name!r} has a bad name or is too long")
         if self.scaling is not None and not self.wait:
             raise ConfigError(
                 "auto scaling is attached once the endpoint is InService: drop --no-wait"
@@ -173,27 +217,17 @@ class DeployConfig:
         return dict(self.environment)
 
     def model_request(self, model_name: str) -> dict[str, Any]:
-        container: dict[str, Any] = {
-            "Image": self.image,
-            "Mode": "MultiModel" if self.multi_model else "SingleModel",
-            "Environment": self.container_environment,
-        }
-        if self.uncompressed:
-            container["ModelDataSource"] = {
-                "S3DataSource": {
-                    "S3Uri": self.model_data,
-                    "S3DataType": "S3Prefix",
-                    "CompressionType": "None",
-                }
-            }
-        elif self.multi_model_prefix or self.model_data:
-            container["ModelDataUrl"] = self.multi_model_prefix or self.model_data
-        return {
-            "ModelName": model_name,
-            "ExecutionRoleArn": self.role_arn,
-            "PrimaryContainer": container,
-            "Tags": [{"Key": TAG_KEY, "Value": self.endpoint_name}],
-        }
+        return model_request(
+            model_name,
+            role_arn=self.role_arn,
+            container=container_definition(
+                self.image,
+                self.container_environment,
+                model_data=self.model_data,
+                multi_model_prefix=self.multi_model_prefix,
+            ),
+            tag=self.endpoint_name,
+        )
 
     def endpoint_config_request(self, config_name: str, model_name: str) -> dict[str, Any]:
         request = {

@@ -68,7 +68,7 @@ from moto.sns.models import sns_backends
 from werkzeug.serving import run_simple
 from werkzeug.wrappers import Request, Response
 
-from tests.build import fake_sagemaker
+from tests.build import fake_sagemaker, fake_transform
 from tests.build.fake_containers import CONTAINERS, Container, read_object, write_object
 from tests.build.fake_sagemaker import (
     ACCOUNT,
@@ -469,6 +469,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     fake_sagemaker.install()
+    fake_transform.install()
     signal.signal(signal.SIGTERM, _stop)
     with tempfile.TemporaryDirectory(prefix="fake-aws-") as scratch:
         work = args.work or Path(scratch)

@@ -100,6 +100,10 @@ def test_make_rehearse_runs_the_documented_way_to_an_endpoint() -> None:
     assert "its answer goes to s3://rehearsal-models/async/answers/" in queued
     assert re.search(r"^0\.98\d*\n0\.17\d*$", queued, flags=re.MULTILINE), queued
     assert "deleted endpoint/rehearsal-async" in queued
+    # Batch transform: one answer per input line, in order, under the output prefix.
+    batch = _output_step(output, "a batch transform job")
+    assert "s3://rehearsal-models/batch/out/\n" in batch
+    assert re.search(r"^0\.98\d*\n0\.17\d*\n0\.\d+$", batch, flags=re.MULTILINE), batch
     # Each endpoint and component ran as the image runs, from the model data in S3.
     logs = sorted(WORK.glob("container-*/serve.log"))
     assert len(logs) >= 3, logs
