@@ -19,6 +19,7 @@ WORK=${REHEARSAL_DIR:-.work/rehearsal}
 ENDPOINT=rehearsal-ncf
 COMPONENTS=rehearsal-components
 ASYNC=rehearsal-async
+SERVERLESS=rehearsal-serverless
 BUCKET=rehearsal-models
 IMAGE=123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-triton:rehearsal
 ROLE=arn:aws:iam::123456789012:role/SageMakerExecution
@@ -66,6 +67,20 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$AWS_PORT AWS_DEFAULT_REGION=us-east-1 
     AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
 # The bucket exists before a real run too (aws s3 mb s3://BUCKET).
 "$PYTHON" -c "import boto3; boto3.client('s3').create_bucket(Bucket='$BUCKET')"
+# The image in ECR, as `smtriton push` leaves it (the stand-in keeps its manifest only: 1.5
+# GB, MODEL_LIBRARIES=false's size, so that serverless takes it).
+"$PYTHON" - "$IMAGE" <<'PUSHED'
+import json, sys, boto3
+repository, tag = sys.argv[1].split("/", 1)[1].split(":")
+ecr = boto3.client("ecr")
+ecr.create_repository(repositoryName=repository)
+layer = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+         "size": 1610612736, "digest": "sha256:" + "0" * 64}
+ecr.put_image(repositoryName=repository, imageTag=tag, imageManifest=json.dumps(
+    {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+     "config": {**layer, "mediaType": "application/vnd.docker.container.image.v1+json"},
+     "layers": [layer]}))
+PUSHED
 # The image, as the stand-in runs it: `serve`, in an /opt/ml it lays out from its S3 for
 # each endpoint, component and job (its log: $WORK/container-N/serve.log).
 curl -fs -X POST "$AWS_ENDPOINT_URL/_fake/images" -H 'Content-Type: application/json' \
@@ -102,6 +117,12 @@ step "smtriton deploy again: an update in place to a larger instance"
     --poll-interval 0.2
 "$SMTRITON" invoke --endpoint-name "$ENDPOINT" --body "$BODY"
 echo
+
+step "a serverless endpoint: memory and concurrency, no instances; the image's size checked in ECR"
+"$SMTRITON" deploy --endpoint-name "$SERVERLESS" --image "$IMAGE" --role "$ROLE" \
+    --model-data "$MODEL_DATA" --default-model ncf_food --serverless 2048,5 --poll-interval 0.2
+"$SMTRITON" invoke --endpoint-name "$SERVERLESS" --content-type text/csv --body $'42,7\n'
+"$SMTRITON" delete --endpoint-name "$SERVERLESS" --wait --poll-interval 0.2
 
 step "smtriton delete"
 "$SMTRITON" delete --endpoint-name "$ENDPOINT" --wait --poll-interval 0.2

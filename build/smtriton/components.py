@@ -533,10 +533,10 @@ def _create_endpoint(config: DeployConfig, sagemaker: Client) -> None:
     variant: dict[str, Any] = {
         "VariantName": config.variant_name,
         "InstanceType": config.instance,
-        "InitialInstanceCount": config.instance_count,
+        "InitialInstanceCount": config.instances,
         "RoutingConfig": ROUTING,
     }
-    managed = managed_scaling(config.component, config.instance_count, config.instance_bounds)
+    managed = managed_scaling(config.component, config.instances, config.instance_bounds)
     if managed is not None:
         variant["ManagedInstanceScaling"] = managed
     sagemaker.create_endpoint_config(

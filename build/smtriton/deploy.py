@@ -19,14 +19,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from smtriton import autoscaling, components, endpoints
+from smtriton import autoscaling, components, ecr, endpoints
 from smtriton.autoscaling import Scalable, ScalingConfig
-from smtriton.aws import AwsOptions, Client, add_aws_arguments, client, open_session
+from smtriton.aws import CLIENT_CONFIG, AwsOptions, Client, add_aws_arguments, client, open_session
 from smtriton.components import ComponentConfig, CopyScaling, Resources
 from smtriton.endpoints import ENDPOINT_NAME_PATTERN, TAG_KEY, ResourceNames
 from smtriton.errors import ConfigError, SmtritonError
-from smtriton.hosting import AsyncOutput
+from smtriton.hosting import AsyncOutput, Serverless
 from smtriton.image import parse_key_values
+from smtriton.references import ecr_registry_of
 from smtriton.s3 import parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ class DeployConfig:
     """s3://bucket/prefix/ holding the tarballs of a multi-model endpoint."""
     instance_type: str | None = None
     """None: DEFAULT_INSTANCE_TYPE, or an existing component endpoint's own."""
-    instance_count: int = 1
+    instance_count: int | None = None
+    """None: 1 (serverless endpoints have none)."""
     environment: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: int = DEFAULT_STARTUP_TIMEOUT_S
     download_timeout_s: int = DEFAULT_DOWNLOAD_TIMEOUT_S
@@ -143,6 +145,8 @@ class DeployConfig:
     """A component endpoint's ManagedInstanceScaling (min, max instances)."""
     asynchronous: AsyncOutput | None = None
     """An asynchronous endpoint: where answers go (smtriton/hosting.py)."""
+    serverless: Serverless | None = None
+    """A serverless endpoint: memory and concurrency instead of instances."""
 
     def __post_init__(self) -> None:
         if not ENDPOINT_NAME_PATTERN.match(self.endpoint_name):
@@ -176,8 +180,10 @@ class DeployConfig:
             0 <= self.instance_bounds[0] <= self.instance_bounds[1] and self.instance_bounds[1] >= 1
         ):
             raise ConfigError("--max-instances must be at least 1 and --min-instances")
-        if self.instance_count < 1:
+        if self.instance_count is not None and self.instance_count < 1:
             raise ConfigError("--instance-count must be at least 1")
+        if self.serverless is not None:
+            self._check_serverless()
         for what, value in (
             ("--startup-timeout", self.startup_timeout_s),
             ("--download-timeout", self.download_timeout_s),
@@ -201,6 +207,28 @@ class DeployConfig:
     def uncompressed(self) -> bool:
         """Whether --model-data is a prefix of the repository's files (not an archive)."""
         return self.model_data is not None and self.model_data.endswith("/")
+
+    def _check_serverless(self) -> None:
+        """What a serverless endpoint cannot have, refused before AWS is asked."""
+        if self.instance_type is not None or self.component is not None:
+            raise ConfigError(
+                "a serverless endpoint has no instances, and no GPUs: drop --instance-type "
+                "and --inference-component (or --serverless)"
+            )
+        if self.instance_count is not None or self.scaling is not None:
+            raise ConfigError(
+                "a serverless endpoint scales by itself, up to its concurrency: drop "
+                "--instance-count and --max-instances"
+            )
+        if self.multi_model or self.asynchronous is not None:
+            raise ConfigError(
+                "serverless endpoints serve one model in real time: drop --multi-model and "
+                "--async-output (or --serverless)"
+            )
+
+    @property
+    def instances(self) -> int:
+        return 1 if self.instance_count is None else self.instance_count
 
     @property
     def instance(self) -> str:
@@ -230,14 +258,14 @@ class DeployConfig:
         )
 
     def endpoint_config_request(self, config_name: str, model_name: str) -> dict[str, Any]:
-        request = {
+        request: dict[str, Any] = {
             "EndpointConfigName": config_name,
             "ProductionVariants": [
                 {
                     "VariantName": self.variant_name,
                     "ModelName": model_name,
                     "InstanceType": self.instance,
-                    "InitialInstanceCount": self.instance_count,
+                    "InitialInstanceCount": self.instances,
                     "ContainerStartupHealthCheckTimeoutInSeconds": self.startup_timeout_s,
                     "ModelDataDownloadTimeoutInSeconds": self.download_timeout_s,
                 }
@@ -246,6 +274,8 @@ class DeployConfig:
         }
         if self.asynchronous is not None:
             request["AsyncInferenceConfig"] = self.asynchronous.request()
+        if self.serverless is not None:
+            request["ProductionVariants"] = [self.serverless.variant(self.variant_name, model_name)]
         return request
 
     @classmethod
@@ -288,6 +318,7 @@ class DeployConfig:
             component=component,
             instance_bounds=instance_bounds,
             asynchronous=_async_from_args(args),
+            serverless=Serverless.parse(args.serverless) if args.serverless else None,
         )
 
 
@@ -375,7 +406,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--instance-type",
         help=f"default: {DEFAULT_INSTANCE_TYPE} (an inference component: its endpoint's type)",
     )
-    parser.add_argument("--instance-count", type=int, default=1, help="default: %(default)s")
+    parser.add_argument("--instance-count", type=int, help="default: 1")
+    parser.add_argument(
+        "--serverless",
+        metavar="MEMORY_MB[,MAX_CONCURRENCY]",
+        help="a serverless endpoint: 1024-6144 MB in 1024 steps, up to 200 concurrent "
+        "invocations (default 5); CPUs only, images up to 10 GB (checked in ECR first)",
+    )
     parser.add_argument(
         "--env", action="append", metavar="NAME=VALUE", help="container environment variable"
     )
@@ -485,6 +522,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def _ecr_for(session: Any, image: str) -> Client:
+    """An ECR client in the image's own region (it may not be the endpoint's)."""
+    registry = ecr_registry_of(image)
+    if registry is None:
+        return client(session, "ecr")
+    return session.client("ecr", region_name=registry[1], config=CLIENT_CONFIG)
+
+
+def _check_becomes_serverless(sagemaker: Client, existing: dict[str, Any]) -> None:
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=existing["EndpointConfigName"])
+    if any("ServerlessConfig" not in v for v in config["ProductionVariants"]):
+        raise ConfigError(
+            f"endpoint {existing['EndpointName']} runs on instances, and SageMaker cannot make "
+            "an endpoint on instances serverless: use another --endpoint-name, or delete it first"
+        )
+
+
 def _variant(description: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((v for v in description["ProductionVariants"] if v["VariantName"] == name), None)
 
@@ -506,7 +560,7 @@ def _plan_scaling(
         return ScalingPlan()
     previous = sagemaker.describe_endpoint_config(EndpointConfigName=existing["EndpointConfigName"])
     old_variant = _variant(previous, config.variant_name)
-    detach = old_variant is None or old_variant["InstanceType"] != config.instance
+    detach = old_variant is None or old_variant.get("InstanceType") != config.instance
     if detach and not config.wait:
         raise ConfigError(
             f"endpoint {config.endpoint_name} scales automatically and this update changes its "
@@ -581,7 +635,13 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
     aas = client(session, "application-autoscaling")
     name = config.endpoint_name
 
+    if config.serverless is not None:
+        Serverless.check_image(
+            ecr.image_size(_ecr_for(session, config.image), config.image), config.image
+        )
     existing = endpoints.describe_endpoint(sagemaker, name)
+    if existing is not None and config.serverless is not None:
+        _check_becomes_serverless(sagemaker, existing)
     if existing is not None and components.hosts_components(sagemaker, existing):
         raise ConfigError(
             f"endpoint {name} hosts inference components: deploy with --inference-component "

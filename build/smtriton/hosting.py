@@ -87,3 +87,80 @@ class AsyncOutput:
     @staticmethod
     def environment() -> dict[str, str]:
         return {ASYNC_VARIABLE: "true"}
+
+
+# AWS's serverless limits ("Deploy models with Amazon SageMaker Serverless Inference"):
+# memory in 1 GB steps from 1 GB to 6 GB, up to 200 concurrent invocations, an image
+# of at most 10 GB, CPUs only (no GPUs, no multi-model, no VPC, one variant).
+SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
+MAX_SERVERLESS_CONCURRENCY = 200
+DEFAULT_SERVERLESS_CONCURRENCY = 5
+SERVERLESS_IMAGE_BYTES = 10 * 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Serverless:
+    """A serverless endpoint: SageMaker picks CPUs by memory and scales to zero by itself.
+
+    No GPUs: the image runs its models on the CPU (serve moves KIND_GPU
+    instance groups there). Cold starts load the image and the model, so
+    it suits small models and uneven traffic.
+    """
+
+    memory_mb: int
+    max_concurrency: int = DEFAULT_SERVERLESS_CONCURRENCY
+
+    def __post_init__(self) -> None:
+        if self.memory_mb not in SERVERLESS_MEMORY_MB:
+            raise ConfigError(
+                f"--serverless memory {self.memory_mb} MB is not one SageMaker offers: "
+                f"{', '.join(map(str, SERVERLESS_MEMORY_MB))}"
+            )
+        if not 1 <= self.max_concurrency <= MAX_SERVERLESS_CONCURRENCY:
+            raise ConfigError(
+                f"--serverless concurrency must be between 1 and {MAX_SERVERLESS_CONCURRENCY}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Serverless:
+        """MEMORY_MB or MEMORY_MB,MAX_CONCURRENCY, as --serverless takes it."""
+        memory, _, concurrency = text.partition(",")
+        try:
+            return cls(
+                int(memory),
+                int(concurrency) if concurrency else DEFAULT_SERVERLESS_CONCURRENCY,
+            )
+        except ValueError:
+            raise ConfigError(
+                f"--serverless {text!r} is not MEMORY_MB[,MAX_CONCURRENCY], e.g. 4096,10"
+            ) from None
+
+    def variant(self, variant_name: str, model_name: str) -> dict[str, Any]:
+        """The endpoint configuration's variant: no instances, no startup limits to set."""
+        return {
+            "VariantName": variant_name,
+            "ModelName": model_name,
+            "ServerlessConfig": {
+                "MemorySizeInMB": self.memory_mb,
+                "MaxConcurrency": self.max_concurrency,
+            },
+        }
+
+    @staticmethod
+    def check_image(size: int | None, image: str) -> None:
+        """Refuse an image SageMaker would refuse for serverless, before it is asked."""
+        if size is None:
+            log.warning(
+                "cannot read the size of %s from ECR: SageMaker refuses serverless images "
+                "over 10 GB",
+                image,
+            )
+            return
+        if size > SERVERLESS_IMAGE_BYTES:
+            raise ConfigError(
+                f"{image} is {size / 1024**3:.1f} GB in ECR; serverless endpoints take images "
+                "up to 10 GB: build a smaller one (make image MODEL_LIBRARIES=false leaves out "
+                "torch and the other model libraries, though NVIDIA's base alone is several "
+                "GB), or deploy to instances (drop --serverless)"
+            )
+        log.info("%s is %.1f GB in ECR: within serverless's 10 GB", image, size / 1024**3)

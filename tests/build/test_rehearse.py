@@ -100,6 +100,11 @@ def test_make_rehearse_runs_the_documented_way_to_an_endpoint() -> None:
     assert "its answer goes to s3://rehearsal-models/async/answers/" in queued
     assert re.search(r"^0\.98\d*\n0\.17\d*$", queued, flags=re.MULTILINE), queued
     assert "deleted endpoint/rehearsal-async" in queued
+    # Serverless: checked against its image limit in ECR, answered by a serve.
+    serverless = _output_step(output, "a serverless endpoint")
+    assert "is 1.5 GB in ECR: within serverless's 10 GB" in serverless
+    assert "rehearsal-serverless InService" in serverless
+    assert re.search(r"^0\.98\d*$", serverless, flags=re.MULTILINE), serverless
     # Batch transform: one answer per input line, in order, under the output prefix.
     batch = _output_step(output, "a batch transform job")
     assert "s3://rehearsal-models/batch/out/\n" in batch
