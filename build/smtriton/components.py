@@ -394,6 +394,8 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
     sagemaker = client(session, "sagemaker")
     aas = client(session, "application-autoscaling")
     cloudwatch = client(session, "cloudwatch")
+    if config.rollout is not None:
+        config.rollout.check_alarms(cloudwatch)
     existing = endpoints.describe_endpoint(sagemaker, config.endpoint_name)
     current = describe(sagemaker, component.name)
     _check_component(config, current)
@@ -450,6 +452,8 @@ def _place(
         if component.copies is not None:
             request["RuntimeConfig"] = {"CopyCount": component.copies}
             asked["copies"] = component.copies
+        if config.rollout is not None:
+            request["DeploymentConfig"] = config.rollout.component_request()
         sagemaker.update_inference_component(**request)
         log.info("updating inference component %s", component.name)
     if not config.wait:
@@ -539,6 +543,7 @@ def _create_endpoint(config: DeployConfig, sagemaker: Client) -> None:
     managed = managed_scaling(config.component, config.instances, config.instance_bounds)
     if managed is not None:
         variant["ManagedInstanceScaling"] = managed
+    variant.update(config.ami_request)
     sagemaker.create_endpoint_config(
         EndpointConfigName=names.endpoint_config,
         ExecutionRoleArn=config.role_arn,
@@ -602,6 +607,12 @@ def _check_endpoint(config: DeployConfig, sagemaker: Client, description: dict[s
             f"endpoint {name} runs {variant['InstanceType']}, not {config.instance_type}: an "
             "endpoint's instances are chosen when it is created; drop --instance-type, or "
             "deploy to another endpoint"
+        )
+    if config.ami_version is not None and variant.get("InferenceAmiVersion") != config.ami_version:
+        raise ConfigError(
+            f"endpoint {name} runs {variant.get('InferenceAmiVersion', 'the default AMI')}, not "
+            f"{config.ami_version}: an endpoint's AMI is chosen when it is created; drop "
+            "--inference-ami-version, or deploy to another endpoint"
         )
     to_zero = config.component.scaling is not None and config.component.scaling.to_zero
     managed = variant.get("ManagedInstanceScaling") or {}

@@ -25,6 +25,7 @@ from smtriton.aws import CLIENT_CONFIG, AwsOptions, Client, add_aws_arguments, c
 from smtriton.components import ComponentConfig, CopyScaling, Resources
 from smtriton.endpoints import ENDPOINT_NAME_PATTERN, TAG_KEY, ResourceNames
 from smtriton.errors import ConfigError, SmtritonError
+from smtriton.guardrails import DEFAULT_BAKE_S, Rollout, check_ami_version
 from smtriton.hosting import AsyncOutput, Serverless
 from smtriton.image import parse_key_values
 from smtriton.references import ecr_registry_of
@@ -147,6 +148,10 @@ class DeployConfig:
     """An asynchronous endpoint: where answers go (smtriton/hosting.py)."""
     serverless: Serverless | None = None
     """A serverless endpoint: memory and concurrency instead of instances."""
+    rollout: Rollout | None = None
+    """How an update reaches production: blue/green traffic shifting, or rolling copies."""
+    ami_version: str | None = None
+    """InferenceAmiVersion: the host's GPU driver (smtriton/guardrails.py)."""
 
     def __post_init__(self) -> None:
         if not ENDPOINT_NAME_PATTERN.match(self.endpoint_name):
@@ -184,6 +189,13 @@ class DeployConfig:
             raise ConfigError("--instance-count must be at least 1")
         if self.serverless is not None:
             self._check_serverless()
+        if self.ami_version is not None:
+            check_ami_version(self.ami_version)
+        if self.rollout is not None:
+            if self.component is not None:
+                self.rollout.component_request()
+            else:
+                self.rollout.endpoint_request()
         for what, value in (
             ("--startup-timeout", self.startup_timeout_s),
             ("--download-timeout", self.download_timeout_s),
@@ -225,6 +237,16 @@ class DeployConfig:
                 "serverless endpoints serve one model in real time: drop --multi-model and "
                 "--async-output (or --serverless)"
             )
+        if self.ami_version is not None or self.rollout is not None:
+            raise ConfigError(
+                "a serverless endpoint picks its own hosts and updates all at once: drop "
+                "--inference-ami-version, --rollout and --rollback-alarm"
+            )
+
+    @property
+    def ami_request(self) -> dict[str, str]:
+        """The variant's InferenceAmiVersion, when one was asked for."""
+        return {"InferenceAmiVersion": self.ami_version} if self.ami_version else {}
 
     @property
     def instances(self) -> int:
@@ -268,6 +290,7 @@ class DeployConfig:
                     "InitialInstanceCount": self.instances,
                     "ContainerStartupHealthCheckTimeoutInSeconds": self.startup_timeout_s,
                     "ModelDataDownloadTimeoutInSeconds": self.download_timeout_s,
+                    **self.ami_request,
                 }
             ],
             "Tags": [{"Key": TAG_KEY, "Value": self.endpoint_name}],
@@ -319,6 +342,14 @@ class DeployConfig:
             instance_bounds=instance_bounds,
             asynchronous=_async_from_args(args),
             serverless=Serverless.parse(args.serverless) if args.serverless else None,
+            rollout=Rollout.parse(
+                args.rollout,
+                bake_s=args.bake,
+                alarms=tuple(args.rollback_alarm or ()),
+                termination_wait_s=args.termination_wait,
+                max_time_s=args.max_rollout_time,
+            ),
+            ami_version=args.inference_ami_version,
         )
 
 
@@ -515,6 +546,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--poll-interval", type=float, default=15.0, help="seconds (default: %(default)s)"
     )
     parser.add_argument(
+        "--inference-ami-version",
+        metavar="VERSION",
+        help="the hosts' GPU driver: al2-ami-sagemaker-inference-gpu-3-1 (550, CUDA 12.4), "
+        "al2023-ami-sagemaker-inference-gpu-4-1 (580, CUDA 13.0), ...; SageMaker's default "
+        "is 470 on ml.g4dn/g5/p3/p4d",
+    )
+    guardrails = parser.add_argument_group(
+        "deployment guardrails (how an update reaches production; real-time and "
+        "asynchronous endpoints, inference components)"
+    )
+    guardrails.add_argument(
+        "--rollout",
+        metavar="WAY",
+        help="all-at-once, canary:SIZE or linear:SIZE (an endpoint's blue/green traffic "
+        "shifting; SIZE 10%% or an instance count), rolling:SIZE (a component's copies)",
+    )
+    guardrails.add_argument(
+        "--bake",
+        type=int,
+        default=DEFAULT_BAKE_S,
+        metavar="SECONDS",
+        help="how long each step is watched before the next (default: %(default)s)",
+    )
+    guardrails.add_argument(
+        "--rollback-alarm",
+        action="append",
+        metavar="ALARM",
+        help="a CloudWatch alarm that rolls the update back when it goes off (repeatable)",
+    )
+    guardrails.add_argument(
+        "--termination-wait", type=int, metavar="SECONDS", help="keep the old fleet this long"
+    )
+    guardrails.add_argument("--max-rollout-time", type=int, metavar="SECONDS", help="600 to 28800")
+    parser.add_argument(
         "--keep-previous",
         action="store_true",
         help="keep the model and endpoint configuration an update replaces",
@@ -596,12 +661,16 @@ def _create_or_update(
         return
     if scaling.detach:
         autoscaling.detach(aas, Scalable.variant(name, config.variant_name))
+    update: dict[str, Any] = {}
+    if config.rollout is not None:
+        update["DeploymentConfig"] = config.rollout.endpoint_request()
     try:
         sagemaker.update_endpoint(
             EndpointName=name,
             EndpointConfigName=names.endpoint_config,
             # While auto scaling owns the instance count, keep the count it chose.
             RetainAllVariantProperties=scaling.current is not None and not scaling.detach,
+            **update,
         )
     except Exception:
         if scaling.detach and scaling.current is not None:
@@ -631,6 +700,8 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
     if config.component is not None:
         return components.deploy(config)
     session = open_session(config.aws)
+    if config.rollout is not None:
+        config.rollout.check_alarms(client(session, "cloudwatch"))
     sagemaker = client(session, "sagemaker")
     aas = client(session, "application-autoscaling")
     name = config.endpoint_name

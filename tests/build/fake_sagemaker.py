@@ -23,6 +23,10 @@
   alarm on that metric whose threshold the last minute's count crosses fires
   its actions, and a step scaling policy among them adds copies (bounded by
   the scalable target), the way Application Auto Scaling would;
+- deployment guardrails' auto-rollback: an update whose DeploymentConfig names
+  a CloudWatch alarm that is in ALARM rolls back (an endpoint: RollingBack,
+  then InService on its old configuration; a component: InService on its old
+  copies), with the alarm named in FailureReason;
 - Application Auto Scaling's `sagemaker:inference-component:DesiredCopyCount`
   dimension, which moto's enumeration lacks;
 - transform jobs that run (fake_transform.py).
@@ -217,16 +221,38 @@ def update_endpoint(self: Backend, endpoint_name: str, endpoint_config_name: str
     return endpoint
 
 
+def alarm_going_off(region: str, deployment: dict[str, Any] | None) -> str | None:
+    """Why a deployment rolls back: an auto-rollback alarm of it in ALARM, if any."""
+    alarms = ((deployment or {}).get("AutoRollbackConfiguration") or {}).get("Alarms") or []
+    cloudwatch = cloudwatch_backends[ACCOUNT][region]
+    for alarm in alarms:
+        found = cloudwatch.alarms.get(alarm.get("AlarmName"))
+        if found is not None and found.state_value == "ALARM":
+            return (
+                f"Alarm {found.name} went into ALARM during the deployment; SageMaker rolled "
+                "the deployment back."
+            )
+    return None
+
+
 def update_endpoint_response(self: SageMakerResponse) -> Any:
     name = self._get_param("EndpointName")
     endpoint = self.sagemaker_backend.update_endpoint(
         endpoint_name=name, endpoint_config_name=self._get_param("EndpointConfigName")
     )
-    # What the update asked for, kept for the tests to read back (DescribeEndpoint shows
-    # the last deployment configuration).
+    # DescribeEndpoint shows the last deployment configuration.
     deployment = self._get_param("DeploymentConfig")
     if deployment:
         endpoint.__dict__["last_deployment_config"] = deployment
+    reason = alarm_going_off(self.region, deployment)
+    if reason:
+        CONTAINERS.release(_owner("endpoint", name, pending=True))
+        previous = endpoint.__dict__["fake_previous_config"]
+        _steps(endpoint)[:] = [
+            Step("Updating"),
+            Step("RollingBack", reason=reason),
+            Step("InService", previous, reason),
+        ]
     return ActionResult({"EndpointArn": endpoint.arn})
 
 
@@ -511,6 +537,12 @@ def update_inference_component(self: SageMakerResponse) -> Any:
         component.copies = int(runtime["CopyCount"])
     component.last_deployment_config = self._get_param("DeploymentConfig")
     component.status, component.failure_reason = "Updating", None
+    reason = alarm_going_off(self.region, component.last_deployment_config)
+    if reason:
+        # The copies that served stay: the update's are stopped as they come.
+        component.specification, component.copies = component.previous
+        component.fake_steps[:] = [Step("Updating"), Step("InService", reason=reason)]
+        return ActionResult({"InferenceComponentArn": component.arn})
     _start_copies(backend, component, "Updating", pending=True)
     return ActionResult({"InferenceComponentArn": component.arn})
 
