@@ -17,16 +17,21 @@ A body's growth is capped (`--rss-cap-gb`): past it serve is stopped and the
 row says so, so a run of code that holds bodies 80 times over does not take
 the machine down with it.
 
-Run: `.venv/bin/python build/bench/payload_memory.py [--cases csv-6mb,csv-100mb]`.
+With `--direct` the same small requests also go straight to the payload
+service's socket, nginx left out: what the service itself makes them wait.
+
+Run: `.venv/bin/python build/bench/payload_memory.py [--cases csv-6mb,csv-100mb] [--direct]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import queue
 import signal
+import socket
 import statistics
 import tempfile
 import threading
@@ -98,7 +103,56 @@ def status_bytes(pid: int, field: str) -> int:
     raise SystemExit(f"no {field} in /proc/{pid}/status")
 
 
-def small_latencies(port: int, until: Callable[[], bool], rate: float = 100.0) -> list[float]:
+@dataclass(frozen=True)
+class Target:
+    """Where small requests go: serve's public port, or the payload service's own socket."""
+
+    port: int = 0
+    socket_path: Path | None = None
+
+    def connect(self) -> http.client.HTTPConnection:
+        if self.socket_path is None:
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=3600)
+        return UnixConnection(self.socket_path)
+
+    @property
+    def path(self) -> str:
+        return "/invocations" if self.socket_path is None else "/_serve/invocations"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.socket_path is None:
+            return SMALL_HEADERS
+        return {"Content-Type": "text/csv", "X-Serve-Model": "ncf_fashion"}
+
+
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP on a unix socket: the payload service as nginx reaches it."""
+
+    def __init__(self, path: Path):
+        super().__init__("localhost", timeout=3600)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(self.socket_path))
+
+
+def payload_socket(serve: int) -> Path:
+    """The payload service's socket, beside the repository `serve` gave its Triton."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != serve:
+                continue
+            for argument in (stat.parent / "cmdline").read_bytes().split(b"\0"):
+                if argument.startswith(b"--model-repository="):
+                    folder = Path(os.fsdecode(argument.split(b"=", 1)[1])).parent
+                    if (folder / "front" / "payloads.sock").exists():
+                        return folder / "front" / "payloads.sock"
+    raise SystemExit("no payload service socket found")
+
+
+def small_latencies(target: Target, until: Callable[[], bool], rate: float = 100.0) -> list[float]:
     """Small adapted requests due `rate` times a second until `until()`, answered or not.
 
     Each one's latency runs from when it was due, not from when a connection was
@@ -110,9 +164,9 @@ def small_latencies(port: int, until: Callable[[], bool], rate: float = 100.0) -
     failures: list[int] = []
 
     def send() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+        connection = target.connect()
         while (scheduled := due.get()) is not None:
-            connection.request("POST", "/invocations", SMALL_BODY, SMALL_HEADERS)
+            connection.request("POST", target.path, SMALL_BODY, target.headers)
             response = connection.getresponse()
             response.read()
             if response.status != 200:
@@ -154,9 +208,9 @@ def summary(latencies: list[float]) -> str:
     )
 
 
-def run_case(port: int, pid: int, case: Case, cap: int) -> str:
+def run_case(port: int, pid: int, case: Case, cap: int, direct: Target | None) -> str:
     body = case.body()
-    quiet = small_latencies(port, deadline(3.0))
+    quiet = small_latencies(Target(port), deadline(3.0))
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     before = status_bytes(pid, "VmRSS")
     done = threading.Event()
@@ -187,10 +241,19 @@ def run_case(port: int, pid: int, case: Case, cap: int) -> str:
     threading.Thread(target=watch, daemon=True).start()
     sender = threading.Thread(target=big)
     sender.start()
+    straight: list[float] = []
+    prober = None
+    if direct is not None:
+        prober = threading.Thread(
+            target=lambda: straight.extend(small_latencies(direct, done.is_set))
+        )
+        prober.start()
     try:
-        during = small_latencies(port, done.is_set)
+        during = small_latencies(Target(port), done.is_set)
     except (OSError, http.client.HTTPException):
         during = []
+    if prober is not None:
+        prober.join()
     sender.join()
     if capped.is_set():
         return (
@@ -203,7 +266,7 @@ def run_case(port: int, pid: int, case: Case, cap: int) -> str:
     return (
         f"| {case.name} | {len(body)} | {growth / MEBIBYTE:.0f} MB ({growth / len(body):.1f}x) | "
         f"{outcome['seconds']:.1f} s ({outcome['status']}) | {summary(during)} | "
-        f"{summary(quiet)} |"
+        f"{summary(quiet)} |" + (f" {summary(straight)} |" if direct is not None else "")
     )
 
 
@@ -211,6 +274,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="csv-6mb,csv-100mb", help=", ".join(CASES))
     parser.add_argument("--rss-cap-gb", type=float, default=10.0)
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="also send the small requests straight to the payload service's socket "
+        "(nginx left out: what the service itself makes them wait)",
+    )
     args = parser.parse_args()
     cap = int(args.rss_cap_gb * 1024 * MEBIBYTE)
     rows = []
@@ -220,15 +289,17 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="bench-payload-memory-"))
         with serve_with_reference(work, "ncf_food", extra_env={"SAGEMAKER_BATCH": "true"}) as serve:
             port = int(serve.url.rsplit(":", 1)[1])
-            small_latencies(port, deadline(1.0))
-            rows.append(run_case(port, serve.pid, case, cap))
+            small_latencies(Target(port), deadline(1.0))
+            direct = Target(socket_path=payload_socket(serve.pid)) if args.direct else None
+            rows.append(run_case(port, serve.pid, case, cap, direct))
             print(rows[-1], flush=True)
     print(f"\n{run_stamp()}\n")
+    straight = " straight to the payload service meanwhile |" if args.direct else ""
     print(
         "| body | bytes | serve's peak growth | adapted in | small requests meanwhile | "
-        "small requests alone |"
+        "small requests alone |" + straight
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|" + ("---|" if args.direct else ""))
     print("\n".join(rows))
 
 
