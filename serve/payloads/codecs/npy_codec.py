@@ -10,6 +10,7 @@ SERVE_PAYLOAD_OUTPUTS (see signature.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -20,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from serve.errors import NotAcceptable, PayloadError
+from serve.payloads.records import LazyRecords
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 
@@ -31,8 +33,21 @@ def decode(body: bytes, signature: ModelSignature) -> Sequence[object]:
     if not signature.batched or array.ndim == 0:
         return [array]
     if len(signature.record_inputs) > 1 and array.ndim == 2 and array.dtype.kind not in "biuf":
-        return array.tolist()
+        return RowLists(array)  # text split among several inputs: Python's str per value
     return array  # type: ignore[return-value]  # an array is a sequence of its rows
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLists(LazyRecords):
+    """An array's rows as lists of Python values, made a chunk at a time."""
+
+    array: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def _read(self, start: int, stop: int) -> list[object]:
+        return self.array[start:stop].tolist()
 
 
 def read_array(body: bytes) -> np.ndarray:
