@@ -30,6 +30,7 @@ import contextlib
 import http.client
 import os
 import queue
+import shutil
 import signal
 import socket
 import statistics
@@ -287,12 +288,16 @@ def main() -> None:
         case = CASES[name]
         # A fresh serve per case: a killed one (past the cap) takes nothing else with it.
         work = Path(tempfile.mkdtemp(prefix="bench-payload-memory-"))
-        with serve_with_reference(work, "ncf_food", extra_env={"SAGEMAKER_BATCH": "true"}) as serve:
-            port = int(serve.url.rsplit(":", 1)[1])
-            small_latencies(Target(port), deadline(1.0))
-            direct = Target(socket_path=payload_socket(serve.pid)) if args.direct else None
-            rows.append(run_case(port, serve.pid, case, cap, direct))
-            print(rows[-1], flush=True)
+        environment = {"SAGEMAKER_BATCH": "true"}
+        try:
+            with serve_with_reference(work, "ncf_food", extra_env=environment) as serve:
+                port = int(serve.url.rsplit(":", 1)[1])
+                small_latencies(Target(port), deadline(1.0))
+                direct = Target(socket_path=payload_socket(serve.pid)) if args.direct else None
+                rows.append(run_case(port, serve.pid, case, cap, direct))
+                print(rows[-1], flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"\n{run_stamp()}\n")
     straight = " straight to the payload service meanwhile |" if args.direct else ""
     print(
