@@ -14,7 +14,9 @@ Added, and only here:
   body starting with MODEL_ERROR makes the "container" answer 400
   (SageMaker's ModelError). An asynchronous request is queued: its body is
   read from the stand-in's S3, at most MaxConcurrentInvocationsPerInstance
-  at once per endpoint are passed to the container, and the answer is
+  at once per endpoint are passed to the container (with the request's
+  ContentType, else the input object's: the stand-in's reading of what
+  SageMaker does, which the SDK relies on), and the answer is
   written to S3OutputPath/ID.out (a 4xx/5xx to S3FailurePath/ID-error.out),
   with SageMaker's notification published to the SNS topics configured;
 - containers that run for real (fake_containers.py): `POST /_fake/images`
@@ -48,6 +50,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import traceback
 import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +72,13 @@ from werkzeug.serving import run_simple
 from werkzeug.wrappers import Request, Response
 
 from tests.build import fake_sagemaker, fake_transform
-from tests.build.fake_containers import CONTAINERS, Container, read_object, write_object
+from tests.build.fake_containers import (
+    CONTAINERS,
+    Container,
+    read_object,
+    read_object_and_type,
+    write_object,
+)
 from tests.build.fake_sagemaker import (
     ACCOUNT,
     Backend,
@@ -373,11 +382,20 @@ def invoke_async(request: Request, name: str) -> Response:
 
 
 def _answer_async(job: dict[str, Any], slot: threading.BoundedSemaphore) -> None:
+    """SageMaker's side of one queued request, a failure of the stand-in's own included."""
+    try:
+        _answer_async_request(job, slot)
+    except Exception as error:
+        traceback.print_exc()
+        message = f"InternalServerError: the stand-in failed: {error!r}".encode()
+        write_object(job["failure"], message, "text/plain")
+
+
+def _answer_async_request(job: dict[str, Any], slot: threading.BoundedSemaphore) -> None:
     """SageMaker's side of one queued request: read, call the container, write, notify."""
     headers = {
         header: job[key]
         for header, key in (
-            ("Content-Type", "content_type"),
             ("Accept", "accept"),
             ("X-Amzn-SageMaker-Custom-Attributes", "custom_attributes"),
         )
@@ -386,10 +404,15 @@ def _answer_async(job: dict[str, Any], slot: threading.BoundedSemaphore) -> None
     content_type: str | None = "application/json"
     with slot:
         try:
-            body = read_object(job["input"])
+            body, stored_type = read_object_and_type(job["input"])
         except LookupError as error:
             status, answer = 400, f"could not read the input: {error}".encode()
         else:
+            # The request's ContentType, else the input object's own (the SageMaker Python
+            # SDK sets only that), else bytes.
+            headers["Content-Type"] = (
+                job["content_type"] or stored_type or "application/octet-stream"
+            )
             container = CONTAINERS.of(f"endpoint/{job['endpoint']}")
             if container is None:
                 status = 200
@@ -399,6 +422,11 @@ def _answer_async(job: dict[str, Any], slot: threading.BoundedSemaphore) -> None
                 status, answer, reply_headers = _call(container.url, "/invocations", body, headers)
                 content_type = reply_headers.get("Content-Type")
     succeeded = status < 400
+    if not succeeded:
+        print(
+            f"asynchronous inference {job['inference_id']} failed ({status}): {answer[:500]!r}",
+            file=sys.stderr,
+        )
     location = job["output"] if succeeded else job["failure"]
     write_object(location, answer, content_type)
     _notify(job, succeeded, location, content_type, answer)

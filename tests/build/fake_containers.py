@@ -61,11 +61,19 @@ def parse_s3(uri: str) -> tuple[str, str]:
 
 
 def read_object(uri: str) -> bytes:
+    return read_object_and_type(uri)[0]
+
+
+def read_object_and_type(uri: str) -> tuple[bytes, str | None]:
+    """An object's bytes and the Content-Type it was stored with."""
     bucket, key = parse_s3(uri)
-    found = s3_backends[ACCOUNT]["aws"].get_object(bucket, key)
+    try:
+        found = s3_backends[ACCOUNT]["aws"].get_object(bucket, key)
+    except Exception as error:  # moto's MissingBucket
+        raise LookupError(f"{uri} does not exist") from error
     if found is None:
         raise LookupError(f"{uri} does not exist")
-    return bytes(found.value)
+    return bytes(found.value), found.metadata.get("Content-Type")
 
 
 def list_keys(uri: str) -> list[str]:
