@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The way from a checkout to an endpoint, rehearsed offline (`make rehearse`).
+# The ways from a checkout to SageMaker, rehearsed offline (`make rehearse`).
 #
 # It runs the real smtriton commands in the order a person runs them against
-# AWS: package (and upload to S3), deploy, invoke, deploy again (an update in
-# place), invoke, delete. AWS is the project's local stand-in
-# (tests/build/fake_aws.py: moto served over HTTP, with UpdateEndpoint and
-# endpoint states added), which passes each invocation to a real `serve`
-# started here from the uploaded model.tar.gz, as SageMaker starts the
-# image. Nothing reaches AWS: the stand-in's address is in AWS_ENDPOINT_URL and
-# the credentials are made up. The stand-in and `serve` are stopped at the end,
-# whatever happens; their logs are kept in $REHEARSAL_DIR (.work/rehearsal).
+# AWS: package (an archive, and a repository uncompressed) and upload;
+# deploy a real-time endpoint, invoke it, update it in place; a serverless
+# endpoint; two inference components on one endpoint, one scaled to zero and
+# woken by a request; an asynchronous endpoint called through S3; a batch
+# transform job; delete each. AWS is the project's local stand-in
+# (tests/build/fake_aws.py: moto served over HTTP, plus what moto lacks),
+# which runs the image itself for each endpoint, component and job (`serve`
+# on an /opt/ml laid out from its S3, as SageMaker starts the image) and
+# passes each invocation to it. Nothing reaches AWS: the stand-in's address is
+# in AWS_ENDPOINT_URL and the credentials are made up. The stand-in and the
+# containers it started are stopped at the end, whatever happens; their logs
+# are kept in $REHEARSAL_DIR (.work/rehearsal).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

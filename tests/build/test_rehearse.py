@@ -1,11 +1,14 @@
 """`make rehearse`, exactly as build/README.md documents it.
 
-The rehearsal runs the real smtriton commands (package and upload, deploy
-with the default instance type, invoke, a bad invoke, an update, delete)
-against the AWS stand-in, whose invocations reach a real `serve` on the
-uploaded archive. This test runs the documented command and checks what each
-step printed, so it fails when the command, the docs or the tooling drift
-apart, and that the rehearsal left no process behind.
+The rehearsal runs the real smtriton commands (package and upload, archive
+and uncompressed; deploy with the default instance type, invoke, a bad
+invoke, an update; a serverless endpoint; two inference components, one
+woken from zero copies; an asynchronous endpoint; a batch transform job;
+delete) against the AWS stand-in, which runs a real `serve` for each
+endpoint, component and job from the model data in its S3. This test runs
+the documented command and checks what each step printed, so it fails when
+the command, the docs or the tooling drift apart, and that the rehearsal
+left no process behind.
 """
 
 from __future__ import annotations
@@ -110,9 +113,14 @@ def test_make_rehearse_runs_the_documented_way_to_an_endpoint() -> None:
     assert "s3://rehearsal-models/batch/out/\n" in batch
     assert re.search(r"^0\.98\d*\n0\.17\d*\n0\.\d+$", batch, flags=re.MULTILINE), batch
     # Each endpoint and component ran as the image runs, from the model data in S3.
+    # Six: the real-time endpoint (which the serverless one shares), two components, the
+    # woken copy, the asynchronous endpoint, the transform job; each started Triton and
+    # stopped when its endpoint, component or job went.
     logs = sorted(WORK.glob("container-*/serve.log"))
-    assert len(logs) >= 3, logs
-    assert all("ready after" in log.read_text() for log in logs)
+    assert len(logs) == 6, logs
+    for log in logs:
+        text = log.read_text()
+        assert "starting tritonserver" in text and "serve.runtime.server: stopped" in text
     # Nothing left running.
     assert not processes_started_from(WORK), processes_started_from(WORK)
 
