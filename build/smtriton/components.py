@@ -129,11 +129,7 @@ class ComponentConfig:
     scaling: CopyScaling | None = None
 
     def __post_init__(self) -> None:
-        if not COMPONENT_NAME_PATTERN.match(self.name):
-            raise ConfigError(
-                f"invalid inference component name {self.name!r}: up to 63 letters, digits "
-                "and '-', starting and ending with a letter or digit"
-            )
+        endpoints.check_name("inference component", self.name, COMPONENT_NAME_PATTERN)
         if self.copies is not None and self.copies < 0:
             raise ConfigError("--copies cannot be negative")
         if (
@@ -373,7 +369,7 @@ def remove(
     )
     deleted.append(f"inference-component/{name}")
     if model and _made_for(name, model):
-        _delete_model(sagemaker, model)
+        endpoints.delete_quietly(sagemaker.delete_model, f"model {model}", ModelName=model)
         deleted.append(f"model/{model}")
     return deleted
 
@@ -413,13 +409,13 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
         description = _place(config, sagemaker, current, model)
     except Exception:
         if model is not None:
-            _delete_model(sagemaker, model)
+            endpoints.delete_quietly(sagemaker.delete_model, f"model {model}", ModelName=model)
         raise
     if description is None:
         return None
     replaced = (current or {}).get("Specification", {}).get("ModelName")
     if replaced and replaced != model and _made_for(component.name, replaced):
-        _delete_model(sagemaker, replaced)
+        endpoints.delete_quietly(sagemaker.delete_model, f"model {replaced}", ModelName=replaced)
     attach_scaling(aas, cloudwatch, component)
     return description
 
@@ -472,15 +468,6 @@ def _made_for(component: str, model: str) -> bool:
     return bool(ResourceNames.suffix_pattern(component).match(model))
 
 
-def _delete_model(sagemaker: Client, model: str) -> None:
-    try:
-        sagemaker.delete_model(ModelName=model)
-        log.info("deleted model %s", model)
-    except ClientError as error:
-        if not endpoints.is_not_found(error):
-            log.warning("could not delete model %s: %s", model, error)
-
-
 def specification(config: DeployConfig, model: str | None = None) -> dict[str, Any]:
     """The component's Specification: container (or `model`), a copy's resources, startup limits."""
     assert config.component is not None
@@ -515,18 +502,13 @@ def _check_component(config: DeployConfig, current: dict[str, Any] | None) -> No
             f"inference component {name} is on endpoint {current['EndpointName']}; component "
             "names are unique in a region: choose another --inference-component"
         )
-    status = current["InferenceComponentStatus"]
-    if status in BUSY_STATES:
-        raise SmtritonError(
-            f"inference component {name} is {status}: wait until it settles, then deploy again"
-        )
-    if status != "InService":
-        raise SmtritonError(
-            f"inference component {name} is {status} "
-            f"({current.get('FailureReason', 'no reason given')}) and cannot be updated: run "
-            f"`smtriton delete --endpoint-name {config.endpoint_name} --inference-component "
-            f"{name}` first"
-        )
+    endpoints.check_updatable(
+        f"inference component {name}",
+        current,
+        "InferenceComponentStatus",
+        BUSY_STATES,
+        f"smtriton delete --endpoint-name {config.endpoint_name} --inference-component {name}",
+    )
 
 
 def _create_endpoint(config: DeployConfig, sagemaker: Client) -> None:

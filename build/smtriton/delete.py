@@ -18,6 +18,7 @@ from smtriton.aws import AwsOptions, add_aws_arguments, client, open_session
 from smtriton.components import COMPONENT_NAME_PATTERN
 from smtriton.endpoints import ENDPOINT_NAME_PATTERN
 from smtriton.errors import ConfigError, SmtritonError
+from smtriton.progress import add_wait_arguments
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="delete this inference component (with its scaling) and leave the endpoint",
     )
-    parser.add_argument("--wait", action="store_true", help="wait until the endpoint is gone")
-    parser.add_argument(
-        "--wait-timeout", type=float, default=1800.0, help="seconds (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--poll-interval", type=float, default=15.0, help="seconds (default: %(default)s)"
+    add_wait_arguments(
+        parser,
+        flag_help="wait until the endpoint is gone",
+        timeout_s=1800.0,
+        poll_s=15.0,
+        flag="--wait",
     )
     parser.set_defaults(run=run)
 

@@ -17,17 +17,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from smtriton import autoscaling, components, ecr, endpoints
 from smtriton.autoscaling import Scalable, ScalingConfig
 from smtriton.aws import CLIENT_CONFIG, AwsOptions, Client, add_aws_arguments, client, open_session
 from smtriton.components import ComponentConfig, CopyScaling, Resources
-from smtriton.endpoints import ENDPOINT_NAME_PATTERN, TAG_KEY, ResourceNames
+from smtriton.endpoints import TAG_KEY, ResourceNames
 from smtriton.errors import ConfigError, SmtritonError
 from smtriton.guardrails import DEFAULT_BAKE_S, Rollout, check_ami_version
 from smtriton.hosting import AsyncOutput, Serverless
 from smtriton.image import parse_key_values
+from smtriton.progress import add_wait_arguments
 from smtriton.references import ecr_registry_of
 from smtriton.s3 import parse_s3_uri
 
@@ -73,6 +72,37 @@ def check_model(
     for name, value in environment.items():
         if not ENV_NAME_PATTERN.match(name) or len(value) > MAX_ENV_VALUE:
             raise ConfigError(f"environment variable {name!r} has a bad name or is too long")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """--image, --role, --model-data, --env and --default-model: what makes a SageMaker model.
+
+    Returns the group --model-data is in, for options that exclude it.
+    """
+    parser.add_argument("--image", required=True, help="image URI in ECR (from smtriton push)")
+    parser.add_argument("--role", required=True, help="SageMaker execution role ARN")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument(
+        "--model-data",
+        help="s3://.../model.tar.gz, or s3://bucket/prefix/ of the repository uncompressed "
+        "(smtriton package --uncompressed uploads one)",
+    )
+    parser.add_argument(
+        "--env", action="append", metavar="NAME=VALUE", help="container environment variable"
+    )
+    parser.add_argument(
+        "--default-model",
+        help=f"model to serve when the repository holds several ({DEFAULT_MODEL_VARIABLE})",
+    )
+    return data
+
+
+def environment_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """The container's environment: --env, with --default-model as its variable."""
+    environment = parse_key_values(args.env, "--env")
+    if args.default_model:
+        environment[DEFAULT_MODEL_VARIABLE] = args.default_model
+    return environment
 
 
 def container_definition(
@@ -154,11 +184,7 @@ class DeployConfig:
     """InferenceAmiVersion: the host's GPU driver (smtriton/guardrails.py)."""
 
     def __post_init__(self) -> None:
-        if not ENDPOINT_NAME_PATTERN.match(self.endpoint_name):
-            raise ConfigError(
-                f"invalid endpoint name {self.endpoint_name!r}: up to 63 letters, digits "
-                "and '-', starting and ending with a letter or digit"
-            )
+        endpoints.check_name("endpoint", self.endpoint_name)
         check_model(self.image, self.role_arn, self.model_data, self.environment)
         if self.model_data and self.multi_model_prefix:
             raise ConfigError("give --model-data (one model) or --multi-model (a prefix), not both")
@@ -303,9 +329,7 @@ class DeployConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DeployConfig:
-        environment = parse_key_values(args.env, "--env")
-        if args.default_model:
-            environment[DEFAULT_MODEL_VARIABLE] = args.default_model
+        environment = environment_from_args(args)
         component = _component_from_args(args)
         scaling = instance_bounds = None
         if component is not None and args.max_instances is not None:
@@ -424,14 +448,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_aws_arguments(parser)
     parser.add_argument("--endpoint-name", "--name", required=True, help="endpoint name")
-    parser.add_argument("--image", required=True, help="image URI in ECR (from smtriton push)")
-    parser.add_argument("--role", required=True, help="SageMaker execution role ARN")
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument(
-        "--model-data",
-        help="s3://.../model.tar.gz, or s3://bucket/prefix/ of the repository uncompressed "
-        "(smtriton package --uncompressed uploads one)",
-    )
+    data = add_model_arguments(parser)
     data.add_argument("--multi-model", metavar="S3_PREFIX", help="s3://bucket/prefix/ of tarballs")
     parser.add_argument(
         "--instance-type",
@@ -443,13 +460,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MEMORY_MB[,MAX_CONCURRENCY]",
         help="a serverless endpoint: 1024-6144 MB in 1024 steps, up to 200 concurrent "
         "invocations (default 5); CPUs only, images up to 10 GB (checked in ECR first)",
-    )
-    parser.add_argument(
-        "--env", action="append", metavar="NAME=VALUE", help="container environment variable"
-    )
-    parser.add_argument(
-        "--default-model",
-        help=f"model to serve when the repository holds several ({DEFAULT_MODEL_VARIABLE})",
     )
     parser.add_argument(
         "--startup-timeout",
@@ -535,15 +545,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scaling.add_argument(
         "--scale-out-cooldown", type=int, default=60, help="seconds (default: %(default)s)"
     )
-    waiting = parser.add_argument_group("waiting")
-    waiting.add_argument(
-        "--no-wait", action="store_true", help="return once SageMaker accepted the request"
-    )
-    waiting.add_argument(
-        "--wait-timeout", type=float, default=3600.0, help="seconds (default: %(default)s)"
-    )
-    waiting.add_argument(
-        "--poll-interval", type=float, default=15.0, help="seconds (default: %(default)s)"
+    add_wait_arguments(
+        parser.add_argument_group("waiting"),
+        flag_help="return once SageMaker accepted the request",
+        timeout_s=3600.0,
+        poll_s=15.0,
     )
     parser.add_argument(
         "--inference-ami-version",
@@ -681,15 +687,12 @@ def _create_or_update(
 
 def _discard(sagemaker: Client, names: ResourceNames) -> None:
     """Best-effort removal of a model and configuration that never went live."""
-    for delete, kwargs in (
-        (sagemaker.delete_endpoint_config, {"EndpointConfigName": names.endpoint_config}),
-        (sagemaker.delete_model, {"ModelName": names.model}),
-    ):
-        try:
-            delete(**kwargs)
-        except ClientError as error:
-            if not endpoints.is_not_found(error):
-                log.warning("could not clean up: %s", error)
+    endpoints.delete_quietly(
+        sagemaker.delete_endpoint_config,
+        f"endpoint-config {names.endpoint_config}",
+        EndpointConfigName=names.endpoint_config,
+    )
+    endpoints.delete_quietly(sagemaker.delete_model, f"model {names.model}", ModelName=names.model)
 
 
 def deploy(config: DeployConfig) -> dict[str, Any] | None:
@@ -719,16 +722,13 @@ def deploy(config: DeployConfig) -> dict[str, Any] | None:
             "NAME, or use another --endpoint-name"
         )
     if existing is not None:
-        status = existing["EndpointStatus"]
-        if status in BUSY_STATES:
-            raise SmtritonError(
-                f"endpoint {name} is {status}: wait until it settles, then deploy again"
-            )
-        if status != "InService":
-            raise SmtritonError(
-                f"endpoint {name} is {status} ({existing.get('FailureReason', 'no reason given')}) "
-                f"and cannot be updated: run `smtriton delete --endpoint-name {name}` first"
-            )
+        endpoints.check_updatable(
+            f"endpoint {name}",
+            existing,
+            "EndpointStatus",
+            BUSY_STATES,
+            f"smtriton delete --endpoint-name {name}",
+        )
 
     scaling = ScalingPlan() if existing is None else _plan_scaling(config, sagemaker, aas, existing)
     detached = scaling.current if scaling.detach else None

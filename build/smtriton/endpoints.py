@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from smtriton.aws import Client
-from smtriton.errors import SmtritonError
+from smtriton.errors import ConfigError, SmtritonError
 from smtriton.progress import Progress, poll
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,46 @@ class ResourceNames:
 def _name_prefix(endpoint_name: str) -> str:
     # 63 characters at most, with "-YYYYmmdd-HHMMSS-xxxx" (21) appended.
     return endpoint_name[: MAX_NAME_LENGTH - 21].rstrip("-")
+
+
+def check_name(what: str, name: str, pattern: re.Pattern[str] = ENDPOINT_NAME_PATTERN) -> str:
+    """A SageMaker resource name: up to 63 letters, digits and '-', as SageMaker takes them."""
+    if not pattern.match(name):
+        raise ConfigError(
+            f"invalid {what} name {name!r}: up to 63 letters, digits and '-', starting and "
+            "ending with a letter or digit"
+        )
+    return name
+
+
+def check_updatable(
+    what: str, description: dict[str, Any], status_key: str, busy: frozenset[str], delete: str
+) -> None:
+    """Refuse to update what SageMaker is still changing, or what failed (`delete` first)."""
+    status = description[status_key]
+    if status in busy:
+        raise SmtritonError(f"{what} is {status}: wait until it settles, then deploy again")
+    if status != "InService":
+        reason = description.get("FailureReason", "no reason given")
+        raise SmtritonError(
+            f"{what} is {status} ({reason}) and cannot be updated: run `{delete}` first"
+        )
+
+
+def delete_quietly(delete: Callable[..., Any], what: str, **kwargs: str) -> bool:
+    """Best-effort removal of something made for a deployment that did not need it.
+
+    True when it was deleted; a resource already gone is no failure, any other
+    error is logged rather than hiding the failure being cleaned up after.
+    """
+    try:
+        delete(**kwargs)
+    except ClientError as error:
+        if not is_not_found(error):
+            log.warning("could not delete %s: %s", what, error)
+        return False
+    log.info("deleted %s", what)
+    return True
 
 
 def is_not_found(error: ClientError) -> bool:

@@ -34,7 +34,7 @@ from smtriton.aws import AwsOptions, Client, add_aws_arguments, client, open_ses
 from smtriton.components import COMPONENT_NAME_PATTERN
 from smtriton.endpoints import ENDPOINT_NAME_PATTERN
 from smtriton.errors import ConfigError, SmtritonError
-from smtriton.progress import Progress, format_elapsed, poll
+from smtriton.progress import Progress, add_wait_arguments, format_elapsed, poll
 from smtriton.s3 import parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -225,17 +225,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="InvokeEndpointAsync: the body goes to S3, the answer is awaited there",
     )
-    asynchronous.add_argument(
-        "--no-wait", action="store_true", help="print where the answer will be, and return"
-    )
-    asynchronous.add_argument(
-        "--wait-timeout",
-        type=float,
-        default=ASYNC_TIMEOUT_S,
-        help="seconds to wait for the answer (default: %(default)s)",
-    )
-    asynchronous.add_argument(
-        "--poll-interval", type=float, default=5.0, help="seconds (default: %(default)s)"
+    add_wait_arguments(
+        asynchronous,
+        flag_help="print where the answer will be, and return",
+        timeout_s=ASYNC_TIMEOUT_S,
+        poll_s=5.0,
     )
     parser.set_defaults(run=run)
 

@@ -9,6 +9,7 @@ minute while nothing changes, so a log never fills with a line per poll.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
@@ -82,6 +83,25 @@ class Progress:
             self._stream.write("\n")
             self._stream.flush()
             self._line_open = False
+
+
+def add_wait_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    flag_help: str,
+    timeout_s: float,
+    poll_s: float,
+    flag: str = "--no-wait",
+) -> None:
+    """`flag` (--no-wait, or --wait where waiting is not the default), --wait-timeout and
+    --poll-interval, as every command that waits for SageMaker has them."""
+    parser.add_argument(flag, action="store_true", help=flag_help)
+    parser.add_argument(
+        "--wait-timeout", type=float, default=timeout_s, help="seconds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=poll_s, help="seconds (default: %(default)s)"
+    )
 
 
 def poll(

@@ -17,32 +17,28 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from smtriton import endpoints
 from smtriton.aws import AwsOptions, Client, add_aws_arguments, client, open_session
 from smtriton.deploy import (
     DEFAULT_INSTANCE_TYPE,
-    DEFAULT_MODEL_VARIABLE,
     INSTANCE_TYPE_PATTERN,
+    add_model_arguments,
     check_model,
     container_definition,
+    environment_from_args,
     model_request,
 )
 from smtriton.errors import ConfigError, SmtritonError
-from smtriton.image import parse_key_values
-from smtriton.progress import Progress, poll
+from smtriton.progress import Progress, add_wait_arguments, poll
 from smtriton.s3 import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
-JOB_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 SPLIT_TYPES = ("Line", "None")
 BATCH_STRATEGIES = ("MultiRecord", "SingleRecord")
 # SageMaker's limits: a request's payload, and payload times concurrency.
@@ -80,10 +76,7 @@ class TransformConfig:
     poll_interval_s: float = 15.0
 
     def __post_init__(self) -> None:
-        if not JOB_NAME_PATTERN.match(self.job_name):
-            raise ConfigError(
-                f"invalid job name {self.job_name!r}: up to 63 letters, digits and '-'"
-            )
+        endpoints.check_name("job", self.job_name)
         check_model(self.image, self.role_arn, self.model_data, self.environment)
         for uri in (self.input, self.output):
             parse_s3_uri(uri)
@@ -163,9 +156,7 @@ class TransformConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TransformConfig:
-        environment = parse_key_values(args.env, "--env")
-        if args.default_model:
-            environment[DEFAULT_MODEL_VARIABLE] = args.default_model
+        environment = environment_from_args(args)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         return cls(
             aws=AwsOptions.from_args(args),
@@ -203,15 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_aws_arguments(parser)
     parser.add_argument("--job-name", help="default: smtriton-transform-TIME-XXXX")
-    parser.add_argument("--image", required=True, help="image URI in ECR (from smtriton push)")
-    parser.add_argument("--role", required=True, help="SageMaker execution role ARN")
-    parser.add_argument(
-        "--model-data", help="s3://.../model.tar.gz, or s3://bucket/prefix/ uncompressed"
-    )
-    parser.add_argument(
-        "--env", action="append", metavar="NAME=VALUE", help="container environment variable"
-    )
-    parser.add_argument("--default-model", help=f"{DEFAULT_MODEL_VARIABLE}")
+    add_model_arguments(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--input", required=True, metavar="S3_PREFIX", help="objects to transform")
     data.add_argument("--output", required=True, metavar="S3_PREFIX", help="where answers go")
@@ -244,15 +227,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--transform-ami-version",
         help="the GPU driver's AMI (al2-ami-sagemaker-batch-gpu-535, ...)",
     )
-    waiting = parser.add_argument_group("waiting")
-    waiting.add_argument(
-        "--no-wait", action="store_true", help="return once SageMaker accepted the job"
-    )
-    waiting.add_argument(
-        "--wait-timeout", type=float, default=24 * 3600.0, help="seconds (default: %(default)s)"
-    )
-    waiting.add_argument(
-        "--poll-interval", type=float, default=15.0, help="seconds (default: %(default)s)"
+    add_wait_arguments(
+        parser.add_argument_group("waiting"),
+        flag_help="return once SageMaker accepted the job",
+        timeout_s=24 * 3600.0,
+        poll_s=15.0,
     )
     parser.set_defaults(run=run)
 
@@ -280,7 +259,7 @@ def transform(config: TransformConfig) -> dict[str, Any] | None:
     try:
         sagemaker.create_transform_job(**config.job_request(model))
     except Exception:
-        _delete_model(sagemaker, model)
+        endpoints.delete_quietly(sagemaker.delete_model, f"model {model}", ModelName=model)
         raise
     log.info("created transform job %s: %s -> %s", config.job_name, config.input, config.output)
     if not config.wait:
@@ -294,7 +273,7 @@ def transform(config: TransformConfig) -> dict[str, Any] | None:
     try:
         return wait_for_job(sagemaker, config)
     finally:
-        _delete_model(sagemaker, model)
+        endpoints.delete_quietly(sagemaker.delete_model, f"model {model}", ModelName=model)
 
 
 def wait_for_job(sagemaker: Client, config: TransformConfig) -> dict[str, Any]:
@@ -319,15 +298,6 @@ def wait_for_job(sagemaker: Client, config: TransformConfig) -> dict[str, Any]:
         still_waiting="SageMaker carries on: check it with `aws sagemaker "
         f"describe-transform-job --transform-job-name {name}`",
     )
-
-
-def _delete_model(sagemaker: Client, model: str) -> None:
-    try:
-        sagemaker.delete_model(ModelName=model)
-        log.info("deleted model %s", model)
-    except ClientError as error:
-        if not endpoints.is_not_found(error):
-            log.warning("could not delete model %s: %s", model, error)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,10 +17,16 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.build.conftest import INSTANCE_TYPE, REGISTRY, ROLE_ARN, CliResult
+from tests.build.conftest import (
+    IMAGE,
+    INSTANCE_TYPE,
+    MODEL_DATA,
+    ROLE_ARN,
+    CliResult,
+    deploy_with,
+)
 
 Smtriton = Callable[..., CliResult]
-IMAGE = f"{REGISTRY}/sagemaker-triton:0a1b2c3d4e5f"
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 
@@ -67,22 +73,8 @@ def notifications(aws: boto3.Session, queue: str) -> list[dict[str, Any]]:
 
 
 def deploy(smtriton: Smtriton, name: str, *options: str) -> CliResult:
-    return smtriton(
-        "deploy",
-        "--endpoint-name",
-        name,
-        "--image",
-        IMAGE,
-        "--role",
-        ROLE_ARN,
-        "--instance-type",
-        INSTANCE_TYPE,
-        "--model-data",
-        "s3://models-bucket/ncf/model.tar.gz",
-        "--poll-interval",
-        "0.01",
-        *options,
-    )
+    defaults = {"--instance-type": INSTANCE_TYPE, "--model-data": MODEL_DATA}
+    return deploy_with(smtriton, name, *options, defaults=defaults)
 
 
 def test_an_asynchronous_endpoint_answers_through_s3_and_sns(

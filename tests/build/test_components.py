@@ -16,10 +16,16 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.build.conftest import INSTANCE_TYPE, REGISTRY, ROLE_ARN, CliResult
+from tests.build.conftest import (
+    IMAGE,
+    INSTANCE_TYPE,
+    REGISTRY,
+    ROLE_ARN,
+    CliResult,
+    deploy_with,
+)
 
 Smtriton = Callable[..., CliResult]
-IMAGE = f"{REGISTRY}/sagemaker-triton:0a1b2c3d4e5f"
 NEW_IMAGE = f"{REGISTRY}/sagemaker-triton:9f8e7d6c5b4a"
 COPY_DIMENSION = "sagemaker:inference-component:DesiredCopyCount"
 FAILURE = "The container of inference component did not pass the ping health check."
@@ -33,21 +39,7 @@ def name() -> str:
 
 
 def deploy(smtriton: Smtriton, endpoint: str, component: str, *options: str) -> CliResult:
-    return smtriton(
-        "deploy",
-        "--endpoint-name",
-        endpoint,
-        "--inference-component",
-        component,
-        "--role",
-        ROLE_ARN,
-        "--poll-interval",
-        "0.01",
-        "--wait-timeout",
-        "20",
-        *(() if "--image" in options else ("--image", IMAGE)),
-        *options,
-    )
+    return deploy_with(smtriton, endpoint, "--inference-component", component, *options)
 
 
 def endpoint_config(aws: boto3.Session, endpoint: str) -> dict[str, Any]:

@@ -14,15 +14,15 @@ from smtriton.endpoints import wait_for_endpoint
 from smtriton.progress import StillWaiting
 
 from tests.build.conftest import (
+    IMAGE,
     INSTANCE_TYPE,
     LARGER_INSTANCE_TYPE,
-    REGISTRY,
     ROLE_ARN,
     CliResult,
+    deploy_with,
 )
 
 Smtriton = Callable[..., CliResult]
-IMAGE = f"{REGISTRY}/sagemaker-triton:0a1b2c3d4e5f"
 RESOURCE = "endpoint/{name}/variant/AllTraffic"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 FAILURE = (
@@ -39,22 +39,7 @@ def name() -> str:
 
 
 def deploy(smtriton: Smtriton, name: str, *options: str) -> CliResult:
-    return smtriton(
-        "deploy",
-        "--endpoint-name",
-        name,
-        "--image",
-        IMAGE,
-        "--role",
-        ROLE_ARN,
-        "--instance-type",
-        INSTANCE_TYPE,
-        "--poll-interval",
-        "0.01",
-        "--wait-timeout",
-        "20",
-        *options,
-    )
+    return deploy_with(smtriton, name, *options, defaults={"--instance-type": INSTANCE_TYPE})
 
 
 def endpoint_parts(aws: boto3.Session, name: str) -> tuple[dict, dict, dict]:

@@ -14,10 +14,15 @@ from collections.abc import Callable
 import boto3
 import pytest
 
-from tests.build.conftest import INSTANCE_TYPE, REGISTRY, ROLE_ARN, CliResult
+from tests.build.conftest import (
+    INSTANCE_TYPE,
+    MODEL_DATA,
+    REGISTRY,
+    CliResult,
+    deploy_with,
+)
 
 Smtriton = Callable[..., CliResult]
-IMAGE = f"{REGISTRY}/sagemaker-triton:0a1b2c3d4e5f"
 NEW_IMAGE = f"{REGISTRY}/sagemaker-triton:9f8e7d6c5b4a"
 GPU_4_1 = "al2023-ami-sagemaker-inference-gpu-4-1"
 
@@ -54,19 +59,7 @@ def go_off(aws: boto3.Session, alarm: str) -> None:
 
 
 def deploy(smtriton: Smtriton, name: str, *options: str) -> CliResult:
-    return smtriton(
-        "deploy",
-        "--endpoint-name",
-        name,
-        "--role",
-        ROLE_ARN,
-        "--model-data",
-        "s3://models-bucket/ncf/model.tar.gz",
-        "--poll-interval",
-        "0.01",
-        *(() if "--image" in options else ("--image", IMAGE)),
-        *options,
-    )
+    return deploy_with(smtriton, name, *options, defaults={"--model-data": MODEL_DATA})
 
 
 def test_an_update_shifts_traffic_as_asked_on_the_ami_asked(

@@ -15,7 +15,13 @@ from collections.abc import Callable
 import boto3
 import pytest
 
-from tests.build.conftest import INSTANCE_TYPE, REGISTRY, ROLE_ARN, CliResult
+from tests.build.conftest import (
+    INSTANCE_TYPE,
+    MODEL_DATA,
+    REGISTRY,
+    CliResult,
+    deploy_with,
+)
 
 Smtriton = Callable[..., CliResult]
 GIB = 1024**3
@@ -55,19 +61,8 @@ def pushed_image(aws: boto3.Session, size: int) -> str:
 
 
 def deploy(smtriton: Smtriton, name: str, image: str, *options: str) -> CliResult:
-    return smtriton(
-        "deploy",
-        "--endpoint-name",
-        name,
-        "--image",
-        image,
-        "--role",
-        ROLE_ARN,
-        "--model-data",
-        "s3://models-bucket/ncf/model.tar.gz",
-        "--poll-interval",
-        "0.01",
-        *options,
+    return deploy_with(
+        smtriton, name, "--image", image, *options, defaults={"--model-data": MODEL_DATA}
     )
 
 

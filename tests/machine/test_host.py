@@ -185,36 +185,38 @@ def test_tritonserver_bin_that_is_not_executable_is_refused(tmp_path: Path) -> N
         locate_triton(fake)
 
 
-# The cpu controller's hierarchy, on hosts that mount it: v1 (hybrid), else v2.
-CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+# The unified hierarchy, where a controller has no v1 hierarchy of its own.
 CGROUP_V2 = Path("/sys/fs/cgroup")
 
 
-@pytest.fixture
-def one_cpu_cgroup() -> Iterator[list[str]]:
-    """A real cgroup allowed one CPU's worth of time, and a wrapper that runs a command in it.
+def real_cgroup(
+    controller: str, v1_files: dict[str, str], v2_files: dict[str, str]
+) -> Iterator[list[str]]:
+    """A real cgroup with a limit written into it, and a wrapper that runs a command in it.
 
-    Needs root and a writable cpu controller (v1's cpu.cfs_quota_us, or v2's cpu.max).
+    The limit goes into the v1 hierarchy of `controller` when the host mounts
+    one (as this kind of machine does), else into v2 where the controller is
+    enabled; without root or such a hierarchy the test is skipped. The group
+    goes once serve and its children have left it (start_serve's teardown
+    runs first).
     """
     name = f"serve-test-{uuid.uuid4().hex[:8]}"
-    if (CGROUP_V1_CPU / "cpu.cfs_quota_us").is_file():
-        group = CGROUP_V1_CPU / name
-        limit = {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
-    elif "cpu" in _read(CGROUP_V2 / "cgroup.subtree_control").split():
-        group = CGROUP_V2 / name
-        limit = {"cpu.max": "100000 100000"}
+    v1 = Path("/sys/fs/cgroup") / controller
+    if (v1 / next(iter(v1_files))).is_file():
+        group, files = v1 / name, v1_files
+    elif controller in _read(CGROUP_V2 / "cgroup.subtree_control").split():
+        group, files = CGROUP_V2 / name, v2_files
     else:
-        pytest.skip("no cgroup cpu controller to write a quota into on this host")
+        pytest.skip(f"no cgroup {controller} controller to write a limit into on this host")
     try:
         group.mkdir()
-        for file, value in limit.items():
+        for file, value in files.items():
             (group / file).write_text(value)
     except OSError as exc:
-        pytest.skip(f"cannot make a cgroup with a CPU quota here: {exc}")
+        pytest.skip(f"cannot make a cgroup with a {controller} limit here: {exc}")
     try:
         yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "in-cgroup"]
     finally:
-        # Empty once serve and its children are gone (start_serve's teardown runs first).
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -224,6 +226,16 @@ def one_cpu_cgroup() -> Iterator[list[str]]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+@pytest.fixture
+def one_cpu_cgroup() -> Iterator[list[str]]:
+    """A real cgroup allowed one CPU's worth of time (v1 cpu.cfs_quota_us, or v2 cpu.max)."""
+    yield from real_cgroup(
+        "cpu",
+        {"cpu.cfs_quota_us": "100000", "cpu.cfs_period_us": "100000"},
+        {"cpu.max": "100000 100000"},
+    )
 
 
 def _read(path: Path) -> str:
@@ -295,43 +307,15 @@ def test_only_serves_own_default_buffer_is_fitted() -> None:
     assert fit_to_memory(unlimited, MemoryShare(None)) is unlimited
 
 
-# The memory controller's hierarchy: v1 (this host's), else v2.
-CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
+MEMORY_LIMIT = 512 * MIB
 
 
 @pytest.fixture
 def memory_cgroup() -> Iterator[tuple[list[str], int]]:
-    """A real cgroup limited to 512 MiB, and a wrapper that runs a command in it.
-
-    Needs root and a writable memory controller (v1's memory.limit_in_bytes, or v2's
-    memory.max).
-    """
-    limit = 512 * MIB
-    name = f"serve-test-{uuid.uuid4().hex[:8]}"
-    if (CGROUP_V1_MEMORY / "memory.limit_in_bytes").is_file():
-        group, files = CGROUP_V1_MEMORY / name, {"memory.limit_in_bytes": str(limit)}
-    elif "memory" in _read(CGROUP_V2 / "cgroup.subtree_control").split():
-        group, files = CGROUP_V2 / name, {"memory.max": str(limit)}
-    else:
-        pytest.skip("no cgroup memory controller to write a limit into on this host")
-    try:
-        group.mkdir()
-        for file, value in files.items():
-            (group / file).write_text(value)
-    except OSError as exc:
-        pytest.skip(f"cannot make a cgroup with a memory limit here: {exc}")
-    try:
-        yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "in-cgroup"], limit
-    finally:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    """A real cgroup limited to 512 MiB (v1 memory.limit_in_bytes, or v2 memory.max)."""
+    limit = str(MEMORY_LIMIT)
+    for wrapper in real_cgroup("memory", {"memory.limit_in_bytes": limit}, {"memory.max": limit}):
+        yield wrapper, MEMORY_LIMIT
 
 
 def test_serve_fits_shm_and_body_buffers_to_a_real_memory_limit(
