@@ -12,6 +12,13 @@ container's environment and SAGEMAKER_BIND_TO_PORT, and reports the endpoint
 (or component, or job) InService only once /ping answers 200, or Failed with
 the tail of the container's output when it exits first.
 
+An inference component's copy gets its share of the host as SageMaker gives
+it, where this machine lets the stand-in make cgroups (root, a writable cpu
+and memory hierarchy): a CPU quota of NumberOfCpuCoresRequired and a memory
+limit of MaxMemoryRequiredInMb (else MinMemoryRequiredInMb, the stand-in's
+reading of which one SageMaker enforces), so serve meets the limits it
+reads. The container's log says which it got.
+
 One shortcut, for a machine with two cores: users of the same container
 (same image, model data and environment) share one running copy, where
 SageMaker would start one per instance or copy. Each user holds it; the last
@@ -108,12 +115,22 @@ class ContainerSpec:
     data_kind: str = "archive"
     """"archive" (unpacked into model/), "prefix" (copied into model/), "models" (multi-model)."""
     environment: tuple[tuple[str, str], ...] = ()
+    cpus: float | None = None
+    """An inference component's copy: its CPU cores, as a cgroup quota."""
+    memory_mb: int | None = None
+    """An inference component's copy: its memory, as a cgroup limit."""
 
     @classmethod
     def of(
-        cls, container: Mapping[str, Any], extra: Mapping[str, str] | None = None
+        cls,
+        container: Mapping[str, Any],
+        extra: Mapping[str, str] | None = None,
+        resources: Mapping[str, Any] | None = None,
     ) -> ContainerSpec:
-        """From a model's container definition or an inference component's container."""
+        """From a model's container definition or an inference component's container, and
+        for a component, its ComputeResourceRequirements."""
+        resources = resources or {}
+        memory = resources.get("MaxMemoryRequiredInMb") or resources.get("MinMemoryRequiredInMb")
         mode = container.get("Mode", "SingleModel")
         source = (container.get("ModelDataSource") or {}).get("S3DataSource") or {}
         if mode == "MultiModel":
@@ -134,6 +151,8 @@ class ContainerSpec:
             data_url=url,
             data_kind=kind,
             environment=tuple(sorted(environment.items())),
+            cpus=resources.get("NumberOfCpuCoresRequired"),
+            memory_mb=int(memory) if memory else None,
         )
 
 
@@ -149,6 +168,8 @@ class Container:
     owners: set[str] = dataclasses.field(default_factory=set)
     error: str | None = None
     """Why it never started (its model data could not be laid out)."""
+    groups: list[Path] = dataclasses.field(default_factory=list)
+    """The cgroups holding its share of the host, removed once it has stopped."""
 
     def state(self) -> str:
         """ "ready", "starting", or "failed"."""
@@ -171,16 +192,16 @@ class Container:
 
     def stop(self) -> None:
         process = self.process
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
+        if process is not None and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        _remove_groups(self.groups)
 
 
 def _pings(url: str) -> bool:
@@ -317,11 +338,19 @@ class Containers:
         env.update(OPT_ML=str(opt_ml), SAGEMAKER_BIND_TO_PORT=str(port), PYTHONUNBUFFERED="1")
         if spec.mode == "MultiModel":
             env["SAGEMAKER_MULTI_MODEL"] = "true"
+        container.groups, note = _share_of_the_host(spec, folder.name)
+        wrapper: list[str] = []
+        if container.groups:
+            joins = " && ".join(f"echo $$ > {group}/cgroup.procs" for group in container.groups)
+            wrapper = ["sh", "-c", f'{joins} && exec "$@"', "share"]
 
         def start() -> subprocess.Popen[bytes]:
             with log_path.open("wb") as log:
+                if note:
+                    log.write(f"stand-in: {note}\n".encode())
+                    log.flush()
                 return subprocess.Popen(
-                    list(runnable.command),
+                    [*wrapper, *runnable.command],
                     env=env,
                     cwd=folder,
                     stdin=subprocess.DEVNULL,
@@ -333,6 +362,57 @@ class Containers:
 
         container.process = self._launcher.submit(start).result()
         return container
+
+
+CGROUPS = Path("/sys/fs/cgroup")
+
+
+def _share_of_the_host(spec: ContainerSpec, name: str) -> tuple[list[Path], str]:
+    """Cgroups with a component copy's CPU quota and memory limit, where they can be made.
+
+    Returns the groups and a line for the container's log saying what it got.
+    """
+    limits: dict[str, dict[str, str]] = {}
+    if spec.cpus:
+        quota = str(int(spec.cpus * 100000))
+        limits["cpu"] = {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": quota}
+    if spec.memory_mb:
+        limits["memory"] = {"memory.limit_in_bytes": str(spec.memory_mb * 1024 * 1024)}
+    if not limits:
+        return [], ""
+    groups: list[Path] = []
+    try:
+        for controller, files in limits.items():
+            group = CGROUPS / controller / f"fake-aws-{os.getpid()}-{name}"
+            group.mkdir()
+            groups.append(group)
+            for file, value in files.items():
+                (group / file).write_text(value)
+    except OSError as error:
+        _remove_groups(groups)
+        return [], f"no cgroups for the component's share here ({error}): it runs unlimited"
+    shares = []
+    if spec.cpus:
+        shares.append(f"a CPU quota of {spec.cpus:g} cores")
+    if spec.memory_mb:
+        shares.append(f"a memory limit of {spec.memory_mb} MiB")
+    return groups, "the component's share of the host: " + " and ".join(shares)
+
+
+def _remove_groups(groups: list[Path]) -> None:
+    """Remove cgroups once their processes have left (the kernel empties them then)."""
+    for group in groups:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
 
 
 def _lay_out_model_data(spec: ContainerSpec, model_dir: Path) -> None:

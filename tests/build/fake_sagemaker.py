@@ -405,12 +405,13 @@ def _not_found(backend: Backend, name: str) -> ValidationError:
 
 def component_spec(backend: Backend, specification: dict[str, Any]) -> ContainerSpec | None:
     """The container a component's copies run: its own, or its model's."""
+    resources = specification.get("ComputeResourceRequirements")
     container = specification.get("Container")
     if container:
-        return ContainerSpec.of(container)
+        return ContainerSpec.of(container, resources=resources)
     model = specification.get("ModelName")
     if model and model in backend._models:
-        return ContainerSpec.of(_model_container(backend, model))
+        return ContainerSpec.of(_model_container(backend, model), resources=resources)
     return None
 
 

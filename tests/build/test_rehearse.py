@@ -121,6 +121,17 @@ def test_make_rehearse_runs_the_documented_way_to_an_endpoint() -> None:
     for log in logs:
         text = log.read_text()
         assert "starting tritonserver" in text and "serve.runtime.server: stopped" in text
+    # A component's copy ran in its share of the host (where the stand-in can make cgroups:
+    # root here), and serve fitted itself to the limits it read.
+    shares = [
+        log.read_text() for log in logs if "the component's share of the host" in log.read_text()
+    ]
+    if os.geteuid() == 0 and Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").is_file():
+        assert len(shares) == 3, "each component copy (food, fashion, woken food) ran in a share"
+    for text in shares:
+        assert "a CPU quota of 1 cores and a memory limit of 2048 MiB" in text
+        assert f"memory: a cgroup memory limit of {2048 * 1024 * 1024} bytes" in text
+        assert "a cgroup quota of 1.00 CPUs" in text
     # Nothing left running.
     assert not processes_started_from(WORK), processes_started_from(WORK)
 
