@@ -520,8 +520,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if targets == "all":
         return
     wanted = targets == "images"
-    keep = [item for item in items if runs_an_image(item) == wanted]
-    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    keep, drop = [], []
+    for item in items:
+        (keep if runs_an_image(item) == wanted else drop).append(item)
+    config.hook.pytest_deselected(items=drop)
     items[:] = keep
 
 
