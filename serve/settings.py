@@ -48,6 +48,8 @@ MAX_BYTES = 2**63 - 1
 MAX_THREADS = 2**31 - 1
 # SERVE_V2_JSON_WRITERS at most: processes, each a payload service.
 MAX_WRITERS = 64
+# Connections one nginx worker holds (worker_connections in nginx's template).
+MAX_CONNECTIONS = 4096
 MAX_SECONDS = 2**31 - 1
 # The most one model or environment archive may unpack to, by default: generous,
 # since a model can be tens of GB (serve/artifacts/archives.py's ExtractionLimits).
@@ -585,6 +587,15 @@ class Settings:
         "Single-model endpoints",
         default_doc="one per 4 CPUs (none below 4: there the CPU is the limit, and Triton's "
         "JSON costs less of it)",
+    )
+    v2_json_triton_requests: int = setting(
+        "SERVE_V2_JSON_TRITON_REQUESTS",
+        16,
+        lambda env, name, _: env.whole_number(name, MAX_CONNECTIONS),
+        "v2 JSON requests for a model with writers (`SERVE_V2_JSON_WRITERS`) that go "
+        "straight to Triton at once; more at the same time go to the writers. Below this "
+        "the writers' hop costs more than Triton's JSON; above it the model's instances are "
+        "busy and writing the JSON off their threads wins. `0` sends all to the writers",
     )
     v2_json_min_values: int = setting(
         "SERVE_V2_JSON_MIN_VALUES",

@@ -60,7 +60,7 @@ MODEL = "bert_base"
 SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
 REFERENCE = "Triton's SageMaker frontend"
-NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "writers")
+NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "writers", "triton_requests")
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
 TIMED_BATCHES = (1, 8, 16, 32, 64)
@@ -95,11 +95,13 @@ class Setup:
     http_threads: int | None = None
     # SERVE_V2_JSON_WRITERS (None: serve's default; 0: Triton writes v2 JSON answers).
     writers: int | None = None
+    # SERVE_V2_JSON_TRITON_REQUESTS (None: serve's default; 0: every v2 JSON to the writers).
+    triton_requests: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
-        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N,writers=N`,
-        any subset."""
+        """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N,writers=N,
+        triton_requests=N`, any subset."""
         fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
@@ -112,7 +114,7 @@ class Setup:
             elif item != "committed":
                 raise argparse.ArgumentTypeError(
                     f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu, "
-                    "omp=N, http_threads=N or writers=N"
+                    "omp=N, http_threads=N, writers=N or triton_requests=N"
                 )
         return cls(**fields)
 
@@ -126,6 +128,8 @@ class Setup:
             threads += f", {self.http_threads} HTTP threads"
         if self.writers is not None:
             threads += f", {self.writers} v2 JSON writers"
+        if self.triton_requests is not None:
+            threads += f", writers past {self.triton_requests} in Triton"
         return (
             f"{config.instance_group[0].count} inst, {kind}, "
             f"{config.dynamic_batching.max_queue_delay_microseconds} us{threads}"
@@ -136,6 +140,7 @@ class Setup:
             "OMP_NUM_THREADS": self.omp,
             "SAGEMAKER_TRITON_THREAD_COUNT": self.http_threads,
             "SERVE_V2_JSON_WRITERS": self.writers,
+            "SERVE_V2_JSON_TRITON_REQUESTS": self.triton_requests,
         }
         return {name: str(value) for name, value in variables.items() if value is not None}
 
@@ -330,7 +335,8 @@ def main() -> None:
         type=Setup.parse,
         action="append",
         help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N,"
-        "kind=cpu|gpu,omp=N,http_threads=N; default: the committed config",
+        "kind=cpu|gpu,omp=N,http_threads=N,writers=N,triton_requests=N; default: the "
+        "committed config",
     )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")

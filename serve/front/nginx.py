@@ -35,6 +35,7 @@ from serve.multi_model.registry import longest_answer
 from serve.payloads.formats import nginx_routes
 from serve.payloads.service import INFERENCE_HEADER, MODEL_HEADER
 from serve.payloads.v2 import HEADER_LENGTH
+from serve.payloads.writers import JsonWriter
 from serve.sagemaker.contract import (
     BIDIRECTIONAL_ROUTE,
     BINARY_CONTENT_TYPE,
@@ -47,7 +48,7 @@ from serve.sagemaker.contract import (
     pcre,
 )
 from serve.sagemaker.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
-from serve.settings import Settings
+from serve.settings import MAX_CONNECTIONS, Settings
 
 
 def nginx_string(value: object) -> str:
@@ -105,8 +106,8 @@ class FrontModel:
     decoupled: bool = False
     # So do models that set the answer's custom attributes (serve/sagemaker/custom_attributes.py).
     custom_attributes: bool = False
-    # serve's writers answer its v2 JSON invocations (serve/payloads/writers.py).
-    writes_json: bool = False
+    # Who answers its v2 JSON invocations: Triton or serve's writers (serve/payloads/writers.py).
+    writes_json: JsonWriter = JsonWriter.TRITON
     # One BYTES input: octet-stream, text/plain and image/* bodies may be its raw input,
     # so the payload service reads them; other models' go to Triton as v2 JSON.
     takes_bytes: bool = False
@@ -171,6 +172,7 @@ class FrontConfig:
             access_log=self.access_log(),
             access_log_format=ACCESS_LOG_FORMAT,
             error_log_level="warn",
+            worker_connections=MAX_CONNECTIONS,
             max_body_bytes=self.settings.max_body_bytes,
             body_buffer_bytes=self.settings.body_buffer_bytes,
             front_errors=front_errors(
@@ -268,13 +270,14 @@ class FrontConfig:
                 "payloads": int(payloads),
                 "bytes": int(model.takes_bytes),
                 "text": int(model.text_generation),
-                "writers": int(bool(writers) and model.writes_json),
+                "writers": int(model.writes_json) if writers else 0,
             }
 
         names = sorted(by_name.keys() | ({self.default_model} if self.default_model else set()))
         return {
             "payload_socket": self.payload_socket(),
             "writer_sockets": writers,
+            "writers_after": self.settings.v2_json_triton_requests,
             "payload_inference": inference,
             "default_target": target(self.default_model) if self.default_model else None,
             "targets": [target(name) for name in names if TARGET_NAME.match(name)],

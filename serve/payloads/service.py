@@ -13,7 +13,9 @@ Routes:
 - `POST /_serve/invocations`: an invocation, the model in X-Serve-Model and
   Triton's route in X-Serve-Inference (infer, generate, generate_stream);
 - `POST /models/NAME/invoke` (multi-model endpoints): names nginx does not
-  route itself (percent-encoded in the path).
+  route itself (percent-encoded in the path);
+- `POST /v2/models/NAME/infer` (the v2 JSON writers, serve/payloads/writers.py):
+  Triton's own route, for nginx's upstream that holds Triton and the writers.
 
 An invocation with X-Amzn-SageMaker-Session-Id goes through the stateful
 sessions of serve/sessions/ (single-model endpoints).
@@ -28,6 +30,7 @@ import dataclasses
 import http
 import json
 import logging
+import re
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -61,6 +64,8 @@ log = logging.getLogger(__name__)
 MODEL_HEADER = "x-serve-model"
 INFERENCE_HEADER = "x-serve-inference"
 INVOCATIONS = "/_serve/invocations"
+# Triton's infer route, as nginx sends it (the name percent-encoded).
+INFER_ROUTE = re.compile(r"/v2/models/(?P<model>[^/]+)/infer")
 # As nginx's own listen backlog (serve/front/templates/nginx.conf.j2).
 LISTEN_BACKLOG = 4096
 
@@ -93,12 +98,15 @@ class PayloadService(LoopThread):
         listener: socket.socket | None = None,
         text_models: Mapping[str, TextModel] | None = None,
         max_tokens: int = 256,
+        triton_route: bool = False,
     ):
         """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
 
         `spool`: where bodies past SERVE_BODY_BUFFER_BYTES are written (serve/payloads/body.py).
         `listener`: a socket already listening at `socket_path` (writers.py's processes).
         `text_models`, `max_tokens`: the declared text-generation models (serve/payloads/llm/).
+        `triton_route`: take Triton's own infer route too (the writers: nginx sends a
+        request to Triton or to a writer unchanged).
         """
         # uvloop's loop runs the callbacks in C: the service's share of the time to a
         # first streamed chunk fell by a quarter to a half against asyncio's own loop
@@ -113,6 +121,7 @@ class PayloadService(LoopThread):
         self._listener = listener
         self._text_models = text_models
         self._max_tokens = max_tokens
+        self._triton_route = triton_route
         self._adapter: PayloadAdapter | None = None
         self._sessions: SessionHandler | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -130,7 +139,9 @@ class PayloadService(LoopThread):
             await sessions.start_expiry()
 
         def connection() -> _NginxConnection:
-            return _NginxConnection(adapter, self._registry, self._spool, sessions)
+            return _NginxConnection(
+                adapter, self._registry, self._spool, sessions, self._triton_route
+            )
 
         if self._listener is not None:
             self._server = await self._loop.create_unix_server(connection, sock=self._listener)
@@ -170,9 +181,11 @@ class _NginxConnection(WriteFlow):
         registry: ModelRegistry | None,
         spool: Spool,
         sessions: SessionHandler | None = None,
+        triton_route: bool = False,
     ):
         self._adapter = adapter
         self._sessions = sessions
+        self._triton_route = triton_route
         self._registry = registry
         self._spool = spool
         self._transport: asyncio.Transport | None = None
@@ -296,6 +309,8 @@ class _NginxConnection(WriteFlow):
             self._registry is not None and path.startswith("/models/") and path.endswith("/invoke")
         ):
             model = unquote(path[len("/models/") : -len("/invoke")])
+        elif self._triton_route and (route := INFER_ROUTE.fullmatch(path)):
+            model = unquote(route["model"])
         else:
             raise NotFound("no such route")
         if method != "POST":

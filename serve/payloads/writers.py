@@ -4,8 +4,11 @@ Triton 2.51 writes a v2 JSON answer on the model instance's thread, after each
 batch, while the next batch waits: on a GPU model with large outputs that,
 not the GPU, sets the pace (docs/benchmarks.md, v2 JSON on the GPU). For the
 models `writes_json` picks, nginx sends v2 JSON invocations to these
-processes instead of Triton; each runs the payload service (service.py),
-which asks Triton for binary outputs and writes the JSON itself (v2.py).
+processes instead of Triton once Triton holds SERVE_V2_JSON_TRITON_REQUESTS
+of them (at lower concurrency the instances have time to spare and the hop
+costs more than the JSON; FP16 and BF16 answers always come here); each runs
+the payload service (service.py), which asks Triton for binary outputs and
+writes the JSON itself (v2.py).
 
 They are processes, not threads of `serve`: one payload service carries
 about 5,000 requests/s with the GIL to itself, and such a model answers
@@ -19,6 +22,7 @@ socket nobody listens on), starts and watches them with the other children
 from __future__ import annotations
 
 import argparse
+import enum
 import logging
 import os
 import signal
@@ -48,26 +52,39 @@ def writer_count(setting: int | None, cpus: int) -> int:
     return setting if setting is not None else cpus // CPUS_PER_WRITER
 
 
-def writes_json(config: ModelConfig | None, min_values: int) -> bool:
-    """Whether serve writes the model's v2 JSON answers rather than Triton.
+class JsonWriter(enum.IntEnum):
+    """Who writes a model's v2 JSON answers (nginx's template routes by the number)."""
 
-    Yes when one request's outputs hold `min_values` numbers or more
-    (SERVE_V2_JSON_MIN_VALUES; a variable dimension counts as 1) or an
-    output is FP16 or BF16. Text (BYTES) outputs are not counted: Triton
-    copies them without formatting. A model without a config is Triton's.
+    # Small outputs: Triton's JSON costs less than a hop to a writer.
+    TRITON = 0
+    # Large outputs: Triton, until it holds SERVE_V2_JSON_TRITON_REQUESTS of them at
+    # once (below that the hop costs more than the JSON); the writers past that.
+    WHEN_BUSY = 1
+    # FP16 or BF16 outputs, which Triton refuses to write as JSON.
+    ALWAYS = 2
+
+
+def writes_json(config: ModelConfig | None, min_values: int) -> JsonWriter:
+    """Who writes the model's v2 JSON answers: Triton, or serve's writers.
+
+    The writers when an output is FP16 or BF16, and past Triton's share of
+    concurrent requests when one request's outputs hold `min_values`
+    numbers or more (SERVE_V2_JSON_MIN_VALUES; a variable dimension counts
+    as 1). Text (BYTES) outputs are not counted: Triton copies them without
+    formatting. A model without a config is Triton's.
     """
     if config is None:
-        return False
+        return JsonWriter.TRITON
+    if any(output.data_type in _UNWRITABLE_BY_TRITON for output in config.output):
+        return JsonWriter.ALWAYS
     values = 0
     for output in config.output:
-        if output.data_type in _UNWRITABLE_BY_TRITON:
-            return True
         if output.data_type != model_config_pb2.TYPE_STRING:
             count = 1
             for dim in output.dims:
                 count *= max(dim, 1)
             values += count
-    return values >= min_values
+    return JsonWriter.WHEN_BUSY if values >= min_values else JsonWriter.TRITON
 
 
 def listening_socket(path: Path) -> socket.socket:
@@ -115,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         Spool(args.spool, settings.body_buffer_bytes),
         timeout=settings.invocation_timeout,
         listener=socket.socket(fileno=args.fd),
+        triton_route=True,
     )
     service.start()
     signal.sigwait(stop)

@@ -1,5 +1,9 @@
 """v2 JSON answers written by serve's writers (serve/payloads/writers.py), against a real Triton.
 
+The module's server sends every v2 JSON request of `wide` to the writers
+(SERVE_V2_JSON_TRITON_REQUESTS=0); `test_triton_answers_until_it_is_busy` checks the
+default split, Triton first and the writers past its share.
+
 `wide` answers 300 values per output (at SERVE_V2_JSON_MIN_VALUES' default of 256:
 serve writes its JSON); `half` answers 4 FP16 values (serve writes them, Triton
 cannot); `twin` answers 2 + 2 floats (Triton writes them). Who wrote an answer
@@ -10,6 +14,7 @@ float32 (0.1).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -23,7 +28,7 @@ import requests
 from tritonclient.grpc import model_config_pb2
 
 from serve.front.nginx import FrontConfig, FrontModel
-from serve.payloads.writers import writer_count, writes_json
+from serve.payloads.writers import JsonWriter, writer_count, writes_json
 from serve.settings import Settings
 from serve.triton.model_config import ModelConfig
 from tests.conftest import ServeProcess, free_port, serve_env
@@ -34,7 +39,12 @@ BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
 # SERVE_BODY_BUFFER_BYTES of the module's server: larger bodies reach the writers spooled.
 BODY_BUFFER = 4096
 
+# An input value that makes `wide` take its time.
+SLOW_X = 99.0
+
 WIDE_PY = f"""
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -43,6 +53,11 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            if x.flat[0] == {SLOW_X}:
+                # Held in Triton (test_triton_answers_until_it_is_busy): says so in NOTE's file.
+                note = pb_utils.get_input_tensor_by_name(request, "NOTE").as_numpy()
+                open(note.flat[0].decode(), "w").close()
+                time.sleep(3)
             steps = np.arange({VALUES}, dtype=np.float64)[None, :] * 0.1 + x
             outputs = {{
                 "F32": steps.astype(np.float32),
@@ -121,6 +136,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     started = start_writers_server(
         tmp_path_factory.mktemp("writers"),
         SERVE_V2_JSON_WRITERS="2",
+        SERVE_V2_JSON_TRITON_REQUESTS="0",
         SERVE_BODY_BUFFER_BYTES=str(BODY_BUFFER),
     )
     try:
@@ -261,6 +277,34 @@ def test_triton_refusals_come_back_with_its_reason(server: ServeProcess) -> None
     assert "error" in broken.json()
 
 
+def test_triton_answers_until_it_is_busy(tmp_path: Path) -> None:
+    started = start_writers_server(
+        tmp_path, SERVE_V2_JSON_WRITERS="1", SERVE_V2_JSON_TRITON_REQUESTS="1"
+    ).wait_ready()
+    try:
+        # Alone, a request goes straight to Triton, which writes its JSON.
+        alone = invoke(started, wide_request([0.0]))
+        assert alone.status_code == 200, alone.text
+        assert "0.10000000149011612" in alone.text
+        held = tmp_path / "held"
+        slow_request = wide_request([SLOW_X])
+        slow_request["inputs"].append(  # type: ignore[attr-defined]
+            {"name": "NOTE", "shape": [1, 1], "datatype": "BYTES", "data": [str(held)]}
+        )
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(invoke, started, slow_request)
+            started.wait_until(held.exists, 30, "the slow request to reach the model")
+            # Triton holds its share (one request): the next goes to a writer.
+            beside = invoke(started, wide_request([0.0]))
+            assert slow.result().status_code == 200
+        assert beside.status_code == 200, beside.text
+        assert '"data":[0.0,0.1,0.2,' in beside.text
+        after = invoke(started, wide_request([0.0]))
+        assert "0.10000000149011612" in after.text
+    finally:
+        started.stop()
+
+
 def test_writers_are_serve_s_children_and_go_with_it(tmp_path: Path) -> None:
     started = start_writers_server(tmp_path, SERVE_V2_JSON_WRITERS="1").wait_ready()
     try:
@@ -312,24 +356,27 @@ def config(*outputs: tuple[int, list[int]]) -> ModelConfig:
 @pytest.mark.parametrize(
     ("outputs", "expected"),
     [
-        ([(model_config_pb2.TYPE_FP32, [768])], True),
-        ([(model_config_pb2.TYPE_FP32, [255])], False),
-        ([(model_config_pb2.TYPE_FP32, [128]), (model_config_pb2.TYPE_INT64, [2, 64])], True),
-        ([(model_config_pb2.TYPE_FP32, [-1, 384])], True),
-        ([(model_config_pb2.TYPE_FP32, [-1, -1])], False),
-        ([(model_config_pb2.TYPE_STRING, [1024])], False),
-        ([(model_config_pb2.TYPE_FP16, [1])], True),
-        ([(model_config_pb2.TYPE_BF16, [1])], True),
+        ([(model_config_pb2.TYPE_FP32, [768])], JsonWriter.WHEN_BUSY),
+        ([(model_config_pb2.TYPE_FP32, [255])], JsonWriter.TRITON),
+        (
+            [(model_config_pb2.TYPE_FP32, [128]), (model_config_pb2.TYPE_INT64, [2, 64])],
+            JsonWriter.WHEN_BUSY,
+        ),
+        ([(model_config_pb2.TYPE_FP32, [-1, 384])], JsonWriter.WHEN_BUSY),
+        ([(model_config_pb2.TYPE_FP32, [-1, -1])], JsonWriter.TRITON),
+        ([(model_config_pb2.TYPE_STRING, [1024])], JsonWriter.TRITON),
+        ([(model_config_pb2.TYPE_FP16, [1])], JsonWriter.ALWAYS),
+        ([(model_config_pb2.TYPE_BF16, [1])], JsonWriter.ALWAYS),
     ],
 )
 def test_which_models_serve_writes_json_for(
-    outputs: list[tuple[int, list[int]]], expected: bool
+    outputs: list[tuple[int, list[int]]], expected: JsonWriter
 ) -> None:
     assert writes_json(config(*outputs), 256) is expected
 
 
 def test_a_model_without_a_config_is_left_to_triton() -> None:
-    assert writes_json(None, 1) is False
+    assert writes_json(None, 1) is JsonWriter.TRITON
 
 
 @pytest.mark.parametrize(
@@ -345,14 +392,14 @@ def test_writers_by_default_one_per_four_cpus(
 @pytest.mark.parametrize(
     ("environment", "writes", "sockets"),
     [
-        ({}, True, 2),
-        ({}, False, 0),
-        ({"SAGEMAKER_TRITON_INFERENCE_TYPE": "generate"}, True, 0),
-        ({"SAGEMAKER_MULTI_MODEL": "true"}, True, 0),
+        ({}, JsonWriter.WHEN_BUSY, 2),
+        ({}, JsonWriter.TRITON, 0),
+        ({"SAGEMAKER_TRITON_INFERENCE_TYPE": "generate"}, JsonWriter.ALWAYS, 0),
+        ({"SAGEMAKER_MULTI_MODEL": "true"}, JsonWriter.WHEN_BUSY, 0),
     ],
 )
 def test_writers_listen_only_where_a_model_needs_them(
-    tmp_path: Path, environment: dict[str, str], writes: bool, sockets: int
+    tmp_path: Path, environment: dict[str, str], writes: JsonWriter, sockets: int
 ) -> None:
     multi_model = environment.get("SAGEMAKER_MULTI_MODEL") == "true"
     front = FrontConfig(
