@@ -266,6 +266,54 @@ def binary_body() -> tuple[bytes, str]:
     return header + data, BINARY_JSON.format(size=len(header))
 
 
+@dataclasses.dataclass(frozen=True)
+class TritonTime:
+    """Where Triton says a run's requests spent their time (its model statistics, deltas).
+
+    Per request, in ms: waiting in the dynamic batcher's queue, and the model's
+    input, execute and output phases; `batch` is requests per execution. What a
+    caller waited beyond Triton's `request` time is HTTP and the front's.
+    """
+
+    batch: float
+    queue_ms: float
+    input_ms: float
+    infer_ms: float
+    output_ms: float
+    request_ms: float
+
+    @staticmethod
+    def snapshot(triton_http: str) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://{triton_http}/v2/models/{MODEL}/stats") as answer:
+            stats = json.load(answer)["model_stats"][0]
+        phases = stats["inference_stats"]
+        counts = {f"{name}_ns": float(phases[name]["ns"]) for name in PHASES}
+        return counts | {
+            "requests": float(phases["success"]["count"]),
+            "executions": float(stats["execution_count"]),
+        }
+
+    @classmethod
+    def between(cls, before: dict[str, float], after: dict[str, float]) -> TritonTime:
+        delta = {key: after[key] - before[key] for key in after}
+        requests = max(delta["requests"], 1.0)
+        per_request = {name: delta[f"{name}_ns"] / requests / 1e6 for name in PHASES}
+        return cls(
+            batch=delta["requests"] / max(delta["executions"], 1.0),
+            queue_ms=per_request["queue"],
+            input_ms=per_request["compute_input"],
+            infer_ms=per_request["compute_infer"],
+            output_ms=per_request["compute_output"],
+            request_ms=per_request["success"],
+        )
+
+
+# Triton's model statistics phases (GET /v2/models/NAME/stats), "success" the whole request.
+PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+# A measured row: setup label, payload, connections, wrk's figures, Triton's statistics.
+Row = tuple[str, str, int, Measurement, TritonTime]
+
+
 def check(url: str, body: bytes, content_type: str) -> str:
     request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": content_type})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -281,7 +329,7 @@ def serve_setup(
     concurrency: list[int],
     seconds: int,
     reference_first: bool = False,
-) -> list[tuple[str, str, int, Measurement]]:
+) -> list[Row]:
     """Start serve on `repository`; run wrk at each concurrency for both payloads, through
     serve and through Triton's own SageMaker frontend on the same Triton (the reference),
     in that order or, with `reference_first`, the other."""
@@ -291,7 +339,7 @@ def serve_setup(
         # JSON in, binary out: what Triton's JSON input parsing costs, against binary+json.
         "v2 JSON, binary out": (json_body(binary_outputs=True), JSON),
     }
-    rows = []
+    rows: list[Row] = []
     started = time.perf_counter()
     with serve_with_reference(run_dir, MODEL, repository, environment, timeout=300) as serve:
         print(f"{label}: ready after {time.perf_counter() - started:.0f} s")
@@ -306,6 +354,7 @@ def serve_setup(
                 url = f"{base}/invocations"
                 run_wrk(url, body_file, 16, 2, content_type, 2, timeout_s=WRK_TIMEOUT_S)
                 for connections in concurrency:
+                    before = TritonTime.snapshot(serve.triton_http)
                     measured = run_wrk(
                         url,
                         body_file,
@@ -315,12 +364,16 @@ def serve_setup(
                         threads=min(4, connections),
                         timeout_s=WRK_TIMEOUT_S,
                     )
+                    spent = TritonTime.between(before, TritonTime.snapshot(serve.triton_http))
                     row_label = label if path == "serve" else f"{label}, {REFERENCE}"
-                    rows.append((row_label, name, connections, measured))
+                    rows.append((row_label, name, connections, measured, spent))
                     print(
                         f"  {path} c{connections}: {measured.requests_per_second:,.0f} req/s, "
                         f"p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
-                        f"errors {measured.errors}",
+                        f"errors {measured.errors}; in Triton: batch {spent.batch:.1f}, "
+                        f"queue {spent.queue_ms:.2f}, input {spent.input_ms:.2f}, execute "
+                        f"{spent.infer_ms:.2f}, output {spent.output_ms:.2f}, request "
+                        f"{spent.request_ms:.2f} ms",
                         flush=True,
                     )
     return rows
@@ -356,7 +409,7 @@ def main() -> None:
         print(f"graphs: capture or replay failed in-process: {exc}")
 
     work = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
-    rows = []
+    rows: list[Row] = []
     try:
         for number, setup in enumerate(setups):
             label = setup.label(committed)
@@ -391,13 +444,13 @@ def main() -> None:
         "p50 ms | p99 ms | errors | served / ceiling |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for label, name, connections, m in rows:
+    for label, name, connections, m, _ in rows:
         print(
             f"| {gpu.replace('NVIDIA ', '')}, {args.commit}, {date} | {label} | {name} | "
             f"{connections} | {m.requests_per_second:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | "
             f"{m.errors} | {m.requests_per_second / best:.3f} |"
         )
-    by_key = {(label, name, connections): m for label, name, connections, m in rows}
+    by_key = {(label, name, connections): m for label, name, connections, m, _ in rows}
     print(
         "\n| setup | payload | concurrency | serve / ceiling (goal >= 0.6 at c=64) "
         f"| serve / {REFERENCE} |"
@@ -410,6 +463,18 @@ def main() -> None:
         print(
             f"| {label} | {name} | {connections} | {m.requests_per_second / best:.3f} | "
             f"{m.requests_per_second / reference.requests_per_second:.3f} |"
+        )
+    print(
+        "\nWhere the time goes (Triton's model statistics, ms a request; the rest of p50 is "
+        "HTTP and the front's)\n\n| setup | payload | concurrency | p50 | Triton's request "
+        "| queue | input | execute | output | batch |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, name, connections, m, t in rows:
+        print(
+            f"| {label} | {name} | {connections} | {m.p50_ms:.2f} | {t.request_ms:.2f} | "
+            f"{t.queue_ms:.2f} | {t.input_ms:.2f} | {t.infer_ms:.2f} | {t.output_ms:.2f} | "
+            f"{t.batch:.1f} |"
         )
 
 
