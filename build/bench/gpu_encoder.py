@@ -48,9 +48,11 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
+from grpc_stream import grpc_stream_rate
 from load_generators import BINARY_JSON, JSON, Measurement, require_wrk, run_wrk
-from serve_under_test import serve_with_reference
+from serve_under_test import serve_with_reference, triton_http_port
 
 from serve.triton import model_config
 
@@ -60,6 +62,7 @@ MODEL = "bert_base"
 SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
 REFERENCE = "Triton's SageMaker frontend"
+GRPC = "Triton's gRPC stream"
 NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "writers", "triton_requests")
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
@@ -376,6 +379,22 @@ def serve_setup(
                         f"{spent.request_ms:.2f} ms",
                         flush=True,
                     )
+        # A path past Triton's HTTP frontend: binary over its gRPC stream, no front.
+        grpc = f"127.0.0.1:{triton_http_port(serve.log.read_text(), 'grpc')}"
+        ids = np.array([token_ids(SEQUENCE)], dtype=np.int64)
+        for connections in concurrency:
+            before = TritonTime.snapshot(serve.triton_http)
+            measured = grpc_stream_rate(
+                grpc, MODEL, {"input_ids": ids}, "pooled", connections, seconds
+            )
+            spent = TritonTime.between(before, TritonTime.snapshot(serve.triton_http))
+            rows.append((f"{label}, {GRPC}", "binary", connections, measured, spent))
+            print(
+                f"  {GRPC} c{connections}: {measured.requests_per_second:,.0f} req/s, "
+                f"p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
+                f"errors {measured.errors}",
+                flush=True,
+            )
     return rows
 
 

@@ -163,11 +163,12 @@ def _triton_http_port(log: Path) -> int:
     return triton_http_port(log.read_text())
 
 
-def triton_http_port(output: str) -> int:
-    """Triton's --http-port, from the command line serve logs when it starts Triton."""
-    match = re.search(r"starting tritonserver: .*--http-port=(\d+)", output)
+def triton_http_port(output: str, protocol: str = "http") -> int:
+    """Triton's --http-port (or --grpc-port), from the command line serve logs when it
+    starts Triton."""
+    match = re.search(rf"starting tritonserver: .*--{protocol}-port=(\d+)", output)
     if match is None:
-        raise SystemExit("Triton's HTTP port is not in serve's log")
+        raise SystemExit(f"Triton's {protocol} port is not in serve's log")
     return int(match.group(1))
 
 
