@@ -113,6 +113,14 @@ NO_CAPACITY = (
 # --- runtime data plane -----------------------------------------------------------------------
 
 
+# The headers of each piece of a streamed answer (InvokeEndpointWithResponseStream).
+PAYLOAD_PART = {
+    ":event-type": "PayloadPart",
+    ":message-type": "event",
+    ":content-type": "application/octet-stream",
+}
+
+
 def _event_message(headers: dict[str, str], payload: bytes) -> bytes:
     """One message of the AWS event-stream encoding (string headers only)."""
     encoded = b"".join(
@@ -189,12 +197,7 @@ def echo(request: Request, name: str, streaming: bool) -> Response:
     # Three PayloadParts, so the client has to put the parts back together.
     third = max(1, len(echo) // 3)
     parts = [echo[:third], echo[third : 2 * third], echo[2 * third :]]
-    event_headers = {
-        ":event-type": "PayloadPart",
-        ":message-type": "event",
-        ":content-type": "application/octet-stream",
-    }
-    stream = b"".join(_event_message(event_headers, part) for part in parts)
+    stream = b"".join(_event_message(PAYLOAD_PART, part) for part in parts)
     return Response(
         stream,
         headers={
@@ -294,48 +297,51 @@ def _load_target(container: Container, target: str) -> str:
     return name
 
 
+def _passed(request: Request) -> dict[str, str]:
+    """The request headers SageMaker passes on to the container."""
+    return {h: request.headers[h] for h in _PASSED if h in request.headers}
+
+
+def _answer_headers(reply_headers: Any, content_type: str) -> dict[str, str]:
+    """SageMaker's headers of a container's answer: its type (under `content_type`), the
+    variant, and the container's custom attributes."""
+    answer = {
+        content_type: reply_headers.get("Content-Type", "application/octet-stream"),
+        "x-Amzn-Invoked-Production-Variant": "AllTraffic",
+    }
+    attributes = reply_headers.get("X-Amzn-SageMaker-Custom-Attributes")
+    if attributes:
+        answer["X-Amzn-SageMaker-Custom-Attributes"] = attributes
+    return answer
+
+
 def forward_stream(request: Request, name: str, container: Container) -> Response:
     """InvokeEndpointWithResponseStream to a running container: each piece it sends, a
     PayloadPart, as it arrives."""
     if container.spec.mode == "MultiModel":
         return _validation_error("streaming a multi-model endpoint is not faked")
-    headers = {h: request.headers[h] for h in _PASSED if h in request.headers}
     parsed = urllib.parse.urlsplit(container.url)
     connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=120)
-    connection.request("POST", "/invocations", body=request.get_data(), headers=headers)
+    connection.request("POST", "/invocations", body=request.get_data(), headers=_passed(request))
     reply = connection.getresponse()
     if reply.status >= 400:
         body = reply.read()
         connection.close()
         return _model_error(name, reply.status, body.decode("utf-8", "replace"))
-    part = {
-        ":event-type": "PayloadPart",
-        ":message-type": "event",
-        ":content-type": "application/octet-stream",
-    }
 
     def parts() -> Any:
         try:
             while piece := reply.read1(65536):
-                yield _event_message(part, piece)
+                yield _event_message(PAYLOAD_PART, piece)
         finally:
             connection.close()
 
-    answer_headers = {
-        "Content-Type": "application/vnd.amazon.eventstream",
-        "X-Amzn-SageMaker-Content-Type": reply.headers.get(
-            "Content-Type", "application/octet-stream"
-        ),
-        "x-Amzn-Invoked-Production-Variant": "AllTraffic",
-    }
-    attributes = reply.headers.get("X-Amzn-SageMaker-Custom-Attributes")
-    if attributes:
-        answer_headers["X-Amzn-SageMaker-Custom-Attributes"] = attributes
-    return Response(parts(), headers=answer_headers, direct_passthrough=True)
+    headers = _answer_headers(reply.headers, "X-Amzn-SageMaker-Content-Type")
+    headers["Content-Type"] = "application/vnd.amazon.eventstream"
+    return Response(parts(), headers=headers, direct_passthrough=True)
 
 
 def forward(request: Request, name: str, container: Container) -> Response:
-    headers = {h: request.headers[h] for h in _PASSED if h in request.headers}
     target = request.headers.get("X-Amzn-SageMaker-Target-Model")
     path = "/invocations"
     if container.spec.mode == "MultiModel":
@@ -345,17 +351,10 @@ def forward(request: Request, name: str, container: Container) -> Response:
             path = f"/models/{_load_target(container, target)}/invoke"
         except LookupError as exc:
             return _validation_error(str(exc))
-    status, body, reply_headers = _call(container.url, path, request.get_data(), headers)
+    status, body, reply_headers = _call(container.url, path, request.get_data(), _passed(request))
     if status >= 400:
         return _model_error(name, status, body.decode("utf-8", "replace"))
-    answer_headers = {
-        "Content-Type": reply_headers.get("Content-Type", "application/octet-stream"),
-        "x-Amzn-Invoked-Production-Variant": "AllTraffic",
-    }
-    attributes = reply_headers.get("X-Amzn-SageMaker-Custom-Attributes")
-    if attributes:
-        answer_headers["X-Amzn-SageMaker-Custom-Attributes"] = attributes
-    return Response(body, headers=answer_headers)
+    return Response(body, headers=_answer_headers(reply_headers, "Content-Type"))
 
 
 def invoke(request: Request, name: str, streaming: bool) -> Response:
