@@ -235,6 +235,22 @@ def deploy_with(
     return smtriton(*args, *options)
 
 
+def refused_before_anything_is_created(
+    aws: boto3.Session, run: Callable[[], CliResult], message: str, endpoint: str = ""
+) -> None:
+    """`run()` (an smtriton command) stops with `message`, without a traceback, before any
+    model is made (or, with `endpoint`, any endpoint of that name)."""
+    sagemaker = aws.client("sagemaker")
+    models = len(sagemaker.list_models()["Models"])
+    result = run()
+    assert result.code == 1, result.out
+    assert message in result.err
+    assert "Traceback" not in result.err
+    assert len(sagemaker.list_models()["Models"]) == models
+    if endpoint:
+        assert sagemaker.list_endpoints(NameContains=endpoint)["Endpoints"] == []
+
+
 @pytest.fixture
 def smtriton(capfd: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     """Run `smtriton ARGS` in this process; returns exit code, stdout and stderr."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import boto3
@@ -24,6 +25,7 @@ from tests.build.conftest import (
     ROLE_ARN,
     CliResult,
     deploy_with,
+    refused_before_anything_is_created,
 )
 
 Smtriton = Callable[..., CliResult]
@@ -182,11 +184,8 @@ def test_async_invoke_of_a_real_time_endpoint_says_what_to_do(
 def test_bad_async_options_are_refused_before_anything_is_created(
     smtriton: Smtriton, aws: boto3.Session, name: str, options: list[str], message: str
 ) -> None:
-    count = len(aws.client("sagemaker").list_models()["Models"])
-    result = deploy(smtriton, name, *options)
-    assert result.code == 1
-    assert message in result.err
-    assert len(aws.client("sagemaker").list_models()["Models"]) == count
+    run = partial(deploy, smtriton, name, *options)
+    refused_before_anything_is_created(aws, run, message)
 
 
 def test_async_and_multi_model_do_not_mix(smtriton: Smtriton, name: str) -> None:

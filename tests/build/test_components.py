@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import boto3
@@ -23,6 +24,7 @@ from tests.build.conftest import (
     ROLE_ARN,
     CliResult,
     deploy_with,
+    refused_before_anything_is_created,
 )
 
 Smtriton = Callable[..., CliResult]
@@ -384,12 +386,8 @@ def test_an_existing_endpoints_instances_are_kept(smtriton: Smtriton, name: str)
 def test_bad_component_options_are_refused_before_anything_is_created(
     smtriton: Smtriton, aws: boto3.Session, name: str, options: list[str], message: str
 ) -> None:
-    result = deploy(smtriton, name, f"{name}-x", *options)
-    assert result.code == 1
-    assert message in result.err
-    assert "Traceback" not in result.err
-    endpoints = aws.client("sagemaker").list_endpoints(NameContains=name)["Endpoints"]
-    assert endpoints == []
+    run = partial(deploy, smtriton, name, f"{name}-x", *options)
+    refused_before_anything_is_created(aws, run, message, endpoint=name)
 
 
 def test_component_options_need_a_component(smtriton: Smtriton, name: str) -> None:

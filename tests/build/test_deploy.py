@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import boto3
@@ -20,6 +21,7 @@ from tests.build.conftest import (
     ROLE_ARN,
     CliResult,
     deploy_with,
+    refused_before_anything_is_created,
 )
 
 Smtriton = Callable[..., CliResult]
@@ -384,12 +386,8 @@ def test_a_failed_endpoint_cannot_be_updated(
 def test_bad_options_are_refused_before_anything_is_created(
     smtriton: Smtriton, aws: boto3.Session, name: str, options: list[str], message: str
 ) -> None:
-    count = len(aws.client("sagemaker").list_models()["Models"])
-    result = deploy(smtriton, name, *options)
-    assert result.code == 1
-    assert message in result.err
-    assert "Traceback" not in result.err
-    assert len(aws.client("sagemaker").list_models()["Models"]) == count
+    run = partial(deploy, smtriton, name, *options)
+    refused_before_anything_is_created(aws, run, message)
 
 
 def test_model_data_and_multi_model_exclude_each_other(smtriton: Smtriton, name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 import boto3
 import pytest
@@ -20,6 +21,7 @@ from tests.build.conftest import (
     REGISTRY,
     CliResult,
     deploy_with,
+    refused_before_anything_is_created,
 )
 
 Smtriton = Callable[..., CliResult]
@@ -174,13 +176,8 @@ def test_a_component_rolls_its_copies_and_an_alarm_keeps_the_old_ones(
 def test_bad_guardrails_are_refused_before_anything_is_created(
     smtriton: Smtriton, aws: boto3.Session, name: str, options: list[str], message: str
 ) -> None:
-    models = len(aws.client("sagemaker").list_models()["Models"])
-    result = deploy(smtriton, name, *options)
-    assert result.code == 1
-    assert message in result.err
-    assert "Traceback" not in result.err
-    assert len(aws.client("sagemaker").list_models()["Models"]) == models
-    assert aws.client("sagemaker").list_endpoints(NameContains=name)["Endpoints"] == []
+    run = partial(deploy, smtriton, name, *options)
+    refused_before_anything_is_created(aws, run, message, endpoint=name)
 
 
 def test_a_component_endpoint_keeps_the_ami_it_was_made_with(

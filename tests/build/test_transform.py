@@ -13,12 +13,13 @@ import sys
 import urllib.request
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.build.conftest import REGISTRY, ROLE_ARN, CliResult
+from tests.build.conftest import REGISTRY, ROLE_ARN, CliResult, refused_before_anything_is_created
 from tests.conftest import EXAMPLES
 
 Smtriton = Callable[..., CliResult]
@@ -133,11 +134,8 @@ def test_no_input_fails_the_job_with_the_reason(smtriton: Smtriton, bucket: str)
 def test_bad_options_are_refused_before_anything_is_created(
     smtriton: Smtriton, aws: boto3.Session, bucket: str, options: list[str], message: str
 ) -> None:
-    count = len(aws.client("sagemaker").list_models()["Models"])
-    result = transform(smtriton, bucket, *options)
-    assert result.code == 1
-    assert message in result.err
-    assert len(aws.client("sagemaker").list_models()["Models"]) == count
+    run = partial(transform, smtriton, bucket, *options)
+    refused_before_anything_is_created(aws, run, message)
 
 
 def test_a_real_serve_answers_every_line_and_chooses_what_the_job_left_unset(
