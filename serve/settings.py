@@ -575,7 +575,13 @@ class Settings:
         "ones are written to the workspace's disk as they arrive, so memory does not grow "
         "with the body. Allow disk for two copies of the largest body in flight per "
         "concurrent request",
-        default_doc="6291456 (never more than the body limit)",
+        default_doc="6291456 (never more than the body limit; lowered to 1/128 of a cgroup "
+        "memory limit, 64 KiB at least)",
+    )
+    # Whether SERVE_BODY_BUFFER_BYTES was set: serve fits only its own default to memory.
+    body_buffer_chosen: bool = dataclasses.field(
+        default=False,
+        metadata={"derive": lambda env, values: env.text("SERVE_BODY_BUFFER_BYTES") is not None},
     )
     v2_json_writers: int | None = setting(
         "SERVE_V2_JSON_WRITERS",
@@ -586,7 +592,7 @@ class Settings:
         "instance's thread while the next batch waits; `0` leaves every answer to Triton. "
         "Single-model endpoints",
         default_doc="one per 4 CPUs (none below 4: there the CPU is the limit, and Triton's "
-        "JSON costs less of it)",
+        "JSON costs less of it), and one per 256 MiB of a cgroup memory limit at most",
     )
     v2_json_triton_requests: int = setting(
         "SERVE_V2_JSON_TRITON_REQUESTS",

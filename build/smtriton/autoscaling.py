@@ -1,8 +1,9 @@
-"""Target-tracking auto scaling of an endpoint variant (Application Auto Scaling).
+"""Target-tracking auto scaling (Application Auto Scaling) of what SageMaker scales.
 
-Scaling out across instances is how a deployment outgrows one machine: the
-policy keeps invocations per instance near a target, between a minimum and
-a maximum instance count.
+Two things scale: an endpoint variant's instances, and an inference
+component's copies (smtriton/components.py). Scaling out across instances is
+how a deployment outgrows one machine: the policy keeps invocations per
+instance (or per copy) near a target, between a minimum and a maximum.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "sagemaker"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 METRIC = "SageMakerVariantInvocationsPerInstance"
+COPY_DIMENSION = "sagemaker:inference-component:DesiredCopyCount"
 # What put_scaling_policy accepts back from describe_scaling_policies.
 _POLICY_FIELDS = (
     "PolicyName",
@@ -30,6 +32,30 @@ _POLICY_FIELDS = (
 
 def resource_id(endpoint_name: str, variant_name: str) -> str:
     return f"endpoint/{endpoint_name}/variant/{variant_name}"
+
+
+@dataclass(frozen=True)
+class Scalable:
+    """One thing Application Auto Scaling scales: its resource id and dimension."""
+
+    resource_id: str
+    dimension: str
+
+    @classmethod
+    def variant(cls, endpoint_name: str, variant_name: str) -> Scalable:
+        return cls(resource_id(endpoint_name, variant_name), DIMENSION)
+
+    @classmethod
+    def component(cls, name: str) -> Scalable:
+        return cls(f"inference-component/{name}", COPY_DIMENSION)
+
+    @property
+    def scope(self) -> dict[str, str]:
+        return {
+            "ServiceNamespace": NAMESPACE,
+            "ResourceId": self.resource_id,
+            "ScalableDimension": self.dimension,
+        }
 
 
 @dataclass(frozen=True)
@@ -69,17 +95,16 @@ class ScalingState:
     policies: tuple[dict[str, Any], ...]
 
 
-def read(aas: Client, endpoint_name: str, variant_name: str) -> ScalingState | None:
-    """The variant's scalable target and policies, or None when it does not scale."""
-    rid = resource_id(endpoint_name, variant_name)
+def read(aas: Client, target: Scalable) -> ScalingState | None:
+    """The scalable target and its policies, or None when it does not scale."""
     targets = aas.describe_scalable_targets(
-        ServiceNamespace=NAMESPACE, ResourceIds=[rid], ScalableDimension=DIMENSION
+        ServiceNamespace=NAMESPACE,
+        ResourceIds=[target.resource_id],
+        ScalableDimension=target.dimension,
     )["ScalableTargets"]
     if not targets:
         return None
-    policies = aas.describe_scaling_policies(
-        ServiceNamespace=NAMESPACE, ResourceId=rid, ScalableDimension=DIMENSION
-    )["ScalingPolicies"]
+    policies = aas.describe_scaling_policies(**target.scope)["ScalingPolicies"]
     return ScalingState(
         min_instances=targets[0]["MinCapacity"],
         max_instances=targets[0]["MaxCapacity"],
@@ -89,60 +114,68 @@ def read(aas: Client, endpoint_name: str, variant_name: str) -> ScalingState | N
     )
 
 
-def attach(aas: Client, endpoint_name: str, variant_name: str, config: ScalingConfig) -> None:
-    """Register the variant (or update its bounds) and put the target-tracking policy."""
-    rid = resource_id(endpoint_name, variant_name)
-    aas.register_scalable_target(
-        ServiceNamespace=NAMESPACE,
-        ResourceId=rid,
-        ScalableDimension=DIMENSION,
-        MinCapacity=config.min_instances,
-        MaxCapacity=config.max_instances,
-    )
+def track(
+    aas: Client,
+    target: Scalable,
+    *,
+    bounds: tuple[int, int],
+    policy_name: str,
+    metric: str,
+    value: float,
+    cooldowns: tuple[int, int],
+) -> None:
+    """Register `target` between `bounds` and put a target-tracking policy on `metric`.
+
+    `cooldowns` are (scale in, scale out) seconds.
+    """
+    aas.register_scalable_target(**target.scope, MinCapacity=bounds[0], MaxCapacity=bounds[1])
     aas.put_scaling_policy(
-        PolicyName=config.policy_name(endpoint_name),
-        ServiceNamespace=NAMESPACE,
-        ResourceId=rid,
-        ScalableDimension=DIMENSION,
+        PolicyName=policy_name,
+        **target.scope,
         PolicyType="TargetTrackingScaling",
         TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": float(config.target_invocations),
-            "PredefinedMetricSpecification": {"PredefinedMetricType": METRIC},
-            "ScaleInCooldown": config.scale_in_cooldown_s,
-            "ScaleOutCooldown": config.scale_out_cooldown_s,
+            "TargetValue": float(value),
+            "PredefinedMetricSpecification": {"PredefinedMetricType": metric},
+            "ScaleInCooldown": cooldowns[0],
+            "ScaleOutCooldown": cooldowns[1],
         },
+    )
+
+
+def attach(aas: Client, endpoint_name: str, variant_name: str, config: ScalingConfig) -> None:
+    """Register the variant (or update its bounds) and put the target-tracking policy."""
+    target = Scalable.variant(endpoint_name, variant_name)
+    track(
+        aas,
+        target,
+        bounds=(config.min_instances, config.max_instances),
+        policy_name=config.policy_name(endpoint_name),
+        metric=METRIC,
+        value=config.target_invocations,
+        cooldowns=(config.scale_in_cooldown_s, config.scale_out_cooldown_s),
     )
     log.info(
         "auto scaling %s: %d-%d instances, target %g invocations/instance/minute",
-        rid,
+        target.resource_id,
         config.min_instances,
         config.max_instances,
         config.target_invocations,
     )
 
 
-def restore(aas: Client, endpoint_name: str, variant_name: str, state: ScalingState) -> None:
+def restore(aas: Client, target: Scalable, state: ScalingState) -> None:
     """Put back a target and policies saved by read()."""
-    rid = resource_id(endpoint_name, variant_name)
     aas.register_scalable_target(
-        ServiceNamespace=NAMESPACE,
-        ResourceId=rid,
-        ScalableDimension=DIMENSION,
-        MinCapacity=state.min_instances,
-        MaxCapacity=state.max_instances,
+        **target.scope, MinCapacity=state.min_instances, MaxCapacity=state.max_instances
     )
     for policy in state.policies:
-        aas.put_scaling_policy(
-            ServiceNamespace=NAMESPACE, ResourceId=rid, ScalableDimension=DIMENSION, **policy
-        )
-    log.info("auto scaling of %s restored", rid)
+        aas.put_scaling_policy(**target.scope, **policy)
+    log.info("auto scaling of %s restored", target.resource_id)
 
 
-def detach(aas: Client, endpoint_name: str, variant_name: str) -> None:
-    """Delete the variant's scaling policies, then deregister it (AWS's documented order)."""
-    rid = resource_id(endpoint_name, variant_name)
-    scope = {"ServiceNamespace": NAMESPACE, "ResourceId": rid, "ScalableDimension": DIMENSION}
-    for policy in aas.describe_scaling_policies(**scope)["ScalingPolicies"]:
-        aas.delete_scaling_policy(PolicyName=policy["PolicyName"], **scope)
-    aas.deregister_scalable_target(**scope)
-    log.info("auto scaling of %s detached", rid)
+def detach(aas: Client, target: Scalable) -> None:
+    """Delete the target's scaling policies, then deregister it (AWS's documented order)."""
+    for policy in aas.describe_scaling_policies(**target.scope)["ScalingPolicies"]:
+        aas.delete_scaling_policy(PolicyName=policy["PolicyName"], **target.scope)
+    aas.deregister_scalable_target(**target.scope)
+    log.info("auto scaling of %s detached", target.resource_id)

@@ -24,6 +24,7 @@ COMMANDS = (
     "push",
     "package",
     "deploy",
+    "transform",
     "invoke",
     "delete",
 )

@@ -67,3 +67,29 @@ def ensure_repository(ecr: Client, name: str, account: str | None = None) -> str
     uri = created["repository"]["repositoryUri"]
     log.info("created ECR repository %s", uri)
     return uri
+
+
+def image_size(ecr: Client, image: str) -> int | None:
+    """The size ECR reports for IMAGE (REGISTRY/REPO:TAG or @DIGEST), None when unknown.
+
+    ECR counts the layers as pushed, compressed: what a host unpacks is
+    larger, so a size over a limit is over it for certain, one under may not
+    be under it.
+    """
+    host, _, rest = image.partition("/")
+    account = host.split(".", 1)[0]
+    if "@" in rest:
+        repository, _, digest = rest.partition("@")
+        image_id = {"imageDigest": digest}
+    else:
+        repository, _, tag = rest.rpartition(":") if ":" in rest else (rest, "", "latest")
+        image_id = {"imageTag": tag}
+    try:
+        details = ecr.describe_images(
+            registryId=account, repositoryName=repository, imageIds=[image_id]
+        )["imageDetails"]
+    except ClientError as error:
+        log.debug("cannot describe %s: %s", image, error)
+        return None
+    sizes = [d["imageSizeInBytes"] for d in details if d.get("imageSizeInBytes") is not None]
+    return max(sizes) if sizes else None

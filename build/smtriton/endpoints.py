@@ -2,7 +2,8 @@
 
 Endpoints change state asynchronously (Creating takes minutes for a GPU
 host, longer with a large model), so waiting is a bounded poll that reports
-each status change, and a failure surfaces SageMaker's FailureReason.
+each status change (smtriton/progress.py), and a failure surfaces SageMaker's
+FailureReason.
 """
 
 from __future__ import annotations
@@ -18,23 +19,19 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from smtriton.aws import Client
-from smtriton.errors import SmtritonError
+from smtriton.errors import ConfigError, SmtritonError
+from smtriton.progress import Progress, poll
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 FAILED_STATES = frozenset({"Failed", "OutOfService", "UpdateRollbackFailed"})
-REPORT_EVERY_S = 60.0
 MAX_NAME_LENGTH = 63
 TAG_KEY = "smtriton:endpoint"
 
 
 class EndpointFailed(SmtritonError):
     """SageMaker gave up on the endpoint (or rolled an update back)."""
-
-
-class StillWaiting(SmtritonError):
-    """The wait ran out while SageMaker is still working; the change may yet succeed."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,46 @@ def _name_prefix(endpoint_name: str) -> str:
     return endpoint_name[: MAX_NAME_LENGTH - 21].rstrip("-")
 
 
+def check_name(what: str, name: str, pattern: re.Pattern[str] = ENDPOINT_NAME_PATTERN) -> str:
+    """A SageMaker resource name: up to 63 letters, digits and '-', as SageMaker takes them."""
+    if not pattern.match(name):
+        raise ConfigError(
+            f"invalid {what} name {name!r}: up to 63 letters, digits and '-', starting and "
+            "ending with a letter or digit"
+        )
+    return name
+
+
+def check_updatable(
+    what: str, description: dict[str, Any], status_key: str, busy: frozenset[str], delete: str
+) -> None:
+    """Refuse to update what SageMaker is still changing, or what failed (`delete` first)."""
+    status = description[status_key]
+    if status in busy:
+        raise SmtritonError(f"{what} is {status}: wait until it settles, then deploy again")
+    if status != "InService":
+        reason = description.get("FailureReason", "no reason given")
+        raise SmtritonError(
+            f"{what} is {status} ({reason}) and cannot be updated: run `{delete}` first"
+        )
+
+
+def delete_quietly(delete: Callable[..., Any], what: str, **kwargs: str) -> bool:
+    """Best-effort removal of something made for a deployment that did not need it.
+
+    True when it was deleted; a resource already gone is no failure, any other
+    error is logged rather than hiding the failure being cleaned up after.
+    """
+    try:
+        delete(**kwargs)
+    except ClientError as error:
+        if not is_not_found(error):
+            log.warning("could not delete %s: %s", what, error)
+        return False
+    log.info("deleted %s", what)
+    return True
+
+
 def is_not_found(error: ClientError) -> bool:
     """SageMaker reports a missing resource as a ValidationException 'Could not find ...'."""
     details = error.response.get("Error", {})
@@ -82,11 +119,6 @@ def describe_endpoint(sagemaker: Client, name: str) -> dict[str, Any] | None:
         if is_not_found(error):
             return None
         raise
-
-
-def format_elapsed(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def failure_text(name: str, description: dict[str, Any]) -> str:
@@ -109,36 +141,36 @@ def wait_for_endpoint(
     An update that fails is rolled back: the endpoint is InService again but
     on its old configuration, which is a failure of this deploy.
     """
-    start = last_report = clock()
-    last_status = None
     seen_change = False
-    while True:
+
+    def check() -> tuple[str, dict[str, Any] | None]:
+        nonlocal seen_change
         description = sagemaker.describe_endpoint(EndpointName=name)
         status = description["EndpointStatus"]
         current_config = description.get("EndpointConfigName")
-        now = clock()
-        if status != last_status or now - last_report >= REPORT_EVERY_S:
-            log.info("endpoint %s: %s (%s)", name, status, format_elapsed(now - start))
-            last_status, last_report = status, now
         if status in FAILED_STATES:
             raise EndpointFailed(f"endpoint {name} is {status}: {failure_text(name, description)}")
-        if status == "InService":
-            if current_config == expected_config:
-                return description
-            if seen_change:
-                raise EndpointFailed(
-                    f"update of endpoint {name} failed and SageMaker rolled it back to "
-                    f"{current_config}: {failure_text(name, description)}"
-                )
-        else:
+        if status != "InService":
             seen_change = True
-        if now - start >= timeout_s:
-            raise StillWaiting(
-                f"endpoint {name} is still {status} after {format_elapsed(now - start)}; "
-                "SageMaker carries on: check it with `aws sagemaker describe-endpoint "
-                f"--endpoint-name {name}`"
+            return status, None
+        if current_config == expected_config:
+            return status, description
+        if seen_change:
+            raise EndpointFailed(
+                f"update of endpoint {name} failed and SageMaker rolled it back to "
+                f"{current_config}: {failure_text(name, description)}"
             )
-        sleep(poll_s)
+        return status, None
+
+    return poll(
+        Progress(f"endpoint {name}", clock=clock),
+        check,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        still_waiting="SageMaker carries on: check it with `aws sagemaker describe-endpoint "
+        f"--endpoint-name {name}`",
+        sleep=sleep,
+    )
 
 
 def wait_until_deleted(
@@ -150,15 +182,20 @@ def wait_until_deleted(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    start = clock()
-    while (description := describe_endpoint(sagemaker, name)) is not None:
-        if clock() - start >= timeout_s:
-            raise SmtritonError(
-                f"endpoint {name} is still {description['EndpointStatus']} after "
-                f"{format_elapsed(clock() - start)}"
-            )
-        sleep(poll_s)
-    log.info("endpoint %s is gone (%s)", name, format_elapsed(clock() - start))
+    def check() -> tuple[str, bool | None]:
+        description = describe_endpoint(sagemaker, name)
+        if description is None:
+            return "gone", True
+        return description["EndpointStatus"], None
+
+    poll(
+        Progress(f"endpoint {name}", clock=clock),
+        check,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        still_waiting="SageMaker carries on deleting it",
+        sleep=sleep,
+    )
 
 
 def delete_config_and_models(sagemaker: Client, config_name: str) -> list[str]:
@@ -176,7 +213,9 @@ def delete_config_and_models(sagemaker: Client, config_name: str) -> list[str]:
         return deleted
     sagemaker.delete_endpoint_config(EndpointConfigName=config_name)
     deleted.append(f"endpoint-config/{config_name}")
-    for model in dict.fromkeys(v["ModelName"] for v in config["ProductionVariants"]):
+    # An endpoint for inference components names no model.
+    names = (v["ModelName"] for v in config["ProductionVariants"] if "ModelName" in v)
+    for model in dict.fromkeys(names):
         try:
             sagemaker.delete_model(ModelName=model)
             deleted.append(f"model/{model}")

@@ -41,7 +41,7 @@ from serve.triton import model_config
 from serve.triton.model_config import CONFIG_FILE
 from smtriton.aws import AwsOptions, add_aws_arguments, open_session
 from smtriton.errors import ConfigError, SmtritonError
-from smtriton.s3 import upload_file
+from smtriton.s3 import upload_file, upload_tree
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class PackageConfig:
     """Python versions the image has stubs for; the first is its default."""
     default_model: str | None = None
     upload: str | None = None
+    uncompressed: bool = False
+    """Upload the checked repository's files under the --upload prefix, not the archive."""
     aws: AwsOptions = field(default_factory=AwsOptions)
 
     def __post_init__(self) -> None:
@@ -70,6 +72,10 @@ class PackageConfig:
             raise ConfigError("name at least one model folder")
         if not self.output.name.endswith(ARCHIVE_SUFFIXES):
             raise ConfigError(f"--output {self.output} must end in .tar.gz, .tgz or .tar")
+        if self.uncompressed and not (self.upload and self.upload.endswith("/")):
+            raise ConfigError(
+                "--uncompressed uploads the repository's files: give --upload s3://bucket/prefix/"
+            )
         for version in self.pythons:
             parts = version.split(".")
             if len(parts) != 2 or not all(part.isdigit() for part in parts):
@@ -90,6 +96,7 @@ class PackageConfig:
             pythons=tuple(args.python) if args.python else (IMAGE_PYTHON,),
             default_model=args.default_model,
             upload=args.upload,
+            uncompressed=args.uncompressed,
             aws=AwsOptions.from_args(args),
         )
 
@@ -128,6 +135,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="check that this model (SAGEMAKER_TRITON_DEFAULT_MODEL_NAME) is in the package",
     )
     parser.add_argument("--upload", metavar="S3_URI", help="upload the archive there")
+    parser.add_argument(
+        "--uncompressed",
+        action="store_true",
+        help="upload the checked repository's files under the --upload prefix instead of the "
+        "archive (deploy --model-data PREFIX/: SageMaker copies them as they are, nothing to "
+        "unpack; AWS's advice for large models)",
+    )
     add_aws_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -135,11 +149,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = PackageConfig.from_args(args)
     archive = package(config)
-    if config.upload:
+    if config.upload and config.uncompressed:
+        print(upload_uncompressed(config, archive))
+    elif config.upload:
         print(upload_file(open_session(config.aws), archive, config.upload))
     else:
         print(archive)
     return 0
+
+
+def upload_uncompressed(config: PackageConfig, archive: Path) -> str:
+    """The checked archive's files, unpacked here, uploaded under the --upload prefix.
+
+    What goes up is what the image's checks passed, file for file (links
+    already stored as the files they name). S3 keeps no empty folders: an
+    ensemble's empty version folder is left behind, and the image adds it
+    back when it prepares the repository.
+    """
+    assert config.upload is not None
+    session = open_session(config.aws)
+    with tempfile.TemporaryDirectory(prefix="smtriton-upload-") as scratch:
+        repository = Path(scratch) / "repository"
+        safe_extract(archive, repository, ExtractionLimits())
+        return upload_tree(session, repository, config.upload)
 
 
 def package(config: PackageConfig) -> Path:

@@ -1,4 +1,5 @@
-"""S3 locations and uploads (model tarballs for deploy; `package --upload` uses upload_file)."""
+"""S3 locations and uploads (model data for deploy: `package --upload` uses upload_file,
+or upload_tree for a repository uncompressed)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import ClientError
 
 from smtriton.aws import client
 from smtriton.errors import ConfigError, SmtritonError
@@ -64,3 +66,46 @@ def upload_file(session: boto3.Session, path: Path, destination: str) -> str:
         # boto3 wraps the real cause (no such bucket, access denied) in text.
         raise SmtritonError(f"upload to s3://{bucket}/{key} failed: {error}") from None
     return f"s3://{bucket}/{key}"
+
+
+def upload_tree(session: boto3.Session, folder: Path, destination: str) -> str:
+    """Upload every file under FOLDER to an empty s3:// prefix, at its relative path.
+
+    Returns the prefix, the value deploy's --model-data takes for uncompressed
+    model data: SageMaker copies every object under it into /opt/ml/model, so
+    objects already there would be served too, and the prefix must be empty.
+    """
+    bucket, prefix = parse_s3_uri(destination)
+    if prefix and not prefix.endswith("/"):
+        raise ConfigError(
+            f"--upload {destination!r} must end in / for uncompressed model data: a prefix "
+            "SageMaker copies into /opt/ml/model as it is"
+        )
+    s3 = client(session, "s3")
+    try:
+        present = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0)
+    except ClientError as error:
+        raise SmtritonError(f"cannot list s3://{bucket}/{prefix}: {error}") from None
+    if present:
+        raise SmtritonError(
+            f"s3://{bucket}/{prefix} already holds objects, and SageMaker would copy them all "
+            "into /opt/ml/model: upload to an empty prefix (a version in it, say "
+            f"s3://{bucket}/{prefix}v2/)"
+        )
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    total = sum(path.stat().st_size for path in files)
+    log.info(
+        "uploading %d files (%d bytes) to s3://%s/%s, uncompressed",
+        len(files),
+        total,
+        bucket,
+        prefix,
+    )
+    reporter = _ProgressReporter(f"s3://{bucket}/{prefix}", total)
+    for path in files:
+        key = prefix + path.relative_to(folder).as_posix()
+        try:
+            s3.upload_file(str(path), bucket, key, Callback=reporter)
+        except S3UploadFailedError as error:
+            raise SmtritonError(f"upload to s3://{bucket}/{key} failed: {error}") from None
+    return f"s3://{bucket}/{prefix}"

@@ -229,6 +229,7 @@ def prepare_model(source: Path, target: Path, name: str, preparation: Preparatio
     if not config_path.is_file():
         return PreparedModel(name, target, None)
     config = model_config.read_config(config_path)
+    _give_ensemble_a_version(config, target, name)
     changed = False
     if preparation.gpu_count == 0 and model_config.move_gpu_instances_to_cpu(config):
         log.warning(
@@ -243,6 +244,26 @@ def prepare_model(source: Path, target: Path, name: str, preparation: Preparatio
         (target / CONFIG_FILE).unlink()
         model_config.write_config(config, target / CONFIG_FILE)
     return PreparedModel(name, target, config, environment)
+
+
+def _give_ensemble_a_version(config: ModelConfig, target: Path, name: str) -> None:
+    """An ensemble whose version folder is missing gets an empty one (version 1).
+
+    An ensemble's version folder holds nothing, and an uncompressed S3 prefix
+    (ModelDataSource, CompressionType None) keeps no empty folder: SageMaker
+    copies files only, so the folder never reaches /opt/ml/model, and Triton
+    refuses a model without a version.
+    """
+    if config.platform != "ensemble":
+        return
+    if any(entry.name.isdigit() and entry.is_dir() for entry in target.iterdir()):
+        return
+    (target / "1").mkdir()
+    log.info(
+        "model %r is an ensemble without a version folder (an uncompressed S3 prefix keeps "
+        "no empty folders); serving it as version 1",
+        name,
+    )
 
 
 def model_sources(model_dir: Path, archives_dir: Path, limits: ExtractionLimits) -> dict[str, Path]:

@@ -1,4 +1,4 @@
-"""What the host offers that SageMaker cannot be asked for: GPUs, CPUs and /dev/shm."""
+"""What the host offers that SageMaker cannot be asked for: GPUs, CPUs, memory and /dev/shm."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from serve.errors import ConfigError
 from serve.machine import cgroups
-from serve.settings import MEBIBYTE
+from serve.settings import MEBIBYTE, Settings
 from serve.triton import model_config
 from serve.triton.model_config import ModelConfig
 
@@ -24,6 +24,17 @@ VMSTAT = Path("/proc/vmstat")
 SHM_PATH = Path("/dev/shm")
 # Below this the Python backend cannot hold even a small request.
 MIN_SHM_REGION = MEBIBYTE
+# How serve shares out a cgroup memory limit (an inference component's memory, `docker
+# run --memory`) among what it sizes itself; the rest is Triton's and the models'. The
+# Python backend's /dev/shm regions are charged to the group like any memory: at most a
+# quarter of the limit. A request body held in memory (nginx and the payload service
+# keep bodies up to SERVE_BODY_BUFFER_BYTES, larger ones go to disk): 1/128 of it, so
+# a hundred such requests at once still leave room. A v2 JSON writer (a Python
+# process with answers in flight): one per 256 MiB.
+SHM_MEMORY_SHARE = 4
+BODY_BUFFER_MEMORY_SHARE = 128
+MIN_BODY_BUFFER = 64 * 1024
+WRITER_MEMORY_BYTES = 256 * MEBIBYTE
 
 
 def gpu_count(visible_devices: str | None, nvidia_proc: Path = NVIDIA_PROC) -> int:
@@ -125,6 +136,67 @@ def threads_per_instance(cpus: CpuShare, instances: int) -> int | None:
     return max(1, cpus.count // max(1, instances))
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryShare:
+    """The memory this process's cgroup may use (None: no limit), and what fits in it."""
+
+    limit: int | None = None
+
+    @property
+    def shm_bytes(self) -> int | None:
+        """The most the Python backend's /dev/shm regions may take of the limit."""
+        return None if self.limit is None else self.limit // SHM_MEMORY_SHARE
+
+    def body_buffer(self, wanted: int) -> int:
+        """Request bodies up to this many bytes stay in memory; `wanted` at most."""
+        if self.limit is None:
+            return wanted
+        return min(wanted, max(MIN_BODY_BUFFER, self.limit // BODY_BUFFER_MEMORY_SHARE))
+
+    def writers(self, wanted: int) -> int:
+        """v2 JSON writer processes that fit; `wanted` at most."""
+        if self.limit is None:
+            return wanted
+        return min(wanted, self.limit // WRITER_MEMORY_BYTES)
+
+    def describe(self) -> str:
+        if self.limit is None:
+            return "no cgroup memory limit"
+        return f"a cgroup memory limit of {self.limit} bytes ({self.limit // MEBIBYTE} MiB)"
+
+
+def memory_share(proc_self: Path = cgroups.PROC_SELF) -> MemoryShare:
+    """This process's cgroup memory limit (serve/machine/cgroups.py)."""
+    return MemoryShare(cgroups.memory_limit(proc_self))
+
+
+def fit_to_memory(settings: Settings, memory: MemoryShare) -> Settings:
+    """Settings whose memory-sized defaults fit `memory`, with a line saying what changed.
+
+    Only serve's own defaults move: a SERVE_BODY_BUFFER_BYTES or
+    SERVE_V2_JSON_WRITERS you set is kept as it is (writers are fitted where
+    they are counted, by `writers`).
+    """
+    if memory.limit is None:
+        return settings
+    fitted = []
+    buffer = settings.body_buffer_bytes
+    if not settings.body_buffer_chosen:
+        buffer = memory.body_buffer(settings.body_buffer_bytes)
+        if buffer != settings.body_buffer_bytes:
+            fitted.append(
+                f"request bodies over {buffer} bytes go to disk (SERVE_BODY_BUFFER_BYTES, "
+                f"{settings.body_buffer_bytes} unfitted)"
+            )
+    log.info(
+        "memory: %s; the Python backend's /dev/shm regions fit in %d bytes of it%s",
+        memory.describe(),
+        memory.shm_bytes or 0,
+        "; " + "; ".join(fitted) if fitted else "",
+    )
+    return dataclasses.replace(settings, body_buffer_bytes=buffer)
+
+
 def oom_kill_count() -> int:
     """Processes the kernel's OOM killer has killed since boot (0 if unknown)."""
     try:
@@ -144,14 +216,20 @@ class ShmPlan:
 
 
 def plan_python_shm(
-    configs: Iterable[ModelConfig], region_bytes: int, gpus: int, shm_path: Path = SHM_PATH
+    configs: Iterable[ModelConfig],
+    region_bytes: int,
+    gpus: int,
+    shm_path: Path = SHM_PATH,
+    memory: MemoryShare | None = None,
 ) -> ShmPlan:
-    """Fit the Python backend's per-instance shared memory into /dev/shm.
+    """Fit the Python backend's per-instance shared memory into /dev/shm and the memory limit.
 
     Each Python-backend instance maps a region of `shm-default-byte-size` in
     /dev/shm. SageMaker cannot raise /dev/shm (there is no --shm-size), so when
     the regions do not fit, the size is lowered to fit with a warning, or, when
-    not even the minimum fits, start-up stops with the numbers.
+    not even the minimum fits, start-up stops with the numbers. Under a cgroup
+    memory limit /dev/shm's pages are the group's memory: the regions fit in
+    their share of it too (MemoryShare.shm_bytes).
     """
     instances = sum(
         model_config.instance_count(config, gpus)
@@ -160,21 +238,25 @@ def plan_python_shm(
     )
     stat = os.statvfs(shm_path)
     available = stat.f_bavail * stat.f_frsize
+    where = f"{shm_path} has {available} bytes free"
+    if memory is not None and memory.shm_bytes is not None and memory.shm_bytes < available:
+        available = memory.shm_bytes
+        where = f"{memory.describe()} leaves {available} bytes of it for {shm_path}"
     plan = ShmPlan(region_bytes, instances)
     if instances == 0 or instances * region_bytes <= available:
         return plan
     fitted = (available // instances) // MEBIBYTE * MEBIBYTE
     if fitted < MIN_SHM_REGION:
         raise ConfigError(
-            f"{shm_path} has {available} bytes free, too little for {instances} Python-backend "
-            f"instances at even {MIN_SHM_REGION} bytes each; reduce instance counts or run "
-            f"where {shm_path} is larger (docker run --shm-size)"
+            f"{where}, too little for {instances} Python-backend instances at even "
+            f"{MIN_SHM_REGION} bytes each; reduce instance counts or run where {shm_path} "
+            "(docker run --shm-size) or the memory (an inference component's "
+            "MinMemoryRequiredInMb) is larger"
         )
     log.warning(
-        "%s has %d bytes free, too little for %d Python-backend instances at %d bytes each "
+        "%s, too little for %d Python-backend instances at %d bytes each "
         "(SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE); lowering it to %d bytes so they fit",
-        shm_path,
-        available,
+        where,
         instances,
         region_bytes,
         fitted,

@@ -99,6 +99,8 @@ class ControlServer:
 class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
+        # This process's cgroup memory limit, read when serve starts (run()).
+        self.memory = host.MemoryShare()
         self.state = ServerState()
         self._stop_requested = threading.Event()
         # The front's own metrics (serve/front/metrics.py); None while SERVE_METRICS_PORT is off.
@@ -122,6 +124,10 @@ class Server:
             )
         gpus = host.gpu_count(self.settings.visible_devices)
         log.info("Triton %s; %d GPU(s) visible", install.binary, gpus)
+        # An inference component's copy (or `docker run --memory`) has a memory limit:
+        # what serve sizes by memory is fitted to it before anything starts.
+        self.memory = host.memory_share()
+        self.settings = host.fit_to_memory(self.settings, self.memory)
         # Model preparation (archives, environment cache, per-model stubs): artifacts/repository.py.
         self.preparation = server_preparation(self.settings, install, gpus)
         with Workspace(self.settings.workdir) as workspace:
@@ -153,7 +159,9 @@ class Server:
         """Start the front, then Triton, on a prepared repository (None: multi-model)."""
         settings = self.settings
         configs = [m.config for m in repository.models if m.config] if repository else []
-        shm = host.plan_python_shm(configs, settings.shm_default_byte_size, gpus)
+        shm = host.plan_python_shm(
+            configs, settings.shm_default_byte_size, gpus, memory=self.memory
+        )
         taken = {settings.port, settings.grpc_port, settings.metrics_port}
         taken.add(settings.serve_metrics_port or settings.port)
         triton_port = free_loopback_port(settings.safe_port_range, taken)
@@ -175,7 +183,7 @@ class Server:
             ),
             bidirectional=bidirectional_port is not None,
             worker_processes=worker_count(cpus),
-            v2_json_writers=writer_count(settings.v2_json_writers, cpus),
+            v2_json_writers=self._writers(cpus),
         )
         command = TritonCommand(
             binary=install.binary,
@@ -295,11 +303,33 @@ class Server:
                     ManagedProcess(
                         f"v2 JSON writer {number}",
                         writer_argv(listener, path, front.triton_port, spool),
+                        # Each reads its settings from the environment: the fitted buffer.
+                        env={
+                            **os.environ,
+                            "SERVE_BODY_BUFFER_BYTES": str(settings.body_buffer_bytes),
+                        },
                         pass_fds=(listener.fileno(),),
                     )
                 )
         running.nginx = nginx = ManagedProcess("nginx", nginx_argv(front.write()))
         return nginx
+
+    def _writers(self, cpus: int) -> int:
+        """v2 JSON writer processes: SERVE_V2_JSON_WRITERS, else by CPUs and memory."""
+        chosen = self.settings.v2_json_writers
+        by_cpus = writer_count(chosen, cpus)
+        if chosen is not None:
+            return by_cpus
+        count = self.memory.writers(by_cpus)
+        if count < by_cpus:
+            log.info(
+                "%d v2 JSON writer(s) rather than %d: %s allows one per %d bytes",
+                count,
+                by_cpus,
+                self.memory.describe(),
+                host.WRITER_MEMORY_BYTES,
+            )
+        return count
 
     def _session_handlers(self) -> SessionHandlers:
         """Stateful sessions on /invocations (serve/sessions/), for the payload service."""

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +212,43 @@ class CliResult:
     code: int
     out: str
     err: str
+
+
+# What the deploy tests deploy unless they say otherwise.
+IMAGE = f"{REGISTRY}/sagemaker-triton:0a1b2c3d4e5f"
+MODEL_DATA = "s3://models-bucket/ncf/model.tar.gz"
+
+
+def deploy_with(
+    smtriton: Callable[..., CliResult],
+    name: str,
+    *options: str,
+    defaults: Mapping[str, str] | None = None,
+) -> CliResult:
+    """`smtriton deploy` of endpoint NAME: the role, a quick poll, IMAGE and `defaults`
+    (option -> value) for each that `options` does not give itself."""
+    args = ["deploy", "--endpoint-name", name, "--role", ROLE_ARN]
+    args += ["--poll-interval", "0.01", "--wait-timeout", "20"]
+    for flag, value in {"--image": IMAGE, **(defaults or {})}.items():
+        if flag not in options:
+            args += [flag, value]
+    return smtriton(*args, *options)
+
+
+def refused_before_anything_is_created(
+    aws: boto3.Session, run: Callable[[], CliResult], message: str, endpoint: str = ""
+) -> None:
+    """`run()` (an smtriton command) stops with `message`, without a traceback, before any
+    model is made (or, with `endpoint`, any endpoint of that name)."""
+    sagemaker = aws.client("sagemaker")
+    models = len(sagemaker.list_models()["Models"])
+    result = run()
+    assert result.code == 1, result.out
+    assert message in result.err
+    assert "Traceback" not in result.err
+    assert len(sagemaker.list_models()["Models"]) == models
+    if endpoint:
+        assert sagemaker.list_endpoints(NameContains=endpoint)["Endpoints"] == []
 
 
 @pytest.fixture

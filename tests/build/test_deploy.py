@@ -6,22 +6,25 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import boto3
 import pytest
-from smtriton.endpoints import StillWaiting, wait_for_endpoint
+from smtriton.endpoints import wait_for_endpoint
+from smtriton.progress import StillWaiting
 
 from tests.build.conftest import (
+    IMAGE,
     INSTANCE_TYPE,
     LARGER_INSTANCE_TYPE,
-    REGISTRY,
     ROLE_ARN,
     CliResult,
+    deploy_with,
+    refused_before_anything_is_created,
 )
 
 Smtriton = Callable[..., CliResult]
-IMAGE = f"{REGISTRY}/sagemaker-triton:0a1b2c3d4e5f"
 RESOURCE = "endpoint/{name}/variant/AllTraffic"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 FAILURE = (
@@ -38,22 +41,7 @@ def name() -> str:
 
 
 def deploy(smtriton: Smtriton, name: str, *options: str) -> CliResult:
-    return smtriton(
-        "deploy",
-        "--endpoint-name",
-        name,
-        "--image",
-        IMAGE,
-        "--role",
-        ROLE_ARN,
-        "--instance-type",
-        INSTANCE_TYPE,
-        "--poll-interval",
-        "0.01",
-        "--wait-timeout",
-        "20",
-        *options,
-    )
+    return deploy_with(smtriton, name, *options, defaults={"--instance-type": INSTANCE_TYPE})
 
 
 def endpoint_parts(aws: boto3.Session, name: str) -> tuple[dict, dict, dict]:
@@ -122,6 +110,22 @@ def test_single_model_endpoint(smtriton: Smtriton, aws: boto3.Session, name: str
             "SAGEMAKER_TRITON_LOG_VERBOSE": "false",
             "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "ncf_food",
         },
+    }
+
+
+def test_uncompressed_model_data_is_a_model_data_source(
+    smtriton: Smtriton, aws: boto3.Session, name: str
+) -> None:
+    result = deploy(smtriton, name, "--model-data", "s3://models-bucket/ncf/v1/")
+    assert result.code == 0, result.err
+    _, _, model = endpoint_parts(aws, name)
+    assert "ModelDataUrl" not in model["PrimaryContainer"]
+    assert model["PrimaryContainer"]["ModelDataSource"] == {
+        "S3DataSource": {
+            "S3Uri": "s3://models-bucket/ncf/v1/",
+            "S3DataType": "S3Prefix",
+            "CompressionType": "None",
+        }
     }
 
 
@@ -365,10 +369,7 @@ def test_a_failed_endpoint_cannot_be_updated(
     [
         (["--role", "SageMakerRole"], "is not an IAM role ARN"),
         (["--model-data", "models/model.tar.gz"], "is not an S3 URI"),
-        (
-            ["--model-data", "s3://models-bucket/prefix/"],
-            "for a prefix of tarballs use --multi-model",
-        ),
+        (["--model-data", "s3://models-bucket"], "for a prefix of tarballs, one model each"),
         (
             ["--multi-model", "s3://models-bucket/mme/", "--default-model", "a"],
             "drop --default-model",
@@ -385,12 +386,8 @@ def test_a_failed_endpoint_cannot_be_updated(
 def test_bad_options_are_refused_before_anything_is_created(
     smtriton: Smtriton, aws: boto3.Session, name: str, options: list[str], message: str
 ) -> None:
-    count = len(aws.client("sagemaker").list_models()["Models"])
-    result = deploy(smtriton, name, *options)
-    assert result.code == 1
-    assert message in result.err
-    assert "Traceback" not in result.err
-    assert len(aws.client("sagemaker").list_models()["Models"]) == count
+    run = partial(deploy, smtriton, name, *options)
+    refused_before_anything_is_created(aws, run, message)
 
 
 def test_model_data_and_multi_model_exclude_each_other(smtriton: Smtriton, name: str) -> None:

@@ -54,6 +54,7 @@ def test_invoke_sends_body_and_headers(smtriton: Smtriton, endpoint: str) -> Non
         "accept": "application/json",
         "target_model": None,
         "custom_attributes": "trace-id=abc",
+        "inference_component": None,
         "streaming": False,
     }
     assert "content type: application/json" in result.err

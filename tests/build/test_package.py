@@ -243,3 +243,49 @@ def test_upload_puts_the_checked_archive_in_s3(
     assert result.out.strip() == f"s3://{bucket}/v1/model.tar.gz"
     stored = aws.client("s3").get_object(Bucket=bucket, Key="v1/model.tar.gz")["Body"].read()
     assert stored == output.read_bytes()
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_uncompressed_upload_puts_the_checked_files_under_an_empty_prefix(
+    smtriton: Smtriton, tmp_path: Path, aws: boto3.Session
+) -> None:
+    bucket = f"models-{uuid.uuid4().hex[:12]}"
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    repository = tmp_path / "repository"
+    first = write_add_model(repository, name="first")
+    second = write_add_model(repository, name="second")
+    (second / "1" / "model.py").unlink()
+    (second / "1" / "model.py").symlink_to(first / "1" / "model.py")
+    (first / "1" / "notes.pyc").write_bytes(b"stale")
+    upload = ("--uncompressed", "--upload", f"s3://{bucket}/ncf/v1/")
+
+    result = smtriton("package", str(repository), "-o", str(tmp_path / "m.tar.gz"), *upload)
+
+    assert result.code == 0, result.err
+    assert result.out.strip() == f"s3://{bucket}/ncf/v1/"
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == [
+        "ncf/v1/first/1/model.py",
+        "ncf/v1/first/config.pbtxt",
+        "ncf/v1/second/1/model.py",
+        "ncf/v1/second/config.pbtxt",
+    ]
+    # The link is stored as the file it names: S3 has no links.
+    linked = s3.get_object(Bucket=bucket, Key="ncf/v1/second/1/model.py")["Body"].read()
+    assert linked == (first / "1" / "model.py").read_bytes()
+    assert "uploading 4 files" in result.err
+
+    # SageMaker copies every object under the prefix: a second upload there is refused.
+    again = smtriton("package", str(repository), "-o", str(tmp_path / "m.tar.gz"), *upload)
+    assert again.code == 1
+    assert f"s3://{bucket}/ncf/v1/ already holds objects" in again.err
+    assert len(s3.list_objects_v2(Bucket=bucket)["Contents"]) == 4
+
+
+def test_uncompressed_needs_a_prefix_to_upload_to(smtriton: Smtriton, tmp_path: Path) -> None:
+    folder = write_add_model(tmp_path / "repository", name="add")
+    for upload in ((), ("--upload", "s3://bucket-1/model.tar.gz")):
+        result = smtriton("package", str(folder), "--uncompressed", *upload)
+        assert result.code == 1
+        assert "--uncompressed uploads the repository's files" in result.err

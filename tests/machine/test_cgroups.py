@@ -1,9 +1,9 @@
-"""Reading CPU quotas from prepared cgroup trees, v1 and v2, as containers lay them out.
+"""Reading CPU quotas and memory limits from prepared cgroup trees, v1 and v2.
 
-The real v1 quota, on this host's own hierarchy, is in test_host.py; v2 needs
-a host whose cpu controller is on the unified hierarchy, so its layouts are
-prepared here: a /proc/self (cgroup, mountinfo) and a /sys/fs/cgroup under a
-temporary folder.
+The real v1 quota and limit, on this host's own hierarchies, are in
+test_host.py; v2 needs a host whose controllers are on the unified
+hierarchy, so its layouts are prepared here: a /proc/self (cgroup, mountinfo)
+and a /sys/fs/cgroup under a temporary folder.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from serve.machine.cgroups import cpu_quota
+from serve.machine.cgroups import cpu_quota, memory_limit
 
 
 def prepare(
@@ -155,3 +157,141 @@ def test_what_cannot_be_mapped_is_no_quota(tmp_path: Path, cgroup: str) -> None:
 
 def test_no_proc_files_is_no_quota(tmp_path: Path) -> None:
     assert cpu_quota(tmp_path / "missing") is None
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+GIB = 1024**3
+
+
+def test_v2_memory_max_and_the_smallest_on_the_way_up(tmp_path: Path) -> None:
+    # An inference component's copy: its own group has no limit, the copy's group does.
+    proc = prepare(
+        tmp_path,
+        "0::/sagemaker/component/copy1/serve\n",
+        [("cgroup2", "/", "/sys/fs/cgroup", "nsdelegate")],
+        {
+            "/sys/fs/cgroup/memory.max": "max\n",
+            "/sys/fs/cgroup/sagemaker/memory.max": f"{64 * GIB}\n",
+            "/sys/fs/cgroup/sagemaker/component/copy1/memory.max": f"{2 * GIB}\n",
+            "/sys/fs/cgroup/sagemaker/component/copy1/serve/memory.max": "max\n",
+        },
+    )
+    assert memory_limit(proc) == 2 * GIB
+
+
+def test_v2_in_a_namespace_without_a_limit_is_unlimited(tmp_path: Path) -> None:
+    proc = prepare(
+        tmp_path,
+        "0::/\n",
+        [("cgroup2", "/", "/sys/fs/cgroup", "nsdelegate")],
+        {"/sys/fs/cgroup/memory.max": "max\n"},
+    )
+    assert memory_limit(proc) is None
+
+
+def test_v1_reads_the_memory_hierarchy_and_its_no_limit_value(tmp_path: Path) -> None:
+    # Docker on v1 with --memory=1g; the host's root says "no limit" as v1 writes it.
+    proc = prepare(
+        tmp_path,
+        "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n",
+        [
+            ("cgroup", "/", "/sys/fs/cgroup/memory", "memory"),
+            ("cgroup", "/", "/sys/fs/cgroup/cpu,cpuacct", "cpu,cpuacct"),
+        ],
+        {
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+            "/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes": f"{GIB}\n",
+            # Not the memory hierarchy: never read for memory.
+            "/sys/fs/cgroup/cpu,cpuacct/docker/abc/memory.limit_in_bytes": "4096\n",
+        },
+    )
+    assert memory_limit(proc) == GIB
+    assert cpu_quota(proc) is None
+
+
+def test_v1_no_limit_value_alone_is_unlimited(tmp_path: Path) -> None:
+    # This machine's own layout: memory on v1, a group of its own, no limit anywhere.
+    proc = prepare(
+        tmp_path,
+        "4:memory:/process_api/abc\n1:cpu:/\n0::/\n",
+        [
+            ("cgroup", "/", "/sys/fs/cgroup/memory", "memory"),
+            ("cgroup2", "/", "/sys/fs/cgroup/unified", ""),
+        ],
+        {
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+            "/sys/fs/cgroup/memory/process_api/abc/memory.limit_in_bytes": (
+                "9223372036854771712\n"
+            ),
+        },
+    )
+    assert memory_limit(proc) is None
+
+
+def test_hybrid_hosts_take_the_smaller_of_v1_and_v2_memory_limits(tmp_path: Path) -> None:
+    proc = prepare(
+        tmp_path,
+        "4:memory:/serve\n0::/serve\n",
+        [
+            ("cgroup", "/", "/sys/fs/cgroup/memory", "memory"),
+            ("cgroup2", "/", "/sys/fs/cgroup/unified", ""),
+        ],
+        {
+            "/sys/fs/cgroup/memory/serve/memory.limit_in_bytes": f"{3 * GIB}\n",
+            "/sys/fs/cgroup/unified/serve/memory.max": f"{GIB}\n",
+        },
+    )
+    assert memory_limit(proc) == GIB
+
+
+# Whatever a cgroup file holds (a kernel's, a container runtime's, a hostile bind
+# mount's, bytes that are not UTF-8), reading it answers a limit or none, never raises.
+_NUMBERS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(lambda n: str(n).encode()),
+    st.sampled_from([b"max", b"max 100000", b"-1", b"0", b"9223372036854771712", b"1e9", b" 12 "]),
+)
+_FILE_BYTES = st.one_of(st.binary(max_size=60), _NUMBERS)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    memory_max=_FILE_BYTES,
+    limit_in_bytes=_FILE_BYTES,
+    cpu_max=_FILE_BYTES,
+    cgroup=st.one_of(st.binary(max_size=80), st.just(b"4:memory:/g\n0::/g\n")),
+    mountinfo_tail=st.binary(max_size=80),
+)
+def test_hostile_cgroup_files_read_as_a_limit_or_none(
+    tmp_path_factory: pytest.TempPathFactory,
+    memory_max: bytes,
+    limit_in_bytes: bytes,
+    cpu_max: bytes,
+    cgroup: bytes,
+    mountinfo_tail: bytes,
+) -> None:
+    root = tmp_path_factory.mktemp("hostile")
+    proc = prepare(
+        root,
+        "",
+        [
+            ("cgroup", "/", "/sys/fs/cgroup/memory", "memory"),
+            ("cgroup2", "/", "/sys/fs/cgroup/unified", ""),
+        ],
+        {},
+    )
+    (proc / "cgroup").write_bytes(cgroup)
+    with (proc / "mountinfo").open("ab") as mountinfo:
+        mountinfo.write(mountinfo_tail)
+    for relative, content in {
+        "sys/fs/cgroup/memory/g/memory.limit_in_bytes": limit_in_bytes,
+        "sys/fs/cgroup/unified/g/memory.max": memory_max,
+        "sys/fs/cgroup/unified/g/cpu.max": cpu_max,
+    }.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    limit = memory_limit(proc)
+    assert limit is None or 0 < limit < 2**62
+    quota = cpu_quota(proc)
+    assert quota is None or quota > 0

@@ -1,4 +1,5 @@
-"""/dev/shm sizing and OpenMP threads for the Python backend, and finding Triton's parts."""
+"""/dev/shm sizing, OpenMP threads and memory fitting for the Python backend, and finding
+Triton's parts; with real cgroup CPU quotas and memory limits where this host allows."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import requests
 from serve.errors import ConfigError
 from serve.machine.host import (
     CpuShare,
+    MemoryShare,
     cpu_share,
+    fit_to_memory,
     gpu_count,
     plan_python_shm,
     threads_per_instance,
@@ -182,36 +185,38 @@ def test_tritonserver_bin_that_is_not_executable_is_refused(tmp_path: Path) -> N
         locate_triton(fake)
 
 
-# The cpu controller's hierarchy, on hosts that mount it: v1 (hybrid), else v2.
-CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+# The unified hierarchy, where a controller has no v1 hierarchy of its own.
 CGROUP_V2 = Path("/sys/fs/cgroup")
 
 
-@pytest.fixture
-def one_cpu_cgroup() -> Iterator[list[str]]:
-    """A real cgroup allowed one CPU's worth of time, and a wrapper that runs a command in it.
+def real_cgroup(
+    controller: str, v1_files: dict[str, str], v2_files: dict[str, str]
+) -> Iterator[list[str]]:
+    """A real cgroup with a limit written into it, and a wrapper that runs a command in it.
 
-    Needs root and a writable cpu controller (v1's cpu.cfs_quota_us, or v2's cpu.max).
+    The limit goes into the v1 hierarchy of `controller` when the host mounts
+    one (as this kind of machine does), else into v2 where the controller is
+    enabled; without root or such a hierarchy the test is skipped. The group
+    goes once serve and its children have left it (start_serve's teardown
+    runs first).
     """
     name = f"serve-test-{uuid.uuid4().hex[:8]}"
-    if (CGROUP_V1_CPU / "cpu.cfs_quota_us").is_file():
-        group = CGROUP_V1_CPU / name
-        limit = {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
-    elif "cpu" in _read(CGROUP_V2 / "cgroup.subtree_control").split():
-        group = CGROUP_V2 / name
-        limit = {"cpu.max": "100000 100000"}
+    v1 = Path("/sys/fs/cgroup") / controller
+    if (v1 / next(iter(v1_files))).is_file():
+        group, files = v1 / name, v1_files
+    elif controller in _read(CGROUP_V2 / "cgroup.subtree_control").split():
+        group, files = CGROUP_V2 / name, v2_files
     else:
-        pytest.skip("no cgroup cpu controller to write a quota into on this host")
+        pytest.skip(f"no cgroup {controller} controller to write a limit into on this host")
     try:
         group.mkdir()
-        for file, value in limit.items():
+        for file, value in files.items():
             (group / file).write_text(value)
     except OSError as exc:
-        pytest.skip(f"cannot make a cgroup with a CPU quota here: {exc}")
+        pytest.skip(f"cannot make a cgroup with a {controller} limit here: {exc}")
     try:
         yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "in-cgroup"]
     finally:
-        # Empty once serve and its children are gone (start_serve's teardown runs first).
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -221,6 +226,16 @@ def one_cpu_cgroup() -> Iterator[list[str]]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+@pytest.fixture
+def one_cpu_cgroup() -> Iterator[list[str]]:
+    """A real cgroup allowed one CPU's worth of time (v1 cpu.cfs_quota_us, or v2 cpu.max)."""
+    yield from real_cgroup(
+        "cpu",
+        {"cpu.cfs_quota_us": "100000", "cpu.cfs_period_us": "100000"},
+        {"cpu.max": "100000 100000"},
+    )
 
 
 def _read(path: Path) -> str:
@@ -249,3 +264,85 @@ def test_a_cgroup_quota_sets_omp_threads_for_a_single_instance(
     assert response.json()["outputs"][0]["data"] == [1, 1, 1, 1]
     assert "OMP_NUM_THREADS=1 for Triton and each of its 1 Python-backend" in server.output
     assert "a cgroup quota of 1.00 CPUs of the" in server.output
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def test_a_memory_limit_caps_shm_regions_at_a_quarter_of_it(tmp_path: Path) -> None:
+    # /dev/shm (here tmp_path) has room; the cgroup, which is charged for its pages, has not.
+    memory = MemoryShare(512 * MIB)
+    plan = plan_python_shm([python_config(4)], 64 * MIB, 0, tmp_path, memory=memory)
+    assert plan.region_bytes == 32 * MIB
+    assert plan_python_shm(
+        [python_config(4)], 16 * MIB, 0, tmp_path, memory=memory
+    ).region_bytes == (16 * MIB)
+    assert plan_python_shm([python_config(4)], 64 * MIB, 0, tmp_path).region_bytes == 64 * MIB
+    with pytest.raises(ConfigError) as caught:
+        plan_python_shm([python_config(600)], 16 * MIB, 0, tmp_path, memory=memory)
+    assert "a cgroup memory limit of 536870912 bytes (512 MiB) leaves 134217728 bytes" in (
+        caught.value.message
+    )
+    assert "MinMemoryRequiredInMb" in caught.value.message
+
+
+def test_memory_fits_the_body_buffer_and_the_writers() -> None:
+    assert MemoryShare(512 * MIB).body_buffer(6 * MIB) == 4 * MIB
+    assert MemoryShare(2048 * MIB).body_buffer(6 * MIB) == 6 * MIB
+    assert MemoryShare(4 * MIB).body_buffer(6 * MIB) == 64 * 1024
+    assert MemoryShare(None).body_buffer(6 * MIB) == 6 * MIB
+    assert MemoryShare(1024 * MIB).writers(8) == 4
+    assert MemoryShare(200 * MIB).writers(2) == 0
+    assert MemoryShare(None).writers(8) == 8
+
+
+def test_only_serves_own_default_buffer_is_fitted() -> None:
+    memory = MemoryShare(512 * MIB)
+    assert fit_to_memory(Settings.from_environ({}), memory).body_buffer_bytes == 4 * MIB
+    chosen = Settings.from_environ({"SERVE_BODY_BUFFER_BYTES": str(5 * MIB)})
+    assert fit_to_memory(chosen, memory).body_buffer_bytes == 5 * MIB
+    unlimited = Settings.from_environ({})
+    assert fit_to_memory(unlimited, MemoryShare(None)) is unlimited
+
+
+MEMORY_LIMIT = 512 * MIB
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[tuple[list[str], int]]:
+    """A real cgroup limited to 512 MiB (v1 memory.limit_in_bytes, or v2 memory.max)."""
+    limit = str(MEMORY_LIMIT)
+    for wrapper in real_cgroup("memory", {"memory.limit_in_bytes": limit}, {"memory.max": limit}):
+        yield wrapper, MEMORY_LIMIT
+
+
+def test_serve_fits_shm_and_body_buffers_to_a_real_memory_limit(
+    opt_ml: Path,
+    memory_cgroup: tuple[list[str], int],
+    start_serve: StartServe,  # after the cgroup: it stops serve before the cgroup goes
+) -> None:
+    # An inference component given 512 MiB: four instances at 64 MiB of /dev/shm each
+    # would take half of it. serve gives them a quarter, and keeps request bodies over
+    # 4 MiB (1/128) out of memory.
+    wrapper, limit = memory_cgroup
+    write_add_model(opt_ml / "model", count=4)
+    server = start_serve(
+        opt_ml, wrapper=wrapper, SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE=str(64 * MIB)
+    ).wait_ready()
+    assert f"memory: a cgroup memory limit of {limit} bytes (512 MiB)" in server.output
+    assert f"leaves {limit // 4} bytes of it for /dev/shm, too little for 4" in server.output
+    assert f"lowering it to {32 * MIB} bytes so they fit" in server.output
+    assert f"shm-default-byte-size={32 * MIB}" in server.output
+    assert f"request bodies over {4 * MIB} bytes go to disk" in server.output
+    nginx_conf = (server.workspace() / "front" / "nginx.conf").read_text()
+    assert f"client_body_buffer_size {4 * MIB};" in nginx_conf
+    # And it serves, within the limit, a body larger than the buffer too.
+    response = requests.post(
+        f"{server.url}/invocations",
+        json={**add_request([1, 1, 1, 1], [2, 2, 2, 2]), "padding": "x" * (5 * MIB)},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == [3, 3, 3, 3]

@@ -4,9 +4,14 @@ The page's Python blocks run in order, in one SDK process, with AWS_ENDPOINT_URL
 at the stand-in. The SDK creates the models, endpoint configurations and
 endpoints there and uploads to its S3; the stand-in passes each invocation to
 a real `serve` started here as SageMaker would start the image: one on the
-same two NCF models the page packs (the stand-in does not unpack ModelDataUrl
-into a container), one multi-model, into whose models folder the stand-in
-unpacks each TargetModel it fetches from S3.
+same two NCF models the page packs (registered with the stand-in, which then
+does not unpack ModelDataUrl into a container of its own), one multi-model,
+into whose models folder the stand-in unpacks each TargetModel it fetches
+from S3. The single-model serve answers every other way the page deploys the
+model too: the inference component, the asynchronous endpoint (the stand-in
+reads the body from its S3 and writes the answer there), the batch transform
+job (the stand-in sends the file's lines and assembles the answers) and the
+serverless endpoint.
 """
 
 from __future__ import annotations
@@ -28,20 +33,43 @@ DOC = REPO_ROOT / "docs" / "sagemaker-sdk.md"
 DOC_IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/sagemaker-triton:latest"
 # What the page's code runs after, so that it runs against the stand-in as it is written:
 # the SDK gives its STS client AWS's own address (ignoring AWS_ENDPOINT_URL), and waits
-# 30 s between DescribeEndpoint calls, where the stand-in's endpoints are in service by
-# the second call.
+# 30 s between DescribeEndpoint calls (20 s for components, 5 s for transform jobs), where
+# the stand-in's are in service by the second call.
 PRELUDE = """
 import os
 import sagemaker.session
 sagemaker.session.sts_regional_endpoint = lambda region: os.environ["AWS_ENDPOINT_URL"]
-sagemaker.session.Session.wait_for_endpoint.__defaults__ = (0.1, False)
+Session = sagemaker.session.Session
+Session.wait_for_endpoint.__defaults__ = (0.1, False)
+Session.wait_for_inference_component.__defaults__ = (0.1,)
+Session.wait_for_inference_component_deletion.__defaults__ = (0.1,)
+Session.wait_for_transform_job.__defaults__ = (0.1,)
+# The stand-in keeps no CloudWatch logs for Transformer.wait() to follow: wait on the job.
+Session.logs_for_transform_job = lambda self, job_name, wait=False, poll=10: (
+    self.wait_for_transform_job(job_name, poll=0.1)
+)
 """
-RESULTS = ("scores", "array_scores", "fashion", "food", "fashion_lines")
+RESULTS = (
+    "scores",
+    "array_scores",
+    "fashion",
+    "food",
+    "fashion_lines",
+    "component_scores",
+    "async_scores",
+    "batch_scores",
+    "serverless_scores",
+)
+# The SDK's AsyncPredictor.predict leaves a thread polling for the failure object after
+# the answer came (up to max_attempts x delay); a notebook's kernel never notices, a
+# script waits for it at exit: the page's code is done here, so the process ends.
 EPILOGUE = f"""
-import json as _json
+import json as _json, os as _os, sys as _sys
 def _plain(value):
     return value.tolist() if hasattr(value, "tolist") else value
 print(_json.dumps({{name: _plain(globals()[name]) for name in {RESULTS!r}}}))
+_sys.stdout.flush()
+_os._exit(0)
 """
 
 
@@ -100,7 +128,7 @@ def test_the_pages_notebook_deploys_and_calls_both_endpoints(
     run_container(fake_aws_url, multi.url, "MultiModel", models, image=DOC_IMAGE)
     (tmp_path / "model_repository").symlink_to(REPO_ROOT / "model_repository")
     blocks = python_blocks(DOC.read_text())
-    assert len(blocks) == 4, "the page's code blocks changed: check what this test runs"
+    assert len(blocks) == 9, "the page's code blocks changed: check what this test runs"
     script = "\n".join([PRELUDE, *blocks, EPILOGUE])
     output = run_in_sdk(sdk_python, ["-c", script], sdk_env, tmp_path)
     results = json.loads(output.splitlines()[-1])
@@ -111,6 +139,13 @@ def test_the_pages_notebook_deploys_and_calls_both_endpoints(
     assert results["fashion"]["predictions"] == pytest.approx(fashion[:1])
     assert results["food"] == pytest.approx(food)
     assert results["fashion_lines"] == pytest.approx(fashion)
+    # The other ways: each answered by the page's serve, as the image answers them.
+    assert [float(row[0]) for row in results["component_scores"]] == pytest.approx(food[:1])
+    assert [float(row[0]) for row in results["async_scores"]] == pytest.approx(food)
+    batch_lines = results["batch_scores"].splitlines()
+    assert [float(line) for line in batch_lines[:2]] == pytest.approx(food)
+    assert len(batch_lines) == 3
+    assert [float(row[0]) for row in results["serverless_scores"]] == pytest.approx(food[:1])
     # What the page prints as it goes: the models it listed, and the endpoints going.
     assert "['ncf_fashion.tar.gz', 'ncf_food.tar.gz']" in output
     # The multi-model endpoint loaded each model once, from what the SDK uploaded.

@@ -16,17 +16,24 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
-from tests.build.conftest import (  # noqa: F401  (fake_aws_url: a fixture of the tests here)
+from tests.build.conftest import (  # noqa: F401  (aws_env, fake_aws_url, smtriton: fixtures)
     ACCOUNT,
+    INSTANCE_TYPE,
     REGION,
+    CliResult,
+    aws_env,
     create_fake_endpoint,
+    deploy_with,
     fake_aws_url,
+    smtriton,
 )
 from tests.conftest import REPO_ROOT, ServeProcess
 from tests.payloads.llm.conftest import echoed, rendered
@@ -155,3 +162,35 @@ def test_tgi_clients(
         assert len(got["text"].split()) == 6
     if stream:
         assert got["chunks"] > 1
+
+
+def test_an_inference_components_stream_comes_from_its_own_serve(
+    text_server: ServeProcess,
+    fake_aws_url: str,  # noqa: F811
+    aws_env: dict[str, str],  # noqa: F811
+    smtriton: Callable[..., CliResult],  # noqa: F811
+) -> None:
+    """InvokeEndpointWithResponseStream naming an inference component reaches the serve of
+    that component (the stand-in echoes where no serve answers), token by token."""
+    endpoint = f"llm-ic-{uuid.uuid4().hex[:8]}"
+    component = f"{endpoint}-chat"
+    run_container(fake_aws_url, text_server.url, image=IMAGE)
+    options = ["--inference-component", component, "--image", IMAGE]
+    options += ["--model-data", "s3://bucket/model.tar.gz", "--instance-type", INSTANCE_TYPE]
+    deployed = deploy_with(smtriton, endpoint, *options)
+    assert deployed.code == 0, deployed.err
+    runtime = boto3.client("sagemaker-runtime", region_name=REGION)
+    response = runtime.invoke_endpoint_with_response_stream(
+        EndpointName=endpoint,
+        InferenceComponentName=component,
+        ContentType="application/json",
+        Body=json.dumps({"messages": MESSAGES, "max_tokens": 12, "stream": True}),
+    )
+    parts = [event["PayloadPart"]["Bytes"] for event in response["Body"] if "PayloadPart" in event]
+    events = b"".join(parts).split(b"\n\n")
+    data = [e.strip().removeprefix(b"data:").strip() for e in events if e.strip()]
+    assert data[-1] == b"[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == echoed(CHAT_PROMPT, 12)
+    assert len(parts) > 1  # as the model made them, not one answer at the end
