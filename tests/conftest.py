@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -218,11 +219,17 @@ class ServeProcess:
                 return
             if self.process.poll() is not None:
                 raise AssertionError(
-                    f"serve exited ({self.process.returncode}) before {what}:\n"
-                    f"{self.output[-6000:]}"
+                    f"serve exited ({self.process.returncode}) before {what}:\n{self.excerpt()}"
                 )
             time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.output[-6000:]}")
+        raise AssertionError(f"timed out waiting for {what}:\n{self.excerpt()}")
+
+    def excerpt(self) -> str:
+        """serve's errors and warnings (Triton's E and W lines: why a model failed to load,
+        which its shutdown's lines push out of the tail), then the output's tail."""
+        lines = self.output.splitlines()
+        flagged = [line for line in lines if re.match(r"[EW]\d{4} |.* (ERROR|WARNING) ", line)]
+        return "\n".join(["errors and warnings:", *flagged[-40:], "the end:", *lines[-60:]])
 
     def ping_status(self) -> int | None:
         try:
