@@ -134,7 +134,9 @@ class PayloadAdapter:
         self.offload = Offload()
         self._signatures: dict[object, ModelSignature] = {}
         self.text = (
-            TextGeneration(triton, self.signature, text_models, max_tokens) if text_models else None
+            TextGeneration(triton, self.signature, text_models, max_tokens, self.offload)
+            if text_models
+            else None
         )
 
     def close(self) -> None:
@@ -169,7 +171,7 @@ class PayloadAdapter:
             if is_v2_request(document):
                 return await self._native(invocation, name, key, V2, document)
             if self.text is not None and self.text.serves(name):
-                text = await self.text.invoke(name, key, document, invocation.parameters)
+                text = await self.text.invoke(name, key, document, invocation.parameters, size)
                 return Reply(200, text.content_type, text.body, chunks=text.chunks)
             if invocation.inference != "infer" and _names_inputs(document):
                 return await self._native(invocation, name, key, V2, document)

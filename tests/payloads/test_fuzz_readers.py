@@ -1,14 +1,15 @@
 """Hostile generated bodies for every payload reader, under a memory and time budget.
 
 Each reader (CSV, JSON Lines, simple JSON, .npy, text and raw bytes, the
-binary+json header) gets inputs built to break it: declared shapes and sizes
-that the body does not carry, quotes and escapes across the pieces numpy
-reads, numbers numpy and Python read differently, nesting, bad encodings. Each
-must end in records that convert to tensors, or in a 400/413/415 with a
-message, within its budget (tests/budget.py) and never otherwise. Where two
-ways of reading exist (numpy's and Python's, all at once and a chunk at a
-time), both must give the same answer. tests/payloads/test_fuzz.py throws
-whole requests at a running serve.
+binary+json header, and all of them as the formats registry and the adapter
+call them, with hostile Content-Types and Accepts) gets inputs built to break
+it: declared shapes and sizes that the body does not carry, quotes and escapes
+across the pieces numpy reads, numbers numpy and Python read differently,
+nesting, bad encodings. Each must end in records that convert to tensors, or
+in a 400/413/415 with a message, within its budget (tests/budget.py) and never
+otherwise. Where two ways of reading exist (numpy's and Python's, all at once
+and a chunk at a time), both must give the same answer. tests/payloads/test_fuzz.py
+throws whole requests at a running serve.
 """
 
 from __future__ import annotations
@@ -29,12 +30,23 @@ from hypothesis.extra import numpy as hnp
 
 from serve.errors import ServeError
 from serve.payloads import json_elements, lines
+from serve.payloads.adapter import v2_document
 from serve.payloads.batching import Origin, chunks
 from serve.payloads.body import Body
 from serve.payloads.codecs import binary_codec, csv_codec, json_codec, npy_codec, raw_codec
+from serve.payloads.formats import (
+    BINARY,
+    FORMATS,
+    Route,
+    answer_candidates,
+    feasible,
+    request_format,
+)
 from serve.payloads.limits import PayloadLimits
+from serve.payloads.media import MediaType
 from serve.payloads.records import tensors_from_records
 from serve.payloads.signature import ModelSignature
+from serve.payloads.v2 import is_v2_request
 from serve.triton.model_config import ModelConfig
 from tests.budget import FUZZ, MEBIBYTE, address_space, memory_budget
 from tests.payloads.test_fuzz import json_keys, json_scalars
@@ -383,3 +395,103 @@ def test_the_binary_json_header_is_read_only_as_far_as_it_is_declared_and_carrie
         result = outcome(lambda: binary_codec.header_size(content_type, Body(data)))
     if result[0] == "ok":
         assert isinstance(result[1], int) and 0 <= result[1] <= len(data)
+
+
+# -- The formats registry: every format as the adapter reads it -------------------
+
+# Every request type the registry knows, types it refuses or reads only as v2, and junk.
+KNOWN_TYPES = sorted({mime for f in FORMATS for mime in f.request_types})
+PARAMETERS = st.sampled_from(
+    [
+        "",
+        "",
+        "; charset=latin-1",
+        "; charset=utf-16",
+        "; charset=nonesuch",
+        "; header=present",
+        "; header=absent",
+        "; format=raw",
+        "; format=simple",
+        ";;;=",
+        '; charset="utf-8"',
+    ]
+)
+
+
+def typed(bodies: st.SearchStrategy[bytes], types: list[str]) -> st.SearchStrategy:
+    """Bodies of one kind with a type of its format (and parameters), or any type."""
+    mime = (
+        st.sampled_from(types)
+        if types
+        else st.sampled_from([*KNOWN_TYPES, "image/png", "application/x-npz", "", "*/*"])
+        | st.text(string.printable, max_size=30)
+    )
+    return st.tuples(st.builds(str.__add__, mime, PARAMETERS), bodies)
+
+
+TYPED_BODIES = st.one_of(
+    typed(CSV_BODIES, ["text/csv", "application/csv"]),
+    typed(JSON_LINES, ["application/jsonlines", "application/x-ndjson"]),
+    typed(JSON_DOCUMENTS, ["application/json", "application/x-www-form-urlencoded", ""]),
+    typed(NPY_BODIES, ["application/x-npy", "tensor/pt"]),
+    typed(st.binary(max_size=200), ["text/plain", "application/octet-stream", "image/jpeg"]),
+    typed(st.one_of(CSV_BODIES, JSON_DOCUMENTS, NPY_BODIES, st.binary(max_size=200)), []),
+)
+ACCEPTS = st.sampled_from(
+    ["", "*/*", "application/json", "text/csv", "application/x-npy;q=0.5, text/plain", "x/y"]
+) | st.text(string.printable, max_size=30)
+MODELS_AND_TEXT = st.sampled_from([*sorted(SIGNATURES), "text", "text"])
+
+
+def read_as_adapter(content_type: str, accept: str, data: bytes, model: str) -> object:
+    """What the adapter does with a body before it reaches Triton (adapter._invoke):
+    the format by Content-Type, its declared-size check, a v2 request told apart,
+    the JSON document, the records converted chunk by chunk, and the answer chosen."""
+    model_signature = SIGNATURES[model]
+    payload_format, media = request_format(content_type)
+    body = Body(data)
+    payload_format.check_body(body, media)
+    if payload_format is BINARY:
+        return binary_codec.header_size(content_type, body)
+    document = None
+    if payload_format.route is Route.JSON:
+        document = json_codec.read_document(data, LIMITS)
+        if is_v2_request(document):
+            return "v2"
+    elif v2_document(payload_format, media, body) is not None:
+        return "v2"
+    records, _parameters, origin = payload_format.read(
+        media, body, document, model_signature, LIMITS
+    )
+    built = converted(records, origin.lines, model)
+    answer = feasible(answer_candidates(accept, payload_format.answer), model_signature)
+    return built, answer.name
+
+
+@FUZZ
+@given(typed_body=TYPED_BODIES, accept=ACCEPTS, model=MODELS_AND_TEXT, piece=PIECES)
+def test_every_format_reads_through_the_registry_within_its_budget(
+    typed_body: tuple[str, bytes], accept: str, model: str, piece: int
+) -> None:
+    content_type, body = typed_body
+    with pieces(piece), budget(body):
+        try:
+            read_as_adapter(content_type, accept, body, model)
+        except ServeError as exc:
+            assert exc.status in (400, 406, 413, 415), (exc.status, exc.message)
+            assert exc.message
+
+
+@FUZZ
+@given(body=NPY_BODIES)
+def test_the_npy_header_is_refused_before_the_body_is_read_as_when_it_is(body: bytes) -> None:
+    """formats.py's check_declared for .npy (a spooled body's header, read from disk
+    before the body) refuses exactly what reading the whole body refuses for its header."""
+    declared = outcome(lambda: npy_codec.check_declared(Body(body), MediaType.parse("")))
+    whole = outcome(lambda: npy_codec.read_array(body))
+    if declared[0] == "refused":
+        assert whole[0] == "refused", (declared, whole)
+    elif whole[0] == "refused":
+        # What only the whole body shows: more dimensions than numpy takes.
+        with pytest.raises(ServeError, match="numpy can read"):
+            npy_codec.read_array(body)
