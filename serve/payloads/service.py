@@ -83,7 +83,7 @@ class SessionHandler(Protocol):
 
     async def invoke(self, session_id: str, invocation: Invocation) -> Reply: ...
 
-    def refuse_held_sequence(self, invocation: Invocation) -> None: ...
+    async def refuse_held_sequence(self, invocation: Invocation) -> None: ...
 
     async def start_expiry(self) -> None: ...
 
@@ -290,7 +290,7 @@ class _NginxConnection(WriteFlow):
                     raise BadRequest(SESSIONS_SINGLE_MODEL)
                 return await self._sessions.invoke(session, invocation)
             if self._sessions is not None:
-                self._sessions.refuse_held_sequence(invocation)
+                await self._sessions.refuse_held_sequence(invocation)
             # --- end sessions
             return await self._adapter.invoke(invocation)
         except ServeError as exc:

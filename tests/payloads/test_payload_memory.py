@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,12 +21,12 @@ import pytest
 import requests
 
 from tests.conftest import ServeProcess, free_port, serve_env
-from tests.payloads.conftest import write_model, write_payload_models
+from tests.payloads.conftest import small_requests_meanwhile, write_model, write_payload_models
 from tests.payloads.test_large_bodies import reset_peak_memory, status_field
 
 MEBIBYTE = 1024 * 1024
-# What a request may grow serve's process by, as a multiple of its body (the README's
-# Security section states these): a real-time body, whose answer can outweigh it
+# What a request may grow serve's process by, as a multiple of its body (docs/security.md
+# states these): a real-time body, whose answer can outweigh it
 # (the NCF example's CSV answer is 2.3 times its request), and a batch body.
 REALTIME_MULTIPLE = 16
 BATCH_MULTIPLE = 8
@@ -202,38 +201,21 @@ def test_small_requests_are_answered_while_a_large_csv_is_adapted(
     # service's one loop did the decoding: a small request that came meanwhile waited
     # for all of it (2.7 s of a 5 s request here).
     body = ncf_csv(6_000_000)
-    done = threading.Event()
-    timing: dict[str, float] = {}
-
-    def large() -> None:
-        started = time.monotonic()
-        response = invoke(memory_server, body, "text/csv", "ncf_food")
-        timing["large"] = time.monotonic() - started
-        timing["status"] = response.status_code
-        done.set()
-
-    waits = []
-    sender = threading.Thread(target=large)
-    sender.start()
-    with requests.Session() as session:
-        while not done.is_set():
-            started = time.monotonic()
-            small = session.post(
-                f"{memory_server.url}/invocations",
-                data=b"42,7\n",
-                headers={
-                    "Content-Type": "text/csv",
-                    # Another model: the small request does not queue behind the large
-                    # one's chunks in one model instance.
-                    "X-Amzn-SageMaker-Custom-Attributes": "target_model=ncf_fashion",
-                },
-                timeout=600,
-            )
-            assert small.status_code == 200, small.text
-            if not done.is_set():
-                waits.append(time.monotonic() - started)
-    sender.join()
-    assert timing["status"] == 200
-    print(f"large: {timing['large']:.2f} s; small: {len(waits)}, longest {max(waits):.3f} s")
-    assert len(waits) >= 5
-    assert max(waits) < timing["large"] / 4
+    meanwhile = small_requests_meanwhile(
+        f"{memory_server.url}/invocations",
+        lambda: invoke(memory_server, body, "text/csv", "ncf_food"),
+        lambda: {
+            "data": b"42,7\n",
+            "headers": {
+                "Content-Type": "text/csv",
+                # Another model: the small request does not queue behind the large
+                # one's chunks in one model instance.
+                "X-Amzn-SageMaker-Custom-Attributes": "target_model=ncf_fashion",
+            },
+            "timeout": 600,
+        },
+    )
+    assert meanwhile.large_status == 200
+    print(meanwhile.describe())
+    assert len(meanwhile.waits) >= 5
+    assert max(meanwhile.waits) < meanwhile.large_seconds / 4

@@ -8,14 +8,13 @@ their answers, so each test checks both the schema's answer and the mapping.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from tests.conftest import ServeProcess
+from tests.payloads.conftest import small_requests_meanwhile
 from tests.payloads.llm.conftest import echoed, rendered, start_text_server
 
 TARGET = "X-Amzn-SageMaker-Custom-Attributes"
@@ -285,7 +284,7 @@ def test_a_session_carries_chat_turns_to_a_sequence_batched_model(
     """SageMaker's stateful sessions and the chat schema together: each turn of a session
     reaches the same sequence of Triton's sequence batcher, which the model keeps state for."""
     url = f"{text_server.url}/invocations"
-    headers = {TARGET: "target_model=ensemble_like", "Content-Type": "application/json"}
+    headers = {TARGET: "target_model=chat_turns", "Content-Type": "application/json"}
 
     def turn(session: str, content: str, **extra: object) -> requests.Response:
         body = {"messages": [{"role": "user", "content": content}], **extra}
@@ -319,41 +318,24 @@ def test_other_callers_are_answered_while_a_large_chat_body_is_read(
     # request waited for. It runs in a worker thread (serve/payloads/offload.py).
     messages = [{"role": "user", "content": "hello there " * 5}] * 60_000
     body = json.dumps({"messages": messages, "max_tokens": 4})
-    done = threading.Event()
-    timing: dict[str, float] = {}
-
-    def large() -> None:
-        started = time.monotonic()
-        response = requests.post(
+    meanwhile = small_requests_meanwhile(
+        f"{text_server.url}/invocations",
+        lambda: requests.post(
             f"{text_server.url}/invocations",
             data=body,
             headers={"Content-Type": "application/json"},
             timeout=120,
-        )
-        timing["large"] = time.monotonic() - started
-        timing["status"] = response.status_code
-        done.set()
-
-    waits = []
-    sender = threading.Thread(target=large)
-    sender.start()
-    with requests.Session() as session:
-        while not done.is_set():
-            started = time.monotonic()
-            small = session.post(
-                f"{text_server.url}/invocations",
-                data=json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
-                # Another model: the small request does not queue behind the large one.
-                headers={"Content-Type": "application/json", TARGET: "target_model=ensemble_like"},
-                timeout=60,
-            )
-            assert small.status_code == 200, small.text
-            if not done.is_set():
-                waits.append(time.monotonic() - started)
-    sender.join()
-    assert timing["status"] == 200
-    print(f"large: {timing['large']:.2f} s; small: {len(waits)}, longest {max(waits):.3f} s")
-    assert len(waits) >= 5
+        ),
+        lambda: {
+            "data": json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+            # Another model: the small request does not queue behind the large one.
+            "headers": {"Content-Type": "application/json", TARGET: "target_model=ensemble_like"},
+            "timeout": 60,
+        },
+    )
+    assert meanwhile.large_status == 200
+    print(meanwhile.describe())
+    assert len(meanwhile.waits) >= 5
     # On the loop, one small request waited for the whole reading: 0.39-0.44 s of a
     # 0.55-0.79 s request here; in a worker, 0.06-0.15 s of 0.37-0.66 s.
-    assert max(waits) < timing["large"] / 3
+    assert max(meanwhile.waits) < meanwhile.large_seconds / 3
