@@ -38,6 +38,12 @@ class PayloadError(BadRequest):
     """The body does not fit the model's inputs (or cannot be read at all)."""
 
 
+class PayloadTooLarge(ServeError):
+    """A body holds more than a declared limit allows (its message names the setting)."""
+
+    status = 413
+
+
 class NotFound(ServeError):
     status = 404
 
@@ -149,6 +155,11 @@ SESSIONS_SINGLE_MODEL = (
 POST_ONLY = "this route accepts POST only"
 GET_ONLY = "this route accepts GET only"
 EMPTY_BODY = "the request body is empty; send an inference request"
+ENCODED_BODY = (
+    "Content-Encoding is not accepted: the body limit counts the bytes as sent, and a "
+    "compressed body could inflate far past it; send the body uncompressed (no "
+    "Content-Encoding, or identity)"
+)
 MALFORMED_BINARY_TYPE = (
     "malformed Content-Type: binary requests need exactly "
     "application/vnd.sagemaker-triton.binary+json;json-header-size=N, with N the "

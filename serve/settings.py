@@ -55,6 +55,10 @@ MAX_SECONDS = 2**31 - 1
 # since a model can be tens of GB (serve/artifacts/archives.py's ExtractionLimits).
 MAX_ARCHIVE_BYTES = 50 * 1024**3
 MAX_ARCHIVE_MEMBERS = 100_000
+# What one adapted request may hold (serve/payloads/limits.py): records, and the Triton
+# requests they are split into (each about 1 KB in the payload service until answered).
+MAX_RECORDS = 20_000_000
+MAX_CHUNKS = 16_384
 # What SERVE_METRICS_PATH may be: nginx matches it exactly, so no pattern characters.
 METRICS_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 # Paths the public port answers otherwise (the front's own internal ones included).
@@ -582,6 +586,22 @@ class Settings:
     body_buffer_chosen: bool = dataclasses.field(
         default=False,
         metadata={"derive": lambda env, values: env.text("SERVE_BODY_BUFFER_BYTES") is not None},
+    )
+    max_records: int = setting(
+        "SERVE_MAX_RECORDS",
+        MAX_RECORDS,
+        _positive(MAX_THREADS),
+        "records (CSV or JSON lines, rows of a `.npy` array, instances) one adapted request "
+        "may hold; more get 413 naming it. Counted from what the body declares and carries "
+        "before anything is allocated per record",
+    )
+    max_chunks: int = setting(
+        "SERVE_MAX_CHUNKS",
+        MAX_CHUNKS,
+        _positive(MAX_THREADS),
+        "Triton requests one adapted request may be split into (`max_batch_size` records "
+        "each, one record each for a model that does not batch); more get 413 naming it. "
+        "Each holds about 1 KB in the payload service until the answer is written",
     )
     v2_json_writers: int | None = setting(
         "SERVE_V2_JSON_WRITERS",

@@ -47,6 +47,10 @@ _CHUNK = 1 << 20
 _HEADER_ALLOWANCE = 4096
 # The end-of-archive marker and the padding of the last record.
 _TRAILER_ALLOWANCE = 64 * 1024
+# The longest file name and path Linux takes (NAME_MAX; PATH_MAX less room for the
+# destination's own path).
+_MAX_NAME_BYTES = 255
+_MAX_PATH_BYTES = 3072
 # Linux gives up after 40 symbolic links in one lookup; so do we.
 _MAX_LINK_HOPS = 40
 _COMPRESSED_FORMATS = (
@@ -147,6 +151,8 @@ class _Extraction:
         elif member.issym():
             if member.linkname.startswith("/") or not member.linkname:
                 raise _link_refused(name, member, "which is absolute or empty")
+            if len(os.fsencode(member.linkname)) > _MAX_PATH_BYTES:
+                raise _link_refused(name, member, f"longer than {_MAX_PATH_BYTES} bytes")
             self.symlinks[name] = member.linkname
         else:
             if repeated:
@@ -433,6 +439,12 @@ def _relative_path(raw: str, member: str, what: str) -> str | None:
     parts = [part for part in raw.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise _Refused(f"member {member!r} has '..' in its {what}; {_REBUILD}")
+    longest = max((len(os.fsencode(part)) for part in parts), default=0)
+    if longest > _MAX_NAME_BYTES or len(os.fsencode(raw)) > _MAX_PATH_BYTES:
+        raise _Refused(
+            f"member {member[:80]!r}... has a {what} longer than Linux takes ({_MAX_NAME_BYTES} "
+            f"bytes a name, {_MAX_PATH_BYTES} in all); shorten it"
+        )
     return "/".join(parts) or None
 
 

@@ -22,6 +22,7 @@ import jinja2
 
 from serve.errors import (
     EMPTY_BODY,
+    ENCODED_BODY,
     GET_ONLY,
     MALFORMED_BINARY_TYPE,
     POST_ONLY,
@@ -41,6 +42,7 @@ from serve.sagemaker.contract import (
     BINARY_CONTENT_TYPE,
     BINARY_JSON,
     DIRECT_MODEL_NAME,
+    IDENTITY_ENCODING,
     SESSION_HEADER,
     TARGET_MODEL_NAME,
     full_match,
@@ -302,6 +304,7 @@ def shared_rules() -> dict[str, str]:
         "binary_json_type": BINARY_JSON,
         "binary_content_type": pcre(BINARY_CONTENT_TYPE),
         "direct_model_name": pcre(DIRECT_MODEL_NAME),
+        "identity_encoding": pcre(IDENTITY_ENCODING),
         "target_model_name": pcre(TARGET_MODEL_NAME),
         "session_header": nginx_variable(SESSION_HEADER),
         "custom_attributes_header": nginx_variable(CUSTOM_ATTRIBUTES_HEADER),
@@ -309,6 +312,7 @@ def shared_rules() -> dict[str, str]:
         "get_only": json.dumps({"error": GET_ONLY}),
         "empty_body": json.dumps({"error": EMPTY_BODY}),
         "malformed_binary_type": json.dumps({"error": MALFORMED_BINARY_TYPE}),
+        "encoded_body": json.dumps({"error": ENCODED_BODY}),
     }
 
 

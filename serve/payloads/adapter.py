@@ -29,7 +29,6 @@ from urllib.parse import quote
 import numpy as np
 
 from serve.errors import (
-    MALFORMED_BINARY_TYPE,
     ModelNotFound,
     NotAcceptable,
     PayloadError,
@@ -42,7 +41,7 @@ from serve.multi_model.registry import ModelRegistry
 from serve.payloads import batching
 from serve.payloads.batching import Origin
 from serve.payloads.body import Body
-from serve.payloads.codecs import json_codec
+from serve.payloads.codecs import binary_codec, json_codec
 from serve.payloads.events import event_data, events
 from serve.payloads.formats import (
     BINARY,
@@ -56,8 +55,10 @@ from serve.payloads.formats import (
     request_format,
     takes_bytes,
 )
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.llm.generate import TextGeneration, TextModel
 from serve.payloads.media import MediaType
+from serve.payloads.offload import Offload
 from serve.payloads.records import parameter_inputs, record_count, tensors_from_records
 from serve.payloads.signature import ModelSignature
 from serve.payloads.triton_http import TritonHttp
@@ -120,16 +121,27 @@ class PayloadAdapter:
         registry: ModelRegistry | None = None,
         text_models: Mapping[str, TextModel] | None = None,
         max_tokens: int = 256,
+        limits: PayloadLimits | None = None,
     ):
         """`text_models`: the declared text-generation models (SERVE_TEXT_GENERATION_MODELS),
         whose JSON bodies other than v2 requests speak a request schema (serve/payloads/llm/);
         `max_tokens` is what they generate when a request names no limit."""
         self.triton = triton
         self._registry = registry
+        # SERVE_MAX_RECORDS, SERVE_MAX_CHUNKS (serve/payloads/limits.py).
+        self.limits = limits or PayloadLimits()
+        # Large bodies' decoding and answers, off the event loop (serve/payloads/offload.py).
+        self.offload = Offload()
         self._signatures: dict[object, ModelSignature] = {}
         self.text = (
-            TextGeneration(triton, self.signature, text_models, max_tokens) if text_models else None
+            TextGeneration(triton, self.signature, text_models, max_tokens, self.offload)
+            if text_models
+            else None
         )
+
+    def close(self) -> None:
+        self.triton.close()
+        self.offload.close()
 
     async def invoke(self, invocation: Invocation) -> Reply:
         if invocation.inference not in INFERENCE_TYPES:
@@ -153,28 +165,33 @@ class PayloadAdapter:
         if payload_format is BINARY:
             return await self._native(invocation, name, key, BINARY)
         document: object = None
+        size = invocation.body.size
         if payload_format.route is Route.JSON:
-            document = json_codec.parse(invocation.body.read())
+            document = await self.offload.run(size, _read_json, invocation.body, self.limits)
             if is_v2_request(document):
                 return await self._native(invocation, name, key, V2, document)
             if self.text is not None and self.text.serves(name):
-                text = await self.text.invoke(name, key, document, invocation.parameters)
+                text = await self.text.invoke(name, key, document, invocation.parameters, size)
                 return Reply(200, text.content_type, text.body, chunks=text.chunks)
             if invocation.inference != "infer" and _names_inputs(document):
                 return await self._native(invocation, name, key, V2, document)
-        elif (v2 := v2_document(payload_format, media, invocation.body)) is not None:
+        elif (
+            v2 := await self.offload.run(size, v2_document, payload_format, media, invocation.body)
+        ) is not None:
             return await self._read_as_v2(invocation, name, key, media, v2)
         signature = await self.signature(name, key)
-        records, parameters, origin = payload_format.read(
-            media, invocation.body, document, signature
+        records, parameters, origin = await self.offload.run(
+            size, payload_format.read, media, invocation.body, document, signature, self.limits
         )
         parameters = {**parameters, **invocation.parameters}
         if signature.decoupled or invocation.inference != "infer":
             return await self._generate(invocation, name, signature, records, parameters)
         answer = feasible(answer_candidates(invocation.accept, payload_format.answer), signature)
-        outputs, answered = await self._infer(name, signature, records, parameters, origin)
+        outputs, answered = await self._infer(name, signature, records, parameters, origin, size)
+        del records, origin  # the decoded body goes before the answer is written
         attributes = _custom_attributes(outputs, signature)
-        return Reply(200, answer.content_type, answer.write(outputs, answered), headers=attributes)
+        encoded = await self.offload.run(size, answer.write, outputs, answered)
+        return Reply(200, answer.content_type, encoded, headers=attributes)
 
     async def _infer(
         self,
@@ -183,6 +200,7 @@ class PayloadAdapter:
         records: Sequence[object],
         parameters: dict[str, object],
         origin: Origin,
+        size: int = 0,
     ) -> tuple[Outputs, ModelSignature]:
         """Triton's answer to the records, in chunks the model takes (batching.py).
 
@@ -190,10 +208,15 @@ class PayloadAdapter:
         record costs the model nothing. The answer's signature is the one to
         encode it with (a model that does not batch answers a batch of records).
         """
-        spans = batching.chunks(len(records), signature)
-        requests = [
-            self._infer_request(signature, records, parameters, origin, span) for span in spans
-        ]
+        spans = batching.chunks(len(records), signature, self.limits)
+
+        def build() -> list[tuple[bytes, dict[str, str]]]:
+            return [
+                self._infer_request(signature, records, parameters, origin, span) for span in spans
+            ]
+
+        # A large body's requests are built off the event loop (offload.py).
+        requests = await self.offload.run(size, build)
         if len(requests) == 1:
             return await self._send(name, signature, *requests[0]), signature
         slots = asyncio.Semaphore(batching.in_flight(signature))
@@ -207,11 +230,10 @@ class PayloadAdapter:
                     raise
 
         # Every chunk is awaited, failed or not, so none is left running unobserved; the
-        # first failure in request order is the answer.
-        results = await asyncio.gather(
-            *(send(request, span) for request, span in zip(requests, spans, strict=True)),
-            return_exceptions=True,
-        )
+        # first failure in request order is the answer. Each request's body goes once sent.
+        sends = [send(request, span) for request, span in zip(requests, spans, strict=True)]
+        requests.clear()
+        results = await asyncio.gather(*sends, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -302,7 +324,9 @@ class PayloadAdapter:
         """
         headers = {"Content-Type": "application/json"}
         if own is BINARY:
-            headers["Inference-Header-Content-Length"] = str(_binary_header_size(invocation))
+            headers["Inference-Header-Content-Length"] = str(
+                binary_codec.header_size(invocation.content_type, invocation.body)
+            )
         signature = None
         if invocation.inference == "generate_stream":
             # Server-sent events as Triton writes them, or JSON Lines if Accept asks.
@@ -422,6 +446,10 @@ class PayloadAdapter:
         return Reply(200, content_type, chunks=_starting_with(first, chunks))
 
 
+def _read_json(body: Body, limits: PayloadLimits) -> object:
+    return json_codec.read_document(body.read(), limits)
+
+
 def _custom_attributes(outputs: Outputs, signature: ModelSignature) -> Headers:
     """The answer's header from the model's custom attributes output, taken out of `outputs`."""
     array = outputs.tensors.pop(CUSTOM_ATTRIBUTES, None)
@@ -438,16 +466,6 @@ def _path(name: str, inference: str) -> str:
 def _names_inputs(document: object) -> bool:
     """A generate-extension body: an object whose keys are input names (not a simple shape)."""
     return isinstance(document, dict) and not ({"inputs", "instances"} & document.keys())
-
-
-def _binary_header_size(invocation: Invocation) -> int:
-    match = BINARY_HEADER.match(invocation.content_type)
-    if match is None or int(match.group("size")) > invocation.body.size:
-        raise PayloadError(MALFORMED_BINARY_TYPE)
-    size = int(match.group("size"))
-    if size:
-        json_codec.parse(invocation.body.head(size))  # PayloadError says what is wrong
-    return size
 
 
 def _v2_as_records(document: object) -> tuple[list[object], dict[str, object]]:

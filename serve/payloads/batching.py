@@ -15,15 +15,20 @@ names the record in the body the caller sent.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from serve.errors import PayloadError
+from serve.errors import PayloadError, PayloadTooLarge
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.records import Where
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 
+# Values of an answer written at once (blocks): their Python objects are about a MB, and
+# json.dumps or tolist() of one holds the interpreter lock for a few milliseconds.
+VALUES_PER_BLOCK = 16_384
 # Chunks each model instance may have queued at Triton for one request: one running
 # and one waiting is enough to keep it busy; more only holds memory.
 CHUNKS_PER_INSTANCE = 2
@@ -50,9 +55,24 @@ class Origin:
         return f"records {first}-{last}"
 
 
-def chunks(count: int, signature: ModelSignature) -> list[range]:
-    """The spans of records each Triton request takes, in order (one span for none)."""
+def chunks(count: int, signature: ModelSignature, limits: PayloadLimits) -> list[range]:
+    """The spans of records each Triton request takes, in order (one span for none).
+
+    `count` is checked against SERVE_MAX_RECORDS and the spans it makes against
+    SERVE_MAX_CHUNKS before any span is made: each chunk costs a request, and its
+    answer, in memory until the whole answer is written.
+    """
+    limits.check_records(count)
     size = signature.max_batch_size if signature.batched else 1
+    needed = -(-count // size)
+    if needed > limits.max_chunks:
+        each = f"max_batch_size {size}" if signature.batched else "it does not batch: one record"
+        raise PayloadTooLarge(
+            f"the request's {count} records make {needed} requests to model "
+            f"{signature.name!r} ({each} each), more than SERVE_MAX_CHUNKS="
+            f"{limits.max_chunks}; send at most {limits.max_chunks * size} records per "
+            "request to this model, or raise SERVE_MAX_CHUNKS"
+        )
     return [range(start, min(start + size, count)) for start in range(0, count, size)] or [range(0)]
 
 
@@ -88,3 +108,21 @@ def join(parts: Sequence[Outputs], signature: ModelSignature) -> tuple[Outputs, 
     if signature.batched:
         return joined, signature
     return joined, dataclasses.replace(signature, max_batch_size=len(parts))
+
+
+def blocks(outputs: Outputs, signature: ModelSignature) -> Iterator[Outputs]:
+    """The answer's records a block at a time, for encoders that make Python objects of
+    the values they write: a block's objects live at once, never the whole answer's."""
+    arrays = list(outputs.tensors.values())
+    if not signature.batched or not arrays or any(array.ndim == 0 for array in arrays):
+        yield outputs
+        return
+    count = len(arrays[0])
+    per_record = max(1, sum(math.prod(array.shape[1:]) for array in arrays))
+    size = max(1, VALUES_PER_BLOCK // per_record)
+    if count <= size:
+        yield outputs
+        return
+    for start in range(0, count, size):
+        tensors = {name: array[start : start + size] for name, array in outputs.tensors.items()}
+        yield dataclasses.replace(outputs, tensors=tensors)

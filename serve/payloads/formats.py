@@ -26,6 +26,7 @@ from serve.errors import NotAcceptable, UnsupportedMediaType, not_v2_nor_bytes
 from serve.payloads.batching import Origin
 from serve.payloads.body import Body
 from serve.payloads.codecs import csv_codec, json_codec, npy_codec, raw_codec
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.media import MediaType, ranked
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs, json_answer
@@ -50,12 +51,14 @@ class Route(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Decoding:
-    """What a format's decoder gets: the body, its type, the model, and the JSON
-    document when the adapter has parsed it already (JSON's family)."""
+    """What a format's decoder gets: the body, its type, the model, the JSON document
+    when the adapter has parsed it already (JSON's family), and the limits what the
+    body declares is checked against (SERVE_MAX_RECORDS, SERVE_MAX_CHUNKS)."""
 
     body: bytes
     media: MediaType
     signature: ModelSignature
+    limits: PayloadLimits
     document: object = None
 
 
@@ -107,14 +110,22 @@ class PayloadFormat:
         return self.route in (Route.BYTES, Route.V2)
 
     def read(
-        self, media: MediaType, body: Body, document: object, signature: ModelSignature
+        self,
+        media: MediaType,
+        body: Body,
+        document: object,
+        signature: ModelSignature,
+        limits: PayloadLimits,
     ) -> Decoded:
-        """The records of `body` for `signature`'s model; 415 for a model it does not fit."""
+        """The records of `body` for `signature`'s model; 415 for a model it does not fit.
+
+        CPU work in proportion to the body: the adapter runs it off the event loop
+        for a large one (offload.py)."""
         if self.check_model is not None:
             self.check_model(media, signature)
         if self.decode is None:
             raise UnsupportedMediaType(f"{self.name} bodies are not read here")
-        return self.decode(Decoding(body.read(), media, signature, document))
+        return self.decode(Decoding(body.read(), media, signature, limits, document))
 
     def check_body(self, body: Body, media: MediaType) -> None:
         """`check_declared`, before anything reads the body whole (the adapter's first step)."""
@@ -189,13 +200,15 @@ def _decode_simple(request: Decoding) -> Decoded:
 
 
 def _decode_lines(request: Decoding) -> Decoded:
-    records, lines = json_codec.decode_lines(request.body)
+    records, lines = json_codec.decode_lines(request.body, request.limits)
     return records, {}, Origin(lines)
 
 
 def _decode_csv(request: Decoding) -> Decoded:
-    text = request.body.decode(request.media.charset, errors="replace")
-    records, lines = csv_codec.decode(text, request.signature, request.media.params.get("header"))
+    media = request.media
+    records, lines = csv_codec.decode(
+        request.body, request.signature, media.params.get("header"), media.charset, request.limits
+    )
     return records, {}, Origin(lines)
 
 
@@ -281,6 +294,7 @@ NPY = FORMATS.register(
         decode=_decode_npy,
         encode=npy_codec.encode,
         check_answer=npy_codec.check,
+        check_declared=npy_codec.check_declared,
     )
 )
 TEXT = FORMATS.register(

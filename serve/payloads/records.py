@@ -19,7 +19,8 @@ by its line in the body for CSV and JSON Lines (`where`), else by its index.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import overload
 
 import numpy as np
 
@@ -34,6 +35,37 @@ Where = Callable[[int], str]
 
 def by_index(index: int) -> str:
     return f"record {index}"
+
+
+class LazyRecords(Sequence[object]):
+    """Records read from the body only when a chunk asks for them (batching.py), so a
+    body never exists as Python objects all at once; subclasses read a span (`_read`)."""
+
+    def _read(self, start: int, stop: int) -> list[object]:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> object: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[object]: ...
+
+    def __getitem__(self, index: int | slice) -> object:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return self._read(start, max(start, stop))
+            return [self._read(i, i + 1)[0] for i in range(start, stop, step)]
+        position = range(len(self))[index]
+        return self._read(position, position + 1)[0]
+
+    def __iter__(self) -> Iterator[object]:
+        for start in range(0, len(self), READ_AT_ONCE):
+            yield from self._read(start, min(start + READ_AT_ONCE, len(self)))
+
+
+# Records a LazyRecords reads at once when all of them are asked for.
+READ_AT_ONCE = 4096
 
 
 def tensors_from_records(

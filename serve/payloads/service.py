@@ -41,12 +41,14 @@ import uvloop
 
 from serve.errors import (
     EMPTY_BODY,
+    ENCODED_BODY,
     POST_ONLY,
     SESSIONS_SINGLE_MODEL,
     BadRequest,
     MethodNotAllowed,
     NotFound,
     ServeError,
+    UnsupportedMediaType,
     invocation_timed_out,
 )
 from serve.multi_model.registry import ModelRegistry
@@ -54,10 +56,17 @@ from serve.payloads.adapter import Invocation, PayloadAdapter, Reply
 from serve.payloads.body import Body, Spool
 from serve.payloads.flow import WriteFlow
 from serve.payloads.http_parser import Head, HeadTooLarge, MalformedMessage, RequestReader
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.llm.generate import TextModel
 from serve.payloads.loop_thread import LoopThread
 from serve.payloads.triton_http import TritonHttp
-from serve.sagemaker.contract import HEADER_NAME, HEADER_VALUE, SESSION_HEADER
+from serve.sagemaker.contract import (
+    HEADER_NAME,
+    HEADER_VALUE,
+    IDENTITY_ENCODING,
+    SESSION_HEADER,
+    full_match,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,9 @@ INFERENCE_HEADER = "x-serve-inference"
 INVOCATIONS = "/_serve/invocations"
 # Triton's infer route, as nginx sends it (the name percent-encoded).
 INFER_ROUTE = re.compile(r"/v2/models/(?P<model>[^/]+)/infer")
+IDENTITY = full_match(IDENTITY_ENCODING, re.IGNORECASE)
+# Answers from this size go out beside their head rather than copied after it.
+UNCOPIED_ANSWER_BYTES = 1024 * 1024
 # As nginx's own listen backlog (serve/front/templates/nginx.conf.j2).
 LISTEN_BACKLOG = 4096
 
@@ -75,7 +87,7 @@ class SessionHandler(Protocol):
 
     async def invoke(self, session_id: str, invocation: Invocation) -> Reply: ...
 
-    def refuse_held_sequence(self, invocation: Invocation) -> None: ...
+    async def refuse_held_sequence(self, invocation: Invocation) -> None: ...
 
     async def start_expiry(self) -> None: ...
 
@@ -99,8 +111,11 @@ class PayloadService(LoopThread):
         text_models: Mapping[str, TextModel] | None = None,
         max_tokens: int = 256,
         triton_route: bool = False,
+        limits: PayloadLimits | None = None,
     ):
         """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
+
+        `limits`: SERVE_MAX_RECORDS and the like (serve/payloads/limits.py).
 
         `spool`: where bodies past SERVE_BODY_BUFFER_BYTES are written (serve/payloads/body.py).
         `listener`: a socket already listening at `socket_path` (writers.py's processes).
@@ -122,6 +137,7 @@ class PayloadService(LoopThread):
         self._text_models = text_models
         self._max_tokens = max_tokens
         self._triton_route = triton_route
+        self._limits = limits
         self._adapter: PayloadAdapter | None = None
         self._sessions: SessionHandler | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -132,6 +148,7 @@ class PayloadService(LoopThread):
             self._registry,
             self._text_models,
             self._max_tokens,
+            self._limits,
         )
         sessions = None
         if self._session_handlers is not None:
@@ -160,7 +177,7 @@ class PayloadService(LoopThread):
         if self._sessions is not None:
             await self._sessions.stop_expiry()
         if self._adapter is not None:
-            self._adapter.triton.close()
+            self._adapter.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -285,7 +302,7 @@ class _NginxConnection(WriteFlow):
                     raise BadRequest(SESSIONS_SINGLE_MODEL)
                 return await self._sessions.invoke(session, invocation)
             if self._sessions is not None:
-                self._sessions.refuse_held_sequence(invocation)
+                await self._sessions.refuse_held_sequence(invocation)
             # --- end sessions
             return await self._adapter.invoke(invocation)
         except ServeError as exc:
@@ -317,6 +334,8 @@ class _NginxConnection(WriteFlow):
             raise MethodNotAllowed(POST_ONLY)
         if not body:
             raise BadRequest(EMPTY_BODY)
+        if not IDENTITY.match(headers.get("content-encoding", "")):
+            raise UnsupportedMediaType(ENCODED_BODY)
         return Invocation(
             model=model,
             inference=headers.get(INFERENCE_HEADER, "infer"),
@@ -329,14 +348,16 @@ class _NginxConnection(WriteFlow):
         if self._closed or self._transport is None:
             return
         extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
-        self._transport.write(
-            (
-                f"HTTP/1.1 {reply.status} {_phrase(reply.status)}\r\n"
-                f"Content-Type: {reply.content_type}\r\n{extra}"
-                f"Content-Length: {len(reply.body)}\r\n\r\n"
-            ).encode("latin-1")
-            + reply.body
-        )
+        head = (
+            f"HTTP/1.1 {reply.status} {_phrase(reply.status)}\r\n"
+            f"Content-Type: {reply.content_type}\r\n{extra}"
+            f"Content-Length: {len(reply.body)}\r\n\r\n"
+        ).encode("latin-1")
+        if len(reply.body) < UNCOPIED_ANSWER_BYTES:
+            self._transport.write(head + reply.body)
+        else:
+            # A large answer (batch transform's) is not copied to put its head before it.
+            self._transport.writelines((head, reply.body))
 
     async def _write_stream(self, reply: Reply) -> None:
         assert reply.chunks is not None and self._transport is not None

@@ -34,6 +34,7 @@ from tritonclient.grpc import model_config_pb2
 
 from serve.machine.sockets import restrict_socket
 from serve.payloads.body import Spool
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.service import LISTEN_BACKLOG, PayloadService
 from serve.settings import Settings
 from serve.triton.model_config import ModelConfig
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         Spool(args.spool, settings.body_buffer_bytes),
         timeout=settings.invocation_timeout,
         listener=socket.socket(fileno=args.fd),
+        limits=PayloadLimits.of(settings),
         triton_route=True,
     )
     service.start()

@@ -38,6 +38,7 @@ from serve.machine.sockets import restrict_socket
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
 from serve.payloads.formats import takes_bytes
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.llm.generate import TextModel
 from serve.payloads.llm.templates import find_chat_template
 from serve.payloads.service import PayloadService, SessionHandlers
@@ -294,6 +295,7 @@ class Server:
             self._session_handlers() if repository else None,
             text_models=_text_models(repository, settings),
             max_tokens=settings.text_generation_max_tokens,
+            limits=PayloadLimits.of(settings),
         )
         running.payloads.start()
         for number, path in enumerate(front.writer_sockets()):

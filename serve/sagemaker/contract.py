@@ -21,6 +21,10 @@ DIRECT_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}"
 # them and writes them into its config unquoted.
 TARGET_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.~-]{0,254}"
 
+# Content-Encoding a request body may declare: none, or identity. serve's limits count
+# the bytes as sent, and Triton would inflate gzip or deflate without any bound.
+IDENTITY_ENCODING = r"\s*(?:identity\s*)?"
+
 
 # The headers of SageMaker's stateful sessions (InvokeEndpoint's SessionId,
 # NewSessionId and ClosedSessionId); nginx routes on the first.

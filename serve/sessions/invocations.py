@@ -132,7 +132,10 @@ class SessionInvocations:
             "sequence_end": False,
         }
         try:
-            reply = await self._adapter.invoke(_with_parameters(invocation, flags))
+            # A v2 body is parsed and written again with the flags: off the loop when large.
+            size = invocation.body.size
+            with_flags = await self._adapter.offload.run(size, _with_parameters, invocation, flags)
+            reply = await self._adapter.invoke(with_flags)
         except ServeError as exc:
             if FORGOTTEN in exc.message:
                 self.registry.remove(session)
@@ -238,16 +241,18 @@ class SessionInvocations:
 
     # -- plain requests -----------------------------------------------------
 
-    def refuse_held_sequence(self, invocation: Invocation) -> None:
+    async def refuse_held_sequence(self, invocation: Invocation) -> None:
         """Refuse a plain request (no SessionId) naming a sequence a session or stream holds.
 
         Triton takes `sequence_id` from a v2 body's parameters (or, on its generate
         routes, from the body's top level); a simple-shape JSON body's parameters
-        reach it too. Nothing is read while no session or stream is open.
+        reach it too. Nothing is read while no session or stream is open; a large
+        body is parsed in a worker thread (offload.py), the held ids read on the loop.
         """
         if not self.registry.ids:
             return
-        for named in _named_sequences(invocation):
+        size = invocation.body.size
+        for named in await self._adapter.offload.run(size, _named_sequences, invocation):
             if isinstance(named, bool):
                 continue
             if isinstance(named, str) and named.isascii() and named.isdigit():

@@ -9,11 +9,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import EXAMPLES, ServeProcess, free_port, serve_env
 
@@ -154,3 +158,49 @@ def payload_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServePr
         yield server.wait_ready()
     finally:
         server.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class Meanwhile:
+    """A large request's time and status, and how long each small one sent meanwhile took."""
+
+    large_seconds: float
+    large_status: int
+    waits: list[float]
+
+    def describe(self) -> str:
+        return (
+            f"large: {self.large_seconds:.2f} s; small: {len(self.waits)}, "
+            f"longest {max(self.waits, default=0):.3f} s"
+        )
+
+
+def small_requests_meanwhile(
+    url: str, large: Callable[[], requests.Response], small: Callable[[], dict[str, object]]
+) -> Meanwhile:
+    """Send `large()` once and, until it is answered, `small()`'s request (requests.post's
+    arguments) to `url` one after another, each of which must be a 200: what the payload
+    service makes other callers wait while it works on a large body (issue 24, defect 6)."""
+    done = threading.Event()
+    answer: list[requests.Response] = []
+    started_large = time.monotonic()
+
+    def send_large() -> None:
+        try:
+            answer.append(large())
+        finally:
+            done.set()
+
+    waits = []
+    sender = threading.Thread(target=send_large)
+    sender.start()
+    with requests.Session() as session:
+        while not done.is_set():
+            started = time.monotonic()
+            response = session.post(url, **small())
+            assert response.status_code == 200, response.text
+            if not done.is_set():
+                waits.append(time.monotonic() - started)
+    sender.join()
+    assert answer, "the large request raised"
+    return Meanwhile(time.monotonic() - started_large, answer[0].status_code, waits)

@@ -57,16 +57,13 @@ json_scalars = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
 )
+json_keys = st.sampled_from(
+    ["inputs", "instances", "parameters", "user_id", "item_id", "A", "B"]
+) | st.text(max_size=6)
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.one_of(
-        st.lists(children, max_size=5),
-        st.dictionaries(
-            st.sampled_from(["inputs", "instances", "parameters", "user_id", "item_id", "A", "B"])
-            | st.text(max_size=6),
-            children,
-            max_size=4,
-        ),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(json_keys, children, max_size=4)
     ),
     max_leaves=20,
 )

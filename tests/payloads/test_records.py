@@ -53,8 +53,8 @@ def test_rows_objects_and_columns_give_the_same_batch() -> None:
     assert tensors({"instances": [{"item_id": 2, "user_id": 1}, [3, 4]]}, NCF) == expected
     assert tensors({"inputs": {"user_id": [1, 3], "item_id": [2, 4]}}, NCF) == expected
     assert tensors([[1, 2], [3, 4]], NCF) == expected
-    records, lines = csv_codec.decode("user_id,item_id\n1,2\n3,4\n", NCF)
-    assert lines == [2, 3]
+    records, lines = csv_codec.decode(b"user_id,item_id\n1,2\n3,4\n", NCF)
+    assert list(lines) == [2, 3]
     assert {k: v.tolist() for k, v in tensors_from_records(records, NCF).items()} == expected
 
 

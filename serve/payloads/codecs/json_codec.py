@@ -24,25 +24,28 @@ text for BYTES) or, for a model with several outputs, an object naming them.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-import orjson
 
 from serve.errors import PayloadError
-from serve.payloads.records import SCALARS
+from serve.payloads import batching
+from serve.payloads.json_elements import InvalidJson, JsonElements, lazy_document, parse_json
+from serve.payloads.limits import PayloadLimits
+from serve.payloads.lines import JSON_BLANK, Lines, find_lines
+from serve.payloads.records import SCALARS, LazyRecords
 from serve.payloads.signature import ModelSignature
 from serve.payloads.v2 import Outputs
 
+# Bodies from this size have their records array read a chunk at a time (read_document).
+LAZY_BYTES = 256 * 1024
 SHAPES = (
     '{"instances": [record, ...]}, {"inputs": [record, ...]}, {"inputs": {"name": [...]}}, '
     '{"inputs": "text"}, a bare array of records, or KServe v2 {"inputs": [{"name": ...}]}'
 )
-
-
-# orjson reads at most 1024 levels; what it refuses, Python's json reads by recursion.
-TOO_DEEP = "the JSON nests deeper than serve reads (1024 levels, orjson's limit); send flatter JSON"
 
 
 def parse(body: bytes) -> object:
@@ -50,18 +53,14 @@ def parse(body: bytes) -> object:
     128 ids, 2.7 against 8.6 us), and json what orjson refuses: NaN, integers past
     64 bits, and the error message for a body that is not JSON."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"the request body is not valid JSON: {exc}") from exc
-    except RecursionError:
-        raise PayloadError(TOO_DEEP) from None
+        return parse_json(body)
+    except InvalidJson as exc:
+        raise PayloadError(exc.describe("the request body")) from None
 
 
-def decode(document: object, signature: ModelSignature) -> tuple[list[object], dict[str, object]]:
+def decode(
+    document: object, signature: ModelSignature
+) -> tuple[Sequence[object], dict[str, object]]:
     """Records and request parameters from a simple-shape JSON document."""
     parameters: dict[str, object] = {}
     if isinstance(document, dict):
@@ -85,45 +84,71 @@ def decode(document: object, signature: ModelSignature) -> tuple[list[object], d
             f"the JSON object has no inputs or instances for model {signature.name!r} "
             f"(inputs: {signature.describe_inputs()}); send one of: {SHAPES}"
         )
-    if isinstance(document, list):
+    if isinstance(document, list | JsonElements):
         return _records(document, signature), parameters
     if isinstance(document, str) and _single_value(signature):
         return [document], parameters
     raise PayloadError(f"a JSON {type(document).__name__} is not a request; send one of: {SHAPES}")
 
 
-def decode_lines(body: bytes) -> tuple[list[object], list[int]]:
-    """The records, and the line of the body each is on (blank lines are not records)."""
-    records, lines = [], []
-    for number, line in enumerate(body.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PayloadError(f"line {number} is not valid JSON: {exc}") from exc
-        except RecursionError:
-            raise PayloadError(f"line {number}: {TOO_DEEP}") from None
-        lines.append(number)
-    if not records:
+def read_document(body: bytes, limits: PayloadLimits | None = None) -> object:
+    """The body's JSON; a large simple-shape body's records array is read a chunk at a
+    time (json_elements.py), the rest as `parse` reads it."""
+    if len(body) >= LAZY_BYTES:
+        document = lazy_document(body, limits or PayloadLimits())
+        if document is not None:
+            return document
+    return parse(body)
+
+
+def decode_lines(
+    body: bytes, limits: PayloadLimits | None = None
+) -> tuple[Sequence[object], Sequence[int]]:
+    """The records, and the line of the body each is on (blank lines are not records).
+
+    Lines are found with numpy and parsed only as their chunk is converted
+    (`JsonLines`): the body is never Python objects all at once.
+    """
+    lines = find_lines(body, JSON_BLANK, limits or PayloadLimits())
+    if not lines:
         raise PayloadError("the JSON Lines body holds no records")
-    return records, lines
+    return JsonLines(lines), lines.numbers
 
 
-def _instances(value: object) -> list[object]:
-    if not isinstance(value, list):
+@dataclasses.dataclass(frozen=True)
+class JsonLines(LazyRecords):
+    """JSON Lines records, each parsed when its chunk is asked for."""
+
+    lines: Lines
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def _read(self, start: int, stop: int) -> list[object]:
+        records = []
+        for index in range(start, stop):
+            try:
+                records.append(parse_json(self.lines[index]))
+            except InvalidJson as exc:
+                number = self.lines.numbers[index]
+                raise PayloadError(exc.describe(f"line {number}")) from None
+        return records
+
+
+def _instances(value: object) -> Sequence[object]:
+    if not isinstance(value, list | JsonElements):
         raise PayloadError(f'"instances" must be a list of records; got {_kind(value)}')
     if not value:
         raise PayloadError('"instances" is empty; send at least one record')
-    return list(value)
+    return value if isinstance(value, JsonElements) else list(value)
 
 
-def _inputs(value: object, signature: ModelSignature) -> list[object]:
+def _inputs(value: object, signature: ModelSignature) -> Sequence[object]:
     if isinstance(value, dict):
         return _columns(value, signature)
     if isinstance(value, str):
         return [value]
-    if not isinstance(value, list):
+    if not isinstance(value, list | JsonElements):
         raise PayloadError(f'"inputs" must be a list of records or a text; got {_kind(value)}')
     return _records(value, signature)
 
@@ -132,16 +157,18 @@ def _kind(value: object) -> str:
     return "null" if value is None else f"a {type(value).__name__}"
 
 
-def _records(items: list[object], signature: ModelSignature) -> list[object]:
+def _records(items: list[object] | JsonElements, signature: ModelSignature) -> Sequence[object]:
     """A JSON array: records, or one record of plain values."""
     if not items:
         raise PayloadError("the JSON array is empty; send at least one record")
+    if isinstance(items, JsonElements):
+        return [list(items)] if items.scalars and not _single_value(signature) else items
     if all(isinstance(item, SCALARS) for item in items) and not _single_value(signature):
         return [items]
     return list(items)
 
 
-def _columns(columns: Mapping[str, object], signature: ModelSignature) -> list[object]:
+def _columns(columns: Mapping[str, object], signature: ModelSignature) -> Sequence[object]:
     lengths = {}
     for name, values in columns.items():
         if signature.input(name) is None:
@@ -154,8 +181,25 @@ def _columns(columns: Mapping[str, object], signature: ModelSignature) -> list[o
         lengths[name] = len(values)
     if not lengths or len(set(lengths.values())) != 1:
         raise PayloadError(f"the input columns differ in length: {lengths}")
-    count = next(iter(lengths.values()))
-    return [{name: columns[name][i] for name in columns} for i in range(count)]  # type: ignore[index]
+    return Columns(columns, next(iter(lengths.values())))  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns(LazyRecords):
+    """`{"inputs": {"name": [value per record], ...}}` as records (an object each), made
+    only as their chunk is asked for: a dict per record costs 30 times its values."""
+
+    columns: Mapping[str, list[object]]
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _read(self, start: int, stop: int) -> list[object]:
+        return [
+            {name: values[index] for name, values in self.columns.items()}
+            for index in range(start, stop)
+        ]
 
 
 def _single_value(signature: ModelSignature) -> bool:
@@ -209,9 +253,22 @@ def _text(item: object) -> object:
 
 
 def encode(outputs: Outputs, signature: ModelSignature) -> bytes:
-    return json.dumps({"predictions": record_values(outputs, signature)}).encode()
+    """`{"predictions": [...]}` as json.dumps writes it, a block of records at a time."""
+    answer = io.BytesIO()
+    answer.write(b'{"predictions": [')
+    separator = b""
+    for block in batching.blocks(outputs, signature):
+        values = json.dumps(record_values(block, signature))[1:-1]
+        if values:
+            answer.write(separator + values.encode())
+            separator = b", "
+    answer.write(b"]}")
+    return answer.getvalue()  # the buffer itself, not a copy
 
 
 def encode_lines(outputs: Outputs, signature: ModelSignature) -> bytes:
-    lines = [json.dumps(value) for value in record_values(outputs, signature)]
-    return ("\n".join(lines) + "\n").encode()
+    answer = io.BytesIO()
+    for block in batching.blocks(outputs, signature):
+        lines = "".join(json.dumps(value) + "\n" for value in record_values(block, signature))
+        answer.write(lines.encode())
+    return answer.getvalue() or b"\n"

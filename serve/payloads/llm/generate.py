@@ -50,6 +50,7 @@ from serve.payloads.llm.schemas import (
     RequestSchema,
 )
 from serve.payloads.llm.templates import ChatTemplate
+from serve.payloads.offload import Offload
 from serve.payloads.signature import ModelSignature
 from serve.payloads.triton_http import TritonHttp
 from serve.payloads.v2 import binary_request, read_answer
@@ -94,8 +95,12 @@ class TextGeneration:
         signatures: Signatures,
         models: Mapping[str, TextModel],
         max_tokens: int,
+        offload: Offload,
     ):
+        """`offload`: where a large body's reading (its chat template's rendering above
+        all) runs, so other requests keep being answered (serve/payloads/offload.py)."""
         self.triton = triton
+        self._offload = offload
         self._signatures = signatures
         self._models = dict(models)
         self._max_tokens = max_tokens
@@ -104,14 +109,21 @@ class TextGeneration:
         return model in self._models
 
     async def invoke(
-        self, name: str, key: object, document: object, parameters: Mapping[str, object]
+        self,
+        name: str,
+        key: object,
+        document: object,
+        parameters: Mapping[str, object],
+        size: int = 0,
     ) -> Answer:
-        """The answer of model `name` to a schema's body; errors carry the schema's shape."""
+        """The answer of model `name` to a schema's body (of `size` bytes); errors carry the
+        schema's shape."""
         model = self._models[name]
         schema = SCHEMAS.for_body(document, name)
         assert isinstance(document, dict)
         try:
-            request = schema.read(document, Context(name, model.template, self._max_tokens))
+            context = Context(name, model.template, self._max_tokens)
+            request = await self._offload.run(size, schema.read, document, context)
             signature = await self._signatures(name, key)
             mapping = MAPPINGS.choose(signature, model.inputs)
             answering = Answering.new(schema.id_prefix, request.model or name)

@@ -1,7 +1,9 @@
 """The schemas' readers and the chat templates, without a server: hostile input first.
 
 Every body a caller can send is read into a request or refused with a
-PayloadError (a 400 naming the field); nothing else escapes. Templates render
+PayloadError (a 400 naming the field); nothing else escapes, and the body's
+bytes read as the adapter reads them stay within a memory and time budget
+(tests/budget.py). Templates render
 in jinja2's sandbox: a template cannot reach Python's internals, and message
 text is data, never template code.
 """
@@ -10,18 +12,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serve.errors import ConfigError, ModelMisconfigured, PayloadError
+from serve.payloads.codecs import json_codec
+from serve.payloads.limits import PayloadLimits
 from serve.payloads.llm.mappings import MAPPINGS, VLLM
 from serve.payloads.llm.request import Generation, Sampling
 from serve.payloads.llm.schemas import SCHEMAS, Context
 from serve.payloads.llm.templates import ChatTemplate, find_chat_template
 from serve.payloads.signature import ModelSignature, TensorSpec
 from serve.settings import TEXT_GENERATION_INPUTS
+from tests.budget import FUZZ, MEBIBYTE, memory_budget
 from tests.payloads.llm.conftest import CHAT_TEMPLATE, rendered, write_tokenizer_config
 
 TEMPLATE = ChatTemplate.compile(CHAT_TEMPLATE, "test", {"bos_token": "<s>"})
@@ -198,3 +204,36 @@ def test_a_mapping_refuses_what_the_model_cannot_take() -> None:
     with pytest.raises(ModelMisconfigured, match="lacks input max_tokens"):
         MAPPINGS.choose(SIGNATURE, "tensorrt_llm")
     assert MAPPINGS.choose(SIGNATURE).name == "vllm"
+
+
+def read_as_adapter(data: bytes, lazy: bool) -> tuple[str, object]:
+    """A body's bytes as the adapter reads them for a text-generation model: its JSON
+    (a records array a chunk at a time when `lazy`, as for a large body), then the schema."""
+    try:
+        with mock.patch.object(json_codec, "LAZY_BYTES", 0 if lazy else 1 << 60):
+            document = json_codec.read_document(data, PayloadLimits(60, 20))
+        request = SCHEMAS.for_body(document, "model").read(document, CONTEXT)
+    except PayloadError as exc:
+        assert exc.status == 400 and exc.message
+        return "refused", exc.status
+    return "ok", (request.generation, request.model, request.echo)
+
+
+@FUZZ
+@given(
+    body=bodies,
+    junk=st.sampled_from(["", "[", "]", '"', "\\", "\xff", "[" * 3000, "{" * 2000]),
+    at=st.floats(0, 1),
+    lead=st.sampled_from(["", '{"inputs": [1, "x", [2]], ', '{"inputs": [{"a": 1}], ']),
+)
+def test_any_bytes_are_read_or_refused_within_the_budget(
+    body: dict[str, object], junk: str, at: float, lead: str
+) -> None:
+    text = json.dumps(body)
+    if lead and text != "{}":
+        text = lead + text[1:]
+    where = int(len(text) * at)
+    data = (text[:where] + junk + text[where:]).encode("utf-8", "surrogatepass")
+    with memory_budget(64 * len(data) + 4 * MEBIBYTE):
+        lazily = read_as_adapter(data, lazy=True)
+    assert lazily == read_as_adapter(data, lazy=False)

@@ -14,6 +14,7 @@ from typing import Any
 import requests
 
 from tests.conftest import ServeProcess
+from tests.payloads.conftest import small_requests_meanwhile
 from tests.payloads.llm.conftest import echoed, rendered, start_text_server
 
 TARGET = "X-Amzn-SageMaker-Custom-Attributes"
@@ -307,3 +308,34 @@ def test_a_session_carries_chat_turns_to_a_sequence_batched_model(
     assert closed.headers["X-Amzn-SageMaker-Closed-Session-Id"] == session
     after = turn(other.headers["X-Amzn-SageMaker-New-Session-Id"].split(";")[0], "last")
     assert after.json()["choices"][0]["message"]["content"].startswith("turn 2 of 1 open")
+
+
+def test_other_callers_are_answered_while_a_large_chat_body_is_read(
+    text_server: ServeProcess,
+) -> None:
+    # 60,000 messages (5.6 MB): reading them and rendering the chat template is about
+    # half a second of CPU, which on the payload service's one loop every other
+    # request waited for. It runs in a worker thread (serve/payloads/offload.py).
+    messages = [{"role": "user", "content": "hello there " * 5}] * 60_000
+    body = json.dumps({"messages": messages, "max_tokens": 4})
+    meanwhile = small_requests_meanwhile(
+        f"{text_server.url}/invocations",
+        lambda: requests.post(
+            f"{text_server.url}/invocations",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=120,
+        ),
+        lambda: {
+            "data": json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+            # Another model: the small request does not queue behind the large one.
+            "headers": {"Content-Type": "application/json", TARGET: "target_model=ensemble_like"},
+            "timeout": 60,
+        },
+    )
+    assert meanwhile.large_status == 200
+    print(meanwhile.describe())
+    assert len(meanwhile.waits) >= 5
+    # On the loop, one small request waited for the whole reading: 0.39-0.44 s of a
+    # 0.55-0.79 s request here; in a worker, 0.06-0.15 s of 0.37-0.66 s.
+    assert max(meanwhile.waits) < meanwhile.large_seconds / 3
