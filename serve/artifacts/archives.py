@@ -214,8 +214,9 @@ class _Extraction:
         assert source is not None  # a regular member always has data
         # Keep the permission bits that matter (executables stay executable),
         # drop setuid/setgid/sticky and group/other write, keep the owner able
-        # to rewrite the file (conda-unpack rewrites prefixes in place).
-        mode = (member.mode & 0o755) | 0o600
+        # to rewrite the file (conda-unpack rewrites prefixes in place) and
+        # everyone able to read it (Triton may run as another user than serve).
+        mode = (member.mode & 0o755) | 0o644
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with os.fdopen(os.open(path, flags, mode), "wb") as out:
             while chunk := source.read(_CHUNK):

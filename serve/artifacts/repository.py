@@ -36,6 +36,7 @@ from serve.artifacts.environments import (
 )
 from serve.artifacts.paths import check_name, inside, is_inside
 from serve.errors import ArtifactError, ConfigError
+from serve.machine.users import RunAs, popen_user
 from serve.settings import Settings
 from serve.triton import model_config
 from serve.triton.install import RUNNING_PYTHON, STUB_NAME, TritonInstall
@@ -74,12 +75,17 @@ class Preparation:
     # root), so an upload cannot have Triton run, or serve unpack, what lies elsewhere
     # on the host. None: anywhere (the endpoint's own /opt/ml/model).
     environments_root: Path | None = None
+    # The user Triton runs as (serve/machine/users.py): it must be able to read every
+    # model's files, and the stub check runs as it. None: serve's own user.
+    run_as: RunAs | None = None
 
 
-def server_preparation(settings: Settings, install: TritonInstall, gpu_count: int) -> Preparation:
+def server_preparation(
+    settings: Settings, install: TritonInstall, gpu_count: int, run_as: RunAs | None = None
+) -> Preparation:
     """The run's `Preparation`: limits and environment cache from settings, stubs from Triton."""
     try:
-        environments = EnvironmentCache(settings.env_cache, ExtractionLimits.of(settings))
+        environments = EnvironmentCache(settings.env_cache, ExtractionLimits.of(settings), run_as)
     except OSError as exc:
         raise ConfigError(
             f"SERVE_ENV_CACHE={settings.env_cache} cannot be used as the environment cache "
@@ -91,6 +97,7 @@ def server_preparation(settings: Settings, install: TritonInstall, gpu_count: in
         python_stubs=dict(install.python_stubs),
         default_python=install.default_python,
         extraction_limits=ExtractionLimits.of(settings),
+        run_as=run_as,
     )
 
 
@@ -223,7 +230,10 @@ def prepare_model(source: Path, target: Path, name: str, preparation: Preparatio
     EXECUTION_ENV_PATH archive is unpacked through the environment cache and
     the config points at the unpacked folder; a model whose environment has
     another Python than the server's default gets that Python's stub.
+    A file Triton's user could not read is refused here, by name.
     """
+    if preparation.run_as is not None:
+        preparation.run_as.check_readable(source)
     _link_tree(source, target)
     config_path = source / CONFIG_FILE
     if not config_path.is_file():
@@ -332,6 +342,8 @@ def _prepare_environment(
     parameter = config.parameters[ENV_PARAMETER]
     if location.is_dir():
         python_version = inspect_folder(location, preparation.python_stubs)
+        if preparation.run_as is not None:
+            preparation.run_as.check_readable(location)
         parameter.string_value = str(location)
         _give_stub(target, name, location, python_version, preparation)
         return None, True
@@ -379,8 +391,11 @@ def _give_stub(
     if not preparation.start_stubs:
         return
     try:
+        # As Triton's user: the stub is Triton's (NVIDIA's images give their installation
+        # to that user), and it is run the way Triton will run it.
         check = subprocess.run(
             [str(own_stub)],
+            **popen_user(preparation.run_as),
             capture_output=True,
             text=True,
             errors="replace",
