@@ -360,6 +360,9 @@ class ContainerServe(ServeProcess):
         if (opt_ml / "models").is_dir():
             mounts += ["--volume", f"{opt_ml / 'models'}:/opt/ml/models:ro"]
         mounts += ["--volume", f"{scratch}:{scratch}"]
+        # Inside, only the folder's own mode guards it: Triton runs as triton-server
+        # there and must enter what settings name in it (SERVE_ENV_CACHE, ...).
+        scratch.chmod(0o755)
         variables = [
             f"--env={key}={value}"
             for key, value in env.items()

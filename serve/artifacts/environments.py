@@ -112,6 +112,13 @@ class EnvironmentCache:
             root.mkdir(parents=True)
             root.chmod(0o755)  # whatever the umask: no one else writes here
         _check_private(root)
+        closed = run_as.closed_folder(root / "entry") if run_as else None
+        if run_as is not None and closed is not None:
+            raise ConfigError(
+                f"SERVE_ENV_CACHE={root}: Triton runs as {run_as.name} and cannot enter "
+                f"{closed}, so it could not read the environments unpacked there; point "
+                "SERVE_ENV_CACHE at a folder others may enter (the default, under /tmp)"
+            )
 
     def materialize(
         self, archive: Path, available_stubs: Mapping[str, Path]

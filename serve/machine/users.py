@@ -84,15 +84,22 @@ class RunAs:
             bits = status.st_mode
         return bits & access == access
 
+    def closed_folder(self, path: Path) -> Path | None:
+        """The first folder on the way to `path` (itself excluded) this user cannot enter."""
+        for folder in reversed(path.resolve().parents):
+            if not self.may(folder, _ENTER):
+                return folder
+        return None
+
     def check_readable(self, source: Path) -> None:
         """Refuse a model folder (or file) that this user cannot read, naming what and how.
 
         `source`'s files, its folders and the folders above it: the prepared
         repository links to them, so Triton opens the originals.
         """
-        for folder in source.resolve().parents:
-            if not self.may(folder, _ENTER):
-                self._refuse(folder, "enter")
+        closed = self.closed_folder(source)
+        if closed is not None:
+            self._refuse(closed, "enter")
         if source.is_file():
             if not self.may(source, _READ):
                 self._refuse(source, "read")

@@ -171,3 +171,44 @@ def test_triton_stubs_and_model_code_cannot_write_the_model_or_the_workspace(
     assert stubs
     assert {uid_of(pid) for pid in [triton, *stubs]} == {uid}
     assert f"starting tritonserver as {user} (uid {uid})" in server.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a child as another user")
+@pytest.mark.container
+def test_a_model_file_only_root_may_read_stops_start_up_naming_it_and_the_fix(
+    start_serve: StartServe, serve_target: str, enterable_tmp: Path
+) -> None:
+    opt_ml = enterable_tmp / "opt_ml"
+    write_add_model(opt_ml / "model", "secret")
+    (opt_ml / "model" / "secret" / "1" / "model.py").chmod(0o600)
+    env = {"SERVE_TRITON_USER": "daemon"} if serve_target == "local" else {}
+
+    server = start_serve(opt_ml, **env)
+
+    assert server.wait_exit(60) == 1
+    model_py = server.sagemaker_path(opt_ml / "model" / "secret" / "1" / "model.py")
+    assert f"cannot read {model_py} (mode -rw-------)" in server.output
+    assert "chmod -R a+rX" in server.output
+    assert "SERVE_TRITON_USER=root" in server.output
+    assert "Traceback" not in server.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a child as another user")
+def test_a_stub_only_root_may_run_stops_start_up_naming_it(
+    start_serve: StartServe, enterable_tmp: Path
+) -> None:
+    triton = private_triton(enterable_tmp)
+    (stub,) = [
+        path
+        for path in (triton.parent.parent / "python_backend_stubs").rglob(STUB_NAME)
+        if path.parent.name == f"{sys.version_info.major}.{sys.version_info.minor}"
+    ]
+    stub.chmod(0o100)  # what Triton's chmod leaves
+    opt_ml = enterable_tmp / "opt_ml"
+    write_add_model(opt_ml / "model")
+
+    server = start_serve(opt_ml, SERVE_TRITON_USER="daemon", TRITONSERVER_BIN=str(triton))
+
+    assert server.wait_exit(60) == 1
+    assert f"cannot run {stub} (mode ---x------); chmod 755 it" in server.output
+    assert "Traceback" not in server.output
