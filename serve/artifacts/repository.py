@@ -232,13 +232,13 @@ def prepare_model(source: Path, target: Path, name: str, preparation: Preparatio
     another Python than the server's default gets that Python's stub.
     A file Triton's user could not read is refused here, by name.
     """
-    if preparation.run_as is not None:
-        preparation.run_as.check_readable(source)
-    _link_tree(source, target)
     config_path = source / CONFIG_FILE
-    if not config_path.is_file():
+    config = model_config.read_config(config_path) if config_path.is_file() else None
+    if preparation.run_as is not None:
+        preparation.run_as.check_readable(source, _read_by_serve(config, source, preparation))
+    _link_tree(source, target)
+    if config is None:
         return PreparedModel(name, target, None)
-    config = model_config.read_config(config_path)
     changed = False
     if preparation.gpu_count == 0 and model_config.move_gpu_instances_to_cpu(config):
         log.warning(
@@ -317,6 +317,20 @@ def _env_value(config: ModelConfig) -> str:
     if ENV_PARAMETER not in config.parameters:
         return ""
     return config.parameters[ENV_PARAMETER].string_value.strip()
+
+
+def _read_by_serve(
+    config: ModelConfig | None, source: Path, preparation: Preparation
+) -> tuple[Path, ...]:
+    """The files of model folder `source` that serve reads and Triton does not: the
+    environment archive that the cache unpacks."""
+    value = _env_value(config) if config is not None else ""
+    if not value or preparation.environments is None:
+        return ()
+    try:
+        return (resolve_env_path(value, source),)
+    except ArtifactError:
+        return ()  # refused where the environment is prepared
 
 
 def _prepare_environment(

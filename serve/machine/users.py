@@ -25,6 +25,7 @@ import logging
 import os
 import pwd
 import stat
+from collections.abc import Collection
 from pathlib import Path
 from typing import TypedDict
 
@@ -91,12 +92,14 @@ class RunAs:
                 return folder
         return None
 
-    def check_readable(self, source: Path) -> None:
+    def check_readable(self, source: Path, skip: Collection[Path] = ()) -> None:
         """Refuse a model folder (or file) that this user cannot read, naming what and how.
 
         `source`'s files, its folders and the folders above it: the prepared
-        repository links to them, so Triton opens the originals.
+        repository links to them, so Triton opens the originals. `skip`: files
+        serve reads for Triton (an environment archive it unpacks).
         """
+        skipped = {path.resolve() for path in skip}
         closed = self.closed_folder(source)
         if closed is not None:
             self._refuse(closed, "enter")
@@ -109,7 +112,7 @@ class RunAs:
                 self._refuse(Path(walked), "read")
             for name in files:
                 path = Path(walked, name)
-                if path.exists() and not self.may(path, _READ):
+                if path.exists() and path.resolve() not in skipped and not self.may(path, _READ):
                     self._refuse(path, "read")
 
     def check_runnable(self, program: Path) -> None:
