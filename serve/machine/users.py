@@ -145,13 +145,6 @@ def triton_user(configured: str | None) -> RunAs | None:
     `configured`: the setting's value (None: unset, meaning `triton-server`
     where that user exists).
     """
-    if configured == KEEP_ROOT:
-        log.warning(
-            "%s=%s: Triton and model code run as root and can change anything in the container",
-            SETTING,
-            KEEP_ROOT,
-        )
-        return None
     if os.geteuid() != 0:
         if configured is not None:
             log.info(
@@ -159,6 +152,13 @@ def triton_user(configured: str | None) -> RunAs | None:
                 SETTING,
                 configured,
             )
+        return None
+    if configured == KEEP_ROOT:
+        log.warning(
+            "%s=%s: Triton and model code run as root and can change anything in the container",
+            SETTING,
+            KEEP_ROOT,
+        )
         return None
     name = configured or DEFAULT_TRITON_USER
     try:
