@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,23 @@ def test_files_only_root_may_read_are_refused_by_name(enterable_tmp: Path) -> No
     (tmp_path / "open").chmod(0o700)
     with pytest.raises(ArtifactError, match=f"cannot enter {tmp_path / 'open'} "):
         daemon().check_readable(model)
+
+
+@as_root
+def test_serve_that_is_not_root_runs_triton_as_itself() -> None:
+    # A local run as an ordinary user: it cannot change user, and names none.
+    python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    assert python is not None
+    probe = "from serve.machine.users import triton_user; print(triton_user('triton-server'))"
+    result = subprocess.run(
+        [python, "-c", probe],
+        env={"PYTHONPATH": str(Path(__file__).parents[2]), "PATH": "/usr/bin:/bin"},
+        user="daemon",
+        group="daemon",
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout == "None\n"
