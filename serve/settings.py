@@ -513,6 +513,20 @@ class Settings:
         "its own venv, so models see the base image's Python and the model libraries",
         default_doc="the Python running `serve` (the image sets `/usr/bin/python3`)",
     )
+    triton_user: str | None = setting(
+        "SERVE_TRITON_USER",
+        None,
+        _text,
+        "the user Triton, its Python-backend stubs, model code and environments' "
+        "`conda-unpack` run as when `serve` runs as root (serve and nginx's master stay "
+        "root): model code then cannot write `/opt/ml/model`, serve's workspace or the "
+        "environment cache, nor reach serve's internal sockets. `root` keeps them root, "
+        "for models that truly need it (installing packages into the image's Python at "
+        "load time, binding a port below 1024, reading files only root may); a name given "
+        "must exist. Ignored when `serve` is not root (it cannot change user)",
+        default_doc="`triton-server` where that user exists (NVIDIA's images: uid 1000), "
+        "else serve's own user",
+    )
     extra_backends: tuple[Path, ...] = setting(
         "SERVE_EXTRA_BACKENDS",
         (),

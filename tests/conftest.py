@@ -354,15 +354,22 @@ class ContainerServe(ServeProcess):
         opt_ml: Path,
         scratch: Path,
         command: Sequence[str] = ("serve",),
+        writable_model: bool = False,
     ):
+        """`writable_model`: /opt/ml/model mounted read-write, for tests that show who else
+        than the file system's mount keeps model code from writing it."""
         self.image = image
         self.opt_ml = opt_ml
         self.name = f"serve-test-{uuid.uuid4().hex[:12]}"
         cidfile = scratch / f"{self.name}.cid"
-        mounts = ["--volume", f"{opt_ml / 'model'}:/opt/ml/model:ro"]
+        model_mode = "rw" if writable_model else "ro"
+        mounts = ["--volume", f"{opt_ml / 'model'}:/opt/ml/model:{model_mode}"]
         if (opt_ml / "models").is_dir():
             mounts += ["--volume", f"{opt_ml / 'models'}:/opt/ml/models:ro"]
         mounts += ["--volume", f"{scratch}:{scratch}"]
+        # Inside, only the folder's own mode guards it: Triton runs as triton-server
+        # there and must enter what settings name in it (SERVE_ENV_CACHE, ...).
+        scratch.chmod(0o755)
         variables = [
             f"--env={key}={value}"
             for key, value in env.items()
@@ -545,14 +552,23 @@ def start_serve(tmp_path: Path, serve_target: str) -> Iterator[Callable[..., Ser
     """Start `serve` on an /opt/ml tree with extra environment variables."""
     started: list[ServeProcess] = []
 
-    def start(opt_ml: Path, wrapper: Sequence[str] = (), **env: str) -> ServeProcess:
+    def start(
+        opt_ml: Path, wrapper: Sequence[str] = (), writable_model: bool = False, **env: str
+    ) -> ServeProcess:
         port = int(env.pop("SAGEMAKER_BIND_TO_PORT", 0)) or free_port()
         environment = serve_env(opt_ml, port, **env)
         server: ServeProcess
         if serve_target == "local":
             server = ServeProcess(environment, port, tmp_path, wrapper)
         else:
-            server = ContainerServe(serve_target, environment, port, opt_ml, tmp_path)
+            server = ContainerServe(
+                serve_target,
+                environment,
+                port,
+                opt_ml,
+                tmp_path,
+                writable_model=writable_model,
+            )
         started.append(server)
         return server
 

@@ -218,10 +218,11 @@ class _Extraction:
         path.parent.mkdir(parents=True, exist_ok=True)
         source = tar.extractfile(member)
         assert source is not None  # a regular member always has data
-        # Keep the permission bits that matter (executables stay executable),
+        # Keep the permission bits that matter (executables stay executable, by all),
         # drop setuid/setgid/sticky and group/other write, keep the owner able
-        # to rewrite the file (conda-unpack rewrites prefixes in place).
-        mode = (member.mode & 0o755) | 0o600
+        # to rewrite the file (conda-unpack rewrites prefixes in place) and
+        # everyone able to read it (Triton may run as another user than serve).
+        mode = (member.mode & 0o755) | 0o644 | (0o111 if member.mode & 0o100 else 0)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with os.fdopen(os.open(path, flags, mode), "wb") as out:
             while chunk := source.read(_CHUNK):

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from serve.artifacts.archives import ExtractionLimits, discard_interrupted, safe_extract
 from serve.errors import ArtifactError, ConfigError
+from serve.machine.users import PopenUser, RunAs, popen_user
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,15 @@ class EnvironmentCache:
     """Environment archives unpacked once into `root`, keyed by their sha256.
 
     `hits`, `misses` and `bytes_extracted` count this instance's work, for
-    metrics. Several instances and processes may share one `root`.
+    metrics. Several instances and processes may share one `root`. `run_as`:
+    the user an environment's `conda-unpack` runs as (Triton's, when serve is
+    root), given only the environment's own folder to write.
     """
 
-    def __init__(self, root: Path, limits: ExtractionLimits) -> None:
+    def __init__(self, root: Path, limits: ExtractionLimits, run_as: RunAs | None = None) -> None:
         self.root = root
         self.limits = limits
+        self.run_as = run_as
         self.hits = 0
         self.misses = 0
         self.bytes_extracted = 0
@@ -108,6 +112,13 @@ class EnvironmentCache:
             root.mkdir(parents=True)
             root.chmod(0o755)  # whatever the umask: no one else writes here
         _check_private(root)
+        closed = run_as.closed_folder(root / "entry") if run_as else None
+        if run_as is not None and closed is not None:
+            raise ConfigError(
+                f"SERVE_ENV_CACHE={root}: Triton runs as {run_as.name} and cannot enter "
+                f"{closed}, so it could not read the environments unpacked there; point "
+                "SERVE_ENV_CACHE at a folder others may enter (the default, under /tmp)"
+            )
 
     def materialize(
         self, archive: Path, available_stubs: Mapping[str, Path]
@@ -194,7 +205,7 @@ class EnvironmentCache:
                 f"environment archive {archive} has no bin/activate, so it is not a "
                 f"conda-pack or venv-pack archive; {_HOW_TO_PACK}",
             )
-            _run_conda_unpack(path, archive)
+            _run_conda_unpack(path, archive, self.run_as)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
@@ -345,16 +356,44 @@ def _check_stub(archive: Path, python_version: str, available_stubs: Mapping[str
     )
 
 
-def _run_conda_unpack(path: Path, archive: Path) -> None:
+def _run_conda_unpack(path: Path, archive: Path, run_as: RunAs | None = None) -> None:
     """Run the environment's `conda-unpack`, which rewrites its prefixes for this location.
 
     It runs where the environment stays for good: the prefixes it writes are
     this folder's. With the environment's own Python when there is one, as
-    `source bin/activate; conda-unpack` would.
+    `source bin/activate; conda-unpack` would. The script is the archive's
+    code: with `run_as` it runs as that user, the folder lent to it for the
+    run and given back to serve's user after, so that neither the script nor
+    model code later can change what the cache holds.
     """
     script = path / "bin" / "conda-unpack"
     if not script.is_file():
         return
+    if run_as is None:
+        _conda_unpack(path, archive, script, popen_user(None))
+        return
+    _give_tree(path, run_as.uid, run_as.gid)
+    try:
+        _conda_unpack(path, archive, script, popen_user(run_as))
+    finally:
+        _give_tree(path, os.geteuid(), os.getegid())
+
+
+def _give_tree(path: Path, uid: int, gid: int) -> None:
+    """Make everything under `path` (itself too) `uid`'s.
+
+    Walked through folder descriptors, links never followed: what the script
+    left there (links out, folders swapped for links) cannot lead the walk
+    outside `path`.
+    """
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for _, subfolders, files, folder_fd in os.fwalk(path, follow_symlinks=False):
+        for name in (*subfolders, *files):
+            os.chown(name, uid, gid, dir_fd=folder_fd, follow_symlinks=False)
+
+
+def _conda_unpack(path: Path, archive: Path, script: Path, user: PopenUser) -> None:
+    """Run `script` (conda-unpack) in the environment at `path`; `user`: Popen's user arguments."""
     python = path / "bin" / "python"
     command = [str(python), str(script)] if python.is_file() else [str(script)]
     environment = {
@@ -372,6 +411,7 @@ def _run_conda_unpack(path: Path, archive: Path) -> None:
             errors="replace",
             timeout=_CONDA_UNPACK_TIMEOUT_S,
             check=False,
+            **user,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ArtifactError(

@@ -36,6 +36,7 @@ from serve.artifacts.environments import (
 )
 from serve.artifacts.paths import check_name, inside, is_inside
 from serve.errors import ArtifactError, ConfigError
+from serve.machine.users import RunAs, popen_user
 from serve.settings import Settings
 from serve.triton import model_config
 from serve.triton.install import RUNNING_PYTHON, STUB_NAME, TritonInstall
@@ -74,12 +75,17 @@ class Preparation:
     # root), so an upload cannot have Triton run, or serve unpack, what lies elsewhere
     # on the host. None: anywhere (the endpoint's own /opt/ml/model).
     environments_root: Path | None = None
+    # The user Triton runs as (serve/machine/users.py): it must be able to read every
+    # model's files, and the stub check runs as it. None: serve's own user.
+    run_as: RunAs | None = None
 
 
-def server_preparation(settings: Settings, install: TritonInstall, gpu_count: int) -> Preparation:
+def server_preparation(
+    settings: Settings, install: TritonInstall, gpu_count: int, run_as: RunAs | None = None
+) -> Preparation:
     """The run's `Preparation`: limits and environment cache from settings, stubs from Triton."""
     try:
-        environments = EnvironmentCache(settings.env_cache, ExtractionLimits.of(settings))
+        environments = EnvironmentCache(settings.env_cache, ExtractionLimits.of(settings), run_as)
     except OSError as exc:
         raise ConfigError(
             f"SERVE_ENV_CACHE={settings.env_cache} cannot be used as the environment cache "
@@ -91,6 +97,7 @@ def server_preparation(settings: Settings, install: TritonInstall, gpu_count: in
         python_stubs=dict(install.python_stubs),
         default_python=install.default_python,
         extraction_limits=ExtractionLimits.of(settings),
+        run_as=run_as,
     )
 
 
@@ -223,12 +230,15 @@ def prepare_model(source: Path, target: Path, name: str, preparation: Preparatio
     EXECUTION_ENV_PATH archive is unpacked through the environment cache and
     the config points at the unpacked folder; a model whose environment has
     another Python than the server's default gets that Python's stub.
+    A file Triton's user could not read is refused here, by name.
     """
-    _link_tree(source, target)
     config_path = source / CONFIG_FILE
-    if not config_path.is_file():
+    config = model_config.read_config(config_path) if config_path.is_file() else None
+    if preparation.run_as is not None:
+        preparation.run_as.check_readable(source, _read_by_serve(config, source, preparation))
+    _link_tree(source, target)
+    if config is None:
         return PreparedModel(name, target, None)
-    config = model_config.read_config(config_path)
     _give_ensemble_a_version(config, target, name)
     changed = False
     if preparation.gpu_count == 0 and model_config.move_gpu_instances_to_cpu(config):
@@ -330,6 +340,20 @@ def _env_value(config: ModelConfig) -> str:
     return config.parameters[ENV_PARAMETER].string_value.strip()
 
 
+def _read_by_serve(
+    config: ModelConfig | None, source: Path, preparation: Preparation
+) -> tuple[Path, ...]:
+    """The files of model folder `source` that serve reads and Triton does not: the
+    environment archive that the cache unpacks."""
+    value = _env_value(config) if config is not None else ""
+    if not value or preparation.environments is None:
+        return ()
+    try:
+        return (resolve_env_path(value, source),)
+    except ArtifactError:
+        return ()  # refused where the environment is prepared
+
+
 def _prepare_environment(
     config: ModelConfig, source: Path, target: Path, name: str, preparation: Preparation
 ) -> tuple[PreparedEnvironment | None, bool]:
@@ -353,6 +377,8 @@ def _prepare_environment(
     parameter = config.parameters[ENV_PARAMETER]
     if location.is_dir():
         python_version = inspect_folder(location, preparation.python_stubs)
+        if preparation.run_as is not None:
+            preparation.run_as.check_readable(location)
         parameter.string_value = str(location)
         _give_stub(target, name, location, python_version, preparation)
         return None, True
@@ -400,8 +426,11 @@ def _give_stub(
     if not preparation.start_stubs:
         return
     try:
+        # As Triton's user: the stub is Triton's (NVIDIA's images give their installation
+        # to that user), and it is run the way Triton will run it.
         check = subprocess.run(
             [str(own_stub)],
+            **popen_user(preparation.run_as),
             capture_output=True,
             text=True,
             errors="replace",

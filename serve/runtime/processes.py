@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from serve.machine.users import RunAs, popen_user
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -64,12 +66,15 @@ class ManagedProcess:
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
         pass_fds: Sequence[int] = (),
+        run_as: RunAs | None = None,
     ):
-        """`pass_fds`: descriptors the child inherits (a socket it serves)."""
+        """`pass_fds`: descriptors the child inherits (a socket it serves); `run_as`: the
+        unprivileged user the child becomes before its exec (serve/machine/users.py)."""
         self.name = name
         self.argv = list(argv)
         self._recent: collections.deque[bytes] = collections.deque()
-        log.info("starting %s: %s", name, " ".join(self.argv))
+        as_user = f" as {run_as.name} (uid {run_as.uid})" if run_as else ""
+        log.info("starting %s%s: %s", name, as_user, " ".join(self.argv))
         self._process = subprocess.Popen(
             self.argv,
             env=dict(env) if env is not None else None,
@@ -78,7 +83,10 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             pass_fds=pass_fds,
+            # The user changes before preexec_fn runs, which matters: a change of
+            # user clears the parent-death signal.
             preexec_fn=_stop_with_parent,
+            **popen_user(run_as),
         )
         assert self._process.stdout is not None  # stdout=PIPE
         with contextlib.suppress(OSError):  # the limit may be lower; the default works too

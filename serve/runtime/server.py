@@ -35,6 +35,7 @@ from serve.errors import ConfigError, ServeError
 from serve.front.nginx import FrontConfig, FrontModel, nginx_argv, worker_count
 from serve.machine import host
 from serve.machine.sockets import restrict_socket
+from serve.machine.users import RunAs, triton_user
 from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
 from serve.payloads.formats import takes_bytes
@@ -55,7 +56,7 @@ from serve.settings import Settings
 from serve.triton import model_config
 from serve.triton.client import TritonClient
 from serve.triton.command import MAX_INPUT_FLAG, TritonCommand, merge_additional_args
-from serve.triton.install import TritonInstall, locate_triton
+from serve.triton.install import STUB_NAME, TritonInstall, locate_triton
 from serve.triton.metrics import TritonMetrics
 from serve.triton.model_config import ModelConfig
 
@@ -104,6 +105,8 @@ class Server:
         self.memory = host.MemoryShare()
         self.state = ServerState()
         self._stop_requested = threading.Event()
+        # The user Triton and model code run as (serve/machine/users.py); set by run().
+        self.run_as: RunAs | None = None
         # The front's own metrics (serve/front/metrics.py); None while SERVE_METRICS_PORT is off.
         self._metrics: MetricsEndpoint | None = None
 
@@ -129,8 +132,10 @@ class Server:
         # what serve sizes by memory is fitted to it before anything starts.
         self.memory = host.memory_share()
         self.settings = host.fit_to_memory(self.settings, self.memory)
+        # Triton, its stubs and model code run as triton-server when serve is root.
+        self.run_as = triton_user(self.settings.triton_user)
         # Model preparation (archives, environment cache, per-model stubs): artifacts/repository.py.
-        self.preparation = server_preparation(self.settings, install, gpus)
+        self.preparation = server_preparation(self.settings, install, gpus, self.run_as)
         with Workspace(self.settings.workdir) as workspace:
             if self.settings.multi_model:
                 log.info("multi-model endpoint: models load from %s", self.settings.models_dir)
@@ -186,10 +191,13 @@ class Server:
             worker_processes=worker_count(cpus),
             v2_json_writers=self._writers(cpus),
         )
+        backends = install.backends_folder(ws.backends, settings.extra_backends)
+        if self.run_as is not None:
+            self.run_as.check_runnable(backends / "python" / STUB_NAME)
         command = TritonCommand(
             binary=install.binary,
             repository=ws.repository,
-            backends_dir=install.backends_folder(ws.backends, settings.extra_backends),
+            backends_dir=backends,
             http_port=triton_port,
             load_models=("*",) if repository else (),
             settings=settings,
@@ -202,7 +210,7 @@ class Server:
         running = _Running()
         try:
             nginx = self._start_front(running, front, ws, triton_client, triton_metrics, repository)
-            running.triton = triton = self._start_triton(command, shm)
+            running.triton = triton = self._start_triton(command, shm, ws)
             if bidirectional_port is not None:
                 # After every fork: a process that forks while gRPC's threads run can
                 # abort in the child (seen: Triton killed by SIGABRT before its exec).
@@ -342,10 +350,16 @@ class Server:
         )
         return lambda adapter: SessionInvocations(adapter, sessions)
 
-    def _start_triton(self, command: TritonCommand, shm: host.ShmPlan) -> ManagedProcess:
-        """Triton, with the models' Python first on its PATH and OpenMP threads shared out."""
+    def _start_triton(
+        self, command: TritonCommand, shm: host.ShmPlan, ws: Workspace
+    ) -> ManagedProcess:
+        """Triton, with the models' Python first on its PATH and OpenMP threads shared out,
+        as `run_as` when there is one (with a home of its own in the workspace)."""
         env = _triton_environment(self.settings.model_python, self._omp_threads(shm))
-        return ManagedProcess("tritonserver", command.argv(), env=env)
+        if self.run_as is not None:
+            env["HOME"] = str(ws.home(self.run_as))
+            env["USER"] = env["LOGNAME"] = self.run_as.name
+        return ManagedProcess("tritonserver", command.argv(), env=env, run_as=self.run_as)
 
     def _triton_grpc_port(self, taken: set[int]) -> int:
         """Triton's gRPC port for bidirectional streams (serve/sessions/bidirectional.py).

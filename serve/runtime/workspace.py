@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from serve.errors import ConfigError
+from serve.machine.users import RunAs
 from serve.settings import check_workspace_path
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,14 @@ class Workspace:
     @property
     def backends(self) -> Path:
         return self.root / "backends"
+
+    def home(self, user: RunAs) -> Path:
+        """A home folder of `user`'s own (HOME for Triton and model code, which may cache
+        there): the one place under the workspace that user may write."""
+        folder = self.root / "home"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chown(folder, user.uid, user.gid)
+        return folder
 
     @property
     def front(self) -> Path:

@@ -75,6 +75,20 @@ def test_unpacks_files_folders_and_internal_links(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "out") == ["model"]
 
 
+def test_unpacked_files_are_readable_by_tritons_user(tmp_path: Path) -> None:
+    # serve (root) unpacks; Triton runs as triton-server and must read what it unpacked.
+    archive = write_tar(
+        tmp_path / "model.tar.gz",
+        [member("./m/weights.bin", b"w", mode=0o600), member("./m/run", b"#!", mode=0o700)],
+    )
+    destination = tmp_path / "out"
+
+    safe_extract(archive, destination, LIMITS)
+
+    assert stat.S_IMODE((destination / "m" / "weights.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((destination / "m" / "run").stat().st_mode) == 0o755
+
+
 @pytest.mark.parametrize("compression", sorted(COMPRESSORS))
 def test_compression_is_told_by_content_not_name(tmp_path: Path, compression: str) -> None:
     archive = write_tar(tmp_path / "model.tar.gz", [member("m/config.pbtxt", b"x")], compression)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from serve.artifacts.archives import ExtractionLimits
 from serve.artifacts.environments import EnvironmentCache, resolve_env_path
 from serve.errors import ArtifactError
+from serve.machine.users import RunAs
 from tests.artifacts.conftest import (
     PROBE_MODULE,
     PYTHON_VERSION,
@@ -219,6 +221,32 @@ def test_conda_unpack_runs_as_an_executable_without_bin_python(tmp_path: Path) -
     prepared = EnvironmentCache(tmp_path / "cache", LIMITS).materialize(archive, STUBS)
 
     assert (prepared.path / "unpacked-in").read_text() == f"{prepared.path}\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a child as another user")
+def test_conda_unpack_runs_as_triton_user_and_writes_only_its_folder(
+    tmp_path: Path, enterable_tmp: Path
+) -> None:
+    # The script tries the cache beside its folder, and a new file of its own.
+    script = (
+        "#!/bin/sh\n"
+        "id -u > by-uid\n"
+        "touch ../planted 2> /dev/null && echo planted >> by-uid\n"
+        "exit 0\n"
+    )
+    archive = synthetic_archive(tmp_path, "unpack-as", conda_unpack=script)
+    entry = pwd.getpwnam("daemon")
+    cache = EnvironmentCache(
+        enterable_tmp / "cache", LIMITS, RunAs("daemon", entry.pw_uid, entry.pw_gid)
+    )
+
+    prepared = cache.materialize(archive, STUBS)
+
+    assert (prepared.path / "by-uid").read_text() == f"{entry.pw_uid}\n"
+    assert not (enterable_tmp / "cache" / "planted").exists()
+    # Given back: neither the script nor model code can change the cached environment.
+    owners = {path.lstat().st_uid for path in [prepared.path, *prepared.path.rglob("*")]}
+    assert owners == {os.geteuid()}
 
 
 def test_failing_conda_unpack_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
