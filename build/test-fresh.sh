@@ -9,6 +9,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/test-fresh-XXXXXX")
+# mktemp's folder is 0700; a clone is usually enterable by others (CI's is), and the
+# least-privilege tests run Triton and Python as another user from the checkout's venv.
+chmod 755 "$scratch"
 log_dir=$root/.work/test-fresh
 mkdir -p "$log_dir"
 log=$log_dir/$(date -u +%Y%m%dT%H%M%SZ)-$(git -C "$root" rev-parse --short HEAD).log
