@@ -39,6 +39,7 @@ import argparse
 import http.client
 import json
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -116,6 +117,8 @@ class TritonPythonModel:
         state = torch.load(os.path.join(HERE, "gpt2", "weights.pt"), map_location="cpu")
         self.w = {k.removeprefix("transformer."): v.to(self.device, self.dtype)
                   for k, v in state.items()}
+        # The benchmark reads this line: a model left on the CPU measures nothing of serve.
+        pb_utils.Logger.log_info(f"llm_bench runs on {self.device}, {self.dtype}")
         self.tokenizer = Tokenizer.from_file(os.path.join(HERE, "gpt2", "tokenizer.json"))
 
     def _norm(self, x, name):
@@ -348,8 +351,10 @@ def measure(
             }
             for url, path, body in paths.values():  # warm-up, and a check of each path
                 run_path(url, path, body, 1, 2)
+            placed = re.search(r"llm_bench runs on (\S+), (\S+)", running.log.read_text())
+            where = f"{placed[1]}, {placed[2]}" if placed else "an unknown device"
             print(
-                f"GPT-2 small, random weights, fp16; {tokens} tokens a request; "
+                f"GPT-2 small, random weights, on {where}; {tokens} tokens a request; "
                 f"{seconds:g} s a path per round, {rounds} rounds"
             )
             print("| streams | path | tokens/s | first token (ms, median) |")
