@@ -275,11 +275,26 @@ class ServeProcess:
         return False
 
     def workspace(self) -> Path:
-        """serve's workspace, read from the repository Triton was started on."""
-        (pid,) = self.child_pids("tritonserver", direct=True)
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        repository = next(a for a in argv if a.startswith("--model-repository="))
-        return self.inside(str(Path(repository.split("=", 1)[1]).parent))
+        """serve's workspace, read from the repository Triton was started on.
+
+        Not from `tritonserver --help`, which serve runs first to read the release's
+        flags (serve/triton/install.py): that one names no repository.
+        """
+        for pid in self.child_pids("tritonserver", direct=True):
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                for argument in argv:
+                    if argument.startswith("--model-repository="):
+                        return self.inside(str(Path(argument.split("=", 1)[1]).parent))
+        raise AssertionError(f"serve runs no Triton on a model repository:\n{self.excerpt()}")
+
+    def has_workspace(self) -> bool:
+        """Whether serve's Triton has started on its repository (workspace() can say where)."""
+        try:
+            self.workspace()
+        except AssertionError:
+            return False
+        return True
 
     def terminate(self) -> None:
         """What SageMaker does to stop a container: SIGTERM to serve."""

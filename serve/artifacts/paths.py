@@ -11,6 +11,7 @@ as root. A name from content is checked exactly like one from a caller
 from __future__ import annotations
 
 import os
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -72,10 +73,18 @@ def inside(root: Path, *parts: str | Path, what: str = "a path") -> Path:
     resolve it (links in the part that exists): a link planted earlier cannot
     lead a later write out either.
     """
+    shown = "/".join(str(part) for part in parts)
+    try:
+        # A lone surrogate (JSON's "\ud800") is text no file system takes.
+        os.fsencode(shown)
+    except UnicodeEncodeError:
+        raise ArtifactError(
+            f"{what} {shown!r} is not a file name (it cannot be encoded as "
+            f"{sys.getfilesystemencoding()}); give names of plain text"
+        ) from None
     path = root.joinpath(*parts)
     written = Path(os.path.normpath(path))
     if not (written.is_relative_to(os.path.normpath(root)) and is_inside(path, root)):
-        shown = "/".join(str(part) for part in parts)
         raise ArtifactError(
             f"{what} {shown!r} leads outside {root}; serve writes only inside it, so "
             "give names without '/' or '..'"

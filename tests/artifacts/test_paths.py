@@ -89,6 +89,14 @@ def test_an_accepted_name_is_one_folder_of_its_root(rooted: tuple[Path, Path], n
     assert path.parent == root and path.name == name
 
 
+def test_a_name_no_file_system_takes_is_refused_not_a_crash(
+    rooted: tuple[Path, Path],
+) -> None:
+    root, _outside = rooted
+    with pytest.raises(ArtifactError, match="is not a file name"):
+        inside(root, "\ud800")
+
+
 @FUZZ
 @given(parts=PARTS)
 def test_inside_never_returns_a_path_out_of_its_root(
@@ -98,7 +106,7 @@ def test_inside_never_returns_a_path_out_of_its_root(
     try:
         path = inside(root, *parts)
     except ArtifactError as exc:
-        assert "leads outside" in exc.message
+        assert "leads outside" in exc.message or "is not a file name" in exc.message
         return
     except ValueError:  # a NUL: no file operation could take it either
         assert any("\0" in part for part in parts)

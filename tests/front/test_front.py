@@ -413,7 +413,7 @@ def test_errors_nginx_writes_itself_are_json(examples_server: ServeProcess, case
 def test_an_internal_service_gone_is_json_too(opt_ml: Path, start_serve: StartServe) -> None:
     server = start_serve(opt_ml, SAGEMAKER_MULTI_MODEL="true")
     # Before any request: nginx keeps connections it has used open.
-    server.wait_until(lambda: server.child_pids("tritonserver"), 30, "Triton to start")
+    server.wait_until(server.has_workspace, 30, "Triton to start")
     front = server.workspace() / "front"
     (front / "control.sock").unlink()
     (front / "payloads.sock").unlink()
