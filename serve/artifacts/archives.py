@@ -16,9 +16,11 @@ silently take for a complete one, is reported as truncated.
 
 from __future__ import annotations
 
+import _compression
 import bz2
 import contextlib
 import gzip
+import io
 import logging
 import lzma
 import os
@@ -53,10 +55,24 @@ _MAX_NAME_BYTES = 255
 _MAX_PATH_BYTES = 3072
 # Linux gives up after 40 symbolic links in one lookup; so do we.
 _MAX_LINK_HOPS = 40
+# What an xz decoder may allocate: its header names the dictionary it needs (up to
+# 1.5 GiB, allocated before any data); `xz -9` needs 65 MiB.
+XZ_DECODER_MEMORY = 96 * 1024 * 1024
+XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+def _xz_open(raw: BinaryIO, mode: str) -> BinaryIO:
+    """lzma.open with the decoder's memory bounded (lzma.open takes no limit)."""
+    reader = _compression.DecompressReader(
+        raw, lzma.LZMADecompressor, trailing_error=lzma.LZMAError, memlimit=XZ_DECODER_MEMORY
+    )
+    return cast(BinaryIO, io.BufferedReader(reader))
+
+
 _COMPRESSED_FORMATS = (
     (b"\x1f\x8b", gzip.open),
     (b"BZh", bz2.open),
-    (b"\xfd7zXZ\x00", lzma.open),
+    (XZ_MAGIC, _xz_open),
 )
 _LINK_FIX = (
     "make links point inside the archive, or archive the files they point to (tar --dereference)"

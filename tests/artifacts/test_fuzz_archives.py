@@ -12,11 +12,13 @@ cases someone thought of).
 from __future__ import annotations
 
 import gzip
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serve.artifacts.archives import ExtractionLimits, safe_extract
+from serve.artifacts.archives import XZ_DECODER_MEMORY, XZ_MAGIC, ExtractionLimits, safe_extract
 from serve.errors import ArtifactError
 from tests.artifacts.conftest import COMPRESSORS, member, tar_bytes
 from tests.budget import FUZZ, MEBIBYTE, address_space, memory_budget
@@ -112,7 +114,9 @@ def test_an_archive_unpacks_inside_its_destination_or_is_refused_leaving_nothing
         (root / "model.tar.gz").write_bytes(archive)
         parent = root / "out"
         destination = parent / "model"
-        with memory_budget(16 * MEBIBYTE):
+        # An xz decoder takes the dictionary its header names, up to serve's bound.
+        decoder = XZ_DECODER_MEMORY if archive.startswith(XZ_MAGIC) else 0
+        with memory_budget(16 * MEBIBYTE + decoder):
             try:
                 written = safe_extract(root / "model.tar.gz", destination, LIMITS)
             except ArtifactError as exc:
@@ -133,3 +137,21 @@ def test_an_archive_unpacks_inside_its_destination_or_is_refused_leaving_nothing
                 assert path.resolve().is_relative_to(inside), path
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_xz_header_asking_for_a_large_dictionary_is_refused_before_it_is_allocated(
+    tmp_path: Path,
+) -> None:
+    data = bytearray(lzma.compress(tar_bytes([member("config.pbtxt", b"x")])))
+    # The block header's LZMA2 properties byte names the dictionary: 32 is 256 MiB.
+    header = 12
+    size = (data[header] + 1) * 4
+    assert data[header + 2] == 0x21  # the LZMA2 filter
+    data[header + 4] = 32
+    crc = zlib.crc32(bytes(data[header : header + size - 4]))
+    data[header + size - 4 : header + size] = crc.to_bytes(4, "little")
+    (tmp_path / "model.tar.xz").write_bytes(bytes(data))
+    with memory_budget(16 * MEBIBYTE + XZ_DECODER_MEMORY), pytest.raises(ArtifactError) as refused:
+        safe_extract(tmp_path / "model.tar.xz", tmp_path / "out", LIMITS)
+    assert "model.tar.xz" in refused.value.message
+    assert "limit" in refused.value.message
