@@ -229,13 +229,14 @@ def plan_python_shm(
     the regions do not fit, the size is lowered to fit with a warning, or, when
     not even the minimum fits, start-up stops with the numbers. Under a cgroup
     memory limit /dev/shm's pages are the group's memory: the regions fit in
-    their share of it too (MemoryShare.shm_bytes).
+    their share of it too (MemoryShare.shm_bytes). Each Python model also
+    starts a stub of its own to complete its config, with a region of the same
+    size, while other models' instances may be starting (models load in
+    parallel): the regions fit with one more per model.
     """
-    instances = sum(
-        model_config.instance_count(config, gpus)
-        for config in configs
-        if model_config.is_python_backend(config)
-    )
+    python = [config for config in configs if model_config.is_python_backend(config)]
+    instances = sum(model_config.instance_count(config, gpus) for config in python)
+    regions = instances + len(python)
     stat = os.statvfs(shm_path)
     available = stat.f_bavail * stat.f_frsize
     where = f"{shm_path} has {available} bytes free"
@@ -243,9 +244,9 @@ def plan_python_shm(
         available = memory.shm_bytes
         where = f"{memory.describe()} leaves {available} bytes of it for {shm_path}"
     plan = ShmPlan(region_bytes, instances)
-    if instances == 0 or instances * region_bytes <= available:
+    if instances == 0 or regions * region_bytes <= available:
         return plan
-    fitted = (available // instances) // MEBIBYTE * MEBIBYTE
+    fitted = (available // regions) // MEBIBYTE * MEBIBYTE
     if fitted < MIN_SHM_REGION:
         raise ConfigError(
             f"{where}, too little for {instances} Python-backend instances at even "

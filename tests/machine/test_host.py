@@ -49,7 +49,7 @@ def test_shm_that_fits_is_left_alone(tmp_path: Path) -> None:
 def test_shm_too_small_is_lowered_to_fit(tmp_path: Path) -> None:
     available = free_bytes(tmp_path)
     plan = plan_python_shm([python_config(3)], available, 0, tmp_path)
-    assert plan.region_bytes * 3 <= available
+    assert plan.region_bytes * (3 + 1) <= available
     assert plan.region_bytes >= 1024 * 1024
 
 
@@ -72,7 +72,8 @@ def test_serve_fits_shm_into_a_small_dev_shm_and_still_serves(
     write_add_model(opt_ml / "model", count=5)
     server = start_serve(opt_ml, wrapper=SMALL_SHM).wait_ready()
     assert "too little for 5 Python-backend instances at 16777216 bytes" in server.output
-    assert "lowering it to 12582912 bytes" in server.output
+    # 64 MiB for 5 instances and the model's config stub: 10 MiB each.
+    assert "lowering it to 10485760 bytes" in server.output
     response = requests.post(
         f"{server.url}/invocations", json=add_request([1, 1, 1, 1], [2, 2, 2, 2]), timeout=10
     )
@@ -275,7 +276,8 @@ def test_a_memory_limit_caps_shm_regions_at_a_quarter_of_it(tmp_path: Path) -> N
     # /dev/shm (here tmp_path) has room; the cgroup, which is charged for its pages, has not.
     memory = MemoryShare(512 * MIB)
     plan = plan_python_shm([python_config(4)], 64 * MIB, 0, tmp_path, memory=memory)
-    assert plan.region_bytes == 32 * MIB
+    # A quarter of 512 MiB for 4 instances and the model's config stub.
+    assert plan.region_bytes == 25 * MIB
     assert plan_python_shm(
         [python_config(4)], 16 * MIB, 0, tmp_path, memory=memory
     ).region_bytes == (16 * MIB)
@@ -333,8 +335,9 @@ def test_serve_fits_shm_and_body_buffers_to_a_real_memory_limit(
     ).wait_ready()
     assert f"memory: a cgroup memory limit of {limit} bytes (512 MiB)" in server.output
     assert f"leaves {limit // 4} bytes of it for /dev/shm, too little for 4" in server.output
-    assert f"lowering it to {32 * MIB} bytes so they fit" in server.output
-    assert f"shm-default-byte-size={32 * MIB}" in server.output
+    # A quarter of 512 MiB for the 4 instances and the model's config stub.
+    assert f"lowering it to {25 * MIB} bytes so they fit" in server.output
+    assert f"shm-default-byte-size={25 * MIB}" in server.output
     assert f"request bodies over {4 * MIB} bytes go to disk" in server.output
     nginx_conf = (server.workspace() / "front" / "nginx.conf").read_text()
     assert f"client_body_buffer_size {4 * MIB};" in nginx_conf
