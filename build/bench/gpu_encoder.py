@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import json
 import shutil
@@ -317,6 +318,25 @@ PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output"
 Row = tuple[str, str, int, Measurement, TritonTime]
 
 
+def in_triton(triton_http: str, run: Callable[[], Measurement]) -> tuple[Measurement, TritonTime]:
+    """`run`'s figures, and where Triton says its requests spent their time."""
+    before = TritonTime.snapshot(triton_http)
+    measured = run()
+    return measured, TritonTime.between(before, TritonTime.snapshot(triton_http))
+
+
+def progress(path: str, connections: int, measured: Measurement, spent: TritonTime) -> None:
+    print(
+        f"  {path} c{connections}: {measured.requests_per_second:,.0f} req/s, "
+        f"p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
+        f"errors {measured.errors}; in Triton: batch {spent.batch:.1f}, "
+        f"queue {spent.queue_ms:.2f}, input {spent.input_ms:.2f}, execute "
+        f"{spent.infer_ms:.2f}, output {spent.output_ms:.2f}, request "
+        f"{spent.request_ms:.2f} ms",
+        flush=True,
+    )
+
+
 def check(url: str, body: bytes, content_type: str) -> str:
     request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": content_type})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -357,44 +377,40 @@ def serve_setup(
                 url = f"{base}/invocations"
                 run_wrk(url, body_file, 16, 2, content_type, 2, timeout_s=WRK_TIMEOUT_S)
                 for connections in concurrency:
-                    before = TritonTime.snapshot(serve.triton_http)
-                    measured = run_wrk(
-                        url,
-                        body_file,
-                        connections,
-                        seconds,
-                        content_type,
-                        threads=min(4, connections),
-                        timeout_s=WRK_TIMEOUT_S,
+                    measured, spent = in_triton(
+                        serve.triton_http,
+                        functools.partial(
+                            run_wrk,
+                            url,
+                            body_file,
+                            connections,
+                            seconds,
+                            content_type,
+                            threads=min(4, connections),
+                            timeout_s=WRK_TIMEOUT_S,
+                        ),
                     )
-                    spent = TritonTime.between(before, TritonTime.snapshot(serve.triton_http))
                     row_label = label if path == "serve" else f"{label}, {REFERENCE}"
                     rows.append((row_label, name, connections, measured, spent))
-                    print(
-                        f"  {path} c{connections}: {measured.requests_per_second:,.0f} req/s, "
-                        f"p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
-                        f"errors {measured.errors}; in Triton: batch {spent.batch:.1f}, "
-                        f"queue {spent.queue_ms:.2f}, input {spent.input_ms:.2f}, execute "
-                        f"{spent.infer_ms:.2f}, output {spent.output_ms:.2f}, request "
-                        f"{spent.request_ms:.2f} ms",
-                        flush=True,
-                    )
+                    progress(path, connections, measured, spent)
         # A path past Triton's HTTP frontend: binary over its gRPC stream, no front.
         grpc = f"127.0.0.1:{triton_http_port(serve.log.read_text(), 'grpc')}"
         ids = np.array([token_ids(SEQUENCE)], dtype=np.int64)
         for connections in concurrency:
-            before = TritonTime.snapshot(serve.triton_http)
-            measured = grpc_stream_rate(
-                grpc, MODEL, {"input_ids": ids}, "pooled", connections, seconds
+            measured, spent = in_triton(
+                serve.triton_http,
+                functools.partial(
+                    grpc_stream_rate,
+                    grpc,
+                    MODEL,
+                    {"input_ids": ids},
+                    "pooled",
+                    connections,
+                    seconds,
+                ),
             )
-            spent = TritonTime.between(before, TritonTime.snapshot(serve.triton_http))
             rows.append((f"{label}, {GRPC}", "binary", connections, measured, spent))
-            print(
-                f"  {GRPC} c{connections}: {measured.requests_per_second:,.0f} req/s, "
-                f"p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
-                f"errors {measured.errors}",
-                flush=True,
-            )
+            progress(GRPC, connections, measured, spent)
     return rows
 
 
