@@ -250,16 +250,19 @@ def plan_python_shm(
     if fitted < MIN_SHM_REGION:
         raise ConfigError(
             f"{where}, too little for {instances} Python-backend instances at even "
-            f"{MIN_SHM_REGION} bytes each; reduce instance counts or run where {shm_path} "
+            f"{MIN_SHM_REGION} bytes each and the config stubs of {len(python)} models; "
+            f"reduce instance counts or run where {shm_path} "
             "(docker run --shm-size) or the memory (an inference component's "
             "MinMemoryRequiredInMb) is larger"
         )
     log.warning(
         "%s, too little for %d Python-backend instances at %d bytes each "
-        "(SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE); lowering it to %d bytes so they fit",
+        "(SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE) and the config stubs of %d models; "
+        "lowering it to %d bytes so they fit",
         where,
         instances,
         region_bytes,
+        len(python),
         fitted,
     )
     return dataclasses.replace(plan, region_bytes=fitted)
