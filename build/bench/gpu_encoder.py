@@ -344,6 +344,16 @@ def check(url: str, body: bytes, content_type: str) -> str:
         return f"{response.status}, {len(payload)} bytes, {response.headers['Content-Type']}"
 
 
+def bodies() -> dict[str, tuple[bytes, str]]:
+    """The payloads measured, by name: each body and its content type."""
+    return {
+        "v2 JSON": (json_body(), JSON),
+        "binary+json": binary_body(),
+        # JSON in, binary out: what Triton's JSON input parsing costs, against binary+json.
+        "v2 JSON, binary out": (json_body(binary_outputs=True), JSON),
+    }
+
+
 def serve_setup(
     label: str,
     repository: Path,
@@ -351,17 +361,13 @@ def serve_setup(
     run_dir: Path,
     concurrency: list[int],
     seconds: int,
+    payloads: list[str],
     reference_first: bool = False,
 ) -> list[Row]:
-    """Start serve on `repository`; run wrk at each concurrency for both payloads, through
-    serve and through Triton's own SageMaker frontend on the same Triton (the reference),
-    in that order or, with `reference_first`, the other."""
-    bodies = {
-        "v2 JSON": (json_body(), JSON),
-        "binary+json": binary_body(),
-        # JSON in, binary out: what Triton's JSON input parsing costs, against binary+json.
-        "v2 JSON, binary out": (json_body(binary_outputs=True), JSON),
-    }
+    """Start serve on `repository`; run wrk at each concurrency for each of `payloads`,
+    through serve and through Triton's own SageMaker frontend on the same Triton (the
+    reference), in that order or, with `reference_first`, the other; with binary+json,
+    Triton's gRPC stream too."""
     rows: list[Row] = []
     started = time.perf_counter()
     with serve_with_reference(run_dir, MODEL, repository, environment, timeout=300) as serve:
@@ -369,7 +375,9 @@ def serve_setup(
         paths = {"serve": serve.url, REFERENCE: serve.reference_url}
         if reference_first:
             paths = dict(reversed(paths.items()))
-        for name, (body, content_type) in bodies.items():
+        for name, (body, content_type) in bodies().items():
+            if name not in payloads:
+                continue
             body_file = run_dir / f"body-{len(rows)}.bin"
             body_file.write_bytes(body)
             for path, base in paths.items():
@@ -393,6 +401,8 @@ def serve_setup(
                     row_label = label if path == "serve" else f"{label}, {REFERENCE}"
                     rows.append((row_label, name, connections, measured, spent))
                     progress(path, connections, measured, spent)
+        if "binary+json" not in payloads:
+            return rows
         # A path past Triton's HTTP frontend: binary over its gRPC stream, no front.
         grpc = f"127.0.0.1:{triton_http_port(serve.log.read_text(), 'grpc')}"
         ids = np.array([token_ids(SEQUENCE)], dtype=np.int64)
@@ -425,6 +435,12 @@ def main() -> None:
         help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N,"
         "kind=cpu|gpu,omp=N,http_threads=N,writers=N,triton_requests=N; default: the "
         "committed config",
+    )
+    parser.add_argument(
+        "--payload",
+        choices=list(bodies()),
+        action="append",
+        help="a payload to measure (repeatable); default: all three",
     )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")
@@ -461,6 +477,7 @@ def main() -> None:
                     run_dir,
                     args.concurrency,
                     args.seconds,
+                    args.payload or list(bodies()),
                     reference_first=number % 2 == 1,
                 )
             except SystemExit as exc:

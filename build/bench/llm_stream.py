@@ -353,6 +353,11 @@ def measure(
                 run_path(url, path, body, 1, 2)
             placed = re.search(r"llm_bench runs on (\S+), (\S+)", running.log.read_text())
             where = f"{placed[1]}, {placed[2]}" if placed else "an unknown device"
+            if not placed or placed[1] == "cpu":
+                # Why not the GPU: serve's and the stub's lines about GPUs and instance kinds.
+                for line in running.log.read_text().splitlines():
+                    if re.search(r"GPU|KIND_|cuda", line):
+                        print("  log:", line[:300])
             print(
                 f"GPT-2 small, random weights, on {where}; {tokens} tokens a request; "
                 f"{seconds:g} s a path per round, {rounds} rounds"
