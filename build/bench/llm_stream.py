@@ -88,6 +88,7 @@ import math
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import torch
@@ -106,6 +107,9 @@ def _value(request, name, default=None):
 
 class TritonPythonModel:
     def initialize(self, args):
+        # LLM_BENCH_SWITCH_INTERVAL: Python's GIL switch interval in the stub (a diagnosis).
+        if os.environ.get("LLM_BENCH_SWITCH_INTERVAL"):
+            sys.setswitchinterval(float(os.environ["LLM_BENCH_SWITCH_INTERVAL"]))
         device = f"cuda:{args['model_instance_device_id']}"
         if args["model_instance_kind"] != "GPU" or not torch.cuda.is_available():
             device = "cpu"
@@ -120,6 +124,8 @@ class TritonPythonModel:
         # The benchmark reads this line: a model left on the CPU measures nothing of serve.
         pb_utils.Logger.log_info(f"llm_bench runs on {self.device}, {self.dtype}")
         self.tokenizer = Tokenizer.from_file(os.path.join(HERE, "gpt2", "tokenizer.json"))
+        self.lock = threading.Lock()
+        self.requests = 0
 
     def _norm(self, x, name):
         return F.layer_norm(x, (x.shape[-1],), self.w[name + ".weight"], self.w[name + ".bias"])
@@ -170,15 +176,36 @@ class TritonPythonModel:
             tokens = torch.tensor([ids], device=self.device)
             cache = None
             text = ""
+            # Where a request's time goes (wall and this thread's CPU), logged for some.
+            spent = {"step": 0.0, "step_cpu": 0.0, "decode": 0.0, "send": 0.0}
+            started = time.perf_counter()
             for number in range(limit):
+                wall, cpu = time.perf_counter(), time.thread_time()
                 token, cache = self._step(tokens, cache)
                 tokens = token.view(1, 1)
-                piece = self.tokenizer.decode([int(token.item())])
+                value = int(token.item())
+                spent["step"] += time.perf_counter() - wall
+                spent["step_cpu"] += time.thread_time() - cpu
+                wall = time.perf_counter()
+                piece = self.tokenizer.decode([value])
+                spent["decode"] += time.perf_counter() - wall
+                wall = time.perf_counter()
                 if stream:
                     sender.send(self._response(piece, len(ids) if number == 0 and count_in
                                                else None, 1 if count_out else None))
                 else:
                     text += piece
+                spent["send"] += time.perf_counter() - wall
+            with self.lock:
+                self.requests += 1
+                logged = self.requests <= 3 or self.requests % 50 == 0
+            if logged and limit:
+                per_token = ", ".join(f"{k} {v / limit * 1000:.2f}" for k, v in spent.items())
+                pb_utils.Logger.log_info(
+                    f"llm_bench request {self.requests}: {limit} tokens in "
+                    f"{time.perf_counter() - started:.2f} s; ms a token: {per_token}; "
+                    f"{threading.active_count()} threads"
+                )
             if not stream:
                 sender.send(self._response(text, len(ids) if count_in else None,
                                            limit if count_out else None))
@@ -316,6 +343,13 @@ def run_path(url: str, path: str, body: bytes, streams: int, seconds: float) -> 
     return sum(t.tokens for t in threads) / elapsed, statistics.median(firsts)
 
 
+def model_lines(log: Path) -> None:
+    """The model's own account of some requests (MODEL_PY's _generate logs them)."""
+    for line in log.read_text().splitlines():
+        if "llm_bench request" in line:
+            print("  log:", line[line.index("llm_bench request") :][:300], flush=True)
+
+
 def measure(
     repository: Path, concurrencies: list[int], tokens: int, seconds: float, rounds: int
 ) -> None:
@@ -358,6 +392,7 @@ def measure(
                 for line in running.log.read_text().splitlines():
                     if re.search(r"GPU|KIND_|cuda", line):
                         print("  log:", line[:300])
+            model_lines(running.log)
             print(
                 f"GPT-2 small, random weights, on {where}; {tokens} tokens a request; "
                 f"{seconds:g} s a path per round, {rounds} rounds"
@@ -384,6 +419,8 @@ def measure(
                 summary.append(
                     (streams, serve_rate / triton_rate, (serve_first - triton_first) * 1000)
                 )
+            print()
+            model_lines(running.log)
             print()
             goals = "tokens/s serve / Triton (goal >= 0.97)"
             print(f"| streams | {goals} | first token serve - Triton (ms, goal <= 1) |")
