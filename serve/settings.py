@@ -686,6 +686,15 @@ class Settings:
         "seconds one multi-model load (preparation and Triton's load) may take before it "
         "fails with 504 and is undone; the longest start-up SageMaker allows a container",
     )
+    triton_restarts: int = setting(
+        "SERVE_TRITON_RESTARTS",
+        3,
+        lambda env, name, _: env.whole_number(name, 100),
+        "on a multi-model endpoint, how many times in 10 minutes `serve` starts Triton "
+        "again after it crashed, and loads again the models it held (`/ping` answers 200 "
+        "meanwhile); one crash more stops `serve`, as on a single-model endpoint, where "
+        "Triton's crash always does. `0`: stop at the first",
+    )
     shutdown_timeout: float = setting(
         "SERVE_SHUTDOWN_TIMEOUT",
         25.0,

@@ -26,7 +26,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from serve.control.execution_parameters import ExecutionParameters
-from serve.control.state import Phase, ServerState
+from serve.control.state import NOTICE_SECONDS, Phase, ServerState
 from serve.errors import ArtifactError, BadRequest, ServeError
 from serve.multi_model.registry import MAX_PAGE_SIZE, PAGE_SIZE, ModelRegistry
 from serve.payloads.codecs import json_codec
@@ -70,8 +70,15 @@ def create_control_app(
     def ping() -> Response:
         phase, reason = state.snapshot()
         if phase is Phase.READY:
+            # Triton did not answer nginx's health check. If it died, the supervisor is
+            # about to say so, or to start it again: answer what it decides.
+            phase, reason = state.after(Phase.READY, NOTICE_SECONDS)
+        if phase is Phase.READY:
             reason = "Triton reports the model is not ready"
-        return json_response(503, {"status": phase.value, "reason": reason})
+        # A multi-model endpoint restarting a crashed Triton is healthy: its models come
+        # back without SageMaker replacing the instance.
+        status = 200 if phase is Phase.RECOVERING else 503
+        return json_response(status, {"status": phase.value, "reason": reason})
 
     for route, exposition in (("metrics", metrics), ("triton-metrics", triton_metrics)):
         if exposition is not None:

@@ -39,7 +39,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from serve.artifacts.paths import check_name, control_character, inside, is_inside
@@ -57,6 +57,7 @@ from serve.errors import (
     InsufficientMemory,
     ModelAlreadyLoaded,
     ModelNotFound,
+    ServeError,
     Unavailable,
     is_out_of_space,
     out_of_space,
@@ -65,7 +66,7 @@ from serve.machine import host
 from serve.sagemaker.contract import DIRECT_MODEL_NAME, full_match
 from serve.sagemaker.custom_attributes import sets_custom_attributes
 from serve.triton import model_config
-from serve.triton.client import TritonClient, triton_failure
+from serve.triton.client import TritonClient, TritonReply, error_message, triton_failure
 from serve.triton.model_config import CONFIG_FILE
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,60 @@ class ModelRegistry:
         if model is None:
             raise ModelNotFound(f"model {name!r} is not loaded")
         return model
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._loaded)
+
+    def restore(self, alive: Callable[[], bool]) -> tuple[list[str], list[str]]:
+        """After Triton restarted (serve/runtime/recovery.py): load every model again.
+
+        Returns the names loaded again, and those Triton refused this time, which
+        are unloaded as a failed load is (a later load of the name starts clean).
+        Failed loads stranded in the old Triton are gone with it: their files go.
+        Stops early once `alive` says this Triton died too; the next restart tries
+        again. Each model is held as a load holds it, so a DELETE waits for it.
+        """
+        with self._lock:
+            stranded = list(self._stranded)
+        for name in stranded:
+            with self._exclusive(name):
+                model = self._stranded.pop(name, None)
+                if model is not None:
+                    self._discard(model)
+        restored: list[str] = []
+        dropped: list[str] = []
+        for name in self.names():
+            if not alive():
+                break
+            with self._exclusive(name):
+                with self._lock:
+                    model = self._loaded.get(name)
+                if model is None:
+                    continue  # unloaded meanwhile
+                try:
+                    deadline = time.monotonic() + self._load_timeout
+                    for name_in_triton in model.triton_names:
+                        self._triton_load(name, name_in_triton, deadline)
+                except (OSError, http.client.HTTPException) as exc:
+                    log.warning(
+                        "Triton stopped answering while model %r loaded again (%s)", name, exc
+                    )
+                    break
+                except (ServeError, TimeoutError) as exc:
+                    log.error(
+                        "model %r did not load again after Triton's restart (%s); it is "
+                        "unloaded: load it again",
+                        name,
+                        exc,
+                    )
+                    self._abandon(model)
+                    with self._lock:
+                        del self._loaded[name]
+                    dropped.append(name)
+                    continue
+                restored.append(name)
+        return restored, dropped
 
     def page(self, token: str | None, size: int = PAGE_SIZE) -> dict[str, object]:
         """One page of GET /models; the token is where the next page starts."""
@@ -323,11 +378,13 @@ class ModelRegistry:
                 reply = self._triton.request(
                     "POST", "/v2/repository/index", timeout=_remaining(deadline)
                 )
-                busy = {
-                    m["name"]
-                    for m in json.loads(reply.body)
-                    if m["name"] in wanted and m.get("state") != "UNAVAILABLE"
-                }
+                index = _model_index(reply)
+                if index is not None:
+                    busy = {
+                        m["name"]
+                        for m in index
+                        if m["name"] in wanted and m.get("state") != "UNAVAILABLE"
+                    }
                 if not busy or time.monotonic() >= deadline:
                     break
                 time.sleep(0.05)
@@ -392,6 +449,21 @@ class ModelRegistry:
             lock = self._busy.setdefault(name, threading.Lock())
         with lock:
             yield
+
+
+def _model_index(reply: TritonReply) -> list[dict[str, str]] | None:
+    """Triton's repository index, or None when it could not read its repository.
+
+    Its poll fails while another model's prepared folder is being removed (a
+    storm of concurrent unloads found it: the error's JSON object was read as the
+    list); the next poll succeeds.
+    """
+    if reply.status == 200:
+        index = json.loads(reply.body)
+        if isinstance(index, list):
+            return index
+    log.info("Triton could not list its models (%s); asking again", error_message(reply.body))
+    return None
 
 
 def _remaining(deadline: float) -> float:

@@ -47,6 +47,7 @@ from serve.payloads.signature import ModelSignature
 from serve.payloads.writers import listening_socket, writer_argv, writer_count, writes_json
 from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
 from serve.runtime.processes import ManagedProcess
+from serve.runtime.recovery import TritonRecovery
 from serve.runtime.workspace import Workspace
 from serve.sagemaker.custom_attributes import sets_custom_attributes
 from serve.sessions.bidirectional import BidirectionalServer, StreamLimits
@@ -220,6 +221,24 @@ class Server:
                 running.bidirectional.start()
             children = [triton, nginx, *running.writers]
             ping = front.ping_path()
+            recovery = None
+            if running.registry is not None:
+                recovery = TritonRecovery(
+                    lambda: self._start_triton(command, shm, ws),
+                    running.registry,
+                    triton_client,
+                    self.state,
+                    settings.triton_restarts,
+                )
+
+            def replace(child: ManagedProcess) -> ManagedProcess | None:
+                """A multi-model endpoint's Triton starts again after a crash."""
+                if recovery is None or child is not running.triton:
+                    return None
+                restarted = recovery.replace(child)
+                if restarted is not None:
+                    running.triton = restarted
+                return restarted
 
             def ready() -> bool:
                 # A scrape right after /ping's first 200 must find Triton's metrics too.
@@ -227,7 +246,7 @@ class Server:
                     triton_metrics is None or triton_metrics.listening()
                 )
 
-            return self._supervise(children, ready)
+            return self._supervise(children, ready, replace)
         finally:
             self._stop(running)
 
@@ -258,6 +277,7 @@ class Server:
                 settings.env_cache_min_free_bytes,
                 settings.model_load_timeout,
             )
+            running.registry = registry
         else:
             execution_parameters = ExecutionParameters(
                 settings, triton_client, repository.default_model
@@ -407,15 +427,26 @@ class Server:
             )
         return threads
 
-    def _supervise(self, children: list[ManagedProcess], ready: Callable[[], bool]) -> int:
+    def _supervise(
+        self,
+        children: list[ManagedProcess],
+        ready: Callable[[], bool],
+        replace: Callable[[ManagedProcess], ManagedProcess | None],
+    ) -> int:
+        """Watch `children` until a stop is asked for; a child that exits stops serve
+        unless `replace` gives one in its place."""
         started = time.monotonic()
         next_check = started
         while not self._stop_requested.wait(POLL_SECONDS):
-            for child in children:
+            for index, child in enumerate(children):
                 code = child.poll()
                 if code is not None:
                     # Its workers or stubs go at once: an nginx worker would keep the port.
                     child.kill_group()
+                    replacement = replace(child)
+                    if replacement is not None:
+                        children[index] = replacement
+                        continue
                     # /ping's callers get one line; the log gets the child's last output.
                     self.state.set(Phase.FAILED, f"{child.exit_summary()}; see the container log")
                     log.error("%s; stopping", child.describe_exit())
@@ -467,6 +498,8 @@ class Server:
 class _Running:
     """What one run has started so far; stopped in reverse by `Server._stop`."""
 
+    # A multi-model endpoint's models (not a process: nothing to stop).
+    registry: ModelRegistry | None = None
     control: ControlServer | None = None
     payloads: PayloadService | None = None
     bidirectional: BidirectionalServer | None = None

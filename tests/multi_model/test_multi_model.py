@@ -41,6 +41,18 @@ def upload_add(opt_ml: Path, key: str, name: str = "add", **kw: object) -> str:
     return str(url)
 
 
+# What serve logs when Triton crashed and starts again, and once its models are back
+# (serve/runtime/recovery.py).
+RESTARTED = "starting it again"
+BACK = "Triton is back"
+
+
+def recovered(server: ServeProcess) -> bool:
+    """Every restart of Triton serve logged has finished loading the models again."""
+    output = server.output
+    return output.count(BACK) == output.count(RESTARTED)
+
+
 def load(server: ServeProcess, name: str, url: str, **headers: str) -> requests.Response:
     return requests.post(
         f"{server.url}/models", json={"model_name": name, "url": url}, headers=headers, timeout=120
@@ -268,15 +280,21 @@ def test_storm_of_loads_unloads_and_invocations(opt_ml: Path, mme: ServeProcess)
         else:
             response = invoke(mme, key)
         if response.status_code not in allowed:
-            unexpected.append(f"{kind} {key}: {response.status_code} {response.text}")
+            unexpected.append((kind, key, response.status_code, response.text))
         return kind, response.status_code
 
-    unexpected: list[str] = []
+    unexpected: list[tuple[str, str, int, str]] = []
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         try:
             results = list(pool.map(operation, range(1000)))
         except requests.ConnectionError as exc:
             raise AssertionError(f"{exc}; serve's output:\n{mme.output[-8000:]}") from exc
+    if RESTARTED in mme.output:
+        # Triton 2.51 itself was seen to crash in this storm (SIGSEGV, 1 full run in 12):
+        # serve starts it again (test_recovery.py). What reached it in the gap was refused
+        # as unavailable; once its models are back, everything below must agree again.
+        mme.wait_until(lambda: recovered(mme), 90, "Triton to be back")
+        unexpected = [u for u in unexpected if u[2] not in (502, 503)]
     assert not unexpected, f"{unexpected}; serve's output:\n{mme.output[-8000:]}"
     assert sum(1 for kind, status in results if kind == "invoke" and status == 200) > 50
     listed = {m["modelName"] for m in requests.get(f"{mme.url}/models", timeout=5).json()["models"]}

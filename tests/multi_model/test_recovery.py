@@ -1,0 +1,136 @@
+"""A multi-model endpoint outlives Triton's crash (serve/runtime/recovery.py).
+
+Triton 2.51 was seen killed by SIGSEGV under concurrent loads and unloads (the
+storm test, 1 full run in 12); here the same signal is sent on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ServeProcess
+from tests.multi_model.test_multi_model import BACK, invoke, load, upload_add
+
+StartServe = Callable[..., ServeProcess]
+# initialize() fails while the file BROKEN beside the version folder says "yes".
+BROKEN_WHILE_MARKED = """
+import os
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        with open(os.path.join(args["model_repository"], "BROKEN")) as marker:
+            if marker.read() == "yes":
+                raise RuntimeError("broken on purpose")
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("C", (
+                pb_utils.get_input_tensor_by_name(r, "A").as_numpy()
+                + pb_utils.get_input_tensor_by_name(r, "B").as_numpy()))])
+            for r in requests
+        ]
+"""
+
+
+@contextmanager
+def pings(server: ServeProcess) -> Iterator[list[tuple[int, str] | str]]:
+    """/ping polled back to back on kept-alive connections: (status, body), or the error."""
+    answers: list[tuple[int, str] | str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with requests.Session() as session:
+            while not done.is_set():
+                try:
+                    response = session.get(f"{server.url}/ping", timeout=2)
+                    answers.append((response.status_code, response.text))
+                except requests.RequestException as exc:
+                    answers.append(repr(exc))
+
+    pollers = [threading.Thread(target=poll) for _ in range(4)]
+    for poller in pollers:
+        poller.start()
+    try:
+        yield answers
+    finally:
+        done.set()
+        for poller in pollers:
+            poller.join()
+
+
+def shared_memory_of(pids: list[int]) -> set[str]:
+    """The /dev/shm files the processes `pids` map (Python-backend regions)."""
+    found = set()
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            path = line.split(maxsplit=5)[-1]
+            if path.startswith("/dev/shm/"):
+                found.add(path)
+    return found
+
+
+def test_a_crashed_triton_starts_again_with_the_models_it_held(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    server = start_serve(
+        opt_ml, SAGEMAKER_MULTI_MODEL="true", SERVE_TRITON_RESTARTS="1"
+    ).wait_ready()
+    urls = {key: upload_add(opt_ml, key) for key in ("r1", "r2")}
+    urls["broken"] = upload_add(opt_ml, "broken", model_py=BROKEN_WHILE_MARKED)
+    marker = Path(urls["broken"]) / "BROKEN"
+    marker.write_text("no")
+    for key, url in urls.items():
+        assert load(server, key, url).status_code == 200
+    # Its files changed after its load: Triton refuses it when it loads again.
+    marker.write_text("yes")
+    (triton,) = server.child_pids("tritonserver", direct=True)
+    stubs = server.child_pids("triton_python_backend_stub")
+    regions = shared_memory_of(stubs)
+    assert len(stubs) == 3 and regions
+
+    with pings(server) as answers:
+        os.kill(triton, signal.SIGSEGV)
+        server.wait_until(lambda: BACK in server.output, 90, "Triton to be back")
+    # /ping never stopped answering 200, and said why while Triton started again.
+    assert answers and all(isinstance(a, tuple) and a[0] == 200 for a in answers), [
+        a for a in answers if not (isinstance(a, tuple) and a[0] == 200)
+    ][:5]
+    assert any('"recovering"' in a[1] for a in answers if isinstance(a, tuple))
+    assert "tritonserver exited (killed by signal 11)" in server.output
+    assert re.search(r"loading again the 3 model\(s\) it held: broken, r1, r2", server.output)
+
+    # The models it held answer again; the one it refused this time is unloaded.
+    for key in ("r1", "r2"):
+        response = invoke(server, key)
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["data"] == [11, 22, 33, 44]
+    assert invoke(server, "broken").status_code == 404
+    listed = requests.get(f"{server.url}/models", timeout=5).json()["models"]
+    assert [m["modelName"] for m in listed] == ["r1", "r2"]
+    assert "model 'broken' did not load again after Triton's restart" in server.output
+    assert not list((server.workspace() / "repository").glob("broken*"))
+    # The crashed Triton's stubs and their shared memory are gone.
+    assert not [pid for pid in stubs if Path(f"/proc/{pid}").exists()]
+    assert not [path for path in regions if Path(path).exists()]
+    assert server.child_pids("tritonserver", direct=True) != [triton]
+
+    # Loads and unloads work as before: the refused model, mended, loads cleanly.
+    marker.write_text("no")
+    assert load(server, "broken", urls["broken"]).status_code == 200
+    assert invoke(server, "broken").status_code == 200
+    assert requests.delete(f"{server.url}/models/r2", timeout=60).status_code == 200
+
+    # One crash more than SERVE_TRITON_RESTARTS allows stops serve, as a crash loop must.
+    (triton,) = server.child_pids("tritonserver", direct=True)
+    os.kill(triton, signal.SIGSEGV)
+    assert server.wait_exit(30) != 0
+    assert "more than SERVE_TRITON_RESTARTS=1 allows; stopping" in server.output
