@@ -107,9 +107,10 @@ def _value(request, name, default=None):
 
 class TritonPythonModel:
     def initialize(self, args):
-        # LLM_BENCH_SWITCH_INTERVAL: Python's GIL switch interval in the stub (a diagnosis).
-        if os.environ.get("LLM_BENCH_SWITCH_INTERVAL"):
-            sys.setswitchinterval(float(os.environ["LLM_BENCH_SWITCH_INTERVAL"]))
+        # Each token's step is some 200 short torch calls, each dropping and taking the
+        # GIL; at Python's 5 ms switch interval beside the stub's own threads a step took
+        # 40-67 ms of CPU on an H100 host, at 0.2 ms 2.6-4.8 ms (docs/benchmarks.md).
+        sys.setswitchinterval(0.0002)
         device = f"cuda:{args['model_instance_device_id']}"
         if args["model_instance_kind"] != "GPU" or not torch.cuda.is_available():
             device = "cpu"
