@@ -47,10 +47,11 @@ RESTARTED = "starting it again"
 BACK = "Triton is back"
 
 
-def recovered(server: ServeProcess) -> bool:
-    """Every restart of Triton serve logged has finished loading the models again."""
+def recovered(server: ServeProcess, restarts: int = 1) -> bool:
+    """Triton was started again at least `restarts` times, and every restart serve logged
+    has finished loading the models again."""
     output = server.output
-    return output.count(BACK) == output.count(RESTARTED)
+    return output.count(BACK) == output.count(RESTARTED) >= restarts
 
 
 def load(server: ServeProcess, name: str, url: str, **headers: str) -> requests.Response:

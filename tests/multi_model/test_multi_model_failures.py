@@ -81,7 +81,8 @@ def triton_states(server: ServeProcess) -> dict[str, str]:
 def assert_nothing_left(server: ServeProcess, name: str) -> None:
     assert requests.get(f"{server.url}/models/{name}", timeout=5).status_code == 404
     assert requests.get(f"{server.url}/models", timeout=5).json() == {"models": []}
-    assert invoke(server, name).status_code == 404
+    answer = invoke(server, name)
+    assert answer.status_code == 404, answer.text
     states = triton_states(server)
     assert all(state == "UNAVAILABLE" for state in states.values()), states
     workspace = server.workspace()
