@@ -41,6 +41,32 @@ def upload_add(opt_ml: Path, key: str, name: str = "add", **kw: object) -> str:
     return str(url)
 
 
+# An add model whose initialize() obeys files beside its version folder: it sleeps as
+# long as SLOW says, and fails while BROKEN says "yes".
+MARKED = """
+import os
+import time
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        marker = os.path.join(args["model_repository"], "SLOW")
+        if os.path.exists(marker):
+            time.sleep(float(open(marker).read()))
+        marker = os.path.join(args["model_repository"], "BROKEN")
+        if os.path.exists(marker) and open(marker).read() == "yes":
+            raise RuntimeError("broken on purpose")
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("C", (
+                pb_utils.get_input_tensor_by_name(r, "A").as_numpy()
+                + pb_utils.get_input_tensor_by_name(r, "B").as_numpy()))])
+            for r in requests
+        ]
+"""
+
+
 # What serve logs when Triton crashed and starts again, and once its models are back
 # (serve/runtime/recovery.py).
 RESTARTED = "starting it again"

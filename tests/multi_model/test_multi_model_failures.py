@@ -17,35 +17,14 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ServeProcess, add_request
-from tests.multi_model.test_multi_model import load, recovered, upload_add
+from tests.multi_model.test_multi_model import MARKED, load, recovered, upload_add
 
 StartServe = Callable[..., ServeProcess]
 ADD = add_request([1, 2, 3, 4], [10, 20, 30, 40])
 
-# initialize() sleeps as long as the file SLOW (beside model.py's version folder) says.
-SLOW_WHILE_MARKED = """
-import os
-import time
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def initialize(self, args):
-        marker = os.path.join(args["model_repository"], "SLOW")
-        if os.path.exists(marker):
-            time.sleep(float(open(marker).read()))
-
-    def execute(self, requests):
-        return [
-            pb_utils.InferenceResponse([pb_utils.Tensor("C", (
-                pb_utils.get_input_tensor_by_name(r, "A").as_numpy()
-                + pb_utils.get_input_tensor_by_name(r, "B").as_numpy()))])
-            for r in requests
-        ]
-"""
-
 
 def upload_slow(opt_ml: Path, key: str, seconds: float) -> Path:
-    url = Path(upload_add(opt_ml, key, model_py=SLOW_WHILE_MARKED))
+    url = Path(upload_add(opt_ml, key, model_py=MARKED))
     (url / "SLOW").write_text(str(seconds))
     return url
 

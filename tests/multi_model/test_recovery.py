@@ -17,28 +17,9 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ServeProcess
-from tests.multi_model.test_multi_model import BACK, invoke, load, upload_add
+from tests.multi_model.test_multi_model import BACK, MARKED, invoke, load, upload_add
 
 StartServe = Callable[..., ServeProcess]
-# initialize() fails while the file BROKEN beside the version folder says "yes".
-BROKEN_WHILE_MARKED = """
-import os
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def initialize(self, args):
-        with open(os.path.join(args["model_repository"], "BROKEN")) as marker:
-            if marker.read() == "yes":
-                raise RuntimeError("broken on purpose")
-
-    def execute(self, requests):
-        return [
-            pb_utils.InferenceResponse([pb_utils.Tensor("C", (
-                pb_utils.get_input_tensor_by_name(r, "A").as_numpy()
-                + pb_utils.get_input_tensor_by_name(r, "B").as_numpy()))])
-            for r in requests
-        ]
-"""
 
 
 @contextmanager
@@ -85,7 +66,7 @@ def test_a_crashed_triton_starts_again_with_the_models_it_held(
         opt_ml, SAGEMAKER_MULTI_MODEL="true", SERVE_TRITON_RESTARTS="1"
     ).wait_ready()
     urls = {key: upload_add(opt_ml, key) for key in ("r1", "r2")}
-    urls["broken"] = upload_add(opt_ml, "broken", model_py=BROKEN_WHILE_MARKED)
+    urls["broken"] = upload_add(opt_ml, "broken", model_py=MARKED)
     marker = Path(urls["broken"]) / "BROKEN"
     marker.write_text("no")
     for key, url in urls.items():
