@@ -378,7 +378,7 @@ class ModelRegistry:
                 reply = self._triton.request(
                     "POST", "/v2/repository/index", timeout=_remaining(deadline)
                 )
-                index = _model_index(reply)
+                index = model_index(reply)
                 if index is not None:
                     busy = {
                         m["name"]
@@ -451,12 +451,12 @@ class ModelRegistry:
             yield
 
 
-def _model_index(reply: TritonReply) -> list[dict[str, str]] | None:
+def model_index(reply: TritonReply) -> list[dict[str, str]] | None:
     """Triton's repository index, or None when it could not read its repository.
 
-    Its poll fails while another model's prepared folder is being removed (a
-    storm of concurrent unloads found it: the error's JSON object was read as the
-    list); the next poll succeeds.
+    Seen once in a storm of concurrent loads and unloads (an error's JSON object
+    read as the list): most likely Triton's listing failed while another unload
+    removed that model's prepared folder. The next poll is asked for.
     """
     if reply.status == 200:
         index = json.loads(reply.body)

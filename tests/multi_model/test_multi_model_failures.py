@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from serve.multi_model.registry import model_index
+from serve.triton.client import TritonReply
 from tests.conftest import ServeProcess, add_request
 from tests.multi_model.test_multi_model import MARKED, load, recovered, upload_add
 
@@ -139,3 +141,13 @@ def test_triton_gone_during_a_load_is_503_not_500(opt_ml: Path, start_serve: Sta
     server.wait_until(lambda: recovered(server), 60, "Triton to be back")
     assert server.ping_status() == 200
     assert_nothing_left(server, "orphan")
+
+
+def test_an_index_triton_could_not_list_is_asked_for_again() -> None:
+    """An unload polls Triton's index until the model is gone; once in a storm the index
+    was an error (an object, not a list) and the unload answered 500 (TypeError)."""
+    error = b'{"error": "failed to stat the model folder"}'
+    assert model_index(TritonReply(500, error, {})) is None
+    assert model_index(TritonReply(200, error, {})) is None
+    index = [{"name": "a", "version": "1", "state": "READY"}]
+    assert model_index(TritonReply(200, json.dumps(index).encode(), {})) == index
