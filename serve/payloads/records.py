@@ -323,7 +323,19 @@ def _convert(spec: TensorSpec, raw: np.ndarray, where: str) -> np.ndarray:
         raise PayloadError(
             f"input {spec.describe()} expects true/false (or 1/0); {where} gives other numbers"
         )
-    return raw.astype(target)
+    if target.kind != "f":
+        return raw.astype(target)
+    # A finite number past the type's range would become infinity (70000 as FP16).
+    with np.errstate(over="ignore"):
+        converted = raw.astype(target)
+    overflowed = np.isinf(converted) & np.isfinite(raw)
+    if overflowed.any():
+        largest = float(np.finfo(target).max)
+        raise PayloadError(
+            f"input {spec.describe()} takes values from {-largest:g} to {largest:g}; "
+            f"{where} gives {_show(raw[overflowed][0])}"
+        )
+    return converted
 
 
 @functools.cache

@@ -41,6 +41,14 @@ IMAGE = signature(
     """
 )
 
+HALF = signature(
+    """
+    name: "half" max_batch_size: 4
+    input [ { name: "x", data_type: TYPE_FP16, dims: [ 1 ] } ]
+    output [ { name: "y", data_type: TYPE_FP16, dims: [ 1 ] } ]
+    """
+)
+
 
 def tensors(document: object, model: ModelSignature) -> dict[str, list]:
     records, _ = json_codec.decode(document, model)
@@ -81,6 +89,8 @@ def test_a_text_model_that_does_not_batch_takes_one_record() -> None:
         ([[1, "x"]], NCF, "'x'"),
         ([[[1, 2], [3]]], IMAGE, "pixels"),
         ([[300, 0, 0, 0]], IMAGE, "0..255"),
+        ([[70000]], HALF, "-65504 to 65504.*70000"),
+        ([[1.5e300]], HALF, "65504.*1.5e\\+300"),
         ([[1, 2]] * 9, NCF, "at most 8 records"),
         ({"instances": []}, NCF, "empty"),
         ({"inputs": [[1, 2]], "extra": 1}, NCF, "'extra'"),
