@@ -566,12 +566,23 @@ def _of_type(values: object, dtype: np.dtype) -> np.ndarray:
     if array.dtype == object or array.dtype.kind not in "biuf":
         raise ValueError("it holds something other than numbers")
     if dtype.kind in "iu" and array.size:
-        if array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
-            raise ValueError(f"{dtype.name} takes whole numbers")
+        if array.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):  # inf and nan: not whole, no warning
+                whole = np.isfinite(array) & (np.mod(array, 1) == 0)
+            if not np.all(whole):
+                raise ValueError(f"{dtype.name} takes whole numbers")
         limits = np.iinfo(dtype)
         if array.min() < limits.min or array.max() > limits.max:
             raise ValueError(f"{dtype.name} takes {limits.min} to {limits.max}")
-    return array.astype(dtype)
+    if dtype.kind != "f":
+        return array.astype(dtype)
+    # A finite number past the type's range would become infinity (70000 as FP16).
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(dtype)
+    if np.any(np.isinf(converted) & np.isfinite(array)):
+        largest = float(np.finfo(dtype).max)
+        raise ValueError(f"{dtype.name} takes {-largest:g} to {largest:g}")
+    return converted
 
 
 def _reason(message: str | None) -> str:

@@ -14,6 +14,7 @@ import asyncio
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +50,14 @@ def test_a_flat_array_reads_the_same_whole_or_in_slices(
     assert numbers(text).tolist() == many
     if len(text) > TEXT_SLICE_CHARS:
         assert numbers(f"  {text}\n").tolist() == many
+
+
+def test_a_number_past_a_float_inputs_range_is_a_1007() -> None:
+    half = TensorSpec("x", "FP16", (-1,))
+    assert asyncio.run(_numbers(half, "[1, -65504, 65504]")).tolist() == [1, -65504, 65504]
+    for text in ("[1, 70000]", "[-1e300]"):
+        with pytest.raises(StreamError, match="float16 takes -65504 to 65504"):
+            asyncio.run(_numbers(half, text))
 
 
 @FUZZ
