@@ -32,8 +32,19 @@ class ServerState:
         with self._changed:
             # A failure is final: a later stop must not hide why.
             if self._phase is not Phase.FAILED:
-                self._phase, self._reason = phase, reason
-                self._changed.notify_all()
+                self._put(phase, reason)
+
+    def change(self, current: Phase, phase: Phase, reason: str) -> bool:
+        """Set `phase` only while the phase is `current` (a stop or failure meanwhile stays)."""
+        with self._changed:
+            if self._phase is not current:
+                return False
+            self._put(phase, reason)
+            return True
+
+    def _put(self, phase: Phase, reason: str) -> None:
+        self._phase, self._reason = phase, reason
+        self._changed.notify_all()
 
     def snapshot(self) -> tuple[Phase, str]:
         with self._changed:

@@ -111,9 +111,10 @@ class TritonRecovery:
                 return
             time.sleep(_POLL_SECONDS)
         restored, dropped = self._registry.restore(alive=lambda: triton.poll() is None)
-        if triton.poll() is not None:
-            return
-        self._state.set(Phase.READY, "serving")
+        if triton.poll() is not None or not self._state.change(
+            Phase.RECOVERING, Phase.READY, "serving"
+        ):
+            return  # crashed again, or serve is stopping
         log.info(
             "Triton is back after %.1f s with %d model(s) loaded again%s",
             time.monotonic() - started,
