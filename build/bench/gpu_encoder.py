@@ -439,8 +439,10 @@ def main() -> None:
     parser.add_argument(
         "--payload",
         choices=list(bodies()),
+        type=lambda name: name.replace("_", " "),
         action="append",
-        help="a payload to measure (repeatable); default: all three",
+        help="a payload to measure (repeatable; '_' for a space, as in v2_JSON, so it "
+        "passes through ENCODER_ARGS); default: all three",
     )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")
