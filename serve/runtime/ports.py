@@ -9,23 +9,36 @@ from collections.abc import Collection, Mapping
 from serve.errors import ConfigError
 from serve.settings import PortRange
 
+# How often the kernel is asked for a free port before giving up.
+_KERNEL_TRIES = 64
+
 
 def free_loopback_port(
     allowed: PortRange | None,
     taken: Collection[int] = (),
     purpose: str = "Triton's internal HTTP endpoint",
 ) -> int:
-    """A port free on 127.0.0.1: any when no range is set, else one inside it."""
-    candidates = [0] if allowed is None else range(allowed.low, allowed.high + 1)
-    for port in candidates:
-        if port in taken:
+    """A port free on 127.0.0.1 and not in `taken`: any when no range is set, else one
+    inside it.
+
+    Without a range the kernel picks; it may pick a port it gave an earlier probe
+    (Triton's HTTP port, not yet bound), so one in `taken` is asked for again (a test
+    run saw Triton refuse the same port for its HTTP and gRPC endpoints).
+    """
+    candidates = [0] * _KERNEL_TRIES if allowed is None else range(allowed.low, allowed.high + 1)
+    for candidate in candidates:
+        if candidate in taken:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
-                probe.bind(("127.0.0.1", port))
+                probe.bind(("127.0.0.1", candidate))
             except OSError:
                 continue
-            return probe.getsockname()[1]
+            port: int = probe.getsockname()[1]
+        if port not in taken:
+            return port
+    if allowed is None:
+        raise ConfigError(f"no free port on 127.0.0.1 for {purpose}")
     raise ConfigError(
         f"no free port inside SAGEMAKER_SAFE_PORT_RANGE={allowed} for {purpose}; widen the range"
     )
