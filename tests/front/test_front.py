@@ -432,12 +432,24 @@ def _answers(url: str) -> bool:
         return False
 
 
+def all_stopped(pid: int) -> bool:
+    """Every thread of process `pid` is stopped (state T in /proc)."""
+    states = [
+        stat.read_text().rsplit(")", 1)[1].split()[0]
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat")
+    ]
+    return bool(states) and all(state == "T" for state in states)
+
+
 def test_an_internal_service_too_slow_is_json_504(opt_ml: Path, start_serve: StartServe) -> None:
     # nginx waits for /models as long as a load may take: 2 x 1 s and a margin here.
     server = start_serve(
         opt_ml, SAGEMAKER_MULTI_MODEL="true", SERVE_MODEL_LOAD_TIMEOUT="1"
     ).wait_ready()
     os.kill(server.process.pid, signal.SIGSTOP)  # the control app answers nothing
+    # Only once every thread has stopped: a fresh run's answer began before (its head
+    # came, its 14 bytes did not).
+    server.wait_until(lambda: all_stopped(server.process.pid), 10, "serve to stop")
     try:
         response = requests.get(f"{server.url}/models", timeout=30)
     finally:
