@@ -51,6 +51,7 @@ from serve.sagemaker.contract import (
 )
 from serve.sagemaker.custom_attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
 from serve.settings import MAX_CONNECTIONS, Settings
+from serve.triton.client import LIVE_PATH
 
 
 def nginx_string(value: object) -> str:
@@ -150,7 +151,7 @@ class FrontConfig:
 
     def ping_path(self) -> str:
         if self.settings.ping_mode == "live" or self.default_model is None:
-            return "/v2/health/live"
+            return LIVE_PATH
         return f"/v2/models/{quote(self.default_model, safe='')}/ready"
 
     def access_log(self) -> Path | None:

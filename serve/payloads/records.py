@@ -325,17 +325,28 @@ def _convert(spec: TensorSpec, raw: np.ndarray, where: str) -> np.ndarray:
         )
     if target.kind != "f":
         return raw.astype(target)
-    # A finite number past the type's range would become infinity (70000 as FP16).
-    with np.errstate(over="ignore"):
-        converted = raw.astype(target)
-    overflowed = np.isinf(converted) & np.isfinite(raw)
-    if overflowed.any():
-        largest = float(np.finfo(target).max)
+    converted, overflowed = cast_float(raw, target)
+    if overflowed is not None:
         raise PayloadError(
-            f"input {spec.describe()} takes values from {-largest:g} to {largest:g}; "
-            f"{where} gives {_show(raw[overflowed][0])}"
+            f"input {spec.describe()} takes values from {float_range(target)}; "
+            f"{where} gives {_show(overflowed)}"
         )
     return converted
+
+
+def cast_float(values: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, object | None]:
+    """`values` as the float type `dtype`, and the first finite one that became infinite
+    (70000 as FP16), if any: numpy makes it infinity with no more than a warning."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = values.astype(dtype)
+    overflowed = np.isinf(converted) & np.isfinite(values)
+    return converted, values[overflowed][0] if overflowed.any() else None
+
+
+def float_range(dtype: np.dtype) -> str:
+    """The finite values of float type `dtype`, as an error message names them."""
+    largest = float(np.finfo(dtype).max)
+    return f"{-largest:g} to {largest:g}"
 
 
 @functools.cache

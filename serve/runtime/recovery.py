@@ -27,7 +27,7 @@ from collections.abc import Callable
 from serve.control.state import Phase, ServerState
 from serve.multi_model.registry import ModelRegistry
 from serve.runtime.processes import ManagedProcess
-from serve.triton.client import TritonClient
+from serve.triton.client import LIVE_PATH, TritonClient
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ RESTART_WINDOW_SECONDS = 600.0
 # Triton in explicit model control answers its health check before any model
 # loads, within seconds; one that does not is killed and counts as a crash.
 LIVE_WITHIN_SECONDS = 120.0
-LIVE_PATH = "/v2/health/live"
 _POLL_SECONDS = 0.2
 
 

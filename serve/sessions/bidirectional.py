@@ -68,6 +68,7 @@ from websockets.frames import CloseCode
 from websockets.server import ServerProtocol
 
 from serve.payloads.loop_thread import LoopThread
+from serve.payloads.records import cast_float, float_range
 from serve.payloads.service import MODEL_HEADER
 from serve.payloads.signature import ModelSignature, TensorSpec
 from serve.sagemaker.contract import BIDIRECTIONAL_ROUTE as ROUTE
@@ -576,12 +577,9 @@ def _of_type(values: object, dtype: np.dtype) -> np.ndarray:
             raise ValueError(f"{dtype.name} takes {limits.min} to {limits.max}")
     if dtype.kind != "f":
         return array.astype(dtype)
-    # A finite number past the type's range would become infinity (70000 as FP16).
-    with np.errstate(over="ignore", invalid="ignore"):
-        converted = array.astype(dtype)
-    if np.any(np.isinf(converted) & np.isfinite(array)):
-        largest = float(np.finfo(dtype).max)
-        raise ValueError(f"{dtype.name} takes {-largest:g} to {largest:g}")
+    converted, overflowed = cast_float(array, dtype)
+    if overflowed is not None:
+        raise ValueError(f"{dtype.name} takes {float_range(dtype)}")
     return converted
 
 

@@ -31,6 +31,8 @@ OUT_OF_MEMORY = re.compile(
 # Triton answers 500 for a request body its JSON parser cannot read: the caller's mistake.
 UNPARSABLE = re.compile(r"^Unable to parse|attempt to access JSON|failed to parse", re.IGNORECASE)
 UNKNOWN_MODEL = re.compile(r"unknown model|is not found", re.IGNORECASE)
+# Triton's liveness route: answers once its HTTP frontend runs, before any model loads.
+LIVE_PATH = "/v2/health/live"
 
 
 @dataclasses.dataclass(frozen=True)
