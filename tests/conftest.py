@@ -606,3 +606,31 @@ def examples_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeP
         yield server.wait_ready()
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def pings(server: ServeProcess) -> Iterator[list[tuple[int, str] | str]]:
+    """/ping polled back to back by four threads on kept-alive connections while the block
+    runs: each answer's (status, body), or the error's repr."""
+    answers: list[tuple[int, str] | str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with requests.Session() as session:
+            while not done.is_set():
+                try:
+                    response = session.get(f"{server.url}/ping", timeout=2)
+                    answers.append((response.status_code, response.text))
+                except requests.RequestException as exc:
+                    answers.append(repr(exc))
+                    time.sleep(0.01)
+
+    pollers = [threading.Thread(target=poll) for _ in range(4)]
+    for poller in pollers:
+        poller.start()
+    try:
+        yield answers
+    finally:
+        done.set()
+        for poller in pollers:
+            poller.join()

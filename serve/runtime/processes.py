@@ -168,7 +168,7 @@ class ManagedProcess:
         members = _group_members(self._process.pid)
         if not members:
             return
-        leftovers = _shared_memory_files(members)
+        leftovers = shared_memory_files(members)
         log.warning(
             "%s left %d process(es) behind (%s); killing them",
             self.name,
@@ -216,7 +216,7 @@ def _group_members(group: int) -> list[int]:
     return members
 
 
-def _shared_memory_files(pids: Iterable[int]) -> set[Path]:
+def shared_memory_files(pids: Iterable[int]) -> set[Path]:
     """The /dev/shm files the processes `pids` map."""
     found = set()
     for pid in pids:

@@ -9,54 +9,16 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
 
-from tests.conftest import ServeProcess
+from serve.runtime.processes import shared_memory_files
+from tests.conftest import ServeProcess, pings
 from tests.multi_model.test_multi_model import BACK, MARKED, invoke, load, upload_add
 
 StartServe = Callable[..., ServeProcess]
-
-
-@contextmanager
-def pings(server: ServeProcess) -> Iterator[list[tuple[int, str] | str]]:
-    """/ping polled back to back on kept-alive connections: (status, body), or the error."""
-    answers: list[tuple[int, str] | str] = []
-    done = threading.Event()
-
-    def poll() -> None:
-        with requests.Session() as session:
-            while not done.is_set():
-                try:
-                    response = session.get(f"{server.url}/ping", timeout=2)
-                    answers.append((response.status_code, response.text))
-                except requests.RequestException as exc:
-                    answers.append(repr(exc))
-
-    pollers = [threading.Thread(target=poll) for _ in range(4)]
-    for poller in pollers:
-        poller.start()
-    try:
-        yield answers
-    finally:
-        done.set()
-        for poller in pollers:
-            poller.join()
-
-
-def shared_memory_of(pids: list[int]) -> set[str]:
-    """The /dev/shm files the processes `pids` map (Python-backend regions)."""
-    found = set()
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-            path = line.split(maxsplit=5)[-1]
-            if path.startswith("/dev/shm/"):
-                found.add(path)
-    return found
 
 
 def test_a_crashed_triton_starts_again_with_the_models_it_held(
@@ -75,7 +37,7 @@ def test_a_crashed_triton_starts_again_with_the_models_it_held(
     marker.write_text("yes")
     (triton,) = server.child_pids("tritonserver", direct=True)
     stubs = server.child_pids("triton_python_backend_stub")
-    regions = shared_memory_of(stubs)
+    regions = shared_memory_files(stubs)
     assert len(stubs) == 3 and regions
 
     with pings(server) as answers:
@@ -101,7 +63,7 @@ def test_a_crashed_triton_starts_again_with_the_models_it_held(
     assert not list((server.workspace() / "repository").glob("broken*"))
     # The crashed Triton's stubs and their shared memory are gone.
     assert not [pid for pid in stubs if Path(f"/proc/{pid}").exists()]
-    assert not [path for path in regions if Path(path).exists()]
+    assert not [path for path in regions if path.exists()]
     assert server.child_pids("tritonserver", direct=True) != [triton]
 
     # Loads and unloads work as before: the refused model, mended, loads cleanly.

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ServeProcess, add_request, write_add_model
+from tests.conftest import ServeProcess, add_request, pings, write_add_model
 
 StartServe = Callable[..., ServeProcess]
 
@@ -56,28 +55,12 @@ def failed_pings(server: ServeProcess) -> list[str]:
     serve answers "failed" for the moment between the failure and nginx's stop: kept-
     alive connections polling in a loop catch it.
     """
-    bodies: list[str] = []
-    done = threading.Event()
-
-    def poll() -> None:
-        with requests.Session() as session:
-            while not done.is_set():
-                try:
-                    bodies.append(session.get(f"{server.url}/ping", timeout=2).text)
-                except requests.RequestException:
-                    time.sleep(0.01)
-
-    pollers = [threading.Thread(target=poll) for _ in range(4)]
-    for poller in pollers:
-        poller.start()
-    time.sleep(0.3)
-    (triton,) = server.child_pids("tritonserver")
-    os.kill(triton, signal.SIGKILL)
-    server.wait_exit(30)
-    done.set()
-    for poller in pollers:
-        poller.join()
-    return [body for body in bodies if '"failed"' in body]
+    with pings(server) as answers:
+        time.sleep(0.3)
+        (triton,) = server.child_pids("tritonserver")
+        os.kill(triton, signal.SIGKILL)
+        server.wait_exit(30)
+    return [a[1] for a in answers if isinstance(a, tuple) and '"failed"' in a[1]]
 
 
 def test_a_failed_ping_says_why_without_tritons_log(opt_ml: Path, start_serve: StartServe) -> None:
