@@ -16,7 +16,7 @@ import requests
 
 from serve.runtime.processes import shared_memory_files
 from tests.conftest import ServeProcess, pings
-from tests.multi_model.test_multi_model import BACK, MARKED, invoke, load, upload_add
+from tests.multi_model.test_multi_model import MARKED, invoke, load, recovered, upload_add
 
 StartServe = Callable[..., ServeProcess]
 
@@ -42,7 +42,7 @@ def test_a_crashed_triton_starts_again_with_the_models_it_held(
 
     with pings(server) as answers:
         os.kill(triton, signal.SIGSEGV)
-        server.wait_until(lambda: BACK in server.output, 90, "Triton to be back")
+        server.wait_until(lambda: recovered(server), 90, "Triton to be back")
     # /ping never stopped answering 200, and said why while Triton started again.
     assert answers and all(isinstance(a, tuple) and a[0] == 200 for a in answers), [
         a for a in answers if not (isinstance(a, tuple) and a[0] == 200)
