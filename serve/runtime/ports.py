@@ -13,35 +13,67 @@ from serve.settings import PortRange
 _KERNEL_TRIES = 64
 
 
-def free_loopback_port(
-    allowed: PortRange | None,
-    taken: Collection[int] = (),
-    purpose: str = "Triton's internal HTTP endpoint",
-) -> int:
-    """A port free on 127.0.0.1 and not in `taken`: any when no range is set, else one
-    inside it.
+class LoopbackPorts:
+    """Ports on 127.0.0.1 for Triton's internal endpoints, held until serve stops.
 
-    Without a range the kernel picks; it may pick a port it gave an earlier probe
-    (Triton's HTTP port, not yet bound), so one in `taken` is asked for again (a test
-    run saw Triton refuse the same port for its HTTP and gRPC endpoints).
+    Each port stays bound (not listening) by serve with SO_REUSEADDR set after an
+    exclusive bind: the kernel then gives it to no other bind and no connection's
+    source port, while Triton, which binds with SO_REUSEADDR, can listen on it, and
+    again after a restart. A port only probed and released could be taken before
+    Triton binds it (CI saw Triton's gRPC endpoint refused "already in use").
     """
-    candidates = [0] * _KERNEL_TRIES if allowed is None else range(allowed.low, allowed.high + 1)
-    for candidate in candidates:
-        if candidate in taken:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", candidate))
-            except OSError:
+
+    def __init__(self, allowed: PortRange | None, taken: Collection[int] = ()):
+        self.allowed = allowed
+        self._taken = set(taken)
+        self._held: list[socket.socket] = []
+
+    def __enter__(self) -> LoopbackPorts:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every port: only once Triton no longer listens on them."""
+        for held in self._held:
+            held.close()
+        self._held.clear()
+
+    def reserve(self, purpose: str) -> int:
+        """A port free on 127.0.0.1 and not taken: any when no range is set, else one
+        inside SAGEMAKER_SAFE_PORT_RANGE.
+
+        The kernel's pick may be a public port not yet bound (in `taken`): it is asked
+        for again.
+        """
+        allowed = self.allowed
+        candidates = (
+            [0] * _KERNEL_TRIES if allowed is None else range(allowed.low, allowed.high + 1)
+        )
+        for candidate in candidates:
+            if candidate in self._taken:
                 continue
-            port: int = probe.getsockname()[1]
-        if port not in taken:
+            held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                held.bind(("127.0.0.1", candidate))
+            except OSError:
+                held.close()
+                continue
+            port: int = held.getsockname()[1]
+            if port in self._taken:
+                held.close()
+                continue
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._held.append(held)
+            self._taken.add(port)
             return port
-    if allowed is None:
-        raise ConfigError(f"no free port on 127.0.0.1 for {purpose}")
-    raise ConfigError(
-        f"no free port inside SAGEMAKER_SAFE_PORT_RANGE={allowed} for {purpose}; widen the range"
-    )
+        if allowed is None:
+            raise ConfigError(f"no free port on 127.0.0.1 for {purpose}")
+        raise ConfigError(
+            f"no free port inside SAGEMAKER_SAFE_PORT_RANGE={allowed} for {purpose}; "
+            "widen the range"
+        )
 
 
 def refuse_ports_in_use(public: Mapping[str, int]) -> None:

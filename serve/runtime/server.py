@@ -45,7 +45,7 @@ from serve.payloads.llm.templates import find_chat_template
 from serve.payloads.service import PayloadService, SessionHandlers
 from serve.payloads.signature import ModelSignature
 from serve.payloads.writers import listening_socket, writer_argv, writer_count, writes_json
-from serve.runtime.ports import free_loopback_port, refuse_ports_in_use
+from serve.runtime.ports import LoopbackPorts, refuse_ports_in_use
 from serve.runtime.processes import ManagedProcess
 from serve.runtime.recovery import TritonRecovery
 from serve.runtime.workspace import Workspace
@@ -137,11 +137,11 @@ class Server:
         self.run_as = triton_user(self.settings.triton_user)
         # Model preparation (archives, environment cache, per-model stubs): artifacts/repository.py.
         self.preparation = server_preparation(self.settings, install, gpus, self.run_as)
-        with Workspace(self.settings.workdir) as workspace:
+        with Workspace(self.settings.workdir) as workspace, self._loopback_ports() as loopback:
             if self.settings.multi_model:
                 log.info("multi-model endpoint: models load from %s", self.settings.models_dir)
                 workspace.repository.mkdir(parents=True)
-                return self._serve(install, workspace, gpus, None)
+                return self._serve(install, workspace, loopback, gpus, None)
             repository = prepare_single_model_repository(
                 self.settings.model_dir,
                 workspace.repository,
@@ -154,12 +154,13 @@ class Server:
                 ", ".join(m.name for m in repository.models),
                 repository.default_model,
             )
-            return self._serve(install, workspace, gpus, repository)
+            return self._serve(install, workspace, loopback, gpus, repository)
 
     def _serve(
         self,
         install: TritonInstall,
         ws: Workspace,
+        loopback: LoopbackPorts,
         gpus: int,
         repository: PreparedRepository | None,
     ) -> int:
@@ -169,15 +170,12 @@ class Server:
         shm = host.plan_python_shm(
             configs, settings.shm_default_byte_size, gpus, memory=self.memory
         )
-        taken = {settings.port, settings.grpc_port, settings.metrics_port}
-        taken.add(settings.serve_metrics_port or settings.port)
-        triton_port = free_loopback_port(settings.safe_port_range, taken)
-        triton_metrics = self._triton_metrics(taken | {triton_port}, ws.repository)
+        triton_port = loopback.reserve("Triton's internal HTTP endpoint")
+        triton_metrics = self._triton_metrics(loopback, ws.repository)
         triton_client = TritonClient(triton_port)
         bidirectional_port = None
         if settings.bidirectional_streaming and repository is not None:
-            metrics_ports = {triton_metrics.port} if triton_metrics else set()
-            bidirectional_port = self._triton_grpc_port(taken | {triton_port} | metrics_ports)
+            bidirectional_port = self._triton_grpc_port(loopback)
         cpus = host.cpu_share().count
         front = FrontConfig(
             settings=settings,
@@ -381,7 +379,15 @@ class Server:
             env["USER"] = env["LOGNAME"] = self.run_as.name
         return ManagedProcess("tritonserver", command.argv(), env=env, run_as=self.run_as)
 
-    def _triton_grpc_port(self, taken: set[int]) -> int:
+    def _loopback_ports(self) -> LoopbackPorts:
+        """Where Triton's internal endpoints listen: neither public port nor Triton's
+        public gRPC and metrics ports, even while closed (a user may open them)."""
+        settings = self.settings
+        taken = {settings.port, settings.grpc_port, settings.metrics_port}
+        taken.add(settings.serve_metrics_port or settings.port)
+        return LoopbackPorts(settings.safe_port_range, taken)
+
+    def _triton_grpc_port(self, loopback: LoopbackPorts) -> int:
         """Triton's gRPC port for bidirectional streams (serve/sessions/bidirectional.py).
 
         Triton's HTTP routes cannot carry a sequence to a decoupled model; its gRPC
@@ -391,13 +397,9 @@ class Server:
         settings = self.settings
         if settings.allow_grpc:
             return settings.grpc_port
-        return free_loopback_port(
-            settings.safe_port_range,
-            taken,
-            "Triton's internal gRPC endpoint (bidirectional streams)",
-        )
+        return loopback.reserve("Triton's internal gRPC endpoint (bidirectional streams)")
 
-    def _triton_metrics(self, taken: set[int], repository: Path) -> TritonMetrics | None:
+    def _triton_metrics(self, loopback: LoopbackPorts, repository: Path) -> TritonMetrics | None:
         """Triton's metrics on a loopback port of their own; None while nothing serves them.
 
         The front serves them on GET /metrics (SERVE_METRICS_PATH) and on
@@ -407,7 +409,7 @@ class Server:
         settings = self.settings
         if settings.metrics_path is None and not settings.allow_metrics:
             return None
-        port = free_loopback_port(settings.safe_port_range, taken, "Triton's metrics")
+        port = loopback.reserve("Triton's metrics")
         source = settings.models_dir if settings.multi_model else settings.model_dir
         return TritonMetrics(port, repository, source)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Iterator
 
 import pytest
 
 from serve.runtime import ports
+from serve.settings import PortRange
 
 
 class _KernelPicks:
@@ -17,27 +20,64 @@ class _KernelPicks:
     def __init__(self, *_args: object) -> None:
         self.port = 0
 
-    def __enter__(self) -> _KernelPicks:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        pass
-
     def bind(self, address: tuple[str, int]) -> None:
         self.port = address[1] or next(self.picks)
 
     def getsockname(self) -> tuple[str, int]:
         return ("127.0.0.1", self.port)
 
+    def setsockopt(self, *_args: object) -> None:
+        pass
 
-def test_a_port_the_kernel_gave_before_is_asked_for_again(
+    def close(self) -> None:
+        pass
+
+
+def test_a_public_port_the_kernel_picks_is_asked_for_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without SAGEMAKER_SAFE_PORT_RANGE the kernel may hand the port it gave Triton's
-    HTTP endpoint (free again once probed) to its gRPC endpoint too; Triton then refuses
-    to start (seen once in a full test run)."""
-    _KernelPicks.picks = iter([40001, 40001, 40002])
+    """The kernel may pick a public port nginx has not bound yet; Triton would then
+    take it from the front (or refuse to start)."""
+    _KernelPicks.picks = iter([8080, 40002])
     monkeypatch.setattr(ports.socket, "socket", _KernelPicks)
-    http = ports.free_loopback_port(None)
-    assert http == 40001
-    assert ports.free_loopback_port(None, {http}) == 40002
+    with ports.LoopbackPorts(None, {8080}) as loopback:
+        assert loopback.reserve("test") == 40002
+
+
+def test_a_reserved_port_is_kept_from_others_until_released_but_triton_can_listen() -> None:
+    """CI saw Triton refuse to start, its gRPC port "already in use": a port probed and
+    released was taken before Triton bound it. Held, it is given to no other bind, by
+    name or by the kernel, while a listener with SO_REUSEADDR (as Triton's) can bind it,
+    and again after that listener is gone (Triton restarted)."""
+    with ports.LoopbackPorts(None) as loopback:
+        port = loopback.reserve("test")
+        other = socket.socket()
+        with pytest.raises(OSError) as refused:
+            other.bind(("127.0.0.1", port))
+        other.close()
+        assert refused.value.errno == errno.EADDRINUSE
+        for _ in range(2):
+            with socket.socket() as triton:
+                triton.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                triton.bind(("127.0.0.1", port))
+                triton.listen()
+                with socket.create_connection(("127.0.0.1", port), timeout=5):
+                    pass
+        picked = set()
+        for _ in range(2000):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                picked.add(probe.getsockname()[1])
+        assert port not in picked
+    with socket.socket() as after:
+        after.bind(("127.0.0.1", port))
+
+
+def test_a_range_gives_its_ports_once_and_names_the_variable_when_full() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    with ports.LoopbackPorts(PortRange(free, free)) as loopback:
+        assert loopback.reserve("Triton's internal HTTP endpoint") == free
+        with pytest.raises(ports.ConfigError, match=r"SAGEMAKER_SAFE_PORT_RANGE.*metrics"):
+            loopback.reserve("Triton's metrics")
