@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from serve.runtime import ports
 from serve.settings import PortRange
+from tests.conftest import ServeProcess, write_add_model
+
+StartServe = Callable[..., ServeProcess]
 
 
 class _KernelPicks:
@@ -81,3 +88,41 @@ def test_a_range_gives_its_ports_once_and_names_the_variable_when_full() -> None
         assert loopback.reserve("Triton's internal HTTP endpoint") == free
         with pytest.raises(ports.ConfigError, match=r"SAGEMAKER_SAFE_PORT_RANGE.*metrics"):
             loopback.reserve("Triton's metrics")
+
+
+def _state(pid: int) -> str:
+    """A process's state letter ("Z": exited, its files closed), or "" once reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def test_serve_holds_tritons_internal_ports_while_triton_is_gone(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    """Triton's HTTP and metrics ports stay bound by serve itself, not only probed: with
+    Triton dead (and serve frozen before it notices), nobody else can bind them."""
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml).wait_ready()
+    (triton,) = server.child_pids("tritonserver")
+    argv = Path(f"/proc/{triton}/cmdline").read_bytes().decode().split("\0")
+    internal = [
+        int(flag.split("=", 1)[1])
+        for flag in argv
+        if flag.startswith(("--http-port=", "--metrics-port="))
+    ]
+    assert len(internal) == 2, argv
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        os.kill(triton, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _state(triton) not in ("Z", ""):
+            assert time.monotonic() < deadline, "Triton did not exit after SIGKILL"
+            time.sleep(0.05)
+        for port in internal:
+            with socket.socket() as other, pytest.raises(OSError) as refused:
+                other.bind(("127.0.0.1", port))
+            assert refused.value.errno == errno.EADDRINUSE, port
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
