@@ -26,7 +26,12 @@ tokens per second (all streams), the median time to the first token, and the
 ratios serve / Triton (goal: tokens/s at least 0.97x, time to first token
 within 1 ms).
 
-Steps (build/gpu/run-on-gpu.sh, LLM_BENCH=1, runs both):
+`--build DIR --instant` writes a model that answers every token at once
+instead (no torch, no tokenizer, any Python): the same two paths with nothing
+of a model's own time or noise in them, so what serve's route adds shows alone.
+
+Steps (build/gpu/run-on-gpu.sh, LLM_BENCH=1, runs both; LLM_INSTANT=1 first
+measures the model that answers at once):
   1. `MACHINE_PYTHON build/bench/llm_stream.py --build DIR`: with the machine's
      own Python (transformers 5, numpy 2), write the model repository to DIR.
   2. `python build/bench/llm_stream.py --repository DIR`: with serve's
@@ -239,6 +244,45 @@ class TritonPythonModel:
 '''
 
 
+INSTANT_PY = '''
+"""No model: each request's `max_tokens` responses of one word at once, behind the same
+inputs, so what the benchmark measures is the two paths alone."""
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        pb_utils.Logger.log_info("llm_bench answers at once")
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            tensor = pb_utils.get_input_tensor_by_name(request, "sampling_parameters")
+            raw = tensor.as_numpy().reshape(-1)[0].decode() if tensor is not None else ""
+            sampling = json.loads(raw or "{}")
+            for _ in range(int(sampling.get("max_tokens", 16))):
+                word = pb_utils.Tensor("text_output", np.array([b" word"], dtype=object))
+                sender.send(pb_utils.InferenceResponse([word]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+def build_instant(folder: Path) -> None:
+    """The repository with INSTANT_PY in the model's place (no torch, no tokenizer)."""
+    version = folder / MODEL / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (version / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE})
+    )
+    (version / "model.py").write_text(INSTANT_PY)
+    (folder / MODEL / "config.pbtxt").write_text(CONFIG)
+    print(f"wrote a model that answers at once to {folder / MODEL}")
+
+
 def build(folder: Path) -> None:
     """The repository: GPT-2 small with random weights, a tokenizer made here, the config."""
     import tokenizers
@@ -402,17 +446,24 @@ def measure(
             }
             for url, path, body in paths.values():  # warm-up, and a check of each path
                 run_path(url, path, body, 1, 2)
-            placed = re.search(r"llm_bench runs on (\S+), (\S+)", running.log.read_text())
+            log = running.log.read_text()
+            placed = re.search(r"llm_bench runs on (\S+), (\S+)", log)
+            instant = "llm_bench answers at once" in log
             where = f"{placed[1]}, {placed[2]}" if placed else "an unknown device"
-            if not placed or placed[1] == "cpu":
+            if not instant and (not placed or placed[1] == "cpu"):
                 # Why not the GPU: serve's and the stub's lines about GPUs and instance kinds.
                 for line in running.log.read_text().splitlines():
                     if re.search(r"GPU|KIND_|cuda", line):
                         print("  log:", line[:300])
             model_lines(running.log)
+            model = (
+                "a model that answers at once (the paths alone)"
+                if instant
+                else f"GPT-2 small, random weights, on {where}"
+            )
             print(
-                f"GPT-2 small, random weights, on {where}; {tokens} tokens a request; "
-                f"{seconds:g} s a path per round, {rounds} rounds"
+                f"{model}; {tokens} tokens a request; {seconds:g} s a path per round, "
+                f"{rounds} rounds"
             )
             print("| streams | path | tokens/s | first token (ms, median) |")
             print("|---|---|---|---|")
@@ -451,6 +502,11 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build", type=Path, help="write the model repository here, and stop")
+    parser.add_argument(
+        "--instant",
+        action="store_true",
+        help="with --build: a model that answers at once instead of GPT-2 (the paths alone)",
+    )
     parser.add_argument("--repository", type=Path, help="the repository --build wrote")
     parser.add_argument("--streams", default="1,16,64", help="concurrencies, comma-separated")
     parser.add_argument("--tokens", type=int, default=128, help="tokens a request")
@@ -458,7 +514,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.build is not None:
-        build(args.build)
+        (build_instant if args.instant else build)(args.build)
         return
     if args.repository is None:
         raise SystemExit("give --build DIR (machine Python) or --repository DIR (serve's)")

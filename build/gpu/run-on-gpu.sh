@@ -10,7 +10,7 @@
 # build/bench/streaming.py, with the streaming example pack.sh packs); SPEED_BENCH=1
 # adds build/gpu/speed.sh (two-core, many-streams and encoder runs; see it); LLM_BENCH=1
 # adds build/bench/llm_stream.py (GPT-2 small, serve's chat route against Triton's own
-# generate_stream; LLM_ARGS its options).
+# generate_stream; LLM_ARGS its options; LLM_INSTANT=1 the same on a model that answers at once).
 # Everything is logged under $OUT.
 set -x
 export PYTHONUNBUFFERED=1
@@ -143,6 +143,13 @@ fi
 # through serve's chat route against Triton's own generate_stream on the same model. The
 # model is built with the machine's own Python (transformers imports there, not beside the
 # backend's numpy 1.26), then served and measured with serve's. LLM_ARGS: its options.
+# LLM_INSTANT=1 first runs the same paths on a model that answers at once (their cost alone).
+if [ -n "${LLM_INSTANT:-}" ]; then
+    python build/bench/llm_stream.py --build /tmp/llm-instant --instant
+    # shellcheck disable=SC2086
+    timeout "${LLM_INSTANT_TIMEOUT:-200}" python build/bench/llm_stream.py \
+        --repository /tmp/llm-instant ${LLM_ARGS:-} | tee "$OUT/bench-llm-instant.txt"
+fi
 if [ -n "${LLM_BENCH:-}" ]; then
     "${torch_site%/lib/*}/bin/python3" build/bench/llm_stream.py --build /tmp/llm-bench
     # shellcheck disable=SC2086
