@@ -239,7 +239,9 @@ class Server:
                 return restarted
 
             def ready() -> bool:
-                # A scrape right after /ping's first 200 must find Triton's metrics too.
+                # READY (the control app's answers, the front's load counts) once Triton's
+                # metrics listen too; nginx's /ping asks Triton itself, so its first 200
+                # may come a moment before them.
                 return triton_client.is_ready(ping) and (
                     triton_metrics is None or triton_metrics.listening()
                 )

@@ -701,6 +701,13 @@ def test_metrics_path_can_move_or_be_turned_off(opt_ml: Path, start_serve: Start
     write_add_model(opt_ml / "model")
     moved = start_serve(opt_ml, SERVE_METRICS_PATH="/observability/metrics").wait_ready()
     assert scrape_public(moved).status_code == 404
+
+    # /ping's first 200 comes from Triton's HTTP port, which Triton opens before its
+    # metrics port: a scrape in between says so (serve_triton_metrics_up 0, seen once).
+    def triton_up() -> bool:
+        return "serve_triton_metrics_up 1.0" in scrape_public(moved, "/observability/metrics").text
+
+    moved.wait_until(triton_up, 10, "Triton's metrics on the moved path")
     response = scrape_public(moved, "/observability/metrics")
     assert response.status_code == 200
     assert "nv_inference_request_success" in response.text
