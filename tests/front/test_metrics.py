@@ -677,7 +677,9 @@ def test_public_port_serves_both_metric_sets_with_labels_stable_across_restarts(
         def counted(server: ServeProcess = server) -> bool:
             samples = samples_of(scrape_public(server).text)
             invocations = {"route": "/invocations", "method": "POST", "code": "200"}
-            return matching(samples, "serve_requests_total", **invocations) >= 1
+            seen = matching(samples, "serve_requests_total", **invocations) >= 1
+            # Triton's metrics port opens just after the HTTP one /ping asks.
+            return seen and value(samples, "serve_triton_metrics_up") == 1
 
         server.wait_until(counted, 10, "the front's metrics to count the invocation")
         response = scrape_public(server)
