@@ -164,6 +164,26 @@ def binary_add_request(binary_outputs: bool = False) -> tuple[bytes, str]:
     return body, f"application/vnd.sagemaker-triton.binary+json;json-header-size={len(head)}"
 
 
+def process_state(stat: Path) -> str:
+    """The state letter in /proc/PID/stat or /proc/PID/task/TID/stat ("Z": exited, its
+    files closed; "T": stopped), or "" once the process is gone."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie does not)."""
+    return process_state(Path(f"/proc/{pid}/stat")) not in ("Z", "")
+
+
+def triton_argv(server: ServeProcess) -> list[str]:
+    """The command line of serve's one Triton."""
+    (pid,) = server.child_pids("tritonserver")
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+
+
 def own_tmpfs(mount_point: str, size: int | str) -> list[str]:
     """A wrapper that runs its command in a mount namespace of its own, a tmpfs of `size`
     (bytes, or "64m") mounted at `mount_point` (a shell word: "$VARIABLE" works)."""

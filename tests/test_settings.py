@@ -18,14 +18,9 @@ from serve.errors import ConfigError
 from serve.settings import PortRange, Settings, markdown_tables, variables
 from serve.triton.command import FLAGS, RESERVED_FLAGS, Decision, check_additional_args
 from serve.triton.install import help_flags, locate_triton
-from tests.conftest import ADD_MODEL_PY, ServeProcess, free_port, write_add_model
+from tests.conftest import ADD_MODEL_PY, ServeProcess, free_port, triton_argv, write_add_model
 
 StartServe = Callable[..., ServeProcess]
-
-
-def triton_argv(server: ServeProcess) -> list[str]:
-    (pid,) = server.child_pids("tritonserver")
-    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
 
 
 def test_defaults_match_nvidias_serve_script(opt_ml: Path, start_serve: StartServe) -> None:

@@ -21,6 +21,7 @@ from tests.conftest import (
     ServeProcess,
     add_request,
     own_address,
+    process_state,
     write_add_model,
 )
 
@@ -434,10 +435,7 @@ def _answers(url: str) -> bool:
 
 def all_stopped(pid: int) -> bool:
     """Every thread of process `pid` is stopped (state T in /proc)."""
-    states = [
-        stat.read_text().rsplit(")", 1)[1].split()[0]
-        for stat in Path(f"/proc/{pid}/task").glob("*/stat")
-    ]
+    states = [process_state(stat) for stat in Path(f"/proc/{pid}/task").glob("*/stat")]
     return bool(states) and all(state == "T" for state in states)
 
 

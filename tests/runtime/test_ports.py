@@ -14,7 +14,7 @@ import pytest
 
 from serve.runtime import ports
 from serve.settings import PortRange
-from tests.conftest import ServeProcess, write_add_model
+from tests.conftest import ServeProcess, alive, triton_argv, write_add_model
 
 StartServe = Callable[..., ServeProcess]
 
@@ -90,14 +90,6 @@ def test_a_range_gives_its_ports_once_and_names_the_variable_when_full() -> None
             loopback.reserve("Triton's metrics")
 
 
-def _state(pid: int) -> str:
-    """A process's state letter ("Z": exited, its files closed), or "" once reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return ""
-
-
 def test_serve_holds_tritons_internal_ports_while_triton_is_gone(
     opt_ml: Path, start_serve: StartServe
 ) -> None:
@@ -106,7 +98,7 @@ def test_serve_holds_tritons_internal_ports_while_triton_is_gone(
     write_add_model(opt_ml / "model")
     server = start_serve(opt_ml).wait_ready()
     (triton,) = server.child_pids("tritonserver")
-    argv = Path(f"/proc/{triton}/cmdline").read_bytes().decode().split("\0")
+    argv = triton_argv(server)
     internal = [
         int(flag.split("=", 1)[1])
         for flag in argv
@@ -117,7 +109,7 @@ def test_serve_holds_tritons_internal_ports_while_triton_is_gone(
     try:
         os.kill(triton, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while _state(triton) not in ("Z", ""):
+        while alive(triton):
             assert time.monotonic() < deadline, "Triton did not exit after SIGKILL"
             time.sleep(0.05)
         for port in internal:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ServeProcess, add_request, pings, write_add_model
+from tests.conftest import ServeProcess, add_request, alive, pings, write_add_model
 
 StartServe = Callable[..., ServeProcess]
 
@@ -131,17 +131,9 @@ def test_children_die_with_serve_even_on_sigkill(opt_ml: Path, start_serve: Star
     server.process.send_signal(signal.SIGKILL)
     server.wait_exit(10)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+    while time.monotonic() < deadline and any(alive(pid) for pid in children):
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in children)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert not any(alive(pid) for pid in children)
 
 
 def test_a_second_serve_on_a_port_in_use_is_refused(opt_ml: Path, start_serve: StartServe) -> None:
@@ -207,6 +199,6 @@ def _shm_files(pid: int) -> set[Path]:
 
 def _wait_all_gone(pids: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.05)
-    assert not [pid for pid in pids if _alive(pid)]
+    assert not [pid for pid in pids if alive(pid)]
