@@ -275,12 +275,18 @@ def build_instant(folder: Path) -> None:
     """The repository with INSTANT_PY in the model's place (no torch, no tokenizer)."""
     version = folder / MODEL / "1"
     version.mkdir(parents=True, exist_ok=True)
-    (version / "tokenizer_config.json").write_text(
+    _model_files(folder, INSTANT_PY, version)
+    print(f"wrote a model that answers at once to {folder / MODEL}")
+
+
+def _model_files(folder: Path, model_py: str, tokenizer_dir: Path) -> None:
+    """What both models share: the config, the chat template (in tokenizer_config.json,
+    where serve finds it in `tokenizer_dir`), and `model_py` as the version's model.py."""
+    (tokenizer_dir / "tokenizer_config.json").write_text(
         json.dumps({"eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE})
     )
-    (version / "model.py").write_text(INSTANT_PY)
+    (folder / MODEL / "1" / "model.py").write_text(model_py)
     (folder / MODEL / "config.pbtxt").write_text(CONFIG)
-    print(f"wrote a model that answers at once to {folder / MODEL}")
 
 
 def build(folder: Path) -> None:
@@ -311,9 +317,6 @@ def build(folder: Path) -> None:
     # GPT-2's vocabulary size, so the output layer costs what GPT-2's does; every id decodes.
     tokenizer.add_tokens([f" w{i}" for i in range(VOCABULARY - tokenizer.get_vocab_size())])
     tokenizer.save(str(weights / "tokenizer.json"))
-    (weights / "tokenizer_config.json").write_text(
-        json.dumps({"eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE})
-    )
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=VOCABULARY, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
     model = GPT2LMHeadModel(config).eval()
@@ -326,8 +329,7 @@ def build(folder: Path) -> None:
     link = packages / "tokenizers"
     if not link.exists():
         link.symlink_to(Path(tokenizers.__file__).parent)
-    (version / "model.py").write_text(MODEL_PY)
-    (folder / MODEL / "config.pbtxt").write_text(CONFIG)
+    _model_files(folder, MODEL_PY, weights)
     print(
         f"wrote GPT-2 small ({sum(v.numel() for v in state.values()) / 1e6:.0f}M parameters, "
         f"random weights) and a {VOCABULARY}-token tokenizer to {folder / MODEL}"
