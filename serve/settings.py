@@ -628,14 +628,16 @@ class Settings:
         default_doc="one per 4 CPUs (none below 4: there the CPU is the limit, and Triton's "
         "JSON costs less of it), and one per 256 MiB of a cgroup memory limit at most",
     )
-    v2_json_triton_requests: int = setting(
-        "SERVE_V2_JSON_TRITON_REQUESTS",
-        16,
+    v2_json_writers_at: int = setting(
+        "SERVE_V2_JSON_WRITERS_AT",
+        32,
         lambda env, name, _: env.whole_number(name, MAX_CONNECTIONS),
-        "v2 JSON requests for a model with writers (`SERVE_V2_JSON_WRITERS`) that go "
-        "straight to Triton at once; more at the same time go to the writers. Below this "
-        "the writers' hop costs more than Triton's JSON; above it the model's instances are "
-        "busy and writing the JSON off their threads wins. `0` sends all to the writers",
+        "requests in progress at the front at once (every route, the new one included) "
+        "from which the v2 JSON answers of a model with writers (`SERVE_V2_JSON_WRITERS`) "
+        "are written by the writers; with fewer, Triton writes them. Below it the model's "
+        "instances have time to spare and the writers' hop costs more than Triton's JSON; "
+        "from it on, writing the JSON off the instances' threads wins. `0` sends all to "
+        "the writers",
     )
     v2_json_min_values: int = setting(
         "SERVE_V2_JSON_MIN_VALUES",

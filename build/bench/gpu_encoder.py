@@ -64,7 +64,7 @@ SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
 REFERENCE = "Triton's SageMaker frontend"
 GRPC = "Triton's gRPC stream"
-NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "writers", "triton_requests")
+NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "writers", "writers_at")
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
 TIMED_BATCHES = (1, 8, 16, 32, 64)
@@ -99,13 +99,13 @@ class Setup:
     http_threads: int | None = None
     # SERVE_V2_JSON_WRITERS (None: serve's default; 0: Triton writes v2 JSON answers).
     writers: int | None = None
-    # SERVE_V2_JSON_TRITON_REQUESTS (None: serve's default; 0: every v2 JSON to the writers).
-    triton_requests: int | None = None
+    # SERVE_V2_JSON_WRITERS_AT (None: serve's default; 0: every v2 JSON to the writers).
+    writers_at: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
         """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N,writers=N,
-        triton_requests=N`, any subset."""
+        writers_at=N`, any subset."""
         fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
@@ -118,7 +118,7 @@ class Setup:
             elif item != "committed":
                 raise argparse.ArgumentTypeError(
                     f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu, "
-                    "omp=N, http_threads=N, writers=N or triton_requests=N"
+                    "omp=N, http_threads=N, writers=N or writers_at=N"
                 )
         return cls(**fields)
 
@@ -132,8 +132,8 @@ class Setup:
             threads += f", {self.http_threads} HTTP threads"
         if self.writers is not None:
             threads += f", {self.writers} v2 JSON writers"
-        if self.triton_requests is not None:
-            threads += f", writers past {self.triton_requests} in Triton"
+        if self.writers_at is not None:
+            threads += f", writers from {self.writers_at} requests"
         return (
             f"{config.instance_group[0].count} inst, {kind}, "
             f"{config.dynamic_batching.max_queue_delay_microseconds} us{threads}"
@@ -144,7 +144,7 @@ class Setup:
             "OMP_NUM_THREADS": self.omp,
             "SAGEMAKER_TRITON_THREAD_COUNT": self.http_threads,
             "SERVE_V2_JSON_WRITERS": self.writers,
-            "SERVE_V2_JSON_TRITON_REQUESTS": self.triton_requests,
+            "SERVE_V2_JSON_WRITERS_AT": self.writers_at,
         }
         return {name: str(value) for name, value in variables.items() if value is not None}
 
@@ -433,7 +433,7 @@ def main() -> None:
         type=Setup.parse,
         action="append",
         help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N,"
-        "kind=cpu|gpu,omp=N,http_threads=N,writers=N,triton_requests=N; default: the "
+        "kind=cpu|gpu,omp=N,http_threads=N,writers=N,writers_at=N; default: the "
         "committed config",
     )
     parser.add_argument(

@@ -280,7 +280,7 @@ class FrontConfig:
         return {
             "payload_socket": self.payload_socket(),
             "writer_sockets": writers,
-            "writers_after": self.settings.v2_json_triton_requests,
+            "quiet_counts": decimal_below(self.settings.v2_json_writers_at),
             "payload_inference": inference,
             "default_target": target(self.default_model) if self.default_model else None,
             "targets": [target(name) for name in names if TARGET_NAME.match(name)],
@@ -296,6 +296,27 @@ class FrontConfig:
         path = self.workdir / "nginx.conf"
         path.write_text(self.render(), encoding="utf-8")
         return path
+
+
+def decimal_below(limit: int) -> str | None:
+    """A PCRE that matches the decimal numbers 0 to `limit` - 1 (None for no number).
+
+    nginx's maps compare text, not numbers; this lets one regex entry test a count
+    such as $connections_writing against a setting of any size.
+    """
+    if limit <= 0:
+        return None
+    digits = str(limit)
+    # Every number with fewer digits than `limit`, then those with as many, digit by digit.
+    shorter = ["[0-9]"] + [f"[1-9][0-9]{{{length - 1}}}" for length in range(2, len(digits))]
+    same = []
+    for place, digit in enumerate(digits):
+        lowest = "1" if place == 0 and len(digits) > 1 else "0"
+        if digit > lowest:
+            rest = len(digits) - place - 1
+            same.append(f"{digits[:place]}[{lowest}-{int(digit) - 1}]" + "[0-9]" * rest)
+    branches = (shorter if len(digits) > 1 else []) + same
+    return "(?:" + "|".join(branches) + ")"
 
 
 def shared_rules() -> dict[str, str]:

@@ -73,8 +73,6 @@ log = logging.getLogger(__name__)
 MODEL_HEADER = "x-serve-model"
 INFERENCE_HEADER = "x-serve-inference"
 INVOCATIONS = "/_serve/invocations"
-# Triton's infer route, as nginx sends it (the name percent-encoded).
-INFER_ROUTE = re.compile(r"/v2/models/(?P<model>[^/]+)/infer")
 IDENTITY = full_match(IDENTITY_ENCODING, re.IGNORECASE)
 # Answers from this size go out beside their head rather than copied after it.
 UNCOPIED_ANSWER_BYTES = 1024 * 1024
@@ -110,7 +108,6 @@ class PayloadService(LoopThread):
         listener: socket.socket | None = None,
         text_models: Mapping[str, TextModel] | None = None,
         max_tokens: int = 256,
-        triton_route: bool = False,
         limits: PayloadLimits | None = None,
     ):
         """`timeout`: how long an invocation may wait on Triton (SAGEMAKER_MODEL_SERVER_TIMEOUT).
@@ -120,8 +117,6 @@ class PayloadService(LoopThread):
         `spool`: where bodies past SERVE_BODY_BUFFER_BYTES are written (serve/payloads/body.py).
         `listener`: a socket already listening at `socket_path` (writers.py's processes).
         `text_models`, `max_tokens`: the declared text-generation models (serve/payloads/llm/).
-        `triton_route`: take Triton's own infer route too (the writers: nginx sends a
-        request to Triton or to a writer unchanged).
         """
         # uvloop's loop runs the callbacks in C: the service's share of the time to a
         # first streamed chunk fell by a quarter to a half against asyncio's own loop
@@ -136,7 +131,6 @@ class PayloadService(LoopThread):
         self._listener = listener
         self._text_models = text_models
         self._max_tokens = max_tokens
-        self._triton_route = triton_route
         self._limits = limits
         self._adapter: PayloadAdapter | None = None
         self._sessions: SessionHandler | None = None
@@ -156,9 +150,7 @@ class PayloadService(LoopThread):
             await sessions.start_expiry()
 
         def connection() -> _NginxConnection:
-            return _NginxConnection(
-                adapter, self._registry, self._spool, sessions, self._triton_route
-            )
+            return _NginxConnection(adapter, self._registry, self._spool, sessions)
 
         if self._listener is not None:
             self._server = await self._loop.create_unix_server(connection, sock=self._listener)
@@ -198,11 +190,9 @@ class _NginxConnection(WriteFlow):
         registry: ModelRegistry | None,
         spool: Spool,
         sessions: SessionHandler | None = None,
-        triton_route: bool = False,
     ):
         self._adapter = adapter
         self._sessions = sessions
-        self._triton_route = triton_route
         self._registry = registry
         self._spool = spool
         self._transport: asyncio.Transport | None = None
@@ -326,8 +316,6 @@ class _NginxConnection(WriteFlow):
             self._registry is not None and path.startswith("/models/") and path.endswith("/invoke")
         ):
             model = unquote(path[len("/models/") : -len("/invoke")])
-        elif self._triton_route and (route := INFER_ROUTE.fullmatch(path)):
-            model = unquote(route["model"])
         else:
             raise NotFound("no such route")
         if method != "POST":

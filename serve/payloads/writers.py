@@ -4,8 +4,8 @@ Triton 2.51 writes a v2 JSON answer on the model instance's thread, after each
 batch, while the next batch waits: on a GPU model with large outputs that,
 not the GPU, sets the pace (docs/benchmarks.md, v2 JSON on the GPU). For the
 models `writes_json` picks, nginx sends v2 JSON invocations to these
-processes instead of Triton once Triton holds SERVE_V2_JSON_TRITON_REQUESTS
-of them (at lower concurrency the instances have time to spare and the hop
+processes instead of Triton once the front holds SERVE_V2_JSON_WRITERS_AT
+requests at once (with fewer the instances have time to spare and the hop
 costs more than the JSON; FP16 and BF16 answers always come here); each runs
 the payload service (service.py), which asks Triton for binary outputs and
 writes the JSON itself (v2.py).
@@ -58,8 +58,8 @@ class JsonWriter(enum.IntEnum):
 
     # Small outputs: Triton's JSON costs less than a hop to a writer.
     TRITON = 0
-    # Large outputs: Triton, until it holds SERVE_V2_JSON_TRITON_REQUESTS of them at
-    # once (below that the hop costs more than the JSON); the writers past that.
+    # Large outputs: Triton while the front holds fewer than SERVE_V2_JSON_WRITERS_AT
+    # requests at once (the hop costs more than the JSON then); the writers from there.
     WHEN_BUSY = 1
     # FP16 or BF16 outputs, which Triton refuses to write as JSON.
     ALWAYS = 2
@@ -134,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         timeout=settings.invocation_timeout,
         listener=socket.socket(fileno=args.fd),
         limits=PayloadLimits.of(settings),
-        triton_route=True,
     )
     service.start()
     signal.sigwait(stop)

@@ -1,8 +1,9 @@
 """v2 JSON answers written by serve's writers (serve/payloads/writers.py), against a real Triton.
 
 The module's server sends every v2 JSON request of `wide` to the writers
-(SERVE_V2_JSON_TRITON_REQUESTS=0); `test_triton_answers_until_it_is_busy` checks the
-default split, Triton first and the writers past its share.
+(SERVE_V2_JSON_WRITERS_AT=0: the front always counts as busy);
+`test_triton_answers_until_it_is_busy` checks the split, Triton while the front
+holds few requests and the writers from SERVE_V2_JSON_WRITERS_AT on.
 
 `wide` answers 300 values per output (at SERVE_V2_JSON_MIN_VALUES' default of 256:
 serve writes its JSON); `half` answers 4 FP16 values (serve writes them, Triton
@@ -17,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import signal
 import struct
 from collections.abc import Callable, Iterator
@@ -27,7 +29,7 @@ import pytest
 import requests
 from tritonclient.grpc import model_config_pb2
 
-from serve.front.nginx import FrontConfig, FrontModel
+from serve.front.nginx import FrontConfig, FrontModel, decimal_below
 from serve.payloads.writers import JsonWriter, writer_count, writes_json
 from serve.settings import Settings
 from serve.triton.model_config import ModelConfig
@@ -136,7 +138,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     started = start_writers_server(
         tmp_path_factory.mktemp("writers"),
         SERVE_V2_JSON_WRITERS="2",
-        SERVE_V2_JSON_TRITON_REQUESTS="0",
+        SERVE_V2_JSON_WRITERS_AT="0",
         SERVE_BODY_BUFFER_BYTES=str(BODY_BUFFER),
     )
     try:
@@ -230,6 +232,43 @@ def test_a_request_that_chose_binary_outputs_gets_them(server: ServeProcess) -> 
     assert floats[:2] == pytest.approx([1.0, 1.1])
 
 
+def writer_pids(server: ServeProcess) -> list[int]:
+    return [
+        pid
+        for pid in server.child_pids("python", direct=True)
+        if b"serve.payloads.writers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def test_a_busy_front_sends_requests_for_binary_outputs_to_triton(server: ServeProcess) -> None:
+    """Such a request has no JSON for a writer to write: it skips their hop.
+
+    With the writers frozen, only a request nginx sends to Triton is answered.
+    """
+    frozen = writer_pids(server)
+    assert frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for fields in (
+            {"parameters": {"binary_data_output": True}},
+            {"outputs": [{"name": "F32", "parameters": {"binary_data": True}}]},
+        ):
+            answer = invoke(server, wide_request([1.0], **fields))
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["Content-Type"].startswith(BINARY_TYPE)
+        with pytest.raises(requests.Timeout):
+            requests.post(
+                f"{server.url}/invocations",
+                data=json.dumps(wide_request([1.0])),
+                headers={"Content-Type": "application/json"},
+                timeout=2,
+            )
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_fp16_outputs_are_written_though_triton_cannot(server: ServeProcess) -> None:
     request = wide_request([1.0])
     ours = invoke(server, request, "half")
@@ -279,7 +318,7 @@ def test_triton_refusals_come_back_with_its_reason(server: ServeProcess) -> None
 
 def test_triton_answers_until_it_is_busy(tmp_path: Path) -> None:
     started = start_writers_server(
-        tmp_path, SERVE_V2_JSON_WRITERS="1", SERVE_V2_JSON_TRITON_REQUESTS="1"
+        tmp_path, SERVE_V2_JSON_WRITERS="1", SERVE_V2_JSON_WRITERS_AT="2"
     ).wait_ready()
     try:
         # Alone, a request goes straight to Triton, which writes its JSON.
@@ -294,7 +333,7 @@ def test_triton_answers_until_it_is_busy(tmp_path: Path) -> None:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             slow = pool.submit(invoke, started, slow_request)
             started.wait_until(held.exists, 30, "the slow request to reach the model")
-            # Triton holds its share (one request): the next goes to a writer.
+            # With the slow one, the front holds two requests: busy, so a writer's.
             beside = invoke(started, wide_request([0.0]))
             assert slow.result().status_code == 200
         assert beside.status_code == 200, beside.text
@@ -308,11 +347,7 @@ def test_triton_answers_until_it_is_busy(tmp_path: Path) -> None:
 def test_writers_are_serve_s_children_and_go_with_it(tmp_path: Path) -> None:
     started = start_writers_server(tmp_path, SERVE_V2_JSON_WRITERS="1").wait_ready()
     try:
-        (writer,) = [
-            pid
-            for pid in started.child_pids("python", direct=True)
-            if b"serve.payloads.writers" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
+        (writer,) = writer_pids(started)
         os.kill(writer, signal.SIGKILL)
         code = started.wait_exit(30)
     finally:
@@ -413,3 +448,13 @@ def test_writers_listen_only_where_a_model_needs_them(
     )
     assert len(front.writer_sockets()) == sockets
     assert ("location @writers" in front.render()) is bool(sockets)
+
+
+def test_the_busy_count_pattern_matches_exactly_the_smaller_counts() -> None:
+    """nginx compares $connections_writing with SERVE_V2_JSON_WRITERS_AT by this pattern."""
+    assert decimal_below(0) is None
+    for limit in [*range(1, 1200), 4095, 4096, 9999, 10000, 10001, 12345]:
+        pattern = re.compile(f"^{decimal_below(limit)}$")
+        around = range(max(0, limit - 120), limit + 120) if limit > 1200 else range(2 * limit + 20)
+        wrong = [n for n in around if bool(pattern.match(str(n))) != (n < limit)]
+        assert not wrong, (limit, wrong[:5], decimal_below(limit))
