@@ -362,12 +362,14 @@ def serve_setup(
     concurrency: list[int],
     seconds: int,
     payloads: list[str],
+    rounds: int = 1,
     reference_first: bool = False,
 ) -> list[Row]:
     """Start serve on `repository`; run wrk at each concurrency for each of `payloads`,
     through serve and through Triton's own SageMaker frontend on the same Triton (the
-    reference), in that order or, with `reference_first`, the other; with binary+json,
-    Triton's gRPC stream too."""
+    reference), `rounds` times each, the order turned round each round (serve first in
+    the first, or with `reference_first` the reference), and keep each path's median
+    round; with binary+json, Triton's gRPC stream too."""
     rows: list[Row] = []
     started = time.perf_counter()
     with serve_with_reference(run_dir, MODEL, repository, environment, timeout=300) as serve:
@@ -382,25 +384,39 @@ def serve_setup(
             body_file.write_bytes(body)
             for path, base in paths.items():
                 print(f"{label}, {name}, {path}: {check(base, body, content_type)}")
-                url = f"{base}/invocations"
-                run_wrk(url, body_file, 16, 2, content_type, 2, timeout_s=WRK_TIMEOUT_S)
-                for connections in concurrency:
-                    measured, spent = in_triton(
-                        serve.triton_http,
-                        functools.partial(
-                            run_wrk,
-                            url,
-                            body_file,
-                            connections,
-                            seconds,
-                            content_type,
-                            threads=min(4, connections),
-                            timeout_s=WRK_TIMEOUT_S,
-                        ),
-                    )
+                run_wrk(
+                    f"{base}/invocations",
+                    body_file,
+                    16,
+                    2,
+                    content_type,
+                    2,
+                    timeout_s=WRK_TIMEOUT_S,
+                )
+            for connections in concurrency:
+                runs: dict[str, list[tuple[Measurement, TritonTime]]] = {path: [] for path in paths}
+                for turn in range(rounds):
+                    order = list(paths.items())
+                    for path, base in order if turn % 2 == 0 else reversed(order):
+                        measured, spent = in_triton(
+                            serve.triton_http,
+                            functools.partial(
+                                run_wrk,
+                                f"{base}/invocations",
+                                body_file,
+                                connections,
+                                seconds,
+                                content_type,
+                                threads=min(4, connections),
+                                timeout_s=WRK_TIMEOUT_S,
+                            ),
+                        )
+                        runs[path].append((measured, spent))
+                        progress(path, connections, measured, spent)
+                for path, measured_rounds in runs.items():
+                    ranked = sorted(measured_rounds, key=lambda run: run[0].requests_per_second)
                     row_label = label if path == "serve" else f"{label}, {REFERENCE}"
-                    rows.append((row_label, name, connections, measured, spent))
-                    progress(path, connections, measured, spent)
+                    rows.append((row_label, name, connections, *ranked[len(ranked) // 2]))
         if "binary+json" not in payloads:
             return rows
         # A path past Triton's HTTP frontend: binary over its gRPC stream, no front.
@@ -444,6 +460,9 @@ def main() -> None:
         help="a payload to measure (repeatable; '_' for a space, as in v2_JSON, so it "
         "passes through ENCODER_ARGS); default: all three",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs per path and concurrency (the median kept)"
+    )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")
     args = parser.parse_args()
@@ -480,6 +499,7 @@ def main() -> None:
                     args.concurrency,
                     args.seconds,
                     args.payload or list(bodies()),
+                    rounds=args.rounds,
                     reference_first=number % 2 == 1,
                 )
             except SystemExit as exc:
