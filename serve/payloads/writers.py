@@ -68,8 +68,8 @@ class JsonWriter(enum.IntEnum):
 def writes_json(config: ModelConfig | None, min_values: int) -> JsonWriter:
     """Who writes the model's v2 JSON answers: Triton, or serve's writers.
 
-    The writers when an output is FP16 or BF16, and past Triton's share of
-    concurrent requests when one request's outputs hold `min_values`
+    The writers when an output is FP16 or BF16, and while the front is busy
+    (SERVE_V2_JSON_WRITERS_AT) when one request's outputs hold `min_values`
     numbers or more (SERVE_V2_JSON_MIN_VALUES; a variable dimension counts
     as 1). Text (BYTES) outputs are not counted: Triton copies them without
     formatting. A model without a config is Triton's.
