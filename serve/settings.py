@@ -50,6 +50,8 @@ MAX_THREADS = 2**31 - 1
 MAX_WRITERS = 64
 # Connections one nginx worker holds (worker_connections in nginx's template).
 MAX_CONNECTIONS = 4096
+# nginx's own limit on worker processes (NGX_MAX_PROCESSES).
+MAX_NGINX_WORKERS = 1024
 MAX_SECONDS = 2**31 - 1
 # The most one model or environment archive may unpack to, by default: generous,
 # since a model can be tens of GB (serve/artifacts/archives.py's ExtractionLimits).
@@ -616,6 +618,14 @@ class Settings:
         "Triton requests one adapted request may be split into (`max_batch_size` records "
         "each, one record each for a model that does not batch); more get 413 naming it. "
         "Each holds about 1 KB in the payload service until the answer is written",
+    )
+    nginx_workers: int | None = setting(
+        "SERVE_NGINX_WORKERS",
+        None,
+        _positive(MAX_NGINX_WORKERS),
+        "nginx worker processes of the public front",
+        default_doc="the CPUs serve may use, up to 2 (chosen on two cores, where a second "
+        "worker lets nginx run on whichever core Triton leaves free; docs/benchmarks.md)",
     )
     v2_json_writers: int | None = setting(
         "SERVE_V2_JSON_WRITERS",

@@ -64,7 +64,15 @@ SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
 REFERENCE = "Triton's SageMaker frontend"
 GRPC = "Triton's gRPC stream"
-NUMBER_FIELDS = ("instances", "delay_us", "omp", "http_threads", "writers", "writers_at")
+NUMBER_FIELDS = (
+    "instances",
+    "delay_us",
+    "omp",
+    "http_threads",
+    "writers",
+    "writers_at",
+    "nginx_workers",
+)
 # Rows that exercise padding (5 -> bucket 8, 33 -> 40 with the committed buckets).
 CHECKED_ROWS = (1, 5, 33, 64)
 TIMED_BATCHES = (1, 8, 16, 32, 64)
@@ -101,11 +109,13 @@ class Setup:
     writers: int | None = None
     # SERVE_V2_JSON_WRITERS_AT (None: serve's default; 0: every v2 JSON to the writers).
     writers_at: int | None = None
+    # SERVE_NGINX_WORKERS (None: serve's default, the CPUs up to 2).
+    nginx_workers: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Setup:
         """`instances=N,graphs=on|off,delay_us=N,kind=cpu,omp=N,http_threads=N,writers=N,
-        writers_at=N`, any subset."""
+        writers_at=N,nginx_workers=N`, any subset."""
         fields: dict[str, int | bool] = {}
         for item in filter(None, spec.split(",")):
             key, _, value = item.partition("=")
@@ -118,7 +128,7 @@ class Setup:
             elif item != "committed":
                 raise argparse.ArgumentTypeError(
                     f"{item!r}: use instances=N, graphs=on|off, delay_us=N, kind=cpu|gpu, "
-                    "omp=N, http_threads=N, writers=N or writers_at=N"
+                    "omp=N, http_threads=N, writers=N, writers_at=N or nginx_workers=N"
                 )
         return cls(**fields)
 
@@ -134,6 +144,8 @@ class Setup:
             threads += f", {self.writers} v2 JSON writers"
         if self.writers_at is not None:
             threads += f", writers from {self.writers_at} requests"
+        if self.nginx_workers is not None:
+            threads += f", {self.nginx_workers} nginx workers"
         return (
             f"{config.instance_group[0].count} inst, {kind}, "
             f"{config.dynamic_batching.max_queue_delay_microseconds} us{threads}"
@@ -145,6 +157,7 @@ class Setup:
             "SAGEMAKER_TRITON_THREAD_COUNT": self.http_threads,
             "SERVE_V2_JSON_WRITERS": self.writers,
             "SERVE_V2_JSON_WRITERS_AT": self.writers_at,
+            "SERVE_NGINX_WORKERS": self.nginx_workers,
         }
         return {name: str(value) for name, value in variables.items() if value is not None}
 
@@ -449,8 +462,8 @@ def main() -> None:
         type=Setup.parse,
         action="append",
         help="a served variant (repeatable): instances=N,graphs=on|off,delay_us=N,"
-        "kind=cpu|gpu,omp=N,http_threads=N,writers=N,writers_at=N; default: the "
-        "committed config",
+        "kind=cpu|gpu,omp=N,http_threads=N,writers=N,writers_at=N,nginx_workers=N; "
+        "default: the committed config",
     )
     parser.add_argument(
         "--payload",

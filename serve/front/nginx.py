@@ -89,15 +89,16 @@ INTERNAL_HEADERS = (MODEL_HEADER, INFERENCE_HEADER, HEADER_LENGTH)
 # The payload service answers an invocation Triton took too long for with its own 504
 # (after SAGEMAKER_MODEL_SERVER_TIMEOUT); nginx waits this much longer for that answer.
 SERVICE_MARGIN_SECONDS = 5
-# nginx workers, at most: on two cores (ml.c5.large), a second worker lets nginx run on
-# whichever core Triton's threads leave free, where one worker makes every request wait
-# for that one process (docs/benchmarks.md: two-core front pieces).
+# nginx workers, at most, unless SERVE_NGINX_WORKERS says: on two cores (ml.c5.large), a
+# second worker lets nginx run on whichever core Triton's threads leave free, where one
+# worker makes every request wait for that one process (docs/benchmarks.md: two-core
+# front pieces).
 MAX_WORKERS = 2
 
 
-def worker_count(cpus: int) -> int:
-    """nginx's worker_processes for a host of `cpus` usable CPUs."""
-    return max(1, min(MAX_WORKERS, cpus))
+def worker_count(setting: int | None, cpus: int) -> int:
+    """nginx's worker_processes: SERVE_NGINX_WORKERS, else `cpus` usable CPUs up to MAX_WORKERS."""
+    return setting if setting is not None else max(1, min(MAX_WORKERS, cpus))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -187,7 +187,7 @@ class Server:
                 repository, settings.v2_json_min_values, settings.text_generation_models
             ),
             bidirectional=bidirectional_port is not None,
-            worker_processes=worker_count(cpus),
+            worker_processes=worker_count(settings.nginx_workers, cpus),
             v2_json_writers=self._writers(cpus),
         )
         backends = install.backends_folder(ws.backends, settings.extra_backends)
