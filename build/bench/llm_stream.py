@@ -6,11 +6,12 @@ GPT2LMHeadModel from a config with RANDOM weights, and a byte-level BPE
 tokenizer made on the spot (trained on generated text, then filled to GPT-2's
 vocabulary with added tokens): no model hub is reachable from the GPU machine.
 It is served through Triton's Python backend with the vLLM backend's inputs
-and outputs (decoupled, one response per token), in plain torch with a KV
-cache, since transformers does not import beside the numpy 1.26 the backend
-needs there; each request decodes greedily in a thread of its own, for
-exactly `--tokens` tokens (no stop at the end-of-text token), so both paths do
-the same work.
+and outputs (decoupled, one response per token), decoded by gpt2_decode.py
+(plain torch with a static KV cache, each step a CUDA-graph replay, since
+transformers does not import beside the numpy 1.26 the backend needs there;
+the build checks its tokens against transformers' own model); each request
+decodes greedily in a thread of its own, for exactly `--tokens` tokens (no
+stop at the end-of-text token), so both paths do the same work.
 
 Two paths reach the very same Triton and model instance:
 - serve's /invocations with an OpenAI chat body, `"stream": true` (nginx ->
@@ -52,7 +53,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+HERE = Path(__file__).resolve().parent
 MODEL = "llm_bench"
 VOCABULARY = 50257
 MESSAGES = [
@@ -85,24 +88,28 @@ output [
 instance_group [ {{ kind: KIND_GPU, count: 1 }} ]
 """
 
-MODEL_PY = '''
-"""GPT-2 small (random weights) in plain torch behind the vLLM backend's inputs; a thread per
-request, greedy decoding with a KV cache, one response per token."""
+MODEL_PY = """
+\"\"\"GPT-2 small (random weights) behind the vLLM backend's inputs: a thread per request,
+greedy decoding in gpt2_decode.py (a static KV cache, each step a CUDA-graph replay on a
+GPU), one response per token.\"\"\"
 import json
-import math
 import os
+import queue
 import sys
 import threading
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import triton_python_backend_utils as pb_utils
 
 HERE = os.path.dirname(__file__)
-sys.path.insert(0, os.path.join(HERE, "packages"))
+sys.path[:0] = [HERE, os.path.join(HERE, "packages")]
+from gpt2_decode import Gpt2, Slot  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
+
+# Requests decoded at once (each holds a slot: its cache and captured steps); more wait.
+SLOTS = 64
 
 
 def _value(request, name, default=None):
@@ -112,72 +119,45 @@ def _value(request, name, default=None):
 
 class TritonPythonModel:
     def initialize(self, args):
-        # Each token's step is some 200 short torch calls, each dropping and taking the
-        # GIL; at Python's 5 ms switch interval beside the stub's own threads a step took
-        # 40-67 ms of CPU on an H100 host, at 0.2 ms 2.6-4.8 ms (docs/benchmarks.md).
+        # Requests decode in threads of their own, a few calls a token each, dropping and
+        # taking the GIL; Python's 5 ms switch interval made eager steps wait on the
+        # stub's own threads (docs/benchmarks.md).
         sys.setswitchinterval(0.0002)
         device = f"cuda:{args['model_instance_device_id']}"
         if args["model_instance_kind"] != "GPU" or not torch.cuda.is_available():
             device = "cpu"
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if device != "cpu" else torch.float32
         with open(os.path.join(HERE, "gpt2", "config.json")) as f:
             config = json.load(f)
-        self.layers, self.heads = config["n_layer"], config["n_head"]
         state = torch.load(os.path.join(HERE, "gpt2", "weights.pt"), map_location="cpu")
-        self.w = {k.removeprefix("transformer."): v.to(self.device, self.dtype)
-                  for k, v in state.items()}
+        dtype = torch.float16 if device != "cpu" else torch.float32
+        model = Gpt2(state, config["n_layer"], config["n_head"], torch.device(device), dtype)
+        started = time.perf_counter()
+        self.slots = queue.SimpleQueue()
+        for _ in range(SLOTS):
+            self.slots.put(Slot(model))
         # The benchmark reads this line: a model left on the CPU measures nothing of serve.
-        pb_utils.Logger.log_info(f"llm_bench runs on {self.device}, {self.dtype}")
+        pb_utils.Logger.log_info(
+            f"llm_bench runs on {device}, {dtype}; {SLOTS} slots, steps "
+            f"{'captured as CUDA graphs' if device != 'cpu' else 'eager'} in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         self.tokenizer = Tokenizer.from_file(os.path.join(HERE, "gpt2", "tokenizer.json"))
         self.lock = threading.Lock()
         self.requests = 0
         # Steps timed here, in the stub's main thread before any request: beside the
         # steps the requests log, they tell the host's own speed from the cost of the
-        # stub's threads (one H100 host stepped in 2.6-4.8 ms, another in 65-99 ms).
-        tokens, cache, warm = torch.tensor([[0]], device=self.device), None, 16
+        # stub's threads.
+        slot, warm = self.slots.get(), 16
         wall, cpu = time.perf_counter(), time.thread_time()
-        for _ in range(warm):
-            token, cache = self._step(tokens, cache)
-            tokens = token.view(1, 1)
-            int(token.item())
+        for _ in slot.generate([0], warm):
+            pass
+        self.slots.put(slot)
         pb_utils.Logger.log_info(
             f"llm_bench warm-up in initialize: ms a token: step "
             f"{(time.perf_counter() - wall) / warm * 1000:.2f}, step_cpu "
             f"{(time.thread_time() - cpu) / warm * 1000:.2f}; switch interval "
             f"{sys.getswitchinterval() * 1000:.2f} ms, {torch.get_num_threads()} torch threads"
         )
-
-    def _norm(self, x, name):
-        return F.layer_norm(x, (x.shape[-1],), self.w[name + ".weight"], self.w[name + ".bias"])
-
-    def _linear(self, x, name):
-        return torch.addmm(self.w[name + ".bias"], x.reshape(-1, x.shape[-1]),
-                           self.w[name + ".weight"]).reshape(*x.shape[:-1], -1)
-
-    @torch.inference_mode()
-    def _step(self, ids, cache):
-        start = cache[0][0].shape[2] if cache else 0
-        positions = torch.arange(start, start + ids.shape[1], device=self.device)
-        x = self.w["wte.weight"][ids] + self.w["wpe.weight"][positions]
-        new_cache = []
-        for i in range(self.layers):
-            h = self._norm(x, f"h.{i}.ln_1")
-            q, k, v = self._linear(h, f"h.{i}.attn.c_attn").split(x.shape[-1], dim=-1)
-            q, k, v = (t.view(1, -1, self.heads, x.shape[-1] // self.heads).transpose(1, 2)
-                       for t in (q, k, v))
-            if cache:
-                k = torch.cat([cache[i][0], k], dim=2)
-                v = torch.cat([cache[i][1], v], dim=2)
-            new_cache.append((k, v))
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=not cache)
-            a = a.transpose(1, 2).reshape(1, -1, x.shape[-1])
-            x = x + self._linear(a, f"h.{i}.attn.c_proj")
-            h = self._norm(x, f"h.{i}.ln_2")
-            x = x + self._linear(F.gelu(self._linear(h, f"h.{i}.mlp.c_fc"), approximate="tanh"),
-                                 f"h.{i}.mlp.c_proj")
-        x = self._norm(x[:, -1], "ln_f")
-        return (x @ self.w["wte.weight"].T).argmax(-1), new_cache
 
     def execute(self, requests):
         for request in requests:
@@ -186,6 +166,7 @@ class TritonPythonModel:
 
     def _generate(self, request):
         sender = request.get_response_sender()
+        slot = None
         try:
             prompt = _value(request, "text_input").decode()
             stream = bool(_value(request, "stream", False))
@@ -194,17 +175,15 @@ class TritonPythonModel:
             count_in = bool(_value(request, "return_num_input_tokens", False))
             count_out = bool(_value(request, "return_num_output_tokens", False))
             ids = self.tokenizer.encode(prompt).ids or [0]
-            tokens = torch.tensor([ids], device=self.device)
-            cache = None
+            slot = self.slots.get()
+            tokens = slot.generate(ids, limit)
             text = ""
             # Where a request's time goes (wall and this thread's CPU), logged for some.
             spent = {"step": 0.0, "step_cpu": 0.0, "decode": 0.0, "send": 0.0}
             started = time.perf_counter()
             for number in range(limit):
                 wall, cpu = time.perf_counter(), time.thread_time()
-                token, cache = self._step(tokens, cache)
-                tokens = token.view(1, 1)
-                value = int(token.item())
+                value = next(tokens)
                 spent["step"] += time.perf_counter() - wall
                 spent["step_cpu"] += time.thread_time() - cpu
                 wall = time.perf_counter()
@@ -232,6 +211,9 @@ class TritonPythonModel:
                                            limit if count_out else None))
         except Exception as exc:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+        finally:
+            if slot is not None:
+                self.slots.put(slot)
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _response(self, text, count_in, count_out):
@@ -241,7 +223,7 @@ class TritonPythonModel:
         if count_out is not None:
             out.append(pb_utils.Tensor("num_output_tokens", np.array([count_out], dtype=np.uint32)))
         return pb_utils.InferenceResponse(out)
-'''
+"""
 
 
 INSTANT_PY = '''
@@ -289,6 +271,34 @@ def _model_files(folder: Path, model_py: str, tokenizer_dir: Path) -> None:
     (folder / MODEL / "config.pbtxt").write_text(CONFIG)
 
 
+def _check_against_transformers(model: Any, state: dict[str, Any], prompt: list[int]) -> None:
+    """Every token gpt2_decode picks must be transformers' greedy choice, or the build stops.
+
+    On the CPU in float32, with a prompt of more than one chunk, so the chunked
+    prefill, its padding and the cache are checked with the layers. Random
+    weights make close logits, so a token counts as transformers' choice when
+    its logit there is the largest up to rounding.
+    """
+    import torch
+    from gpt2_decode import Gpt2, Slot
+
+    count = 8
+    ours = Gpt2(
+        state, model.config.n_layer, model.config.n_head, torch.device("cpu"), torch.float32
+    )
+    decoded = list(Slot(ours).generate(prompt, count))
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt + decoded])).logits[0, len(prompt) - 1 : -1]
+    best = logits.max(-1).values
+    gap = float((best - logits[torch.arange(count), torch.tensor(decoded)]).max())
+    if gap > 1e-4 * float(best.abs().max()):
+        raise SystemExit(
+            f"gpt2_decode.py decoded {decoded}; transformers' greedy choices are "
+            f"{logits.argmax(-1).tolist()} (logits {gap:.2e} apart)"
+        )
+    print(f"gpt2_decode.py: {count} tokens after a {len(prompt)}-token prompt, as transformers")
+
+
 def build(folder: Path) -> None:
     """The repository: GPT-2 small with random weights, a tokenizer made here, the config."""
     import tokenizers
@@ -321,8 +331,10 @@ def build(folder: Path) -> None:
     config = GPT2Config(vocab_size=VOCABULARY, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
     model = GPT2LMHeadModel(config).eval()
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("lm_head")}
+    _check_against_transformers(model, state, tokenizer.encode(corpus[0] * 3).ids[:100])
     torch.save(state, weights / "weights.pt")
     (weights / "config.json").write_text(json.dumps(config.to_dict()))
+    shutil.copy(HERE / "gpt2_decode.py", version / "gpt2_decode.py")
     # The stub runs beside numpy 1.26 and torch alone: the tokenizer's package is linked in.
     packages = version / "packages"
     packages.mkdir(exist_ok=True)
@@ -406,9 +418,9 @@ def run_path(url: str, path: str, body: bytes, streams: int, seconds: float) -> 
 
 
 def model_lines(log: Path) -> None:
-    """The model's own account of its warm-up and of some requests (MODEL_PY logs them)."""
+    """The model's own account of its device, warm-up and some requests (MODEL_PY logs them)."""
     for line in log.read_text().splitlines():
-        found = re.search(r"llm_bench (request|warm-up)", line)
+        found = re.search(r"llm_bench (runs on|request|warm-up)", line)
         if found:
             print("  log:", line[found.start() :][:300], flush=True)
 
@@ -449,7 +461,7 @@ def measure(
             for url, path, body in paths.values():  # warm-up, and a check of each path
                 run_path(url, path, body, 1, 2)
             log = running.log.read_text()
-            placed = re.search(r"llm_bench runs on (\S+), (\S+)", log)
+            placed = re.search(r"llm_bench runs on (\S+), ([^;\s]+)", log)
             instant = "llm_bench answers at once" in log
             where = f"{placed[1]}, {placed[2]}" if placed else "an unknown device"
             if not instant and (not placed or placed[1] == "cpu"):
