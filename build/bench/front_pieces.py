@@ -59,7 +59,7 @@ def _no_access_log(config: str) -> str:
 PIECES: dict[str, Edit] = {
     "copy": lambda config: config,
     "no access log": _no_access_log,
-    "JSON unread": _replace('"json:10" look_at_body;', '"json:10" triton;'),
+    "JSON unread": _replace('"json:0" look_at_body;', '"json:0" triton;'),
     "one worker": _replace("worker_processes 2;", "worker_processes 1;"),
 }
 
