@@ -46,13 +46,13 @@ ASYNC_MAX_BODY_BYTES = 1024 * MEBIBYTE
 # number stops start-up here, named, instead of failing there.
 MAX_BYTES = 2**63 - 1
 MAX_THREADS = 2**31 - 1
+MAX_SECONDS = 2**31 - 1
 # SERVE_V2_JSON_WRITERS at most: processes, each a payload service.
 MAX_WRITERS = 64
 # Connections one nginx worker holds (worker_connections in nginx's template).
 MAX_CONNECTIONS = 4096
 # nginx's own limit on worker processes (NGX_MAX_PROCESSES).
 MAX_NGINX_WORKERS = 1024
-MAX_SECONDS = 2**31 - 1
 # The most one model or environment archive may unpack to, by default: generous,
 # since a model can be tens of GB (serve/artifacts/archives.py's ExtractionLimits).
 MAX_ARCHIVE_BYTES = 50 * 1024**3
