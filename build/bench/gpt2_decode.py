@@ -90,7 +90,8 @@ class Slot:
     """One request's place: a static cache, the step's inputs and output, and on a GPU
     the two steps (a prompt chunk, one token) captured as graphs."""
 
-    def __init__(self, model: Gpt2) -> None:
+    def __init__(self, model: Gpt2, graphs: bool = True) -> None:
+        """`graphs`: capture the steps where the model is on a GPU (else eager there too)."""
         self.model = model
         device = model.device
         shape = (1, model.heads, MAX_LEN, model.width // model.heads)
@@ -107,7 +108,7 @@ class Slot:
         self.last = torch.zeros(1, dtype=torch.long, device=device)
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        if device.type == "cuda":
+        if graphs and device.type == "cuda":
             self._capture()
 
     def _capture(self) -> None:
