@@ -27,11 +27,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-from serve.front.nginx import INTERNAL_HEADERS
+from serve.front.nginx import INTERNAL_HEADERS, FrontConfig
+from serve.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "model_repository"
@@ -82,6 +84,22 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {low}-{low + _PORT_BLOCK - 1}")
+
+
+def front_config(
+    workdir: Path, environment: Mapping[str, str] | None = None, **fields: Any
+) -> FrontConfig:
+    """The front's config as serve would make it under `environment`, with no serve
+    running: Triton on port 1 (nothing listens), the control socket in `workdir`, the
+    `add` model; `fields` replace any of these."""
+    values: dict[str, Any] = {
+        "settings": Settings.from_environ(dict(environment or {})),
+        "workdir": workdir,
+        "triton_port": 1,
+        "control_socket": workdir / "control.sock",
+        "default_model": "add",
+    }
+    return FrontConfig(**(values | fields))
 
 
 ADD_MODEL_PY = """

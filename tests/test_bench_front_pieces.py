@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.front.nginx import FrontConfig
-from serve.settings import Settings
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, front_config
 
 
 def test_every_piece_still_edits_serve_s_config(
@@ -19,14 +17,7 @@ def test_every_piece_still_edits_serve_s_config(
     monkeypatch.syspath_prepend(str(REPO_ROOT / "build" / "bench"))
     import front_pieces
 
-    config = FrontConfig(
-        settings=Settings.from_environ({}),
-        workdir=tmp_path,
-        triton_port=1,
-        control_socket=tmp_path / "control.sock",
-        default_model="ncf_food",
-        worker_processes=2,
-    ).render()
+    config = front_config(tmp_path, default_model="ncf_food", worker_processes=2).render()
     for name, edit in front_pieces.PIECES.items():
         # An edit whose text is gone raises SystemExit, naming it.
         assert (edit(config) == config) == (name == "copy"), name

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from serve.errors import ConfigError
-from serve.front.nginx import FrontConfig, nginx_binary
-from serve.settings import Settings
-from tests.conftest import ServeProcess, write_add_model
+from serve.front.nginx import nginx_binary
+from tests.conftest import ServeProcess, front_config, write_add_model
 
 StartServe = Callable[..., ServeProcess]
 # A folder name that, written bare, ends a directive and starts another.
@@ -34,14 +33,7 @@ def test_paths_in_nginx_conf_are_quoted(enterable_tmp: Path) -> None:
     tmp_path = enterable_tmp
     workdir = tmp_path / INJECTING / "front"
     workdir.mkdir(parents=True)
-    front = FrontConfig(
-        settings=Settings.from_environ({}),
-        workdir=workdir,
-        triton_port=1,
-        control_socket=workdir / "control.sock",
-        default_model="add",
-        bidirectional=True,
-    )
+    front = front_config(workdir, bidirectional=True)
     config = front.write()
     checked = subprocess.run(
         [str(nginx_binary()), "-t", "-c", str(config), "-p", str(workdir)],
@@ -59,13 +51,7 @@ def test_paths_in_nginx_conf_are_quoted(enterable_tmp: Path) -> None:
 
 
 def test_a_path_nginx_cannot_carry_is_refused_at_render(tmp_path: Path) -> None:
-    front = FrontConfig(
-        settings=Settings.from_environ({}),
-        workdir=tmp_path / "cost$host",
-        triton_port=1,
-        control_socket=tmp_path / "control.sock",
-        default_model="add",
-    )
+    front = front_config(tmp_path / "cost$host", control_socket=tmp_path / "control.sock")
     with pytest.raises(ConfigError, match="SERVE_WORKDIR"):
         front.render()
 

@@ -14,12 +14,12 @@ import pytest
 import requests
 
 from serve.errors import EMPTY_BODY, GET_ONLY, MALFORMED_BINARY_TYPE, POST_ONLY
-from serve.front.nginx import FrontConfig, shared_rules
-from serve.settings import Settings
+from serve.front.nginx import shared_rules
 from tests.conftest import (
     FORGED_INTERNAL_HEADERS,
     ServeProcess,
     add_request,
+    front_config,
     own_address,
     process_state,
     write_add_model,
@@ -164,11 +164,9 @@ def test_nginx_takes_every_shared_rule_from_python(tmp_path: Path) -> None:
     ):
         assert literal not in template, literal
     for multi_model in ("false", "true"):
-        front = FrontConfig(
-            settings=Settings.from_environ({"SAGEMAKER_MULTI_MODEL": multi_model}),
-            workdir=tmp_path,
-            triton_port=1,
-            control_socket=tmp_path / "control.sock",
+        front = front_config(
+            tmp_path,
+            {"SAGEMAKER_MULTI_MODEL": multi_model},
             default_model=None if multi_model == "true" else "add",
         )
         rendered = front.render()

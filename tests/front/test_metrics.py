@@ -43,6 +43,7 @@ from tests.conftest import (
     add_request,
     binary_add_request,
     free_port,
+    front_config,
     serve_env,
     write_add_model,
 )
@@ -277,15 +278,10 @@ def nginx_with_access_log() -> Iterator[tuple[int, FrontConfig]]:
     workdir = Path(tempfile.mkdtemp(prefix="serve-test-"))
     workdir.chmod(0o755)
     port = free_port()
-    settings = Settings.from_environ(
-        {"SAGEMAKER_BIND_TO_PORT": str(port), "SERVE_METRICS_PORT": str(free_port())}
-    )
-    front = FrontConfig(
-        settings=settings,
-        workdir=workdir / "front",
+    front = front_config(
+        workdir / "front",
+        {"SAGEMAKER_BIND_TO_PORT": str(port), "SERVE_METRICS_PORT": str(free_port())},
         triton_port=free_port(),
-        control_socket=workdir / "front" / "control.sock",
-        default_model="add",
     )
     nginx = subprocess.Popen(
         nginx_argv(front.write()), stdout=subprocess.DEVNULL, start_new_session=True

@@ -29,11 +29,10 @@ import pytest
 import requests
 from tritonclient.grpc import model_config_pb2
 
-from serve.front.nginx import FrontConfig, FrontModel, decimal_below
+from serve.front.nginx import FrontModel, decimal_below
 from serve.payloads.writers import JsonWriter, writer_count, writes_json
-from serve.settings import Settings
 from serve.triton.model_config import ModelConfig
-from tests.conftest import ServeProcess, free_port, serve_env
+from tests.conftest import ServeProcess, free_port, front_config, serve_env
 from tests.payloads.conftest import TWIN_CONFIG, TWIN_PY, write_model
 
 VALUES = 300
@@ -437,11 +436,9 @@ def test_writers_listen_only_where_a_model_needs_them(
     tmp_path: Path, environment: dict[str, str], writes: JsonWriter, sockets: int
 ) -> None:
     multi_model = environment.get("SAGEMAKER_MULTI_MODEL") == "true"
-    front = FrontConfig(
-        settings=Settings.from_environ(environment),
-        workdir=tmp_path,
-        triton_port=1,
-        control_socket=tmp_path / "control.sock",
+    front = front_config(
+        tmp_path,
+        environment,
         default_model=None if multi_model else "wide",
         models=() if multi_model else (FrontModel("wide", writes_json=writes),),
         v2_json_writers=2,
