@@ -196,6 +196,14 @@ def alive(pid: int) -> bool:
     return process_state(Path(f"/proc/{pid}/stat")) not in ("Z", "")
 
 
+def wait_all_gone(pids: Sequence[int], timeout: float) -> None:
+    """Wait up to `timeout` seconds for every one of `pids` to have exited; fail if not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not [pid for pid in pids if alive(pid)]
+
+
 def triton_argv(server: ServeProcess) -> list[str]:
     """The command line of serve's one Triton."""
     (pid,) = server.child_pids("tritonserver")

@@ -6,7 +6,6 @@ import errno
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from serve.runtime import ports
 from serve.settings import PortRange
-from tests.conftest import ServeProcess, alive, triton_argv, write_add_model
+from tests.conftest import ServeProcess, triton_argv, wait_all_gone, write_add_model
 
 StartServe = Callable[..., ServeProcess]
 
@@ -108,10 +107,7 @@ def test_serve_holds_tritons_internal_ports_while_triton_is_gone(
     os.kill(server.process.pid, signal.SIGSTOP)
     try:
         os.kill(triton, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while alive(triton):
-            assert time.monotonic() < deadline, "Triton did not exit after SIGKILL"
-            time.sleep(0.05)
+        wait_all_gone([triton], 30)
         for port in internal:
             with socket.socket() as other, pytest.raises(OSError) as refused:
                 other.bind(("127.0.0.1", port))

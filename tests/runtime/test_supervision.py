@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ServeProcess, add_request, alive, pings, write_add_model
+from tests.conftest import ServeProcess, add_request, pings, wait_all_gone, write_add_model
 
 StartServe = Callable[..., ServeProcess]
 
@@ -130,10 +130,7 @@ def test_children_die_with_serve_even_on_sigkill(opt_ml: Path, start_serve: Star
     assert len(children) >= 2
     server.process.send_signal(signal.SIGKILL)
     server.wait_exit(10)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(alive(pid) for pid in children):
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in children)
+    wait_all_gone(children, 10)
 
 
 def test_a_second_serve_on_a_port_in_use_is_refused(opt_ml: Path, start_serve: StartServe) -> None:
@@ -167,7 +164,7 @@ def test_nginx_master_killed_stops_everything_at_once(
     assert code != 0
     assert "nginx exited (killed by signal 9)" in server.output
     # Nothing keeps the public port: no worker answers 502/503 in the master's place.
-    _wait_all_gone(workers + triton, 5)
+    wait_all_gone(workers + triton, 5)
     assert time.monotonic() - killed < 10
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/ping", timeout=2)
@@ -184,7 +181,7 @@ def test_a_stop_while_triton_starts_a_stub_leaves_no_stub(
     assert regions, "the stub maps its shared-memory region"
     server.process.send_signal(signal.SIGTERM)
     server.wait_exit(40)
-    _wait_all_gone([stub], 5)
+    wait_all_gone([stub], 5)
     assert not [region for region in regions if region.exists()]
 
 
@@ -195,10 +192,3 @@ def _shm_files(pid: int) -> set[Path]:
     """The /dev/shm files a process maps."""
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
     return {Path(line.split()[-1]) for line in maps if " /dev/shm/" in line}
-
-
-def _wait_all_gone(pids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
-        time.sleep(0.05)
-    assert not [pid for pid in pids if alive(pid)]
