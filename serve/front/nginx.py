@@ -309,14 +309,14 @@ def decimal_below(limit: int) -> str | None:
         return None
     digits = str(limit)
     # Every number with fewer digits than `limit`, then those with as many, digit by digit.
-    shorter = ["[0-9]"] + [f"[1-9][0-9]{{{length - 1}}}" for length in range(2, len(digits))]
-    same = []
+    branches = [
+        f"[1-9][0-9]{{{length - 1}}}" if length > 1 else "[0-9]" for length in range(1, len(digits))
+    ]
     for place, digit in enumerate(digits):
         lowest = "1" if place == 0 and len(digits) > 1 else "0"
         if digit > lowest:
             rest = len(digits) - place - 1
-            same.append(f"{digits[:place]}[{lowest}-{int(digit) - 1}]" + "[0-9]" * rest)
-    branches = (shorter if len(digits) > 1 else []) + same
+            branches.append(f"{digits[:place]}[{lowest}-{int(digit) - 1}]" + "[0-9]" * rest)
     return "(?:" + "|".join(branches) + ")"
 
 
