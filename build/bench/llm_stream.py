@@ -88,10 +88,10 @@ output [
 instance_group [ {{ kind: KIND_GPU, count: 1 }} ]
 """
 
-MODEL_PY = """
-\"\"\"GPT-2 small (random weights) behind the vLLM backend's inputs: a thread per request,
+MODEL_PY = '''
+"""GPT-2 small (random weights) behind the vLLM backend's inputs: a thread per request,
 greedy decoding in gpt2_decode.py (a static KV cache, each step a CUDA-graph replay on a
-GPU), one response per token.\"\"\"
+GPU), one response per token."""
 import json
 import os
 import queue
@@ -223,7 +223,7 @@ class TritonPythonModel:
         if count_out is not None:
             out.append(pb_utils.Tensor("num_output_tokens", np.array([count_out], dtype=np.uint32)))
         return pb_utils.InferenceResponse(out)
-"""
+'''
 
 
 INSTANT_PY = '''
@@ -308,8 +308,6 @@ def _check_graphs(state: dict[str, Any], layers: int, heads: int, prompt: list[i
     logits lie close, so another kernel's rounding may part them (the layers are
     checked against transformers on the CPU).
     """
-    import time
-
     import torch
     from gpt2_decode import Gpt2, Slot
 
