@@ -284,7 +284,11 @@ class ServeProcess:
             return None
 
     def wait_ready(self, timeout: float = 120) -> ServeProcess:
+        """/ping's 200, then serve's own READY ("ready after" in its log): nginx's /ping
+        asks Triton itself, so its first 200 can come half a second before serve has seen
+        Triton's metrics listen and counted the start's loads."""
         self.wait_until(lambda: self.ping_status() == 200, timeout, "/ping to answer 200")
+        self.wait_until(lambda: " ready after " in self.output, timeout, "serve to log READY")
         return self
 
     def wait_exit(self, timeout: float) -> int:
