@@ -88,61 +88,83 @@ class Gpt2:
 
 class Slot:
     """One request's place: a static cache, the step's inputs and output, and on a GPU
-    the two steps (a prompt chunk, one token) captured as graphs."""
+    the two steps (a prompt chunk, one token) captured as graphs.
+
+    On a GPU each slot steps on a stream of its own, its inputs staged through pinned
+    memory in one copy, and its token waited for on an event that sleeps: the requests'
+    threads then overlap on the GPU instead of queueing on its default stream, and a
+    thread waiting for its token leaves the CPUs to the others (serve's front among
+    them) instead of spinning (docs/benchmarks.md, language models).
+    """
 
     def __init__(self, model: Gpt2, graphs: bool = True) -> None:
         """`graphs`: capture the steps where the model is on a GPU (else eager there too)."""
         self.model = model
         device = model.device
+        cuda = device.type == "cuda"
         shape = (1, model.heads, MAX_LEN, model.width // model.heads)
         self.keys = [
             torch.zeros(shape, device=device, dtype=model.dtype) for _ in range(model.layers)
         ]
         self.values = [torch.zeros_like(k) for k in self.keys]
-        self.ids = {
-            size: torch.zeros((1, size), dtype=torch.long, device=device) for size in (CHUNK, 1)
-        }
+        # A step's inputs in one tensor: CHUNK ids (the one-token step reads the first),
+        # the first id's position, the index of the id whose next token is wanted.
+        self.inputs = torch.zeros(CHUNK + 2, dtype=torch.long, device=device)
+        self.ids = {size: self.inputs[:size].view(1, size) for size in (CHUNK, 1)}
+        self.start = self.inputs[CHUNK]
+        self.last = self.inputs[CHUNK + 1 :]
         self.offsets = {size: torch.arange(size, device=device) for size in (CHUNK, 1)}
         self.key_positions = torch.arange(MAX_LEN, device=device)
-        self.start = torch.zeros((), dtype=torch.long, device=device)
-        self.last = torch.zeros(1, dtype=torch.long, device=device)
         self.token = torch.zeros(1, dtype=torch.long, device=device)
+        self.staged = torch.zeros(CHUNK + 2, dtype=torch.long, pin_memory=cuda)
+        self.answer = torch.zeros(1, dtype=torch.long, pin_memory=cuda)
+        self.stream = torch.cuda.Stream(device) if cuda else None
+        self.done = torch.cuda.Event(blocking=True) if cuda else None
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        if graphs and device.type == "cuda":
+        if graphs and cuda:
             self._capture()
 
     def _capture(self) -> None:
-        # Warm-up on a side stream, as capture requires; cuBLAS and attention pick their
-        # kernels there before the capture freezes them.
-        device = self.model.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
+        # Warm-up and capture on the slot's own stream: cuBLAS keeps a workspace per
+        # stream, and graphs captured on one shared stream would share it when their
+        # slots replay at once. The warm-up lets cuBLAS and attention pick their kernels
+        # before the capture freezes them.
+        stream = self.stream
+        assert stream is not None
+        stream.wait_stream(torch.cuda.current_stream(self.model.device))
+        with torch.cuda.stream(stream):
             for size in (CHUNK, 1):
                 for _ in range(2):
                     self.model.step(self, size)
-        torch.cuda.current_stream(device).wait_stream(side)
         # One memory pool for both: a slot's steps never run at once (one request's thread).
         pool = None
         for size in (CHUNK, 1):
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, stream=stream):
                 self.model.step(self, size)
             pool = graph.pool()
             self.graphs[size] = graph
-        torch.cuda.synchronize(device)
+        stream.synchronize()
 
     def _run(self, ids: list[int], start: int) -> int:
         size = CHUNK if len(ids) > 1 else 1
-        padded = ids + [0] * (size - len(ids))
-        self.ids[size].copy_(torch.tensor([padded]))
-        self.start.fill_(start)
-        self.last.fill_(len(ids) - 1)
-        if size in self.graphs:
-            self.graphs[size].replay()
-        else:
-            self.model.step(self, size)
-        return int(self.token.item())
+        staged = self.staged.numpy()
+        staged[: len(ids)] = ids
+        staged[len(ids) : CHUNK] = 0
+        staged[CHUNK], staged[CHUNK + 1] = start, len(ids) - 1
+        with torch.cuda.stream(self.stream):
+            # The pinned buffers are reused only after `done`: no copy is in flight then.
+            self.inputs.copy_(self.staged, non_blocking=True)
+            if size in self.graphs:
+                self.graphs[size].replay()
+            else:
+                self.model.step(self, size)
+            self.answer.copy_(self.token, non_blocking=True)
+            if self.done is not None:
+                self.done.record()
+        if self.done is not None:
+            self.done.synchronize()
+        return int(self.answer[0])
 
     def generate(self, prompt: list[int], count: int) -> Iterator[int]:
         """`count` greedy tokens after `prompt`, one at a time."""

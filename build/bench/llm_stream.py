@@ -324,6 +324,30 @@ def _check_graphs(state: dict[str, Any], layers: int, heads: int, prompt: list[i
         f"gpt2_decode.py on the GPU: {same} of {count} tokens as the eager steps'; ms a token "
         f"(the prompt's prefill included): graphed {speed[True]:.2f}, eager {speed[False]:.2f}"
     )
+    # Slots stepping at once, each in a thread and on a stream of its own, must give the
+    # tokens each gives alone (a buffer two slots shared would part them); the time says
+    # what their overlap on the GPU buys.
+    prompts = [prompt[i:] + prompt[:i] for i in range(8)]
+    slots = [Slot(model) for _ in prompts]
+    alone = [list(slot.generate(p, count)) for slot, p in zip(slots, prompts, strict=True)]
+    together: list[list[int]] = [[] for _ in prompts]
+
+    def decode(index: int) -> None:
+        together[index] = list(slots[index].generate(prompts[index], count))
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(slots))]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rate = len(slots) * count / (time.perf_counter() - started)
+    print(
+        f"gpt2_decode.py on the GPU: {len(slots)} slots at once, {rate:,.0f} tokens/s (one "
+        f"alone {1000 / speed[True]:,.0f}); the same tokens as each alone: {together == alone}"
+    )
+    if together != alone:
+        raise SystemExit("gpt2_decode.py: slots stepping at once gave other tokens than alone")
 
 
 def build(folder: Path) -> None:
