@@ -524,6 +524,9 @@ def measure(
                     if re.search(r"GPU|KIND_|cuda", line):
                         print("  log:", line[:300])
             model_lines(running.log)
+            # serve's chat route runs in its writers where it starts some (4 CPUs or more).
+            writers = len(set(re.findall(r"starting (v2 JSON writer \d+)", log)))
+            print(f"serve's schema requests answered by {writers or 'no'} writer processes")
             model = (
                 "a model that answers at once (the paths alone)"
                 if instant

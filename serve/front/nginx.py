@@ -241,11 +241,13 @@ class FrontConfig:
         return self.workdir / "payloads.sock"
 
     def writer_sockets(self) -> list[Path]:
-        """The v2 JSON writers' sockets (serve/payloads/writers.py); none if no model needs them.
-
-        Only Triton's infer route answers v2 JSON with outputs to write.
-        """
-        if self.settings.inference_type != "infer" or not any(m.writes_json for m in self.models):
+        """The writers' sockets (serve/payloads/writers.py); none if no model needs them:
+        one whose v2 JSON they write (only Triton's infer route answers v2 JSON with outputs
+        to write), or a text-generation model."""
+        json_writers = self.settings.inference_type == "infer" and any(
+            m.writes_json for m in self.models
+        )
+        if not json_writers and not any(m.text_generation for m in self.models):
             return []
         return [self.workdir / f"writer-{i}.sock" for i in range(self.v2_json_writers)]
 
@@ -275,6 +277,13 @@ class FrontConfig:
                 "bytes": int(model.takes_bytes),
                 "text": int(model.text_generation),
                 "writers": int(model.writes_json) if writers else 0,
+                # The payload service of its requests: serve's own keeps the sessions'
+                # state and checks every stateful model's request against it.
+                "service": (
+                    "writers"
+                    if writers and model.text_generation and not model.stateful
+                    else "payloads"
+                ),
             }
 
         names = sorted(by_name.keys() | ({self.default_model} if self.default_model else set()))

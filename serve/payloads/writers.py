@@ -1,4 +1,5 @@
-"""v2 JSON answers written by serve, in payload services of their own processes.
+"""v2 JSON answers and language-model streams written by serve, in payload services of
+their own processes.
 
 Triton 2.51 writes a v2 JSON answer on the model instance's thread, after each
 batch, while the next batch waits: on a GPU model with large outputs that,
@@ -9,6 +10,11 @@ requests at once (with fewer the instances have time to spare and the hop
 costs more than the JSON; FP16 and BF16 answers always come here); each runs
 the payload service (service.py), which asks Triton for binary outputs and
 writes the JSON itself (v2.py).
+
+The declared text-generation models' schema requests (SERVE_TEXT_GENERATION_MODELS:
+OpenAI's chat and completions, TGI's) come here too, but for a stateful session's:
+every token of every stream is a chunk of Python to write, and one process's share
+fell behind a GPU model at 16 streams (docs/benchmarks.md, language models).
 
 They are processes, not threads of `serve`: one payload service carries
 about 5,000 requests/s with the GIL to itself, and such a model answers
@@ -23,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import enum
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
@@ -35,6 +43,7 @@ from tritonclient.grpc import model_config_pb2
 from serve.machine.sockets import restrict_socket
 from serve.payloads.body import Spool
 from serve.payloads.limits import PayloadLimits
+from serve.payloads.llm.generate import text_models
 from serve.payloads.service import LISTEN_BACKLOG, PayloadService
 from serve.settings import Settings
 from serve.triton.model_config import ModelConfig
@@ -98,8 +107,15 @@ def listening_socket(path: Path) -> socket.socket:
     return listener
 
 
-def writer_argv(listener: socket.socket, path: Path, triton_port: int, spool: Path) -> list[str]:
-    """The command of one writer process, given `listener` (inherited by its number)."""
+def writer_argv(
+    listener: socket.socket,
+    path: Path,
+    triton_port: int,
+    spool: Path,
+    text_folders: Mapping[str, Path],
+) -> list[str]:
+    """The command of one writer process, given `listener` (inherited by its number) and
+    the declared text-generation models' folders by name."""
     return [
         sys.executable,
         "-m",
@@ -108,6 +124,7 @@ def writer_argv(listener: socket.socket, path: Path, triton_port: int, spool: Pa
         f"--socket={path}",
         f"--triton-port={triton_port}",
         f"--spool={spool}",
+        f"--text-models={json.dumps({name: str(p) for name, p in text_folders.items()})}",
     ]
 
 
@@ -118,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--triton-port", type=int, required=True)
     parser.add_argument("--spool", type=Path, required=True)
+    parser.add_argument("--text-models", type=json.loads, default={})
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -134,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         timeout=settings.invocation_timeout,
         listener=socket.socket(fileno=args.fd),
         limits=PayloadLimits.of(settings),
+        text_models=text_models({k: Path(v) for k, v in args.text_models.items()}, settings),
+        max_tokens=settings.text_generation_max_tokens,
     )
     service.start()
     signal.sigwait(stop)

@@ -40,8 +40,7 @@ from serve.multi_model.registry import ModelRegistry
 from serve.payloads.body import Spool
 from serve.payloads.formats import takes_bytes
 from serve.payloads.limits import PayloadLimits
-from serve.payloads.llm.generate import TextModel
-from serve.payloads.llm.templates import find_chat_template
+from serve.payloads.llm.generate import TextModel, text_models
 from serve.payloads.service import PayloadService, SessionHandlers
 from serve.payloads.signature import ModelSignature
 from serve.payloads.writers import listening_socket, writer_argv, writer_count, writes_json
@@ -313,6 +312,7 @@ class Server:
         running.control.start()
         # The payload service: content types, Accept, Triton's refusals, streams.
         spool = ws.front / "payload_bodies"
+        text = _text_models(repository, settings)
         running.payloads = PayloadService(
             front.payload_socket(),
             front.triton_port,
@@ -321,7 +321,7 @@ class Server:
             settings.invocation_timeout,
             # Stateful sessions on /invocations (serve/sessions/), single-model endpoints.
             self._session_handlers() if repository else None,
-            text_models=_text_models(repository, settings),
+            text_models=text,
             max_tokens=settings.text_generation_max_tokens,
             limits=PayloadLimits.of(settings),
         )
@@ -332,7 +332,15 @@ class Server:
                 running.writers.append(
                     ManagedProcess(
                         f"v2 JSON writer {number}",
-                        writer_argv(listener, path, front.triton_port, spool),
+                        writer_argv(
+                            listener,
+                            path,
+                            front.triton_port,
+                            spool,
+                            {m.name: m.path for m in repository.models if m.name in text}
+                            if repository
+                            else {},
+                        ),
                         # Each reads its settings from the environment: the fitted buffer.
                         env={
                             **os.environ,
@@ -536,21 +544,13 @@ def _front_models(
 
 
 def _text_models(repository: PreparedRepository | None, settings: Settings) -> dict[str, TextModel]:
-    """The declared text-generation models (SERVE_TEXT_GENERATION_MODELS), with their chat
-    templates; a name the repository does not hold stops start-up."""
+    """The declared text-generation models (SERVE_TEXT_GENERATION_MODELS), each template's
+    source logged once here (the writers build the same models quietly)."""
     if repository is None:
         return {}
-    folders = {m.name: m.path for m in repository.models}
-    unknown = [name for name in settings.text_generation_models if name not in folders]
-    if unknown:
-        raise ConfigError(
-            f"SERVE_TEXT_GENERATION_MODELS names {', '.join(unknown)}, which the model "
-            f"repository does not hold; it holds: {', '.join(sorted(folders))}"
-        )
-    models = {}
-    for name in settings.text_generation_models:
-        template = find_chat_template(folders[name], settings.chat_template)
-        if template is None:
+    models = text_models({m.name: m.path for m in repository.models}, settings)
+    for name, model in models.items():
+        if model.template is None:
             log.warning(
                 "text-generation model %r ships no chat template (no tokenizer_config.json "
                 "with chat_template in its folder, and SERVE_CHAT_TEMPLATE unset): its chat "
@@ -558,8 +558,7 @@ def _text_models(repository: PreparedRepository | None, settings: Settings) -> d
                 name,
             )
         else:
-            log.info("text-generation model %r: chat template from %s", name, template.source)
-        models[name] = TextModel(name, settings.text_generation_inputs, template)
+            log.info("text-generation model %r: chat template from %s", name, model.template.source)
     return models
 
 

@@ -204,3 +204,12 @@ def small_requests_meanwhile(
     sender.join()
     assert answer, "the large request raised"
     return Meanwhile(time.monotonic() - started_large, answer[0].status_code, waits)
+
+
+def writer_pids(server: ServeProcess) -> list[int]:
+    """serve's writer processes (serve/payloads/writers.py)."""
+    return [
+        pid
+        for pid in server.child_pids("python", direct=True)
+        if b"serve.payloads.writers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]

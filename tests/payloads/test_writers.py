@@ -33,7 +33,7 @@ from serve.front.nginx import FrontModel, decimal_below
 from serve.payloads.writers import JsonWriter, writer_count, writes_json
 from serve.triton.model_config import ModelConfig
 from tests.conftest import ServeProcess, free_port, front_config, serve_env
-from tests.payloads.conftest import TWIN_CONFIG, TWIN_PY, write_model
+from tests.payloads.conftest import TWIN_CONFIG, TWIN_PY, write_model, writer_pids
 
 VALUES = 300
 BINARY_TYPE = "application/vnd.sagemaker-triton.binary+json"
@@ -229,14 +229,6 @@ def test_a_request_that_chose_binary_outputs_gets_them(server: ServeProcess) -> 
     assert header["outputs"][1]["data"][:3] == [0, 1, 2]  # U8 as the request left it: JSON
     floats = struct.unpack(f"<{VALUES}f", answer.content[size:])
     assert floats[:2] == pytest.approx([1.0, 1.1])
-
-
-def writer_pids(server: ServeProcess) -> list[int]:
-    return [
-        pid
-        for pid in server.child_pids("python", direct=True)
-        if b"serve.payloads.writers" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
 
 
 def test_a_busy_front_sends_requests_for_binary_outputs_to_triton(server: ServeProcess) -> None:

@@ -18,9 +18,10 @@ import dataclasses
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from urllib.parse import quote
 
-from serve.errors import BadGateway, ServeError
+from serve.errors import BadGateway, ConfigError, ServeError
 from serve.payloads.events import event_data, events
 from serve.payloads.llm.mappings import (
     AUTO,
@@ -49,11 +50,12 @@ from serve.payloads.llm.schemas import (
     Item,
     RequestSchema,
 )
-from serve.payloads.llm.templates import ChatTemplate
+from serve.payloads.llm.templates import ChatTemplate, find_chat_template
 from serve.payloads.offload import Offload
 from serve.payloads.signature import ModelSignature
 from serve.payloads.triton_http import TritonHttp
 from serve.payloads.v2 import binary_request, read_answer
+from serve.settings import Settings
 from serve.triton.client import triton_failure
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,26 @@ class TextModel:
     # SERVE_TEXT_GENERATION_INPUTS: a mapping's name, or auto.
     inputs: str = AUTO
     template: ChatTemplate | None = None
+
+
+def text_models(folders: Mapping[str, Path], settings: Settings) -> dict[str, TextModel]:
+    """The declared text-generation models (SERVE_TEXT_GENERATION_MODELS) with their chat
+    templates, given the model folders by name: serve's payload service and each writer
+    process (writers.py) build the same. A declared name `folders` lacks stops start-up."""
+    unknown = [name for name in settings.text_generation_models if name not in folders]
+    if unknown:
+        raise ConfigError(
+            f"SERVE_TEXT_GENERATION_MODELS names {', '.join(unknown)}, which the model "
+            f"repository does not hold; it holds: {', '.join(sorted(folders))}"
+        )
+    return {
+        name: TextModel(
+            name,
+            settings.text_generation_inputs,
+            find_chat_template(folders[name], settings.chat_template),
+        )
+        for name in settings.text_generation_models
+    }
 
 
 @dataclasses.dataclass(frozen=True)

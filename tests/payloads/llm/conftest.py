@@ -322,7 +322,9 @@ def start_text_server(root: Path, **env: str) -> ServeProcess:
 
 @pytest.fixture(scope="module")
 def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    server = start_text_server(tmp_path_factory.mktemp("llm"))
+    """With two writers, which answer the schemas' requests where a host has 4 CPUs or
+    more (serve/payloads/writers.py); test_schemas.py runs without them too."""
+    server = start_text_server(tmp_path_factory.mktemp("llm"), SERVE_V2_JSON_WRITERS="2")
     try:
         yield server.wait_ready()
     finally:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +19,11 @@ import pytest
 import requests
 
 from tests.conftest import ServeProcess
-from tests.payloads.conftest import small_requests_meanwhile
+from tests.payloads.conftest import small_requests_meanwhile, writer_pids
 from tests.payloads.llm.conftest import echoed, rendered, start_text_server
 
 TARGET = "X-Amzn-SageMaker-Custom-Attributes"
+SESSION = "X-Amzn-SageMaker-Session-Id"
 
 
 def invoke(server: ServeProcess, body: object, model: str | None = None) -> requests.Response:
@@ -44,6 +48,56 @@ def events(response: requests.Response) -> list[Any]:
 
 
 USER = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module", params=["0", "2"], ids=["serve's service", "writers"])
+def text_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServeProcess]:
+    """Every test here twice: schema requests answered by serve's own payload service (no
+    writers: hosts under 4 CPUs) and by two writer processes."""
+    server = start_text_server(tmp_path_factory.mktemp("llm"), SERVE_V2_JSON_WRITERS=request.param)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def test_schema_requests_go_to_the_writers_but_sessions_and_stateful_models_stay(
+    tmp_path: Path,
+) -> None:
+    """With the writers frozen (SIGSTOP), a chat request is not answered, while a session's
+    chat turn and a plain request for a stateful model still are: serve's own service
+    keeps the sessions and checks every stateful model's request against them."""
+    server = start_text_server(tmp_path, SERVE_V2_JSON_WRITERS="2").wait_ready()
+    writers = writer_pids(server)
+    try:
+        assert len(writers) == 2
+        for pid in writers:
+            os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(requests.ReadTimeout):
+            requests.post(
+                f"{server.url}/invocations",
+                json={"messages": USER, "max_tokens": 2},
+                headers={"Content-Type": "application/json"},
+                timeout=3,
+            )
+        headers = {TARGET: "target_model=chat_turns", "Content-Type": "application/json"}
+        turn = {"messages": [{"role": "user", "content": "hello"}]}
+        opened = requests.post(
+            f"{server.url}/invocations",
+            json=turn,
+            headers={**headers, SESSION: "NEW_SESSION"},
+            timeout=30,
+        )
+        assert opened.status_code == 200, opened.text
+        assert opened.json()["choices"][0]["message"]["content"].startswith("turn 1 of 1 open")
+        plain = requests.post(f"{server.url}/invocations", json=turn, headers=headers, timeout=30)
+        assert plain.status_code in (200, 400), plain.text
+    finally:
+        for pid in writers:
+            os.kill(pid, signal.SIGCONT)
+        server.stop()
 
 
 def test_chat_completion_renders_the_models_template(text_server: ServeProcess) -> None:
@@ -308,9 +362,6 @@ def test_v2_bodies_stay_off_the_payload_service(tmp_path: Path) -> None:
         assert invoke(server, {"prompt": "a", "max_tokens": 1}).status_code == 503
     finally:
         server.stop()
-
-
-SESSION = "X-Amzn-SageMaker-Session-Id"
 
 
 def test_a_session_carries_chat_turns_to_a_sequence_batched_model(
