@@ -633,8 +633,10 @@ class Settings:
         lambda env, name, _: env.whole_number(name, MAX_WRITERS),
         "processes that write the v2 JSON answers of models with large outputs (see "
         "`SERVE_V2_JSON_MIN_VALUES`), instead of Triton, which writes them on the model "
-        "instance's thread while the next batch waits; `0` leaves every answer to Triton. "
-        "Single-model endpoints",
+        "instance's thread while the next batch waits, and answer the text-generation "
+        "models' chat, completion and TGI requests (`SERVE_TEXT_GENERATION_MODELS`) but a "
+        "stateful session's; `0` leaves every v2 answer to Triton and the schemas to serve's "
+        "own payload service. Single-model endpoints",
         default_doc="one per 4 CPUs (none below 4: there the CPU is the limit, and Triton's "
         "JSON costs less of it), and one per 256 MiB of a cgroup memory limit at most",
     )
