@@ -3,7 +3,7 @@
 # root with .gpu/ from build/gpu/pack.sh: serve the NCF example with KIND_GPU
 # through `serve`, send one request, and run build/bench/invocations.py and
 # build/bench/multi_model.py (BATCH_BENCH=1 adds a batch-64 run;
-# SKIP_NCF_BENCH=1 skips those two benchmarks; ENCODER_BENCH=1 adds
+# SKIP_NCF_BENCH=1 skips those two benchmarks, SKIP_NCF=1 the example altogether; ENCODER_BENCH=1 adds
 # build/bench/gpu_encoder.py, the BERT-base-sized encoder, ENCODER_ARGS its options;
 # PAYLOAD_BENCH=1 adds build/bench/payloads.py (PAYLOAD_ARGS its options,
 # PAYLOAD_VERBOSE=1 a second run with Triton's verbose log); STREAMING_BENCH=1 adds
@@ -68,6 +68,8 @@ print(sys.prefix, "numpy", numpy.__version__, numpy.__file__, "torch", torch.__v
       torch.cuda.get_device_name(0), "flask", flask.__version__, "protobuf", p.__version__)'
 
 cd "$SRC"
+# SKIP_NCF=1: none of the NCF example (its serve check and benchmarks), for a short run.
+if [ -z "${SKIP_NCF:-}" ]; then
 python build/examples/train_ncf.py --repository model_repository
 ln -sfn "$SRC/model_repository" "$OPT/model"
 
@@ -100,12 +102,13 @@ nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv
 kill -TERM $serve_pid; wait $serve_pid
 grep -E 'GPU|CPU|successfully loaded|WARNING|ERROR' "$OUT/serve.log"
 [ $ready = 0 ] || exit 1
+fi
 
 # The benchmark: serve's front against Triton's own SageMaker frontend.
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu-util.csv" &
 smi_pid=$!
 bench() { timeout 170 python build/bench/invocations.py --seconds 8 "$@"; }
-if [ -z "${SKIP_NCF_BENCH:-}" ]; then
+if [ -z "${SKIP_NCF_BENCH:-}${SKIP_NCF:-}" ]; then
     bench --rounds 5 | tee "$OUT/bench-c16.txt"
     bench --rounds 3 --connections 64 | tee "$OUT/bench-c64.txt"
     [ -n "${BATCH_BENCH:-}" ] && bench --rounds 3 --batch 64 | tee "$OUT/bench-b64.txt"
