@@ -89,7 +89,7 @@ class SessionHandler(Protocol):
 
     async def start_expiry(self) -> None: ...
 
-    async def stop_expiry(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 # Makes the service's session handler around its adapter, in the service's own thread.
@@ -167,7 +167,7 @@ class PayloadService(LoopThread):
         if self._server is not None:
             self._server.close()
         if self._sessions is not None:
-            await self._sessions.stop_expiry()
+            await self._sessions.close()
         if self._adapter is not None:
             self._adapter.close()
         if self._server is not None:

@@ -215,10 +215,16 @@ class SessionInvocations:
         """Close expired sessions in the background, on the running loop."""
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
-    async def stop_expiry(self) -> None:
+    async def close(self) -> None:
+        """Stop the expiry, then end every open session's sequence while Triton still runs
+        (serve stops it after this service): otherwise Triton counts their sequences in
+        flight, waits its whole exit timeout for them and leaves its stubs behind."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        await asyncio.gather(
+            *(self._release(session, "closed at shutdown") for session in self.registry.take_all())
+        )
 
     async def _sweep(self) -> None:
         shortest = min(self.registry.ttl, self.registry.first_use)

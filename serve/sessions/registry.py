@@ -173,6 +173,12 @@ class SessionRegistry:
         """Let go of the session's sequence id, once its sequence has ended in Triton."""
         self.ids.release(session.sequence_id)
 
+    def take_all(self) -> list[Session]:
+        """Every open session, taken out (shutdown)."""
+        taken = list(self._sessions.values())
+        self._sessions.clear()
+        return taken
+
     def expired(self) -> list[Session]:
         """The sessions past their time (or their first-use deadline), taken out."""
         now = self._clock()

@@ -234,6 +234,25 @@ def test_sessions_expire_and_release_their_state(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_open_sessions_end_when_serve_stops(tmp_path: Path) -> None:
+    """SageMaker stops a container with sessions open: serve ends their sequences while
+    Triton still runs, so Triton stops at once instead of waiting its exit timeout for
+    them and leaving its model processes behind."""
+    server = start_sessions_server(tmp_path)
+    try:
+        server.wait_ready()
+        for text in ("one", "two"):
+            say(server, open_session(server), text)
+    finally:
+        started = time.monotonic()
+        server.stop()
+        took = time.monotonic() - started
+    assert server.output.count("a session closed at shutdown; its sequence ended") == 2
+    assert not re.search(r"has \d+ in-flight inferences", server.output)
+    assert "process(es) behind" not in server.output
+    assert took < 15, took
+
+
 def test_boto3_invoke_endpoint_sessions(sessions_server: ServeProcess) -> None:
     """boto3's own InvokeEndpoint with SessionId, its requests sent to this container.
 
