@@ -13,8 +13,9 @@ writes the JSON itself (v2.py).
 
 The declared text-generation models' schema requests (SERVE_TEXT_GENERATION_MODELS:
 OpenAI's chat and completions, TGI's) come here too, but for a stateful session's:
-every token of every stream is a chunk of Python to write, and one process's share
-fell behind a GPU model at 16 streams (docs/benchmarks.md, language models).
+every token of every stream is a chunk of Python to write, and through serve's one
+service the chat route fell behind Triton's generate_stream at 16 and 64 streams of a
+GPU model (docs/benchmarks.md, language models).
 
 They are processes, not threads of `serve`: one payload service carries
 about 5,000 requests/s with the GIL to itself, and such a model answers
