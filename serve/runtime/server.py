@@ -326,21 +326,16 @@ class Server:
             limits=PayloadLimits.of(settings),
         )
         running.payloads.start()
+        # The writers build the same text models from their folders.
+        models = repository.models if repository else ()
+        text_folders = {m.name: m.path for m in models if m.name in text}
         for number, path in enumerate(front.writer_sockets()):
             # serve listens and the writer inherits the socket: ready before nginx starts.
             with listening_socket(path) as listener:
                 running.writers.append(
                     ManagedProcess(
                         f"v2 JSON writer {number}",
-                        writer_argv(
-                            listener,
-                            path,
-                            front.triton_port,
-                            spool,
-                            {m.name: m.path for m in repository.models if m.name in text}
-                            if repository
-                            else {},
-                        ),
+                        writer_argv(listener, path, front.triton_port, spool, text_folders),
                         # Each reads its settings from the environment: the fitted buffer.
                         env={
                             **os.environ,
