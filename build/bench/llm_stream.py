@@ -301,12 +301,14 @@ def _check_against_transformers(model: Any, state: dict[str, Any], prompt: list[
 
 def _check_graphs(state: dict[str, Any], layers: int, heads: int, prompt: list[int]) -> None:
     """On a GPU: capture and replay the steps once, and print their tokens and speed
-    beside the eager steps'.
+    beside the eager steps'; then step 8 slots at once and require each one's tokens
+    alone.
 
     A capture that fails stops the build on the GPU machine rather than the served
-    model. The tokens are printed, not required equal: with random weights the top
-    logits lie close, so another kernel's rounding may part them (the layers are
-    checked against transformers on the CPU).
+    model. Graphed and eager tokens are printed, not required equal: with random
+    weights the top logits lie close, so another kernel's rounding may part them (the
+    layers are checked against transformers on the CPU). Slots at once replay the very
+    same graphs as alone, so there any difference is a buffer they share.
     """
     import torch
     from gpt2_decode import Gpt2, Slot

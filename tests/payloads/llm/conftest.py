@@ -320,12 +320,17 @@ def start_text_server(root: Path, **env: str) -> ServeProcess:
     return ServeProcess(serve_env(opt_ml, port, **settings), port, root)
 
 
-@pytest.fixture(scope="module")
-def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    """With two writers, which answer the schemas' requests where a host has 4 CPUs or
-    more (serve/payloads/writers.py); test_schemas.py runs without them too."""
-    server = start_text_server(tmp_path_factory.mktemp("llm"), SERVE_V2_JSON_WRITERS="2")
+def serving_text(tmp_path_factory: pytest.TempPathFactory, writers: str) -> Iterator[ServeProcess]:
+    """A module's text server with `writers` writer processes (SERVE_V2_JSON_WRITERS)."""
+    server = start_text_server(tmp_path_factory.mktemp("llm"), SERVE_V2_JSON_WRITERS=writers)
     try:
         yield server.wait_ready()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """With two writers, which answer the schemas' requests where a host has 4 CPUs or
+    more (serve/payloads/writers.py); test_schemas.py runs without them too."""
+    yield from serving_text(tmp_path_factory, "2")

@@ -20,7 +20,7 @@ import requests
 
 from tests.conftest import ServeProcess
 from tests.payloads.conftest import small_requests_meanwhile, writer_pids
-from tests.payloads.llm.conftest import echoed, rendered, start_text_server
+from tests.payloads.llm.conftest import echoed, rendered, serving_text, start_text_server
 
 TARGET = "X-Amzn-SageMaker-Custom-Attributes"
 SESSION = "X-Amzn-SageMaker-Session-Id"
@@ -56,11 +56,7 @@ def text_server(
 ) -> Iterator[ServeProcess]:
     """Every test here twice: schema requests answered by serve's own payload service (no
     writers: hosts under 4 CPUs) and by two writer processes."""
-    server = start_text_server(tmp_path_factory.mktemp("llm"), SERVE_V2_JSON_WRITERS=request.param)
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    yield from serving_text(tmp_path_factory, request.param)
 
 
 def test_schema_requests_go_to_the_writers_but_sessions_and_stateful_models_stay(
