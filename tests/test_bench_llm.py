@@ -28,16 +28,19 @@ def test_both_paths_stream_tokens_and_the_ratios_are_printed(tmp_path: Path) -> 
     run("--build", str(tmp_path), "--instant")
     out = run(
         "--repository", str(tmp_path), "--streams", "1,2", "--rounds", "1",
-        "--seconds", "1", "--tokens", "4",
+        "--seconds", "1", "--tokens", "4", "--serve-inputs",
     )  # fmt: skip
     assert "a model that answers at once" in out, out
     for streams in (1, 2):
-        for path in ("serve chat", "Triton generate_stream"):
+        for path in ("serve chat", "Triton generate_stream", "generate_stream, serve's inputs"):
             row = re.search(rf"^\| {streams} \| {path} \| ([\d,]+) \| ([\d.]+) \|$", out, re.M)
             assert row is not None, (streams, path, out)
             assert int(row[1].replace(",", "")) > 0 and float(row[2]) > 0, row[0]
         ratio = re.search(rf"^\| {streams} \| ([\d.]+) \| ([+-][\d.]+) \|$", out, re.M)
         assert ratio is not None and float(ratio[1]) > 0, (streams, out)
+        # Each path's CPU a token: serve's and nginx's on its chat route, the stub's on all.
+        spent = re.search(rf"^  {streams} streams, serve chat: (.*)$", out, re.M)
+        assert spent is not None and "nginx" in spent[1] and "tritonserver" in spent[1], out
 
 
 def test_gpt2_decode_gives_the_same_tokens_chunked_padded_or_one_by_one(

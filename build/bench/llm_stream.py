@@ -42,6 +42,7 @@ measures the model that answers at once):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import random
@@ -52,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -228,11 +230,17 @@ class TritonPythonModel:
 
 INSTANT_PY = '''
 """No model: each request's `max_tokens` responses of one word at once, behind the same
-inputs, so what the benchmark measures is the two paths alone."""
+inputs and outputs (the counts when asked, as the GPT-2 model gives them), so what the
+benchmark measures is the paths alone."""
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def _value(request, name, default=None):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return default if tensor is None else tensor.as_numpy().reshape(-1)[0]
 
 
 class TritonPythonModel:
@@ -242,12 +250,16 @@ class TritonPythonModel:
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
-            tensor = pb_utils.get_input_tensor_by_name(request, "sampling_parameters")
-            raw = tensor.as_numpy().reshape(-1)[0].decode() if tensor is not None else ""
-            sampling = json.loads(raw or "{}")
-            for _ in range(int(sampling.get("max_tokens", 16))):
-                word = pb_utils.Tensor("text_output", np.array([b" word"], dtype=object))
-                sender.send(pb_utils.InferenceResponse([word]))
+            sampling = json.loads(_value(request, "sampling_parameters", b"{}").decode() or "{}")
+            count_in = bool(_value(request, "return_num_input_tokens", False))
+            count_out = bool(_value(request, "return_num_output_tokens", False))
+            for number in range(int(sampling.get("max_tokens", 16))):
+                out = [pb_utils.Tensor("text_output", np.array([b" word"], dtype=object))]
+                if count_in and number == 0:
+                    out.append(pb_utils.Tensor("num_input_tokens", np.array([1], dtype=np.uint32)))
+                if count_out:
+                    out.append(pb_utils.Tensor("num_output_tokens", np.array([1], dtype=np.uint32)))
+                sender.send(pb_utils.InferenceResponse(out))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 '''
@@ -455,9 +467,23 @@ def _has_token(event: bytes) -> bool:
     return bool(fields.get("text_output"))
 
 
-def run_path(url: str, path: str, body: bytes, streams: int, seconds: float) -> tuple[float, float]:
-    """Tokens per second over all streams, and the median time to the first token (s)."""
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One path at one concurrency for one round."""
+
+    rate: float  # tokens a second, all streams
+    first: float  # median time to the first token (s)
+    # CPU microseconds a token, by process name (serve, nginx, tritonserver, the stub).
+    cpu: dict[str, float]
+
+
+def run_path(
+    url: str, path: str, body: bytes, streams: int, seconds: float, running: Any = None
+) -> Run:
+    """The streams' tokens a second and median first token; with `running` (a RunningServe),
+    what each of its processes spent on a token meanwhile."""
     host, port = url.removeprefix("http://").split(":")
+    before = running.cpu_seconds_by_name() if running else {}
     started = time.perf_counter()
     deadline = started + seconds
     threads = [Stream(host, int(port), path, body, deadline) for _ in range(streams)]
@@ -469,8 +495,13 @@ def run_path(url: str, path: str, body: bytes, streams: int, seconds: float) -> 
     errors = [t.error for t in threads if t.error]
     if errors:
         raise SystemExit(errors[0])
+    tokens = sum(t.tokens for t in threads)
+    after = running.cpu_seconds_by_name() if running else {}
+    cpu = {
+        name: (used - before.get(name, 0.0)) / max(tokens, 1) * 1e6 for name, used in after.items()
+    }
     firsts = [f for t in threads for f in t.first]
-    return sum(t.tokens for t in threads) / elapsed, statistics.median(firsts)
+    return Run(tokens / elapsed, statistics.median(firsts), cpu)
 
 
 def model_lines(log: Path) -> None:
@@ -481,8 +512,28 @@ def model_lines(log: Path) -> None:
             print("  log:", line[found.start() :][:300], flush=True)
 
 
+def inputs_serve_sends(triton: str, chat: bytes, template: Any) -> bytes:
+    """The generate_stream body serve's chat route sends for `chat`, built by serve's own
+    schema and input mapping from the model's config (the counts it asks for included)."""
+    from serve.payloads.llm.mappings import MAPPINGS
+    from serve.payloads.llm.schemas import SCHEMAS, Context
+    from serve.payloads.signature import ModelSignature
+
+    with urllib.request.urlopen(f"{triton}/v2/models/{MODEL}/config", timeout=30) as answer:
+        signature = ModelSignature.from_triton_json(answer.read())
+    document = json.loads(chat)
+    request = SCHEMAS.for_body(document, MODEL).read(document, Context(MODEL, template, 1 << 20))
+    values, parameters = MAPPINGS.choose(signature).build(request.generation, signature)
+    return json.dumps({**values, **({"parameters": parameters} if parameters else {})}).encode()
+
+
 def measure(
-    repository: Path, concurrencies: list[int], tokens: int, seconds: float, rounds: int
+    repository: Path,
+    concurrencies: list[int],
+    tokens: int,
+    seconds: float,
+    rounds: int,
+    serve_inputs: bool = False,
 ) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from serve_under_test import serve_with_reference
@@ -506,14 +557,18 @@ def measure(
     try:
         env = {"SERVE_TEXT_GENERATION_MODELS": MODEL, "SAGEMAKER_TRITON_LOG_VERBOSE": "false"}
         with serve_with_reference(work, MODEL, repository, env, timeout=600) as running:
+            generate_url = f"http://{running.triton_http}"
+            generate_path = f"/v2/models/{MODEL}/generate_stream"
             paths = {
                 "serve chat": (running.url, "/invocations", chat),
-                "Triton generate_stream": (
-                    f"http://{running.triton_http}",
-                    f"/v2/models/{MODEL}/generate_stream",
-                    generate,
-                ),
+                "Triton generate_stream": (generate_url, generate_path, generate),
             }
+            if serve_inputs:
+                paths["generate_stream, serve's inputs"] = (
+                    generate_url,
+                    generate_path,
+                    inputs_serve_sends(generate_url, chat, template),
+                )
             for url, path, body in paths.values():  # warm-up, and a check of each path
                 run_path(url, path, body, 1, 2)
             log = running.log.read_text()
@@ -541,25 +596,36 @@ def measure(
             print("| streams | path | tokens/s | first token (ms, median) |")
             print("|---|---|---|---|")
             summary = []
+            cpu_lines = []
             for streams in concurrencies:
-                results: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+                results: dict[str, list[Run]] = {name: [] for name in paths}
                 order = list(paths)
                 for number in range(rounds):
-                    for name in order[number % 2 :] + order[: number % 2]:
-                        results[name].append(run_path(*paths[name], streams, seconds))
+                    turn = number % len(order)
+                    for name in order[turn:] + order[:turn]:
+                        results[name].append(run_path(*paths[name], streams, seconds, running))
                 medians = {
                     name: (
-                        statistics.median(r[0] for r in rows),
-                        statistics.median(r[1] for r in rows),
+                        statistics.median(r.rate for r in rows),
+                        statistics.median(r.first for r in rows),
                     )
                     for name, rows in results.items()
                 }
                 for name, (rate, first) in medians.items():
                     print(f"| {streams} | {name} | {rate:,.0f} | {first * 1000:.2f} |")
-                (serve_rate, serve_first), (triton_rate, triton_first) = medians.values()
+                    spent = {
+                        process: statistics.median(r.cpu.get(process, 0.0) for r in results[name])
+                        for process in results[name][0].cpu
+                    }
+                    shown = ", ".join(f"{p} {us:.0f}" for p, us in sorted(spent.items()) if us >= 1)
+                    cpu_lines.append(f"  {streams} streams, {name}: {shown}")
+                (serve_rate, serve_first), (triton_rate, triton_first) = list(medians.values())[:2]
                 summary.append(
                     (streams, serve_rate / triton_rate, (serve_first - triton_first) * 1000)
                 )
+            print()
+            print("CPU microseconds a token by process (medians of the rounds):")
+            print("\n".join(cpu_lines))
             print()
             model_lines(running.log)
             print()
@@ -585,6 +651,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="tokens a request")
     parser.add_argument("--seconds", type=float, default=15, help="per path per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--serve-inputs",
+        action="store_true",
+        help="a third path: generate_stream with the inputs serve sends (token counts included)",
+    )
     args = parser.parse_args()
     if args.build is not None:
         (build_instant if args.instant else build)(args.build)
@@ -592,7 +663,9 @@ def main() -> None:
     if args.repository is None:
         raise SystemExit("give --build DIR (machine Python) or --repository DIR (serve's)")
     concurrencies = [int(n) for n in args.streams.split(",")]
-    measure(args.repository, concurrencies, args.tokens, args.seconds, args.rounds)
+    measure(
+        args.repository, concurrencies, args.tokens, args.seconds, args.rounds, args.serve_inputs
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@
 # build/bench/streaming.py, with the streaming example pack.sh packs); SPEED_BENCH=1
 # adds build/gpu/speed.sh (two-core, many-streams and encoder runs; see it); LLM_BENCH=1
 # adds build/bench/llm_stream.py (GPT-2 small, serve's chat route against Triton's own
-# generate_stream; LLM_ARGS its options; LLM_INSTANT=1 the same on a model that answers at once).
+# generate_stream; LLM_ARGS its options; LLM_INSTANT=1 the same on a model that answers at once;
+# LLM_AB_ENV="NAME=VALUE ..." a second run with serve given those settings).
 # Everything is logged under $OUT.
 set -x
 export PYTHONUNBUFFERED=1
@@ -158,6 +159,12 @@ if [ -n "${LLM_BENCH:-}" ]; then
     # shellcheck disable=SC2086
     timeout "${LLM_TIMEOUT:-560}" python build/bench/llm_stream.py --repository /tmp/llm-bench \
         ${LLM_ARGS:-} | tee "$OUT/bench-llm.txt"
+    # LLM_AB_ENV="NAME=VALUE ...": the same run again with serve given those settings.
+    if [ -n "${LLM_AB_ENV:-}" ]; then
+        # shellcheck disable=SC2086
+        env $LLM_AB_ENV timeout "${LLM_TIMEOUT:-560}" python build/bench/llm_stream.py \
+            --repository /tmp/llm-bench ${LLM_ARGS:-} | tee "$OUT/bench-llm-b.txt"
+    fi
 fi
 # Issue 15's speed runs (build/gpu/speed.sh).
 # shellcheck source=build/gpu/speed.sh
