@@ -102,8 +102,13 @@ def _vllm(generation: Generation, signature: ModelSignature) -> Request:
     }
     parameters: dict[str, object] = {k: v for k, v in chosen.items() if v is not None}
     values = _common(generation, signature)
-    for flag in ("return_num_input_tokens", "return_num_output_tokens", "return_finish_reason"):
-        _optional(signature, values, flag, True)
+    # Without the model's finish reason, its count of tokens against max_tokens tells it.
+    count_for_finish = generation.finish_reason and not signature.input("return_finish_reason")
+    _optional(signature, values, "return_num_input_tokens", generation.counts or None)
+    _optional(
+        signature, values, "return_num_output_tokens", generation.counts or count_for_finish or None
+    )
+    _optional(signature, values, "return_finish_reason", generation.finish_reason or None)
     if sampling.logprobs is not None:
         _taken(signature, values, "return_logprobs", True, "logprobs")
     if signature.input("sampling_parameters") is not None:

@@ -41,6 +41,11 @@ class Generation:
     # Choices: one Triton request each, run at once.
     n: int = 1
     stream: bool = False
+    # What the answer reports besides the text: the token counts (OpenAI's usage, TGI's
+    # details) and the finish reason. The model is asked for no more: the vLLM backend sets
+    # every output asked for on every response, a cost on every token.
+    counts: bool = True
+    finish_reason: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -244,7 +244,8 @@ def _generation(fields: _Fields, prompt: str, sampling: Sampling) -> tuple[Gener
     options = _Fields(fields.mapping("stream_options"), "stream_options.")
     include_usage = bool(options.boolean("include_usage"))
     n = fields.integer("n", 1, MAX_CHOICES) or 1
-    return Generation(prompt, sampling, n=n, stream=stream), include_usage
+    counts = not stream or include_usage
+    return Generation(prompt, sampling, n=n, stream=stream, counts=counts), include_usage
 
 
 # --- OpenAI chat completions --------------------------------------------------------------------
@@ -574,7 +575,7 @@ def _read_tgi(document: Mapping[str, object], context: Context) -> TextRequest:
     )
     stream = bool(fields.boolean("stream"))
     return TextRequest(
-        Generation(prompt, sampling, stream=stream),
+        Generation(prompt, sampling, stream=stream, counts=details, finish_reason=details),
         echo=bool(parameters.boolean("return_full_text")),
         details=details,
     )

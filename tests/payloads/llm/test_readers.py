@@ -10,6 +10,7 @@ text is data, never template code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from unittest import mock
@@ -204,6 +205,25 @@ def test_a_mapping_refuses_what_the_model_cannot_take() -> None:
     with pytest.raises(ModelMisconfigured, match="lacks input max_tokens"):
         MAPPINGS.choose(SIGNATURE, "tensorrt_llm")
     assert MAPPINGS.choose(SIGNATURE).name == "vllm"
+
+
+def test_without_the_models_finish_reason_its_count_tells_it() -> None:
+    """A stream that reports no usage still needs the finish reason: from a model without
+    return_finish_reason, its count of tokens (against max_tokens) is asked for instead."""
+    flags = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
+    specs = tuple(TensorSpec(f, "BOOL", (1,), optional=True) for f in flags)
+    full = dataclasses.replace(SIGNATURE, inputs=SIGNATURE.inputs + specs)
+    lacking = dataclasses.replace(SIGNATURE, inputs=SIGNATURE.inputs + specs[1:])
+    stream = Generation("p", Sampling(max_tokens=4), stream=True, counts=False)
+    asked = {
+        name: sorted(f for f in flags if f in VLLM.build(stream, signature)[0])
+        for name, signature in (("full", full), ("lacking", lacking))
+    }
+    assert asked == {"full": ["return_finish_reason"], "lacking": ["return_num_output_tokens"]}
+    quiet = dataclasses.replace(stream, finish_reason=False)
+    assert not any(f in VLLM.build(quiet, lacking)[0] for f in flags)
+    answered = dataclasses.replace(stream, stream=False, counts=True)
+    assert sorted(f for f in flags if f in VLLM.build(answered, lacking)[0]) == list(flags[1:])
 
 
 def read_as_adapter(data: bytes, lazy: bool) -> tuple[str, object]:

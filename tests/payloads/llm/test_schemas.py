@@ -171,6 +171,44 @@ def test_sampling_fields_reach_the_vllm_inputs(text_server: ServeProcess) -> Non
     assert shown["sampling"] == {"max_tokens": 2, "temperature": 0.0, "top_k": 5}
 
 
+def test_the_model_is_asked_only_for_what_the_answer_reports(text_server: ServeProcess) -> None:
+    """The vLLM backend sets every output asked for on every response, a cost on every
+    token: a stream without usage asks for the finish reason alone, TGI without details for
+    neither counts nor reason; an answer that reports them asks for them."""
+
+    def flags(body: dict[str, object]) -> dict[str, bool]:
+        answer = invoke(text_server, body)
+        if not body.get("stream"):
+            document = answer.json()
+            text = (
+                document[0]["generated_text"]
+                if "inputs" in body
+                else document["choices"][0]["text"]
+            )
+        elif "inputs" in body:
+            text = events(answer)[-1]["generated_text"]
+        else:
+            text = "".join(c["choices"][0]["text"] for c in events(answer)[:-1] if c["choices"])
+        shown: dict[str, bool] = json.loads(text)["flags"]
+        assert shown.pop("exclude_input_in_output") is True
+        shown.pop("stream")
+        return shown
+
+    counts = {"return_num_input_tokens": True, "return_num_output_tokens": True}
+    reason = {"return_finish_reason": True}
+    prompt = {"prompt": "parameters?"}
+    assert flags({**prompt, "stream": True}) == reason
+    assert flags({**prompt, "stream": True, "stream_options": {"include_usage": True}}) == {
+        **reason,
+        **counts,
+    }
+    assert flags(prompt) == {**reason, **counts}
+    tgi = {"inputs": "parameters?"}
+    assert flags({**tgi, "stream": True}) == {}
+    assert flags(tgi) == {}
+    assert flags({**tgi, "stream": True, "parameters": {"details": True}}) == {**reason, **counts}
+
+
 def test_limits_stops_choices_and_seeds(text_server: ServeProcess) -> None:
     prompt = "one two three four five"
     short = invoke(text_server, {"prompt": prompt, "max_tokens": 2}).json()
