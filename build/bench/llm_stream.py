@@ -79,11 +79,13 @@ input [
   {{ name: "stream", data_type: TYPE_BOOL, dims: [ 1 ], optional: true }},
   {{ name: "sampling_parameters", data_type: TYPE_STRING, dims: [ 1 ], optional: true }},
   {{ name: "exclude_input_in_output", data_type: TYPE_BOOL, dims: [ 1 ], optional: true }},
+  {{ name: "return_finish_reason", data_type: TYPE_BOOL, dims: [ 1 ], optional: true }},
   {{ name: "return_num_input_tokens", data_type: TYPE_BOOL, dims: [ 1 ], optional: true }},
   {{ name: "return_num_output_tokens", data_type: TYPE_BOOL, dims: [ 1 ], optional: true }}
 ]
 output [
   {{ name: "text_output", data_type: TYPE_STRING, dims: [ -1 ] }},
+  {{ name: "finish_reason", data_type: TYPE_STRING, dims: [ -1 ] }},
   {{ name: "num_input_tokens", data_type: TYPE_UINT32, dims: [ 1 ] }},
   {{ name: "num_output_tokens", data_type: TYPE_UINT32, dims: [ -1 ] }}
 ]
@@ -114,9 +116,7 @@ from tokenizers import Tokenizer  # noqa: E402
 SLOTS = 64
 
 
-def _value(request, name, default=None):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return default if tensor is None else tensor.as_numpy().reshape(-1)[0]
+{RESPONSES}
 
 
 class TritonPythonModel:
@@ -174,8 +174,7 @@ class TritonPythonModel:
             stream = bool(_value(request, "stream", False))
             sampling = json.loads(_value(request, "sampling_parameters", b"{}").decode() or "{}")
             limit = int(sampling.get("max_tokens", 16))
-            count_in = bool(_value(request, "return_num_input_tokens", False))
-            count_out = bool(_value(request, "return_num_output_tokens", False))
+            flags = {name: bool(_value(request, "return_" + name, False)) for name in OUTPUTS}
             ids = self.tokenizer.encode(prompt).ids or [0]
             slot = self.slots.get()
             tokens = slot.generate(ids, limit)
@@ -193,8 +192,7 @@ class TritonPythonModel:
                 spent["decode"] += time.perf_counter() - wall
                 wall = time.perf_counter()
                 if stream:
-                    sender.send(self._response(piece, len(ids) if number == 0 and count_in
-                                               else None, 1 if count_out else None))
+                    sender.send(_response(piece, flags, len(ids), 1, number == limit - 1))
                 else:
                     text += piece
                 spent["send"] += time.perf_counter() - wall
@@ -209,38 +207,53 @@ class TritonPythonModel:
                     f"{threading.active_count()} threads"
                 )
             if not stream:
-                sender.send(self._response(text, len(ids) if count_in else None,
-                                           limit if count_out else None))
+                sender.send(_response(text, flags, len(ids), limit, True))
         except Exception as exc:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
         finally:
             if slot is not None:
                 self.slots.put(slot)
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
 
-    def _response(self, text, count_in, count_out):
-        out = [pb_utils.Tensor("text_output", np.array([text.encode()], dtype=object))]
-        if count_in is not None:
-            out.append(pb_utils.Tensor("num_input_tokens", np.array([count_in], dtype=np.uint32)))
-        if count_out is not None:
-            out.append(pb_utils.Tensor("num_output_tokens", np.array([count_out], dtype=np.uint32)))
-        return pb_utils.InferenceResponse(out)
+
+# Both models' reading of a request's flags and writing of a response, as the vLLM backend's
+# additional outputs: each asked for by its flag. The finish reason comes once, with the
+# last token (the vLLM backend sets it on every response, "None" until then: a tensor more
+# a token for any stream that asks, and serve's streams ask, docs/language-models.md).
+RESPONSES_PY = '''
+OUTPUTS = ("finish_reason", "num_input_tokens", "num_output_tokens")
+
+
+def _value(request, name, default=None):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return default if tensor is None else tensor.as_numpy().reshape(-1)[0]
+
+
+def _response(text, flags, prompt_tokens, tokens, last):
+    """One response: `text` (`tokens` of them), the outputs `flags` asks for; the finish
+    reason with the `last` one (every request here ends at its token limit)."""
+    out = [pb_utils.Tensor("text_output", np.array([text.encode()], dtype=object))]
+    if flags["finish_reason"] and last:
+        out.append(pb_utils.Tensor("finish_reason", np.array([b"length"], dtype=object)))
+    if flags["num_input_tokens"]:
+        out.append(pb_utils.Tensor("num_input_tokens", np.array([prompt_tokens], np.uint32)))
+    if flags["num_output_tokens"]:
+        out.append(pb_utils.Tensor("num_output_tokens", np.array([tokens], np.uint32)))
+    return pb_utils.InferenceResponse(out)
 '''
 
 
 INSTANT_PY = '''
 """No model: each request's `max_tokens` responses of one word at once, behind the same
-inputs and outputs (the counts when asked, as the GPT-2 model gives them), so what the
-benchmark measures is the paths alone."""
+inputs and outputs as the GPT-2 model, so what the benchmark measures is the paths alone."""
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def _value(request, name, default=None):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return default if tensor is None else tensor.as_numpy().reshape(-1)[0]
+{RESPONSES}
 
 
 class TritonPythonModel:
@@ -251,15 +264,10 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             sampling = json.loads(_value(request, "sampling_parameters", b"{}").decode() or "{}")
-            count_in = bool(_value(request, "return_num_input_tokens", False))
-            count_out = bool(_value(request, "return_num_output_tokens", False))
-            for number in range(int(sampling.get("max_tokens", 16))):
-                out = [pb_utils.Tensor("text_output", np.array([b" word"], dtype=object))]
-                if count_in and number == 0:
-                    out.append(pb_utils.Tensor("num_input_tokens", np.array([1], dtype=np.uint32)))
-                if count_out:
-                    out.append(pb_utils.Tensor("num_output_tokens", np.array([1], dtype=np.uint32)))
-                sender.send(pb_utils.InferenceResponse(out))
+            flags = {name: bool(_value(request, "return_" + name, False)) for name in OUTPUTS}
+            limit = int(sampling.get("max_tokens", 16))
+            for number in range(limit):
+                sender.send(_response(" word", flags, 1, 1, number == limit - 1))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 '''
@@ -279,7 +287,7 @@ def _model_files(folder: Path, model_py: str, tokenizer_dir: Path) -> None:
     (tokenizer_dir / "tokenizer_config.json").write_text(
         json.dumps({"eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE})
     )
-    (folder / MODEL / "1" / "model.py").write_text(model_py)
+    (folder / MODEL / "1" / "model.py").write_text(model_py.replace("{RESPONSES}", RESPONSES_PY))
     (folder / MODEL / "config.pbtxt").write_text(CONFIG)
 
 
