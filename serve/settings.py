@@ -16,6 +16,7 @@ image behaves the same here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import shlex
 import sys
@@ -914,6 +915,28 @@ def variables() -> tuple[Variable, ...]:
     """Every variable `serve` reads, in declaration order."""
     found = (field.metadata.get("variable") for field in dataclasses.fields(Settings))
     return tuple(variable for variable in found if variable is not None)
+
+
+# The prefixes whose every variable is serve's (or NVIDIA's script's, which serve keeps):
+# one of them that serve does not read is a mistake worth a warning.
+OWN_PREFIXES = ("SERVE_", "SAGEMAKER_TRITON_")
+
+
+def unread_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """By name, a line for each variable of serve's prefixes that no setting reads (a
+    misspelt name would otherwise leave the default in place without a word), with the
+    nearest names serve does read."""
+    known = {name for variable in variables() for name in (variable.name, *variable.aliases)}
+    lines = {}
+    for name in sorted(environ):
+        if name.startswith(OWN_PREFIXES) and name not in known:
+            near = difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+            hint = f"; did you mean {' or '.join(near)}?" if near else ""
+            lines[name] = (
+                f"{name} is set but serve reads no such variable, so it changes nothing"
+                f"{hint} (docs/configuration.md lists them all)"
+            )
+    return lines
 
 
 def markdown_tables() -> str:

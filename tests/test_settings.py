@@ -13,9 +13,18 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 
 from serve.errors import ConfigError
-from serve.settings import PortRange, Settings, markdown_tables, variables
+from serve.settings import (
+    OWN_PREFIXES,
+    PortRange,
+    Settings,
+    markdown_tables,
+    unread_variables,
+    variables,
+)
 from serve.triton.command import FLAGS, RESERVED_FLAGS, Decision, check_additional_args
 from serve.triton.install import help_flags, locate_triton
 from tests.conftest import ADD_MODEL_PY, ServeProcess, free_port, triton_argv, write_add_model
@@ -25,8 +34,15 @@ StartServe = Callable[..., ServeProcess]
 
 def test_defaults_match_nvidias_serve_script(opt_ml: Path, start_serve: StartServe) -> None:
     write_add_model(opt_ml / "model")
-    # An empty value counts as unset: serve falls back to NVIDIA's defaults.
-    server = start_serve(opt_ml, SAGEMAKER_TRITON_LOG_VERBOSE="").wait_ready()
+    # An empty value counts as unset: serve falls back to NVIDIA's defaults. A misspelt
+    # name changes nothing either, but serve says so.
+    server = start_serve(
+        opt_ml, SAGEMAKER_TRITON_LOG_VERBOSE="", SAGEMAKER_TRITON_LOG_VERBOS="false"
+    ).wait_ready()
+    assert (
+        "SAGEMAKER_TRITON_LOG_VERBOS is set but serve reads no such variable, so it changes "
+        "nothing; did you mean SAGEMAKER_TRITON_LOG_VERBOSE"
+    ) in server.output
     argv = triton_argv(server)
     for flag in (
         "--model-control-mode=explicit",
@@ -214,6 +230,28 @@ def test_off_turns_off_a_setting_that_is_on_by_default(variable: str, field: str
     assert getattr(on, field) is not None
     environ = {variable: "off", "SAGEMAKER_TRITON_ALLOW_METRICS": "true"}
     assert getattr(Settings.from_environ(environ), field) is None
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["SERVE_", "SAGEMAKER_TRITON_", "SAGEMAKER_", "", "serve_"]).flatmap(
+            lambda prefix: st.text(min_size=0, max_size=30).map(lambda rest: prefix + rest)
+        ),
+        st.text(max_size=10),
+        max_size=8,
+    )
+)
+def test_every_unread_variable_of_serves_prefixes_is_named(environ: dict[str, str]) -> None:
+    """Whatever the environment holds, each variable of serve's prefixes that no setting
+    reads gets one line naming it, and no other variable does."""
+    known = {name for variable in variables() for name in (variable.name, *variable.aliases)}
+    environ |= {"SERVE_V2_JSON_WRITERS": "2", "SERVE_V2_JSON_WRITER": "0"}
+    lines = unread_variables(environ)
+    assert list(lines) == sorted(
+        n for n in environ if n.startswith(OWN_PREFIXES) and n not in known
+    )
+    assert all(line.startswith(f"{name} is set but") for name, line in lines.items())
+    assert "did you mean SERVE_V2_JSON_WRITERS" in lines["SERVE_V2_JSON_WRITER"]
 
 
 def test_settings_defaults_are_those_an_empty_environment_reads() -> None:

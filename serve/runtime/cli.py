@@ -10,7 +10,7 @@ import sys
 
 from serve.errors import ServeError
 from serve.runtime.server import Server
-from serve.settings import Settings
+from serve.settings import Settings, unread_variables
 
 log = logging.getLogger("serve")
 
@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        server = Server(Settings.from_environ(os.environ))
+        settings = Settings.from_environ(os.environ)
+        for line in unread_variables(os.environ).values():
+            log.warning("%s", line)
+        server = Server(settings)
         signal.signal(signal.SIGTERM, server.request_stop)
         signal.signal(signal.SIGINT, server.request_stop)
         code = server.run()
