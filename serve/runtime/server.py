@@ -312,7 +312,8 @@ class Server:
         running.control.start()
         # The payload service: content types, Accept, Triton's refusals, streams.
         spool = ws.front / "payload_bodies"
-        text = _text_models(repository, settings)
+        folders = {m.name: m.path for m in repository.models} if repository else {}
+        text = _text_models(folders, settings) if repository else {}
         running.payloads = PayloadService(
             front.payload_socket(),
             front.triton_port,
@@ -327,8 +328,7 @@ class Server:
         )
         running.payloads.start()
         # The writers build the same text models from their folders.
-        models = repository.models if repository else ()
-        text_folders = {m.name: m.path for m in models if m.name in text}
+        text_folders = {name: folders[name] for name in text}
         for number, path in enumerate(front.writer_sockets()):
             # serve listens and the writer inherits the socket: ready before nginx starts.
             with listening_socket(path) as listener:
@@ -538,12 +538,11 @@ def _front_models(
     )
 
 
-def _text_models(repository: PreparedRepository | None, settings: Settings) -> dict[str, TextModel]:
-    """The declared text-generation models (SERVE_TEXT_GENERATION_MODELS), each template's
-    source logged once here (the writers build the same models quietly)."""
-    if repository is None:
-        return {}
-    models = text_models({m.name: m.path for m in repository.models}, settings)
+def _text_models(folders: dict[str, Path], settings: Settings) -> dict[str, TextModel]:
+    """The declared text-generation models (SERVE_TEXT_GENERATION_MODELS) among the model
+    `folders`, each template's source logged once here (the writers build the same models
+    quietly)."""
+    models = text_models(folders, settings)
     for name, model in models.items():
         if model.template is None:
             log.warning(
