@@ -94,8 +94,13 @@ class Variable:
     table: Table
     aliases: tuple[str, ...] = ()
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Its name and its aliases: every variable that sets it."""
+        return (self.name, *self.aliases)
+
     def row(self) -> str:
-        names = " (or ".join(f"`{n}`" for n in (self.name, *self.aliases))
+        names = " (or ".join(f"`{n}`" for n in self.names)
         names += ")" * len(self.aliases)
         return f"| {names} | {self.default_doc} | {self.doc} |"
 
@@ -926,7 +931,7 @@ def unread_variables(environ: Mapping[str, str]) -> dict[str, str]:
     """By name, a line for each variable of serve's prefixes that no setting reads (a
     misspelt name would otherwise leave the default in place without a word), with the
     nearest names serve does read."""
-    known = {name for variable in variables() for name in (variable.name, *variable.aliases)}
+    known = {name for variable in variables() for name in variable.names}
     lines = {}
     for name in sorted(environ):
         if name.startswith(OWN_PREFIXES) and name not in known:
@@ -967,7 +972,7 @@ class _Reader:
 
     def set_names(self, declared: tuple[Variable, ...]) -> frozenset[str]:
         """The names (aliases too) of `declared` that hold a value here."""
-        names = (name for variable in declared for name in (variable.name, *variable.aliases))
+        names = (name for variable in declared for name in variable.names)
         return frozenset(name for name in names if self.text(name) is not None)
 
     def path(self, name: str) -> Path | None:

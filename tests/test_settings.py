@@ -208,7 +208,7 @@ def test_the_configuration_tables_are_the_settings_declarations() -> None:
 
 
 def test_every_variable_serve_names_is_declared_once() -> None:
-    declared = [name for v in variables() for name in (v.name, *v.aliases)]
+    declared = [name for v in variables() for name in v.names]
     assert len(declared) == len(set(declared))
     sources = [*REPO.glob("serve/**/*.py"), *REPO.glob("serve/**/*.j2")]
     named = {
@@ -244,7 +244,7 @@ def test_off_turns_off_a_setting_that_is_on_by_default(variable: str, field: str
 def test_every_unread_variable_of_serves_prefixes_is_named(environ: dict[str, str]) -> None:
     """Whatever the environment holds, each variable of serve's prefixes that no setting
     reads gets one line naming it, and no other variable does."""
-    known = {name for variable in variables() for name in (variable.name, *variable.aliases)}
+    known = {name for variable in variables() for name in variable.names}
     environ |= {"SERVE_V2_JSON_WRITERS": "2", "SERVE_V2_JSON_WRITER": "0"}
     lines = unread_variables(environ)
     assert list(lines) == sorted(
