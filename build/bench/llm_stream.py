@@ -174,7 +174,7 @@ class TritonPythonModel:
             stream = bool(_value(request, "stream", False))
             sampling = json.loads(_value(request, "sampling_parameters", b"{}").decode() or "{}")
             limit = int(sampling.get("max_tokens", 16))
-            flags = {name: bool(_value(request, "return_" + name, False)) for name in OUTPUTS}
+            flags = _flags(request)
             ids = self.tokenizer.encode(prompt).ids or [0]
             slot = self.slots.get()
             tokens = slot.generate(ids, limit)
@@ -230,6 +230,11 @@ def _value(request, name, default=None):
     return default if tensor is None else tensor.as_numpy().reshape(-1)[0]
 
 
+def _flags(request):
+    """Which additional outputs the request asks for, by output name."""
+    return {name: bool(_value(request, "return_" + name, False)) for name in OUTPUTS}
+
+
 def _response(text, flags, prompt_tokens, tokens, last):
     """One response: `text` (`tokens` of them), the outputs `flags` asks for; the finish
     reason with the `last` one (every request here ends at its token limit)."""
@@ -264,7 +269,7 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             sampling = json.loads(_value(request, "sampling_parameters", b"{}").decode() or "{}")
-            flags = {name: bool(_value(request, "return_" + name, False)) for name in OUTPUTS}
+            flags = _flags(request)
             limit = int(sampling.get("max_tokens", 16))
             for number in range(limit):
                 sender.send(_response(" word", flags, 1, 1, number == limit - 1))
