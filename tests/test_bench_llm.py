@@ -28,11 +28,12 @@ def test_both_paths_stream_tokens_and_the_ratios_are_printed(tmp_path: Path) -> 
     run("--build", str(tmp_path), "--instant")
     out = run(
         "--repository", str(tmp_path), "--streams", "1,2", "--rounds", "1",
-        "--seconds", "1", "--tokens", "4", "--serve-inputs",
+        "--seconds", "1", "--tokens", "4", "--serve-inputs", "--bare-proxy",
     )  # fmt: skip
     assert "a model that answers at once" in out, out
     for streams in (1, 2):
-        for path in ("serve chat", "Triton generate_stream", "generate_stream, serve's inputs"):
+        paths = ("serve chat", "Triton generate_stream", "generate_stream, serve's inputs")
+        for path in (*paths, "generate_stream, a bare nginx proxy_pass"):
             row = re.search(rf"^\| {streams} \| {path} \| ([\d,]+) \| ([\d.]+) \|$", out, re.M)
             assert row is not None, (streams, path, out)
             assert int(row[1].replace(",", "")) > 0 and float(row[2]) > 0, row[0]

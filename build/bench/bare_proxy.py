@@ -1,10 +1,13 @@
 """A bare nginx `proxy_pass` in front of a serve's Triton: the floor of any nginx front.
 
-It does nothing but pass `/invocations` to Triton's v2 infer route over
-kept-alive loopback connections (no body look, no routing, no access log, no
-header rewriting). What serve's front costs above this is what its features
-cost; what this costs above Triton's own SageMaker frontend is the extra hop
-itself, which no nginx configuration can remove.
+It does nothing but pass `/invocations` to one of Triton's routes for one model
+(infer, or generate_stream for a language model's stream) over kept-alive
+loopback connections (no body look, no routing, no access log, no header
+rewriting but the one header Triton needs for its binary+json framing, whose
+length SageMaker's clients send in the content type). What serve's front costs
+above this is what its features cost; what this costs above Triton's own
+SageMaker frontend (or its generate_stream) is the extra hop itself, which no
+nginx configuration can remove.
 """
 
 from __future__ import annotations
@@ -45,12 +48,18 @@ http {{
         keepalive 128;
         keepalive_requests 1000000;
     }}
+    map $content_type $binary_header_size {{
+        "~json-header-size=(?<size>\\d+)" $size;
+        default "";
+    }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location = /invocations {{
-            proxy_pass http://triton/v2/models/{model}/infer;
+            proxy_pass http://triton/v2/models/{model}/{route};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Inference-Header-Content-Length $binary_header_size;
+            proxy_buffering {buffering};
         }}
     }}
 }}
@@ -58,14 +67,25 @@ http {{
 
 
 @contextlib.contextmanager
-def bare_proxy(work: Path, triton_http: str, model: str) -> Iterator[tuple[str, int]]:
-    """Run the bare proxy to `triton_http` (host:port) until the block ends: (url, nginx pid)."""
+def bare_proxy(
+    work: Path, triton_http: str, model: str, route: str = "infer"
+) -> Iterator[tuple[str, int]]:
+    """Run the bare proxy to `triton_http` (host:port) until the block ends: (url, nginx pid).
+    With `route` generate_stream, events pass as they come (no buffering), as serve's do."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     user = f"user {UNPRIVILEGED_USER};\n" if os.geteuid() == 0 else ""
     config = work / "nginx.conf"
     config.write_text(
-        CONFIG.format(user=user, work=work, triton=triton_http, port=port, model=model)
+        CONFIG.format(
+            user=user,
+            work=work,
+            triton=triton_http,
+            port=port,
+            model=model,
+            route=route,
+            buffering="off" if route == "generate_stream" else "on",
+        )
     )
     log = (work / "nginx.log").open("w")
     nginx = subprocess.Popen(

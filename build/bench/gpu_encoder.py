@@ -35,6 +35,7 @@ Run on a GPU host: `python build/bench/gpu_encoder.py` (see build/gpu/run-on-gpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -51,6 +52,7 @@ from types import ModuleType
 
 import numpy as np
 import torch
+from bare_proxy import bare_proxy
 from grpc_stream import grpc_stream_rate
 from load_generators import BINARY_JSON, JSON, Measurement, require_wrk, run_wrk
 from serve_under_test import serve_with_reference, triton_http_port
@@ -63,6 +65,8 @@ MODEL = "bert_base"
 SEQUENCE = 128
 GRAPHS_PARAMETER = "CUDA_GRAPH_BATCH_SIZES"
 REFERENCE = "Triton's SageMaker frontend"
+# --bare-proxy: the floor of any nginx front, the same hop with nothing of serve's in it.
+BARE = "a bare nginx proxy_pass"
 GRPC = "Triton's gRPC stream"
 NUMBER_FIELDS = (
     "instances",
@@ -377,17 +381,26 @@ def serve_setup(
     payloads: list[str],
     rounds: int = 1,
     reference_first: bool = False,
+    bare: bool = False,
 ) -> list[Row]:
     """Start serve on `repository`; run wrk at each concurrency for each of `payloads`,
     through serve and through Triton's own SageMaker frontend on the same Triton (the
-    reference), `rounds` times each, the order turned round each round (serve first in
-    the first, or with `reference_first` the reference), and keep each path's median
-    round; with binary+json, Triton's gRPC stream too."""
+    reference), and with `bare` through a bare nginx proxy_pass to it, `rounds` times
+    each, the order turned round each round (serve first in the first, or with
+    `reference_first` the reference), and keep each path's median round; with
+    binary+json, Triton's gRPC stream too."""
     rows: list[Row] = []
     started = time.perf_counter()
-    with serve_with_reference(run_dir, MODEL, repository, environment, timeout=300) as serve:
+    with contextlib.ExitStack() as stack:
+        serve = stack.enter_context(
+            serve_with_reference(run_dir, MODEL, repository, environment, timeout=300)
+        )
         print(f"{label}: ready after {time.perf_counter() - started:.0f} s")
         paths = {"serve": serve.url, REFERENCE: serve.reference_url}
+        if bare:
+            paths[BARE] = stack.enter_context(
+                bare_proxy(run_dir / "bare", serve.triton_http, MODEL)
+            )[0]
         if reference_first:
             paths = dict(reversed(paths.items()))
         for name, (body, content_type) in bodies().items():
@@ -410,7 +423,8 @@ def serve_setup(
                 runs: dict[str, list[tuple[Measurement, TritonTime]]] = {path: [] for path in paths}
                 for turn in range(rounds):
                     order = list(paths.items())
-                    for path, base in order if turn % 2 == 0 else reversed(order):
+                    order = order[turn % len(order) :] + order[: turn % len(order)]
+                    for path, base in order:
                         measured, spent = in_triton(
                             serve.triton_http,
                             functools.partial(
@@ -428,7 +442,7 @@ def serve_setup(
                         progress(path, connections, measured, spent)
                 for path, measured_rounds in runs.items():
                     ranked = sorted(measured_rounds, key=lambda run: run[0].requests_per_second)
-                    row_label = label if path == "serve" else f"{label}, {REFERENCE}"
+                    row_label = label if path == "serve" else f"{label}, {path}"
                     rows.append((row_label, name, connections, *ranked[len(ranked) // 2]))
         if "binary+json" not in payloads:
             return rows
@@ -476,6 +490,11 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="runs per path and concurrency (the median kept)"
     )
+    parser.add_argument(
+        "--bare-proxy",
+        action="store_true",
+        help="a third path: a bare nginx proxy_pass to the same Triton (any front's floor)",
+    )
     parser.add_argument("--ceiling-batch", type=int, default=64)
     parser.add_argument("--commit", default="?")
     args = parser.parse_args()
@@ -514,6 +533,7 @@ def main() -> None:
                     args.payload or list(bodies()),
                     rounds=args.rounds,
                     reference_first=number % 2 == 1,
+                    bare=args.bare_proxy,
                 )
             except SystemExit as exc:
                 # serve_with_reference's way of saying serve never became ready.
@@ -540,16 +560,18 @@ def main() -> None:
     by_key = {(label, name, connections): m for label, name, connections, m, _ in rows}
     print(
         "\n| setup | payload | concurrency | serve / ceiling (goal >= 0.6 at c=64) "
-        f"| serve / {REFERENCE} |"
+        f"| serve / {REFERENCE} | {BARE} / {REFERENCE} |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for (label, name, connections), m in by_key.items():
         reference = by_key.get((f"{label}, {REFERENCE}", name, connections))
-        if label.endswith(REFERENCE) or reference is None:
+        if label.endswith((REFERENCE, BARE)) or reference is None:
             continue
+        floor = by_key.get((f"{label}, {BARE}", name, connections))
+        shown = f"{floor.requests_per_second / reference.requests_per_second:.3f}" if floor else "-"
         print(
             f"| {label} | {name} | {connections} | {m.requests_per_second / best:.3f} | "
-            f"{m.requests_per_second / reference.requests_per_second:.3f} |"
+            f"{m.requests_per_second / reference.requests_per_second:.3f} | {shown} |"
         )
     print(
         "\nWhere the time goes (Triton's model statistics, ms a request; the rest of p50 is "

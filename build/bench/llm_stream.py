@@ -42,6 +42,7 @@ measures the model that answers at once):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -59,6 +60,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 MODEL = "llm_bench"
+# --bare-proxy: generate_stream through a bare nginx, one hop with nothing of serve's in it.
+BARE = "generate_stream, a bare nginx proxy_pass"
 VOCABULARY = 50257
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -547,8 +550,10 @@ def measure(
     seconds: float,
     rounds: int,
     serve_inputs: bool = False,
+    bare: bool = False,
 ) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bare_proxy import bare_proxy
     from serve_under_test import serve_with_reference
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -569,7 +574,10 @@ def measure(
     work = Path(tempfile.mkdtemp(prefix="bench-llm-"))
     try:
         env = {"SERVE_TEXT_GENERATION_MODELS": MODEL, "SAGEMAKER_TRITON_LOG_VERBOSE": "false"}
-        with serve_with_reference(work, MODEL, repository, env, timeout=600) as running:
+        with contextlib.ExitStack() as stack:
+            running = stack.enter_context(
+                serve_with_reference(work, MODEL, repository, env, timeout=600)
+            )
             generate_url = f"http://{running.triton_http}"
             generate_path = f"/v2/models/{MODEL}/generate_stream"
             paths = {
@@ -582,6 +590,10 @@ def measure(
                     generate_path,
                     inputs_serve_sends(generate_url, chat, template),
                 )
+            if bare:
+                # One nginx hop and nothing of serve's: the floor of any front's first token.
+                proxy = bare_proxy(work / "bare", running.triton_http, MODEL, "generate_stream")
+                paths[BARE] = (stack.enter_context(proxy)[0], "/invocations", generate)
             for url, path, body in paths.values():  # warm-up, and a check of each path
                 run_path(url, path, body, 1, 2)
             log = running.log.read_text()
@@ -669,6 +681,11 @@ def main() -> None:
         action="store_true",
         help="a third path: generate_stream with the inputs serve sends (token counts included)",
     )
+    parser.add_argument(
+        "--bare-proxy",
+        action="store_true",
+        help="another path: generate_stream through a bare nginx proxy_pass (one hop, no serve)",
+    )
     args = parser.parse_args()
     if args.build is not None:
         (build_instant if args.instant else build)(args.build)
@@ -677,7 +694,13 @@ def main() -> None:
         raise SystemExit("give --build DIR (machine Python) or --repository DIR (serve's)")
     concurrencies = [int(n) for n in args.streams.split(",")]
     measure(
-        args.repository, concurrencies, args.tokens, args.seconds, args.rounds, args.serve_inputs
+        args.repository,
+        concurrencies,
+        args.tokens,
+        args.seconds,
+        args.rounds,
+        args.serve_inputs,
+        args.bare_proxy,
     )
 
 

@@ -2,7 +2,8 @@
 # On a GPU machine (the device tool's nvidia-h100-x1), from the repository
 # root with .gpu/ from build/gpu/pack.sh: serve the NCF example with KIND_GPU
 # through `serve`, send one request, and run build/bench/invocations.py and
-# build/bench/multi_model.py (BATCH_BENCH=1 adds a batch-64 run;
+# build/bench/multi_model.py (BATCH_BENCH=1 adds a batch-64 run; NCF_ARGS replaces them
+# with invocations.py runs at each concurrency;
 # SKIP_NCF_BENCH=1 skips those two benchmarks, SKIP_NCF=1 the example altogether; ENCODER_BENCH=1 adds
 # build/bench/gpu_encoder.py, the BERT-base-sized encoder, ENCODER_ARGS its options;
 # PAYLOAD_BENCH=1 adds build/bench/payloads.py (PAYLOAD_ARGS its options,
@@ -109,12 +110,20 @@ fi
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu-util.csv" &
 smi_pid=$!
 bench() { timeout 170 python build/bench/invocations.py --seconds 8 "$@"; }
-if [ -z "${SKIP_NCF_BENCH:-}${SKIP_NCF:-}" ]; then
+if [ -z "${SKIP_NCF_BENCH:-}${SKIP_NCF:-}${NCF_ARGS:-}" ]; then
     bench --rounds 5 | tee "$OUT/bench-c16.txt"
     bench --rounds 3 --connections 64 | tee "$OUT/bench-c64.txt"
     [ -n "${BATCH_BENCH:-}" ] && bench --rounds 3 --batch 64 | tee "$OUT/bench-b64.txt"
     # The multi-model endpoint: /models/NAME/invoke against Triton's own frontend.
     timeout 250 python build/bench/multi_model.py --seconds 8 --rounds 5 ${MME_CONTROL:+--control} | tee "$OUT/bench-mme-c16.txt"
+fi
+# NCF_ARGS="...": instead of those, invocations.py with these options at each of
+# NCF_CONNECTIONS (default 1 16 64), e.g. "--rounds 5 --seconds 4 --bare-proxy".
+if [ -n "${NCF_ARGS:-}" ] && [ -z "${SKIP_NCF:-}" ]; then
+    for connections in ${NCF_CONNECTIONS:-1 16 64}; do
+        # shellcheck disable=SC2086
+        bench --connections "$connections" $NCF_ARGS | tee -a "$OUT/bench-ncf.txt"
+    done
 fi
 # The BERT-base-sized encoder (fp16, sequence 128) against the same module in-process.
 if [ -n "${ENCODER_BENCH:-}" ]; then
