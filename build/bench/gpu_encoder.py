@@ -18,6 +18,9 @@ Before serving, the in-process section also checks the CUDA-graph replay
 against the eager module (padding included) and times both at a few batch
 sizes: what graphs buy without any serving around them.
 
+`--bare-proxy` adds a third path, a bare nginx `proxy_pass` to the same Triton
+(bare_proxy.py): the one hop any front process adds, with nothing of serve's in it.
+
 `--setup` (repeatable) serves variants of the committed config, e.g.
 `--setup instances=4 --setup instances=2,graphs=off,delay_us=2000`: each is a
 copy of the repository with those fields changed; the table records which.

@@ -20,6 +20,10 @@ Two paths reach the very same Triton and model instance:
 - Triton's own generate_stream route on its loopback port, with the prompt
   the template renders for the same messages (vLLM's inputs).
 
+`--serve-inputs` adds generate_stream with the very body serve's route sends (what
+serve asks the model for, without serve), `--bare-proxy` generate_stream through a bare
+nginx `proxy_pass` (bare_proxy.py: one hop, nothing of serve's).
+
 At each concurrency (1, 16, 64 streams by default) each path runs for
 `--seconds`, in alternating rounds (the order rotated each round); every
 stream sends its next request as soon as the last one ends. Printed per path:
