@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from bare_proxy import bare_proxy
 from grpc_stream import grpc_stream_rate
-from load_generators import BINARY_JSON, JSON, Measurement, require_wrk, run_wrk
+from load_generators import BINARY_JSON, JSON, Measurement, in_turn, require_wrk, run_wrk
 from serve_under_test import serve_with_reference, triton_http_port
 
 from serve.triton import model_config
@@ -425,9 +425,7 @@ def serve_setup(
             for connections in concurrency:
                 runs: dict[str, list[tuple[Measurement, TritonTime]]] = {path: [] for path in paths}
                 for turn in range(rounds):
-                    order = list(paths.items())
-                    order = order[turn % len(order) :] + order[: turn % len(order)]
-                    for path, base in order:
+                    for path, base in in_turn(list(paths.items()), turn):
                         measured, spent = in_triton(
                             serve.triton_http,
                             functools.partial(

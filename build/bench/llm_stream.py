@@ -558,6 +558,7 @@ def measure(
 ) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bare_proxy import bare_proxy
+    from load_generators import in_turn
     from serve_under_test import serve_with_reference
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -628,10 +629,8 @@ def measure(
             cpu_lines = []
             for streams in concurrencies:
                 results: dict[str, list[Run]] = {name: [] for name in paths}
-                order = list(paths)
-                for number in range(rounds):
-                    turn = number % len(order)
-                    for name in order[turn:] + order[:turn]:
+                for turn in range(rounds):
+                    for name in in_turn(list(paths), turn):
                         results[name].append(run_path(*paths[name], streams, seconds, running))
                 medians = {
                     name: (

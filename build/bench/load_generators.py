@@ -19,12 +19,23 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 JSON = "application/json"
 BINARY_JSON = "application/vnd.sagemaker-triton.binary+json;json-header-size={size}"
+
+T = TypeVar("T")
+
+
+def in_turn(paths: Sequence[T], turn: int) -> list[T]:
+    """The order of round `turn`: `paths` rotated by it, so that over the rounds each path
+    takes each place equally often (the later runs of a round can come out slower,
+    whichever path)."""
+    start = turn % len(paths)
+    return [*paths[start:], *paths[:start]]
 
 
 @dataclasses.dataclass(frozen=True)

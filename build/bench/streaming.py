@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from load_generators import in_turn
 from serve_under_test import REPO_ROOT, serve_with_reference
 
 REPOSITORY = REPO_ROOT / "streaming_repository"
@@ -105,11 +106,9 @@ def main() -> None:
             for target in paths.values():  # warm-up
                 for _ in range(3):
                     first_and_last(*target, args.keep_alive)
-            order = list(paths.items())
             for turn in range(args.requests):
-                # Each path takes each place in the round equally often: the later
-                # requests of a round were measurably slower here, whichever path.
-                for name, target in order[turn % 3 :] + order[: turn % 3]:
+                # The later requests of a round were measurably slower here, whichever path.
+                for name, target in in_turn(list(paths.items()), turn):
                     results[name].append(first_and_last(*target, args.keep_alive))
     finally:
         shutil.rmtree(work, ignore_errors=True)
