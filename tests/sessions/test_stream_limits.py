@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from websockets.asyncio.client import connect
@@ -119,13 +120,14 @@ def test_a_large_text_chunk_does_not_stall_other_streams(tmp_path: Path) -> None
         count = 7_000_000
         big = "[" + ",".join(["1"] * count) + "]"  # 14 MB of JSON numbers
 
-        async def talk() -> float:
+        async def talk() -> tuple[float, float]:
             async with (
                 connect(url(server, "speech_stream"), max_size=None) as heavy,
                 connect(url(server), max_size=None) as light,
             ):
                 await light.send("warm")
                 await light.recv()
+                sent = time.monotonic()
                 await heavy.send(big)
                 worst = 0.0
                 answer = asyncio.ensure_future(heavy.recv())
@@ -134,13 +136,15 @@ def test_a_large_text_chunk_does_not_stall_other_streams(tmp_path: Path) -> None
                     await light.send("ping")
                     await asyncio.wait_for(light.recv(), 30)
                     worst = max(worst, time.monotonic() - started)
+                took = time.monotonic() - sent
                 assert json.loads(answer.result()).get("samples") == count, answer.result()[:300]
-                return worst
+                return worst, took
 
-        worst = run(talk())
-        # Parsed whole on the loop, the chunk held every other stream for about a second
-        # here (0.97 s); a slice at a time, 0.10 s.
-        assert worst < 0.5, worst  # type: ignore[operator]
+        worst, took = cast(tuple[float, float], run(talk()))
+        # Against the chunk's own time, which a busy machine stretches alike: parsed whole
+        # on the loop, the other stream waited 0.85-0.88 of it (0.60 s of 0.70 here); a
+        # slice at a time, 0.12 of it (0.13 s of 1.07).
+        assert worst < took / 3, (worst, took)
     finally:
         server.stop()
 
