@@ -411,6 +411,23 @@ def test_a_merged_flag_that_contradicts_its_setting_is_refused(
     assert merge_additional_args(same).additional_args == ()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        "--backend-config=python,shm-region-prefix-name=mine_",
+        "--backend-config python,shm-region-prefix-name=mine_",
+        "--backend-c=python,shm-region-prefix-name=mine_",
+    ],
+)
+def test_a_python_shm_prefix_in_additional_args_is_refused(args: str) -> None:
+    # serve's own prefix is how it finds the regions a crashed Triton leaves.
+    from serve.triton.command import merge_additional_args
+
+    settings = Settings.from_environ({"SAGEMAKER_TRITON_ADDITIONAL_ARGS": args})
+    with pytest.raises(ConfigError, match="shared-memory regions, which serve names itself"):
+        merge_additional_args(settings)
+
+
 def test_models_import_from_serve_model_python(
     opt_ml: Path, start_serve: StartServe, tmp_path: Path
 ) -> None:

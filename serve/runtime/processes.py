@@ -67,11 +67,15 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         pass_fds: Sequence[int] = (),
         run_as: RunAs | None = None,
+        shared_memory: str | None = None,
     ):
         """`pass_fds`: descriptors the child inherits (a socket it serves); `run_as`: the
-        unprivileged user the child becomes before its exec (serve/machine/users.py)."""
+        unprivileged user the child becomes before its exec (serve/machine/users.py);
+        `shared_memory`: a pattern that names, in /dev/shm, the files this child's
+        processes make and no other process does (removed once they have ended)."""
         self.name = name
         self.argv = list(argv)
+        self._shared_memory = shared_memory
         self._recent: collections.deque[bytes] = collections.deque()
         as_user = f" as {run_as.name} (uid {run_as.uid})" if run_as else ""
         log.info("starting %s%s: %s", name, as_user, " ".join(self.argv))
@@ -163,20 +167,24 @@ class ManagedProcess:
         The child's own children (nginx's workers, Triton's stubs) are in its
         group. The /dev/shm files they map go with them: their owner (Triton,
         which removes its Python-backend regions when it stops normally) is
-        gone, and nobody else knows those names.
+        gone, and nobody else knows those names. So do the files named as the
+        child's own (`shared_memory`), which no process may map any more: a
+        stub killed before Triton crashed leaves its region to nobody, and each
+        such crash would keep that much of the machine's memory.
         """
         members = _group_members(self._process.pid)
-        if not members:
-            return
         leftovers = shared_memory_files(members)
-        log.warning(
-            "%s left %d process(es) behind (%s); killing them",
-            self.name,
-            len(members),
-            ", ".join(map(str, members)),
-        )
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signal.SIGKILL)
+        if members:
+            log.warning(
+                "%s left %d process(es) behind (%s); killing them",
+                self.name,
+                len(members),
+                ", ".join(map(str, members)),
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+        if self._shared_memory is not None:
+            leftovers.update(_SHARED_MEMORY.glob(self._shared_memory))
         for path in leftovers:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -382,7 +382,13 @@ class Server:
         if self.run_as is not None:
             env["HOME"] = str(ws.home(self.run_as))
             env["USER"] = env["LOGNAME"] = self.run_as.name
-        return ManagedProcess("tritonserver", command.argv(), env=env, run_as=self.run_as)
+        return ManagedProcess(
+            "tritonserver",
+            command.argv(),
+            env=env,
+            run_as=self.run_as,
+            shared_memory=command.shm_regions(),
+        )
 
     def _loopback_ports(self) -> LoopbackPorts:
         """Where Triton's internal endpoints listen: neither public port nor Triton's

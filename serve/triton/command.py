@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,8 +138,9 @@ FLAGS: dict[str, FlagRule] = {
         Decision.MERGE,
         "the Python backend's shm-default-byte-size and shm-growth-byte-size, and "
         "TensorFlow's version, are taken as their settings (serve fits the shm size to "
-        "/dev/shm; refused when both are set and differ); every other backend setting is "
-        "passed on",
+        "/dev/shm; refused when both are set and differ); its shm-region-prefix-name is "
+        "refused (serve names the regions, to remove those a crashed Triton leaves); "
+        "every other backend setting is passed on",
     ),
     "--cache-config": FlagRule(
         Decision.ALLOW,
@@ -189,6 +191,9 @@ MERGED_SETTINGS: dict[tuple[str, str], tuple[str, str]] = {
     ),
 }
 
+# The Python backend names its regions in /dev/shm this setting's value and a UUID
+# (triton_python_backend_shm_region_UUID by default).
+SHM_PREFIX_SETTING = "python,shm-region-prefix-name"
 
 # Releases after 2.51 refuse HTTP bodies over this flag's value (64 MiB by default).
 MAX_INPUT_FLAG = "--http-max-input-size"
@@ -238,6 +243,12 @@ def merge_additional_args(settings: Settings) -> Settings:
         taken = 1
         if flag is not None and not has_value and index + 1 < len(args):
             value, taken = args[index + 1], 2
+        if flag == "--backend-config" and value.partition("=")[0].strip() == SHM_PREFIX_SETTING:
+            raise ConfigError(
+                f"SAGEMAKER_TRITON_ADDITIONAL_ARGS: {arg!r} names the Python backend's "
+                "shared-memory regions, which serve names itself (unique to each serve, so "
+                "that the regions a crashed Triton leaves are removed); leave it out"
+            )
         target = _merge_target(flag, value) if flag is not None else None
         if target is None:
             kept.append(arg)
@@ -310,6 +321,16 @@ class TritonCommand:
     # Triton's gRPC endpoint on loopback, for the bidirectional streams
     # (serve/sessions/bidirectional.py), when SAGEMAKER_TRITON_ALLOW_GRPC keeps it off.
     loopback_grpc_port: int | None = None
+    # The Python backend's prefix for its regions in /dev/shm: unique to this serve, so
+    # those a crashed Triton leaves are told from any other's (two containers may share
+    # the host's /dev/shm) and removed.
+    shm_prefix: str = dataclasses.field(
+        default_factory=lambda: f"serve_{secrets.token_hex(6)}_python_shm_"
+    )
+
+    def shm_regions(self) -> str:
+        """A pattern naming, in /dev/shm, the Python backend's regions of this Triton."""
+        return f"{self.shm_prefix}*"
 
     def argv(self) -> list[str]:
         s = self.settings
@@ -329,6 +350,7 @@ class TritonCommand:
             f"--log-verbose={s.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={self.shm_default_byte_size}",
             f"--backend-config=python,shm-growth-byte-size={s.shm_growth_byte_size}",
+            f"--backend-config={SHM_PREFIX_SETTING}={self.shm_prefix}",
             # Triton must finish in-flight requests before SageMaker's SIGKILL.
             f"--exit-timeout-secs={max(1, int(s.shutdown_timeout) - 5)}",
         ]

@@ -192,3 +192,22 @@ def _shm_files(pid: int) -> set[Path]:
     """The /dev/shm files a process maps."""
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
     return {Path(line.split()[-1]) for line in maps if " /dev/shm/" in line}
+
+
+def test_a_triton_whose_stubs_died_first_leaves_no_shared_memory(
+    opt_ml: Path, start_serve: StartServe
+) -> None:
+    # The kernel's OOM killer takes a stub, then Triton aborts (as Triton's Python backend
+    # does under load, server#8882): nothing alive maps the regions Triton made.
+    write_add_model(opt_ml / "model")
+    server = start_serve(opt_ml).wait_ready()
+    (triton,) = server.child_pids("tritonserver", direct=True)
+    (stub,) = server.child_pids(STUB)
+    regions = _shm_files(stub) | _shm_files(triton)
+    assert regions, "the stub maps its shared-memory region"
+    os.kill(stub, signal.SIGKILL)
+    wait_all_gone([stub], 5)
+    os.kill(triton, signal.SIGABRT)
+    assert server.wait_exit(30) != 0
+    assert not [region for region in regions if region.exists()]
+    assert "tritonserver exited (killed by signal 6)" in server.output

@@ -122,6 +122,7 @@ def test_the_sequence_a_request_names_is_read_from_any_body(
                     "python,shm-default-byte-size=1",
                     "python,shm-growth-byte-size=x",
                     "tensorflow,version=2",
+                    "python,shm-region-prefix-name=x_",
                     "true",
                     "--",
                     "-x",
