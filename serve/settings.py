@@ -490,7 +490,9 @@ class Settings:
         "(serve/triton/command.py's FLAGS): flags that decide what listens where, that "
         "`serve` sets itself or that would undo what it prepared stop start-up naming the "
         "flag; the Python backend's shm sizes, TensorFlow's version and "
-        "`--model-namespacing` are taken as their settings; the rest pass on",
+        "`--model-namespacing` are taken as their settings; its `shm-region-prefix-name` "
+        "stops start-up (serve names the regions, unique to each serve, to remove those a "
+        "crashed Triton leaves); the rest pass on",
         default_doc="unset",
         table="sagemaker",
     )

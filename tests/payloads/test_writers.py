@@ -248,13 +248,18 @@ def test_a_busy_front_sends_requests_for_binary_outputs_to_triton(server: ServeP
             answer = invoke(server, wide_request([1.0], **fields))
             assert answer.status_code == 200, answer.text
             assert answer.headers["Content-Type"].startswith(BINARY_TYPE)
-        with pytest.raises(requests.Timeout):
-            requests.post(
+        try:
+            late = requests.post(
                 f"{server.url}/invocations",
                 data=json.dumps(wide_request([1.0])),
                 headers={"Content-Type": "application/json"},
                 timeout=2,
             )
+        except requests.Timeout:
+            late = None
+        # Answered once in a full run (not since, alone or beside four busy loops): what
+        # came, and the front's log, say how when it happens again.
+        assert late is None, (late.status_code, late.text[:300], server.excerpt())
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
