@@ -169,6 +169,16 @@ FLAGS: dict[str, FlagRule] = {
 RESERVED_FLAGS: dict[str, str] = {
     flag: rule.reason for flag, rule in FLAGS.items() if rule.decision is Decision.REFUSE
 }
+# The Python backend names its regions in /dev/shm this setting's value and a UUID
+# (triton_python_backend_shm_region_UUID by default).
+SHM_PREFIX_SETTING = "python,shm-region-prefix-name"
+# What MERGE refuses: (flag, the setting's key in its value) -> why, and what to do.
+REFUSED_SETTINGS: dict[tuple[str, str], str] = {
+    ("--backend-config", SHM_PREFIX_SETTING): (
+        "names the Python backend's shared-memory regions, which serve names itself (unique "
+        "to each serve, so that the regions a crashed Triton leaves are removed); leave it out"
+    ),
+}
 # What MERGE takes: (flag, the setting's key in its value) -> the Settings field, the
 # variable that sets it, and how its value is read. For --backend-config the key is
 # "backend,setting"; for a flag of one value, the flag itself.
@@ -190,10 +200,6 @@ MERGED_SETTINGS: dict[tuple[str, str], tuple[str, str]] = {
         "SAGEMAKER_TRITON_DISABLE_MODEL_NAMESPACING",
     ),
 }
-
-# The Python backend names its regions in /dev/shm this setting's value and a UUID
-# (triton_python_backend_shm_region_UUID by default).
-SHM_PREFIX_SETTING = "python,shm-region-prefix-name"
 
 # Releases after 2.51 refuse HTTP bodies over this flag's value (64 MiB by default).
 MAX_INPUT_FLAG = "--http-max-input-size"
@@ -243,13 +249,7 @@ def merge_additional_args(settings: Settings) -> Settings:
         taken = 1
         if flag is not None and not has_value and index + 1 < len(args):
             value, taken = args[index + 1], 2
-        if flag == "--backend-config" and value.partition("=")[0].strip() == SHM_PREFIX_SETTING:
-            raise ConfigError(
-                f"SAGEMAKER_TRITON_ADDITIONAL_ARGS: {arg!r} names the Python backend's "
-                "shared-memory regions, which serve names itself (unique to each serve, so "
-                "that the regions a crashed Triton leaves are removed); leave it out"
-            )
-        target = _merge_target(flag, value) if flag is not None else None
+        target = _merge_target(flag, value, arg) if flag is not None else None
         if target is None:
             kept.append(arg)
             index += 1
@@ -276,13 +276,17 @@ def _merge_flag(name: str) -> str | None:
     return None
 
 
-def _merge_target(flag: str, value: str) -> tuple[str, str, str] | None:
-    """(Settings field, variable, raw value) that `flag` with `value` sets; None: passed on."""
+def _merge_target(flag: str, value: str, arg: str) -> tuple[str, str, str] | None:
+    """(Settings field, variable, raw value) that `flag` with `value` (argument `arg`) sets;
+    None: passed on. A key REFUSED_SETTINGS names stops start-up."""
     if flag == "--backend-config":
         key, _, raw = value.partition("=")
     else:
         key, raw = flag, value
-    found = MERGED_SETTINGS.get((flag, key.strip()))
+    setting = (flag, key.strip())
+    if setting in REFUSED_SETTINGS:
+        raise ConfigError(f"SAGEMAKER_TRITON_ADDITIONAL_ARGS: {arg!r} {REFUSED_SETTINGS[setting]}")
+    found = MERGED_SETTINGS.get(setting)
     return None if found is None else (*found, raw.strip())
 
 
